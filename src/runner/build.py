@@ -1,0 +1,283 @@
+"""Config -> components. The only place that calls `instantiate`; device, dtype and seed
+are resolved here once, so the loop never branches on them.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import random
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from . import losses, models
+from .config import Checked, ConfigError, check, locate
+from .data import Data
+from .loggers import Logger
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@dataclass
+class Built:
+    """Everything the loop needs, as plain objects."""
+
+    checked: Checked
+    device: torch.device
+    dtype: torch.dtype
+    data: Data | None
+    model: nn.Module | None
+    forward: Callable[[torch.Tensor], torch.Tensor] | None
+    loss_fn: Callable[..., torch.Tensor]
+    params: dict[str, nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    logger: Logger
+    hparams: dict[str, Any]
+
+    def describe(self) -> str:
+        """What was learned, as the post prints it: `y = 1.924x + 1.050`."""
+        if isinstance(self.model, models.Expression) and self.data is not None:
+            text = self.model.describe(self.data.inputs)
+            if text is not None:
+                return f"y = {text}"
+        if isinstance(self.loss_fn, losses.Expression) and self.loss_fn.objective_only:
+            return self.loss_fn.describe()
+        count = sum(p.numel() for p in self.params.values())
+        return f"{count} parameters in {len(self.params)} tensors"
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` takes cuda, then mps, then cpu; asking for what is absent is a config error."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if re.fullmatch(r"cuda(:\d+)?", name):
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"trainer.device={name!r} but no CUDA device is available here "
+                "(torch.cuda.is_available() is False); use trainer.device=cpu or auto"
+            )
+        index = int(name.split(":")[1]) if ":" in name else 0
+        if index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"trainer.device={name!r} but this machine has {torch.cuda.device_count()} "
+                f"CUDA device(s); use cuda:0 .. cuda:{torch.cuda.device_count() - 1}"
+            )
+        return torch.device(name)
+    if name == "mps":
+        if not _mps_available():
+            raise ConfigError(
+                "trainer.device='mps' but no Apple MPS device is available here; "
+                "use trainer.device=cpu or auto"
+            )
+        return torch.device("mps")
+    raise ConfigError(
+        f"unknown device {name!r}; set trainer.device to auto, cpu, cuda, cuda:N or mps"
+    )
+
+
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend and backend.is_available())
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+    try:
+        import numpy as np
+
+        np.random.seed(seed)
+    except ImportError:
+        pass
+
+
+def _instantiate(group: str, node: Any, **runtime: Any) -> Any:
+    """instantiate, with failures reported against the config group that caused them."""
+    try:
+        return instantiate(node, **runtime)
+    except ConfigError:
+        raise
+    except Exception as e:
+        cause = e
+        while isinstance(cause.__cause__, Exception) and type(cause).__module__.startswith(
+            ("hydra", "omegaconf")
+        ):
+            cause = cause.__cause__
+        if isinstance(cause, ConfigError):
+            raise cause from e
+        raise ConfigError(f"{group}: building {node.get('_target_')!r} failed: {cause}") from e
+
+
+def _accepts(group: str, node: Mapping[str, Any], name: str) -> bool:
+    target = locate(group, node["_target_"])
+    try:
+        return name in inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def plain_partial(fn: Any) -> Any:
+    """Hydra's partials re-check their target on every call (~ms each): the loss is called
+    every step, so it becomes a plain functools.partial of the already-checked target."""
+    if isinstance(fn, functools.partial):
+        return functools.partial(fn.func, *fn.args, **fn.keywords)
+    return fn
+
+
+def named_parameters(model: nn.Module | None, loss: Any) -> dict[str, nn.Parameter]:
+    """Parameters by the names users wrote (`w`, `b`, `0.weight`); loss formulas may own some."""
+    params: dict[str, nn.Parameter] = {}
+    for owner in (model, loss):
+        if isinstance(owner, nn.Module):
+            for name, p in owner.named_parameters():
+                if name in params:
+                    raise ConfigError(
+                        f"the parameter {name!r} is in both the model and the loss formula; "
+                        "rename one of them"
+                    )
+                params[name] = p
+    return params
+
+
+def flatten(prefix: str, value: Any, out: dict[str, Any]) -> dict[str, Any]:
+    """Nested config -> {"optimizer.lr": 0.1, ...} with values TensorBoard's HParams can show."""
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            if k in ("_partial_", "_recursive_", "_convert_"):
+                continue
+            flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
+    elif value is None:
+        out[prefix] = "null"
+    elif isinstance(value, bool | int | float | str):
+        out[prefix] = value
+    else:
+        out[prefix] = str(value)
+    return out
+
+
+def build(cfg: DictConfig, run_dir: Path, choices: Mapping[str, Any] | None = None) -> Built:
+    """Check the config, then build data, model, loss, optimizer, scheduler and logger."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(plain, dict)
+    plain.pop("hydra", None)
+    checked = check(plain)
+    opts = checked.options
+    trainer = checked.trainer
+    device = resolve_device(trainer.device)
+    dtype = DTYPES[trainer.dtype]
+
+    seed_everything(plain["seed"])  # first: the dataset draws its noise right after
+    data = _instantiate("dataset", opts["dataset"], dtype=dtype)
+    if data is not None and not isinstance(data, Data):
+        raise ConfigError(
+            f"dataset._target_={opts['dataset']['_target_']!r} returned "
+            f"{type(data).__name__}; it must return runner.data.Data (x, y tensors) or None"
+        )
+
+    model_cfg = dict(opts["model"])
+    if "in_features" in model_cfg and model_cfg["in_features"] is None and data is not None:
+        model_cfg["in_features"] = data.features
+    model = _instantiate("model", model_cfg)
+    if model is not None and not isinstance(model, nn.Module):
+        raise ConfigError(
+            f"model._target_={model_cfg['_target_']!r} returned {type(model).__name__}, "
+            "not a torch.nn.Module"
+        )
+    if data is None and model is not None:
+        raise ConfigError("dataset=none needs model=none: the loss formula holds the parameters")
+    if data is not None and model is None:
+        raise ConfigError("model=none needs dataset=none; pick a model to fit the data")
+
+    loss_cfg = opts["loss"]
+    if data is None:
+        if not _accepts("loss", loss_cfg, "objective_only"):
+            raise ConfigError(
+                "dataset=none needs a loss formula of the parameters alone: "
+                "loss=expression with loss.formula, or an option file such as loss=rosenbrock"
+            )
+        loss_fn = _instantiate("loss", loss_cfg, objective_only=True)
+    else:
+        loss_fn = plain_partial(_instantiate("loss", loss_cfg))
+
+    if data is not None:
+        data = data.to(device)
+    for module in (model, loss_fn):
+        if isinstance(module, nn.Module):
+            module.to(device=device, dtype=dtype)
+    params = named_parameters(model, loss_fn)
+    if not params:
+        raise ConfigError("the experiment has no parameters to learn")
+    forward = models.forward_fn(model) if model is not None else None
+    if data is not None and forward is not None:
+        check_shapes(forward, loss_fn, data)
+
+    optimizer = _instantiate("optimizer", opts["optimizer"])(list(params.values()))
+    if trainer.accumulate > 1 and isinstance(optimizer, torch.optim.LBFGS):
+        raise ConfigError("optimizer=lbfgs re-evaluates the loss itself; set trainer.accumulate=1")
+    scheduler = _instantiate("scheduler", opts["scheduler"])(optimizer)
+    logger = _instantiate("logger", opts["logger"])(log_dir=run_dir)
+
+    hparams = flatten("", {k: plain[k] for k in ("seed", *opts)}, {})
+    for group, choice in (choices or {}).items():
+        if group in opts or group == "experiment":
+            hparams[f"choice.{group}"] = "null" if choice is None else str(choice)
+    return Built(
+        checked=checked,
+        device=device,
+        dtype=dtype,
+        data=data,
+        model=model,
+        forward=forward,
+        loss_fn=loss_fn,
+        params=params,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        logger=logger,
+        hparams=hparams,
+    )
+
+
+def check_shapes(forward: Callable[[torch.Tensor], torch.Tensor], loss_fn: Any, data: Data) -> None:
+    """One forward pass on two points, so a shape mismatch is a config error, not a broadcast."""
+    x, y = data.x[:2], data.y[:2]
+    try:
+        with torch.no_grad():
+            pred = forward(x)
+    except ConfigError:
+        raise
+    except Exception as e:
+        raise ConfigError(f"model: the first forward pass failed: {e}") from e
+    target = getattr(loss_fn, "func", loss_fn)
+    classes = target in (losses.cross_entropy, torch.nn.functional.cross_entropy)
+    expected = (y.shape[0],) if classes else tuple(y.shape)
+    got = tuple(pred.shape[:1]) if classes else tuple(pred.shape)
+    if got != expected:
+        raise ConfigError(
+            f"model output has shape {tuple(pred.shape)} for {y.shape[0]} points but the "
+            f"target has shape {tuple(y.shape)}; make the model return one value per point"
+            " (model.out_features=1)"
+        )
+    try:
+        with torch.no_grad():
+            value = loss_fn(pred, y)
+    except ConfigError:
+        raise
+    except Exception as e:
+        raise ConfigError(f"loss: computing it on the first batch failed: {e}") from e
+    if not isinstance(value, torch.Tensor) or value.dim() != 0:
+        raise ConfigError("loss: it must return a scalar tensor (.backward() needs one)")

@@ -1,0 +1,273 @@
+"""The config schema and its checks, run after Hydra composed the config and before any work.
+
+OmegaConf cannot type a group whose options differ (and accepts `nan` for a float), so
+each selected option is checked here against its own schema: the trainer and logger
+against dataclasses, every `_target_` option against the signature of what it builds.
+Messages name the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+import inspect
+import math
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+GROUPS = ("dataset", "model", "loss", "optimizer", "scheduler", "trainer", "logger")
+TOP_LEVEL = ("seed", *GROUPS)
+HYDRA_KEYS = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_")
+
+
+class ConfigError(ValueError):
+    """A bad config value, reported to the user without a traceback."""
+
+
+@dataclass
+class TrainerConfig:
+    """`trainer.*`: how the loop runs."""
+
+    epochs: int = 100
+    batch_size: int | None = None
+    device: str = "auto"
+    dtype: str = "float32"
+    grad_clip: float | None = None
+    accumulate: int = 1
+    log_every_n_steps: int = 50
+    check_grads: bool = False
+    checkpoint_every: int | None = None
+    resume: str | None = None
+    early_stop: dict[str, float] | None = None
+    objective: str = "final_loss"
+
+
+@dataclass
+class LoggerCadence:
+    """The logger keys the loop reads: how often to do the costlier kinds of logging."""
+
+    graph_every_n_steps: int | None = None
+    histogram_every_n_steps: int | None = 100
+
+
+@dataclass
+class EarlyStop:
+    patience: int = 10
+    min_delta: float = 0.0
+
+
+DTYPES = ("float32", "float64")
+OBJECTIVES = ("final_loss", "best_loss", "val_loss")
+
+
+def did_you_mean(name: str, choices: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def check_keys(where: str, given: Mapping[str, Any], allowed: typing.Iterable[str]) -> None:
+    allowed = list(allowed)
+    for key in given:
+        if key not in allowed:
+            raise ConfigError(
+                f"unknown key '{where}.{key}'{did_you_mean(key, allowed)}; "
+                f"{where} takes: {', '.join(allowed)}"
+            )
+
+
+def _type_ok(value: Any, annotation: Any) -> bool:
+    """A shallow check of `value` against a simple annotation; unknown shapes pass."""
+    if annotation in (inspect.Parameter.empty, Any):
+        return True
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, arg) for arg in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return (
+            isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        )
+    if annotation is str:
+        return isinstance(value, str)
+    if origin in (list, tuple) or annotation in (list, tuple):
+        return isinstance(value, list | tuple)
+    if origin is dict or annotation is dict:
+        return isinstance(value, dict)
+    return True
+
+
+def _type_name(annotation: Any) -> str:
+    names = {int: "an integer", float: "a finite number", str: "a string", bool: "true or false"}
+    if annotation in names:
+        return names[annotation]
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if len(args) == 1 and type(None) in typing.get_args(annotation):
+        return f"{_type_name(args[0])} or null"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def check_value(key: str, value: Any, annotation: Any) -> None:
+    if not _type_ok(value, annotation):
+        raise ConfigError(f"{key}={value!r} is not {_type_name(annotation)}")
+
+
+def _check_dataclass(where: str, given: Mapping[str, Any], schema: type) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    check_keys(where, given, fields)
+    hints = typing.get_type_hints(schema)
+    for key, value in given.items():
+        check_value(f"{where}.{key}", value, hints[key])
+    return schema(**given)
+
+
+def check_trainer(given: Mapping[str, Any]) -> TrainerConfig:
+    t = _check_dataclass("trainer", given, TrainerConfig)
+    positive = {"epochs": 0, "accumulate": 1, "log_every_n_steps": 1}
+    for key, low in positive.items():
+        if getattr(t, key) < low:
+            raise ConfigError(f"trainer.{key}={getattr(t, key)} must be at least {low}")
+    for key in ("batch_size", "checkpoint_every"):
+        value = getattr(t, key)
+        if value is not None and value < 1:
+            raise ConfigError(f"trainer.{key}={value} must be a positive integer or null")
+    if t.grad_clip is not None and t.grad_clip <= 0:
+        raise ConfigError(f"trainer.grad_clip={t.grad_clip} must be positive or null")
+    if t.dtype not in DTYPES:
+        raise ConfigError(f"trainer.dtype={t.dtype!r} is not allowed; use {' or '.join(DTYPES)}")
+    if t.objective not in OBJECTIVES:
+        raise ConfigError(
+            f"trainer.objective={t.objective!r} is not allowed; use one of {', '.join(OBJECTIVES)}"
+        )
+    if t.early_stop is not None:
+        _check_dataclass("trainer.early_stop", t.early_stop, EarlyStop)
+    return t
+
+
+def check_cadence(given: Mapping[str, Any]) -> LoggerCadence:
+    cadence = LoggerCadence(**{k: given[k] for k in given if k in _cadence_keys()})
+    for key in _cadence_keys():
+        value = getattr(cadence, key)
+        check_value(f"logger.{key}", value, int | None)
+        if value is not None and value < 1:
+            raise ConfigError(f"logger.{key}={value} must be a positive integer or null")
+    return cadence
+
+
+def _cadence_keys() -> list[str]:
+    return [f.name for f in dataclasses.fields(LoggerCadence)]
+
+
+def locate(group: str, target: Any) -> Callable[..., Any]:
+    """Import a `_target_` dotted path, with a message that names the group."""
+    if not isinstance(target, str) or not target:
+        raise ConfigError(
+            f"{group}._target_={target!r} must be a dotted path such as 'pkg.mod.Name'"
+        )
+    module_name, _, attr = target.rpartition(".")
+    parts = target.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        try:
+            obj: Any = importlib.import_module(".".join(parts[:cut]))
+        except ModuleNotFoundError:
+            continue
+        except Exception as e:  # an import that fails inside the user's module
+            raise ConfigError(f"{group}._target_={target!r}: importing it failed: {e}") from e
+        try:
+            for name in parts[cut:]:
+                obj = getattr(obj, name)
+        except AttributeError:
+            break
+        return obj
+    raise ConfigError(
+        f"{group}._target_={target!r} cannot be imported; check the module path "
+        f"'{module_name or target}' and the name '{attr or target}' (run from the project root "
+        "so that experiments/ is importable)"
+    )
+
+
+def check_target(group: str, given: Mapping[str, Any], runtime: typing.Iterable[str] = ()) -> None:
+    """Check an option's keys and simple types against the signature of its `_target_`.
+
+    `runtime` names the arguments the builder passes itself (the optimizer's params,
+    the dataset's dtype), which the config must not need to give.
+    """
+    target = locate(group, given.get("_target_"))
+    try:
+        sig = inspect.signature(target)
+    except (TypeError, ValueError):
+        return  # a builtin without a signature: instantiate will tell
+    params = sig.parameters
+    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    keys = {k: v for k, v in given.items() if k not in HYDRA_KEYS}
+    named = [
+        n
+        for n, p in params.items()
+        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        and n not in runtime
+        and n != "self"
+    ]
+    if not accepts_any:
+        check_keys(group, keys, named)
+    try:
+        hints = typing.get_type_hints(target.__init__ if inspect.isclass(target) else target)
+    except Exception:  # unresolvable annotations in third-party code: skip the type check
+        hints = {}
+    for key, value in keys.items():
+        if key in hints:
+            check_value(f"{group}.{key}", value, hints[key])
+    if "lr" in keys:
+        check_value(f"{group}.lr", keys["lr"], float)
+        if not keys["lr"] > 0:
+            raise ConfigError(f"{group}.lr={keys['lr']} must be a positive number")
+
+
+@dataclass
+class Checked:
+    """What validation hands on: the plain settings the loop reads."""
+
+    trainer: TrainerConfig
+    cadence: LoggerCadence
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+RUNTIME_ARGS = {
+    "dataset": ("dtype",),
+    "model": (),
+    "loss": ("input", "target", "objective_only"),
+    "optimizer": ("params",),
+    "scheduler": ("optimizer",),
+    "logger": ("log_dir",),
+}
+
+
+def check(cfg: Mapping[str, Any]) -> Checked:
+    """Check the whole composed config (as plain containers); raise ConfigError on the first fault."""
+    check_keys("config", {k: v for k, v in cfg.items() if k != "hydra"}, TOP_LEVEL)
+    seed = cfg.get("seed")
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ConfigError(f"seed={seed!r} must be a non-negative integer")
+    options: dict[str, dict[str, Any]] = {}
+    for group, runtime in RUNTIME_ARGS.items():
+        given = cfg.get(group)
+        if not isinstance(given, Mapping) or "_target_" not in given:
+            raise ConfigError(
+                f"{group}={given!r} is not an option with a _target_; "
+                f"pick one of the files in configs/{group}/"
+            )
+        given = dict(given)
+        if group == "logger":
+            cadence = check_cadence(given)
+            given = {k: v for k, v in given.items() if k not in _cadence_keys()}
+        check_target(group, given, runtime)
+        options[group] = given
+    trainer = check_trainer(dict(cfg.get("trainer") or {}))
+    return Checked(trainer=trainer, cadence=cadence, options=options)

@@ -1,0 +1,351 @@
+"""The formula language: a whitelisted subset of Python expressions, evaluated with torch.
+
+A formula such as ``"w * x + b"`` is parsed with `ast` and compiled, in one walk over the
+tree, into nested closures. Nothing is ever handed to eval/exec, so a config string cannot
+run code: anything outside the whitelist is refused with a message naming the piece.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import operator
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+Value = torch.Tensor | float
+Env = Mapping[str, Value]
+Compiled = Callable[[Env], Value]
+
+FUNCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "sin": torch.sin,
+    "cos": torch.cos,
+    "tan": torch.tan,
+    "exp": torch.exp,
+    "log": torch.log,
+    "sqrt": torch.sqrt,
+    "abs": torch.abs,
+    "tanh": torch.tanh,
+    "sigmoid": torch.sigmoid,
+    "relu": torch.relu,
+    "softplus": F.softplus,
+    "mean": torch.mean,  # full reduction to a 0-d tensor
+    "sum": torch.sum,  # full reduction to a 0-d tensor
+}
+CONSTANTS: dict[str, float] = {"pi": math.pi, "e": math.e}
+
+MAX_LENGTH = 10_000  # characters; far beyond any hand-written formula, and keeps parsing cheap
+MAX_DEPTH = 200  # tree levels; keeps the compile walk and the closures clear of the recursion limit
+
+ALLOWED = (
+    "allowed: numbers, names, + - * / **, unary -, parentheses, and calls to "
+    + ", ".join(FUNCTIONS)
+    + "; constants "
+    + ", ".join(CONSTANTS)
+)
+
+
+class FormulaError(ValueError):
+    """A formula that is not in the language, or that cannot be evaluated with the given values."""
+
+
+def _pow(base: Value, exponent: Value) -> Value:
+    """`**`, except that two plain numbers are raised as floats: `9**9**9` in exact integers
+    would run for minutes, and a negative base to a fractional power would be complex (torch
+    gives nan)."""
+    if isinstance(base, torch.Tensor) or isinstance(exponent, torch.Tensor):
+        return base**exponent
+    result = float(base) ** exponent
+    return math.nan if isinstance(result, complex) else result
+
+
+_BINARY: dict[type[ast.operator], Callable[[Value, Value], Value]] = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.Pow: _pow,
+}
+_UNARY: dict[type[ast.unaryop], Callable[[Value], Value]] = {
+    ast.USub: operator.neg,
+    ast.UAdd: operator.pos,
+}
+
+# Names for refused pieces, so the message says what the user wrote, not an ast class name.
+_KINDS = {
+    ast.Attribute: "attribute access",
+    ast.Subscript: "subscript",
+    ast.Lambda: "lambda",
+    ast.IfExp: "conditional expression",
+    ast.Compare: "comparison",
+    ast.BoolOp: "boolean operator",
+    ast.List: "list",
+    ast.Tuple: "tuple",
+    ast.Set: "set",
+    ast.Dict: "dict",
+    ast.ListComp: "comprehension",
+    ast.SetComp: "comprehension",
+    ast.DictComp: "comprehension",
+    ast.GeneratorExp: "generator expression",
+    ast.JoinedStr: "f-string",
+    ast.NamedExpr: "assignment expression",
+    ast.Starred: "starred expression",
+    ast.Await: "await",
+    ast.Yield: "yield",
+    ast.YieldFrom: "yield",
+}
+_OPERATORS = {
+    ast.FloorDiv: "//",
+    ast.Mod: "%",
+    ast.MatMult: "@",
+    ast.LShift: "<<",
+    ast.RShift: ">>",
+    ast.BitOr: "|",
+    ast.BitXor: "^",
+    ast.BitAnd: "&",
+    ast.Not: "not",
+    ast.Invert: "~",
+}
+_CONSTANT_KINDS = {str: "string", bytes: "bytes", bool: "boolean", complex: "complex number"}
+
+
+def _shown(source: str) -> str:
+    return repr(source if len(source) <= 80 else source[:77] + "...")
+
+
+def _error(source: str, message: str) -> FormulaError:
+    return FormulaError(f"formula {_shown(source)}: {message}")
+
+
+def _refused(source: str, message: str) -> FormulaError:
+    return _error(source, f"{message}; {ALLOWED}")
+
+
+def _text(source: str, node: ast.AST) -> str:
+    text = ast.get_source_segment(source, node) or ast.unparse(node)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _describe(source: str, node: ast.AST) -> str:
+    """What a refused node is, in the user's words: "attribute access '.real'"."""
+    match node:
+        case ast.Attribute(attr=attr):
+            return f"attribute access '.{attr}'"
+        case ast.BinOp(op=op) | ast.UnaryOp(op=op) if type(op) in _OPERATORS:
+            return f"operator '{_OPERATORS[type(op)]}' in '{_text(source, node)}'"
+        case ast.Constant(value=str() | bytes()):
+            return f"{_CONSTANT_KINDS[type(node.value)]} {_text(source, node)}"
+        case ast.Constant(value=value):
+            kind = _CONSTANT_KINDS.get(type(value), "constant")
+            return f"{kind} '{_text(source, node)}'"
+    return f"{_KINDS.get(type(node), type(node).__name__)} '{_text(source, node)}'"
+
+
+def _compile(node: ast.expr, source: str, names: set[str], depth: int = 0) -> Compiled:
+    """Check one node against the whitelist and return a closure that evaluates it."""
+    if depth > MAX_DEPTH:
+        raise _error(source, f"nested more than {MAX_DEPTH} levels deep")
+
+    def sub(child: ast.expr) -> Compiled:
+        return _compile(child, source, names, depth + 1)
+
+    match node:
+        case ast.Constant(value=bool()):
+            pass  # bool is an int subclass: refuse it before the number case
+        case ast.Constant(value=int() | float() as number):
+            return lambda env: number
+        case ast.Name(id=name) if name in CONSTANTS:
+            constant = CONSTANTS[name]
+            return lambda env: constant
+        case ast.Name(id=name) if name in FUNCTIONS:
+            raise _refused(source, f"function '{name}' used as a value; call it: {name}(...)")
+        case ast.Name(id=name) if name.startswith("_"):
+            raise _refused(source, f"name '{name}' is not allowed (no names starting with '_')")
+        case ast.Name(id=name):
+            names.add(name)
+            return _lookup(name, source)
+        case ast.BinOp(left=left, op=op, right=right) if type(op) in _BINARY:
+            apply, lhs, rhs = _BINARY[type(op)], sub(left), sub(right)
+            return lambda env: apply(lhs(env), rhs(env))
+        case ast.UnaryOp(op=op, operand=operand) if type(op) in _UNARY:
+            apply1, arg = _UNARY[type(op)], sub(operand)
+            return lambda env: apply1(arg(env))
+        case ast.Call():
+            return _compile_call(node, source, sub)
+    raise _refused(source, f"{_describe(source, node)} is not allowed")
+
+
+def _lookup(name: str, source: str) -> Compiled:
+    def lookup(env: Env) -> Value:
+        try:
+            return env[name]
+        except KeyError:
+            given = ", ".join(sorted(env)) or "none"
+            raise _error(source, f"no value for '{name}' (given: {given})") from None
+
+    return lookup
+
+
+def _compile_call(node: ast.Call, source: str, sub: Callable[[ast.expr], Compiled]) -> Compiled:
+    func = node.func
+    # `(sin)(x)` has the same tree as `sin(x)`; only the positions tell them apart.
+    start = (node.lineno, node.col_offset)
+    if not isinstance(func, ast.Name) or (func.lineno, func.col_offset) != start:
+        call = _text(source, node)
+        raise _refused(source, f"call '{call}' is not allowed (only a bare name can be called)")
+    if func.id in CONSTANTS:
+        raise _refused(source, f"'{func.id}' is a constant, not a function")
+    if func.id not in FUNCTIONS:
+        raise _refused(source, f"unknown function '{func.id}'")
+    if node.keywords:
+        raise _refused(
+            source, f"keyword argument '{_text(source, node.keywords[0])}' is not allowed"
+        )
+    for arg in node.args:
+        if isinstance(arg, ast.Starred):
+            raise _refused(source, f"starred argument '{_text(source, arg)}' is not allowed")
+    if len(node.args) != 1:
+        raise _refused(source, f"{func.id}() takes 1 argument, got {len(node.args)}")
+    function, arg = FUNCTIONS[func.id], sub(node.args[0])
+
+    def call(env: Env) -> Value:
+        value = arg(env)
+        # torch functions want tensors; `sin(pi)` or a float parameter gives a plain number
+        if not isinstance(value, torch.Tensor):
+            value = torch.tensor(float(value))
+        return function(value)
+
+    return call
+
+
+def _parse_tree(source: object) -> ast.expr:
+    if not isinstance(source, str):
+        raise FormulaError(f"a formula must be a string, got {type(source).__name__} {source!r}")
+    if not source.strip():
+        raise _error(source, "empty; write an expression such as 'w * x + b'")
+    if len(source) > MAX_LENGTH:
+        raise _error(source, f"{len(source)} characters is too long (limit {MAX_LENGTH})")
+    text = source.lstrip()  # eval mode refuses a leading indent, which YAML can easily add
+    try:
+        return ast.parse(text, mode="eval").body
+    except SyntaxError as exc:
+        where = ""
+        if exc.offset and exc.lineno == 1:
+            where = f" at column {exc.offset + len(source) - len(text)}"
+        elif exc.offset:
+            where = f" at line {exc.lineno}, column {exc.offset}"
+        raise _error(source, f"syntax error{where} ({exc.msg})") from None
+    except (RecursionError, MemoryError):
+        raise _error(source, "nested too deeply for Python's parser") from None
+    except ValueError as exc:  # lone surrogates, which cannot be encoded
+        raise _error(source, f"cannot be parsed ({exc})") from None
+
+
+@dataclass(frozen=True)
+class Formula:
+    """A parsed formula: call it with values for its free names to evaluate it."""
+
+    source: str
+    names: frozenset[str] = field(init=False)  # free variables; not constants or function names
+    _tree: ast.expr = field(init=False, repr=False, compare=False)
+    _evaluate: Compiled = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        tree = _parse_tree(self.source)
+        names: set[str] = set()
+        try:
+            evaluate = _compile(tree, self.source, names)
+        except RecursionError:  # belt and braces: MAX_DEPTH should stop this first
+            raise _error(self.source, "nested too deeply") from None
+        object.__setattr__(self, "names", frozenset(names))
+        object.__setattr__(self, "_tree", tree)
+        object.__setattr__(self, "_evaluate", evaluate)
+
+    def __reduce__(self) -> tuple[Callable[[str], Formula], tuple[str]]:
+        return parse, (self.source,)  # closures do not pickle; the source recompiles
+
+    def __call__(self, env: Env) -> Value:
+        try:
+            return self._evaluate(env)
+        except torch.OutOfMemoryError:
+            raise
+        except (ArithmeticError, RuntimeError) as exc:
+            # numbers that overflow or divide by zero; torch refusing shapes, dtypes or devices
+            raise _error(self.source, f"{type(exc).__name__}: {exc}") from exc
+
+    def render(self, values: Mapping[str, float], inputs: Collection[str] = ("x",)) -> str:
+        """The formula with each value filled in to 3 decimals, for the end-of-run summary:
+        `w * x + b` with w=1.9238, b=1.0503 is "1.924x + 1.050", as the post writes it."""
+        return _render(self._tree, self.source, values, inputs)[0]
+
+
+def parse(source: str) -> Formula:
+    """Parse and check a formula; raises FormulaError naming the first piece not allowed."""
+    return Formula(source)
+
+
+# Python's precedence levels, lowest first; an atom never needs parentheses.
+_ADD, _MUL, _UNARY_LEVEL, _POW, _ATOM = range(1, 6)
+_LEVELS = {ast.Add: _ADD, ast.Sub: _ADD, ast.Mult: _MUL, ast.Div: _MUL, ast.Pow: _POW}
+_SYMBOLS = {ast.Add: " + ", ast.Sub: " - ", ast.Mult: " * ", ast.Div: " / ", ast.Pow: "**"}
+
+
+def _wrap(text: str, needed: bool) -> str:
+    return f"({text})" if needed else text
+
+
+def _render(
+    node: ast.expr, source: str, values: Mapping[str, float], inputs: Collection[str]
+) -> tuple[str, int]:
+    """The text of a node and its precedence level, so the parent knows when to add parentheses."""
+
+    def sub(child: ast.expr) -> tuple[str, int]:
+        return _render(child, source, values, inputs)
+
+    match node:
+        case ast.Name(id=name) if name in values:
+            text = f"{float(values[name]):.3f}"
+            return text, _UNARY_LEVEL if text.startswith("-") else _ATOM
+        case ast.Name(id=name):
+            return name, _ATOM
+        case ast.Constant():
+            return _text(source, node), _ATOM  # literal numbers keep their source text
+        case ast.Call(func=ast.Name(id=name), args=[arg]):
+            return f"{name}({sub(arg)[0]})", _ATOM
+        case ast.UnaryOp(op=op, operand=operand):
+            text, level = sub(operand)
+            sign = "-" if isinstance(op, ast.USub) else "+"
+            return sign + _wrap(text, level <= _UNARY_LEVEL), _UNARY_LEVEL
+        case ast.BinOp(left=left, op=op, right=right):
+            level = _LEVELS[type(op)]
+            (ltext, llevel), (rtext, rlevel) = sub(left), sub(right)
+            # ** groups to the right; the others group to the left
+            right_assoc = isinstance(op, ast.Pow)
+            ltext = _wrap(ltext, llevel <= level if right_assoc else llevel < level)
+            rtext = _wrap(rtext, rlevel < level if right_assoc else rlevel <= level)
+            if (
+                isinstance(op, ast.Mult)
+                and _is_value(left, values)
+                and _is_input(right, values, inputs)
+            ):
+                return ltext + rtext, _MUL  # a parameter times an input: "1.924x"
+            symbol = _SYMBOLS[type(op)]
+            if level == _ADD and rtext.startswith("-"):
+                # adding a negative term reads as subtraction: "2.000x - 0.500"
+                symbol, rtext = (" - " if symbol == " + " else " + "), rtext[1:]
+            return ltext + symbol + rtext, level
+    raise AssertionError(f"unrendered node {ast.dump(node)}")  # parse refused it already
+
+
+def _is_value(node: ast.expr, values: Mapping[str, float]) -> bool:
+    return isinstance(node, ast.Name) and node.id in values
+
+
+def _is_input(node: ast.expr, values: Mapping[str, float], inputs: Collection[str]) -> bool:
+    """An input name, or an input to a power: the right side of "1.000x**2"."""
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow):
+        node = node.left
+    return isinstance(node, ast.Name) and node.id in inputs and node.id not in values

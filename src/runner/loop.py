@@ -1,0 +1,256 @@
+"""train(): the one training loop, top to bottom.
+
+Per update: zero grads -> forward -> loss -> backward (over `accumulate` micro-batches)
+-> clip -> optimizer step -> log every N steps. Logged values stay on the device as
+tensors until the recorder writes them, and divergence is tracked on the device, so the
+only host syncs are at log steps.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .build import Built
+from .graph import graph_chain, graph_dot, graph_stats, graph_tree, saved_bytes
+from .loggers import Logger
+
+
+@dataclass
+class Result:
+    status: str  # completed | diverged | interrupted
+    steps: int
+    epochs: int
+    final_loss: float | None
+    best_loss: float | None
+    val_loss: float | None = None
+    diverged_step: int | None = None
+    graph: dict[str, str] = field(default_factory=dict)  # tree, chain, dot of the first step
+    grads: dict[str, Any] = field(default_factory=dict)
+
+
+class Recorder:
+    """Holds logged values as device tensors and writes them in batches.
+
+    One `.tolist()` per flush moves everything to the host: the sync is paid once per
+    flush rather than once per value (`# note: this is the CPU-GPU sync point`).
+    """
+
+    def __init__(self, logger: Logger, every_s: float = 1.0) -> None:
+        self.logger = logger
+        self.every_s = every_s
+        self.pending: list[tuple[int, tuple[str, ...], torch.Tensor, dict[str, float]]] = []
+        self.last_flush = time.monotonic()
+        self.latest: dict[str, float] = {}
+
+    def add(
+        self, step: int, keys: tuple[str, ...], values: torch.Tensor, host: Mapping[str, float]
+    ) -> None:
+        self.pending.append((step, keys, values.detach(), dict(host)))
+        if time.monotonic() - self.last_flush > self.every_s:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            rows = torch.stack([v.float() for _, _, v, _ in self.pending]).cpu().tolist()
+            for (step, keys, _, host), row in zip(self.pending, rows, strict=True):
+                values = dict(zip(keys, row, strict=True)) | host
+                self.logger.scalars(step, values)
+                self.latest = values
+            self.pending.clear()
+        self.last_flush = time.monotonic()
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[dict[str, bool]]:
+    """Ctrl-C and SIGTERM ask the loop to stop after the current step (logs are kept)."""
+    flag = {"stop": False}
+
+    def handler(signum: int, frame: Any) -> None:
+        flag["stop"] = True
+
+    previous = {}
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, handler)
+    except ValueError:  # not the main thread (some launchers): no handlers, run on
+        pass
+    try:
+        yield flag
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _batches(n: int, batch_size: int | None, device: torch.device) -> list[torch.Tensor | None]:
+    """Index slices of a shuffled randperm; None means the whole (unshuffled) batch."""
+    if batch_size is None or batch_size >= n:
+        return [None]
+    perm = torch.randperm(n, device=device)
+    return list(perm.split(batch_size))
+
+
+def _scalar_or_norm(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().reshape(()) if t.numel() == 1 else torch.linalg.vector_norm(t.detach())
+
+
+def train(b: Built) -> Result:
+    t, cadence = b.checked.trainer, b.checked.cadence
+    data, device, logger = b.data, b.device, b.logger
+    names = list(b.params)
+    params = list(b.params.values())
+    graph_every = cadence.graph_every_n_steps or t.log_every_n_steps
+    hist_every = cadence.histogram_every_n_steps
+    tensor_params = [n for n in names if b.params[n].numel() > 1]
+    keys = ("loss/train", *(f"param/{n}" for n in names), *(f"grad/{n}" for n in names))
+    keys += ("grad/total_norm",)
+
+    n = data.n if data is not None else 1
+    steps_per_epoch = math.ceil(len(_batches(n, t.batch_size, torch.device("cpu"))) / t.accumulate)
+    total_steps = max(t.epochs * steps_per_epoch, 1)
+    first_bad = torch.full((), -1, dtype=torch.long, device=device)
+    best = torch.full((), math.inf, device=device)
+    last_epoch_loss = torch.full((), math.nan, device=device)
+    val_loss: torch.Tensor | None = None
+    rec = Recorder(logger)
+    result = Result("completed", 0, 0, None, None)
+    step = 0
+    want_graph = True
+    graph_loss: list[torch.Tensor] = []
+
+    def closure_for(group: list[torch.Tensor | None]) -> Any:
+        def closure() -> torch.Tensor:
+            b.optimizer.zero_grad()
+            total = torch.zeros((), device=device)
+            for idx in group:
+                if data is None:
+                    loss = b.loss_fn()
+                else:
+                    x, y = (data.x, data.y) if idx is None else (data.x[idx], data.y[idx])
+                    loss = b.loss_fn(b.forward(x), y)
+                if want_graph:
+                    graph_loss[:] = [loss]
+                # dividing only when accumulating keeps the post's graph (no DivBackward0)
+                (loss if len(group) == 1 else loss / len(group)).backward()
+                total = total + loss.detach()
+            return total / len(group)
+
+        return closure
+
+    def log_graph(step: int, loss: torch.Tensor, saved: int) -> None:
+        stats = graph_stats(loss) | {"graph/saved_bytes": float(saved)}
+        logger.scalars(step, stats)
+        if not result.graph:
+            result.graph = {
+                "tree": graph_tree(loss, b.params),
+                "chain": graph_chain(loss, b.params),
+                "dot": graph_dot(loss, b.params),
+            }
+            logger.text(step, "graph/tree", result.graph["chain"] + "\n\n" + result.graph["tree"])
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total_steps, disable=None, unit="step", dynamic_ncols=True, leave=False)
+    with stop_on_signals() as signals:
+        epoch = 0
+        if t.epochs == 0:  # one forward and backward pass to look at, no update
+            want_graph = True
+            with saved_bytes() as saved:
+                loss = closure_for([None])()
+            log_graph(0, graph_loss[0], saved.total)
+            last_epoch_loss = best = loss
+            rec.add(0, keys, _log_row(loss, b), {"lr": b.optimizer.param_groups[0]["lr"]})
+        while epoch < t.epochs and result.status == "completed":
+            batches = _batches(n, t.batch_size, device)
+            epoch_sum = torch.zeros((), device=device)
+            for i in range(0, len(batches), t.accumulate):
+                group = batches[i : i + t.accumulate]
+                want_graph = step == 0 or step % graph_every == 0
+                with saved_bytes() if want_graph else nullcontext() as saved:
+                    closure = closure_for(group)
+                    if t.grad_clip is None:
+                        loss = b.optimizer.step(closure)
+                    else:
+                        loss = b.optimizer.step(_clipped(closure, params, t.grad_clip))
+                first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), step, first_bad)
+                weight = 1.0 if group[0] is None else sum(len(g) for g in group) / n
+                epoch_sum = epoch_sum + loss * weight
+                if want_graph:
+                    log_graph(step, graph_loss[0], saved.total)
+                    graph_loss.clear()
+                if step % t.log_every_n_steps == 0 or step == total_steps - 1:
+                    lr = b.optimizer.param_groups[0]["lr"]
+                    rec.add(step, keys, _log_row(loss, b), {"lr": lr})
+                    if hist_every and step % hist_every == 0:
+                        for name in tensor_params:
+                            p = b.params[name]
+                            logger.histogram(step, f"param/{name}", p)
+                            if p.grad is not None:
+                                logger.histogram(step, f"grad/{name}", p.grad)
+                    # note: the one host sync between log steps: act on divergence now
+                    if first_bad.item() >= 0:
+                        result.status = "diverged"
+                        result.diverged_step = int(first_bad.item())
+                    if rec.latest:
+                        bar.set_postfix(loss=f"{rec.latest['loss/train']:.4g}", refresh=False)
+                step += 1
+                bar.update(1)
+                if result.status != "completed" or signals["stop"]:
+                    break
+            else:
+                epoch += 1
+                last_epoch_loss = epoch_sum
+                best = torch.fmin(best, epoch_sum)
+                b.scheduler.step()
+                if data is not None and data.x_val is not None:
+                    val_loss = _validate(b)
+                    rec.add(step - 1, ("loss/val",), val_loss.reshape(1), {})
+            if signals["stop"] and result.status == "completed":
+                result.status = "interrupted"
+    bar.close()
+    rec.flush()
+    result.steps, result.epochs = step, epoch
+    if result.status != "diverged":
+        final = last_epoch_loss.item()
+        result.final_loss = final if math.isfinite(final) else None
+    best_value = best.item()
+    result.best_loss = best_value if math.isfinite(best_value) else None
+    if val_loss is not None:
+        v = val_loss.item()
+        result.val_loss = v if math.isfinite(v) else None
+    result.grads = {
+        name: p.grad.detach().cpu().tolist() for name, p in b.params.items() if p.grad is not None
+    }
+    return result
+
+
+def _log_row(loss: torch.Tensor, b: Built) -> torch.Tensor:
+    """loss, each parameter (value, or L2 norm for a tensor), each gradient, total grad norm."""
+    params = list(b.params.values())
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    norms = [_scalar_or_norm(g) for g in grads]
+    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    row = [loss.detach().reshape(()), *(_scalar_or_norm(p) for p in params), *norms, total]
+    return torch.stack([r.to(loss.dtype) for r in row])
+
+
+def _clipped(closure: Any, params: list[torch.Tensor], max_norm: float) -> Any:
+    def clipped() -> torch.Tensor:
+        loss = closure()
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
+        return loss
+
+    return clipped
+
+
+@torch.no_grad()
+def _validate(b: Built) -> torch.Tensor:
+    assert b.data is not None and b.data.x_val is not None and b.forward is not None
+    return b.loss_fn(b.forward(b.data.x_val), b.data.y_val).detach()

@@ -1,0 +1,100 @@
+"""Losses: functions of (pred, y), and formula losses that may own parameters.
+
+`mse` is written as the post writes it, `((pred - y)**2).mean()`, so the graph shows
+its nodes (Mean, Pow, Sub) rather than one fused MseLossBackward0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ConfigError
+from .formula import FormulaError
+from .models import formula_parameters, parse_formula, register
+
+REDUCTIONS = ("sum", "mean")
+
+
+def mse(input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return ((input - target) ** 2).mean()
+
+
+def mae(input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return (input - target).abs().mean()
+
+
+def cross_entropy(input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Class logits (n, classes) against class indices stored as floats in the data."""
+    return F.cross_entropy(input, target.long())
+
+
+class Expression(nn.Module):
+    """A loss formula over `pred`, `y` and parameters of its own.
+
+    With no dataset, every free name is a parameter: the formula is the objective
+    (`(1 - a)**2 + 100*(b - a**2)**2`, or the post's `x**2 + 2*x + 1` with x learned).
+    """
+
+    def __init__(
+        self,
+        formula: str,
+        params: Mapping[str, Any] | None = None,
+        reduction: str | None = None,
+        *,
+        objective_only: bool = False,
+    ) -> None:
+        super().__init__()
+        if reduction is not None and reduction not in REDUCTIONS:
+            raise ConfigError(f"loss.reduction={reduction!r} is not allowed; use sum, mean or null")
+        self.formula = parse_formula("loss", formula)
+        self.reduction = reduction
+        self.objective_only = objective_only
+        data_names = () if objective_only else ("pred", "y")
+        register(
+            self,
+            "loss",
+            formula_parameters("loss", self.formula, data_names.__contains__, params or {}),
+        )
+        if objective_only and not self.formula.names:
+            raise ConfigError(f"loss.formula={formula!r} has no parameters to learn")
+
+    def forward(
+        self, input: torch.Tensor | None = None, target: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        env: dict[str, Any] = dict(self.named_parameters())
+        if not self.objective_only:
+            env.update(pred=input, y=target)
+        try:
+            out = self.formula(env)
+        except FormulaError as e:
+            raise ConfigError(f"loss.formula: {e}") from e
+        out = torch.as_tensor(out)
+        if out.dim() > 0:
+            if self.reduction is None:
+                raise ConfigError(
+                    f"loss.formula={self.formula.source!r} gives a tensor of shape "
+                    f"{tuple(out.shape)}, and .backward() needs a scalar; set "
+                    "loss.reduction=sum or loss.reduction=mean, or wrap it in sum(...) or mean(...)"
+                )
+            out = out.sum() if self.reduction == "sum" else out.mean()
+        return out
+
+    def describe(self) -> str:
+        """The learned parameters, `a = 1.000, b = 1.000` (tensors as lists)."""
+        parts = []
+        for name, p in self.named_parameters():
+            value = p.detach().cpu()
+            shown = f"{value.item():.3f}" if value.numel() == 1 else _round(value.tolist())
+            parts.append(f"{name} = {shown}")
+        return ", ".join(parts)
+
+
+def _round(value: Any) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(_round(v) for v in value) + "]"
+    return f"{value:.3f}"

@@ -1,0 +1,189 @@
+"""Models: a formula with named parameters, and small `torch.nn` modules.
+
+Any `torch.nn.Module` works through `_target_`; `forward_fn` adapts it to the runner's
+shapes (1-D inputs are (n,), a module sees (n, k) and its (n, 1) output is squeezed).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Collection, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import ConfigError
+from .formula import Formula, FormulaError, parse
+
+INPUT_NAME = re.compile(r"x\d*")
+INITS = ("zeros", "normal", "uniform")
+
+
+def initial_value(key: str, spec: Any) -> torch.Tensor:
+    """A parameter's starting tensor from a number, a nested list, or {shape, init, std}."""
+    if isinstance(spec, bool):
+        raise ConfigError(f"{key}={spec!r} must be a number, a nested list or {{shape, init}}")
+    if isinstance(spec, int | float):
+        return torch.tensor(float(spec))
+    if isinstance(spec, list | tuple):
+        try:
+            return torch.tensor(spec, dtype=torch.float32)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{key}={spec!r} is not a rectangular list of numbers: {e}") from e
+    if isinstance(spec, Mapping):
+        allowed = {"shape", "init", "std", "low", "high"}
+        unknown = set(spec) - allowed
+        if unknown:
+            raise ConfigError(
+                f"{key} has unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}"
+            )
+        shape = spec.get("shape", [])
+        if not isinstance(shape, list | tuple) or not all(
+            isinstance(s, int) and s > 0 for s in shape
+        ):
+            raise ConfigError(f"{key}.shape={shape!r} must be a list of positive integers")
+        init = spec.get("init", "zeros")
+        if init == "zeros":
+            return torch.zeros(shape)
+        if init == "normal":
+            return torch.randn(shape) * float(spec.get("std", 1.0))
+        if init == "uniform":
+            low, high = float(spec.get("low", -1.0)), float(spec.get("high", 1.0))
+            return low + (high - low) * torch.rand(shape)
+        raise ConfigError(f"{key}.init={init!r} is not allowed; use one of {', '.join(INITS)}")
+    raise ConfigError(f"{key}={spec!r} must be a number, a nested list or {{shape, init, std}}")
+
+
+def formula_parameters(
+    key: str, formula: Formula, inputs: Callable[[str], bool], params: Mapping[str, Any]
+) -> dict[str, nn.Parameter]:
+    """One parameter per free name of the formula that is not an input; each starts at 0.0."""
+    names = sorted(n for n in formula.names if not inputs(n))
+    for name in params:
+        if name not in names:
+            raise ConfigError(
+                f"{key}.params.{name}: the formula {formula.source!r} has no parameter "
+                f"{name!r}; its parameters: {', '.join(names) or 'none'}"
+            )
+    return {
+        name: nn.Parameter(initial_value(f"{key}.params.{name}", params.get(name, 0.0)))
+        for name in names
+    }
+
+
+def parse_formula(key: str, source: str) -> Formula:
+    try:
+        return parse(source)
+    except FormulaError as e:
+        raise ConfigError(f"{key}.formula: {e}") from e
+
+
+def register(module: nn.Module, key: str, params: Mapping[str, nn.Parameter]) -> None:
+    for name, p in params.items():
+        if hasattr(module, name):
+            raise ConfigError(f"{key}: the parameter name {name!r} is reserved; rename it")
+        module.register_parameter(name, p)
+
+
+class Expression(nn.Module):
+    """y = formula(x; parameters). The post's model is `w * x + b`."""
+
+    def __init__(self, formula: str, params: Mapping[str, Any] | None = None) -> None:
+        super().__init__()
+        self.formula = parse_formula("model", formula)
+        register(
+            self,
+            "model",
+            formula_parameters("model", self.formula, INPUT_NAME.fullmatch, params or {}),
+        )
+        if not any(INPUT_NAME.fullmatch(n) for n in self.formula.names):
+            raise ConfigError(
+                f"model.formula={formula!r} does not use the input x; "
+                "with no data use dataset=none, model=none and a loss formula"
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        env: dict[str, Any] = dict(self.named_parameters())
+        if x.dim() == 1:
+            env["x"] = x
+        else:
+            env.update({f"x{i + 1}": x[:, i] for i in range(x.shape[1])})
+        try:
+            out = self.formula(env)
+        except FormulaError as e:
+            raise ConfigError(f"model.formula: {e} (the data has inputs {inputs_of(x)})") from e
+        if not isinstance(out, torch.Tensor) or out.dim() == 0:
+            out = torch.as_tensor(out, dtype=x.dtype, device=x.device).expand(x.shape[0])
+        return out
+
+    def describe(self, inputs: Collection[str] = ("x",)) -> str | None:
+        """The formula with learned values, as the post prints it; None for tensor parameters."""
+        values = {n: p.detach() for n, p in self.named_parameters()}
+        if any(v.numel() != 1 for v in values.values()):
+            return None
+        return self.formula.render({n: v.item() for n, v in values.items()}, inputs)
+
+
+def inputs_of(x: torch.Tensor) -> str:
+    return "x" if x.dim() == 1 else ", ".join(f"x{i + 1}" for i in range(x.shape[1]))
+
+
+def linear(in_features: int | None = None, out_features: int = 1) -> nn.Module:
+    if in_features is None:
+        raise ConfigError("model.in_features is null and the dataset did not fill it in")
+    return nn.Linear(in_features, out_features)
+
+
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "tanh": nn.Tanh,
+    "relu": nn.ReLU,
+    "gelu": nn.GELU,
+    "sigmoid": nn.Sigmoid,
+    "silu": nn.SiLU,
+}
+
+
+class MLP(nn.Sequential):
+    """Linear -> activation for each hidden width, then a Linear to the outputs."""
+
+    def __init__(
+        self,
+        hidden: list[int] | tuple[int, ...] = (64, 64),
+        activation: str = "tanh",
+        in_features: int | None = None,
+        out_features: int = 1,
+    ) -> None:
+        if activation not in ACTIVATIONS:
+            raise ConfigError(
+                f"model.activation={activation!r} is not allowed; "
+                f"use one of {', '.join(ACTIVATIONS)}"
+            )
+        if in_features is None:
+            raise ConfigError("model.in_features is null and the dataset did not fill it in")
+        if not all(isinstance(h, int) and h > 0 for h in hidden):
+            raise ConfigError(f"model.hidden={list(hidden)!r} must be a list of positive integers")
+        layers: list[nn.Module] = []
+        width = in_features
+        for h in hidden:
+            layers += [nn.Linear(width, h), ACTIVATIONS[activation]()]
+            width = h
+        layers.append(nn.Linear(width, out_features))
+        super().__init__(*layers)
+
+
+def none() -> None:
+    """No model: objective-only experiments keep their parameters in the loss."""
+    return None
+
+
+def forward_fn(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Adapt a model to the runner's shapes: (n,) or (n, k) in, (n,) out for one output."""
+    if isinstance(model, Expression):
+        return model
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        out = model(x.unsqueeze(-1) if x.dim() == 1 else x)
+        return out.squeeze(-1) if out.dim() == 2 and out.shape[-1] == 1 else out
+
+    return forward

@@ -1,0 +1,129 @@
+"""run(cfg): seed and build, train, write results, close; returns what a sweeper optimises."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from .build import Built, build
+from .loop import Result, train
+
+log = logging.getLogger(__name__)
+MAX_PARAM_ELEMENTS = 1000  # metrics.json lists parameter values for models up to this size
+
+
+def run(cfg: DictConfig, run_dir: Path, choices: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """1. build (checks the config first)  2. train  3. write metrics.json  4. close."""
+    started = time.perf_counter()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    built = build(cfg, run_dir, choices)
+    result: Result | None = None
+    metrics: dict[str, Any] = {"status": "failed"}
+    try:
+        result = train(built)
+        metrics = summarise(result, built, time.perf_counter() - started)
+        write_graph(result, run_dir)
+    except BaseException as e:
+        metrics["error"] = f"{type(e).__name__}: {e}"
+        metrics["status"] = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+        raise
+    finally:
+        write_json(run_dir / "metrics.json", metrics)
+        built.logger.hparams(built.hparams, hparam_metrics(metrics))
+        built.logger.close()
+    report(metrics, built, run_dir)
+    return metrics
+
+
+def summarise(result: Result, built: Built, duration: float) -> dict[str, Any]:
+    metrics: dict[str, Any] = {
+        "status": result.status,
+        "final_loss": result.final_loss,
+        "best_loss": result.best_loss,
+        "val_loss": result.val_loss,
+        "steps": result.steps,
+        "epochs": result.epochs,
+        "device": str(built.device),
+        "duration_s": round(duration, 4),
+    }
+    if result.diverged_step is not None:
+        metrics["diverged_step"] = result.diverged_step
+    if sum(p.numel() for p in built.params.values()) <= MAX_PARAM_ELEMENTS:
+        metrics["params"] = {n: p.detach().cpu().tolist() for n, p in built.params.items()}
+        metrics["grads"] = result.grads
+    metrics["learned"] = built.describe()
+    metrics["objective"] = objective(metrics, built.checked.trainer.objective)
+    return metrics
+
+
+def objective(metrics: Mapping[str, Any], key: str) -> float:
+    """The number a sweeper minimises: +inf for a run that diverged or has no such value."""
+    value = metrics.get(key)
+    if metrics.get("status") == "diverged" or value is None or not math.isfinite(value):
+        return math.inf
+    return float(value)
+
+
+def hparam_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    out = {}
+    for key in ("final_loss", "best_loss", "val_loss"):
+        value = metrics.get(key)
+        out[f"hparam/{key}"] = float(value) if isinstance(value, int | float) else math.nan
+    return out
+
+
+def write_json(path: Path, data: Mapping[str, Any]) -> None:
+    """Strict JSON (no NaN/Infinity), written whole or not at all."""
+    clean = _strict(data)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(clean, indent=2, allow_nan=False) + "\n")
+    tmp.replace(path)
+
+
+def _strict(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_strict(v) for v in value]
+    return value
+
+
+def write_graph(result: Result, run_dir: Path) -> None:
+    if result.graph:
+        text = result.graph["chain"] + "\n\n" + result.graph["tree"] + "\n"
+        (run_dir / "graph.txt").write_text(text)
+        (run_dir / "graph.dot").write_text(result.graph["dot"])
+
+
+def report(metrics: Mapping[str, Any], built: Built, run_dir: Path) -> None:
+    """The end-of-run summary, led by the post's line: `Learned: y = 1.924x + 1.050`."""
+    log.info(f"Learned: {metrics['learned']}")
+    if metrics["status"] == "diverged":
+        log.info(
+            f"Diverged: the loss became NaN or infinite at step {metrics['diverged_step']}; "
+            "try a lower optimizer.lr (or set trainer.grad_clip)"
+        )
+    else:
+        loss = metrics["final_loss"]
+        shown = "n/a" if loss is None else f"{loss:.6g}"
+        line = f"Final loss: {shown} (best {metrics['best_loss']:.6g})"
+        if metrics.get("val_loss") is not None:
+            line += f", validation {metrics['val_loss']:.6g}"
+        log.info(line)
+    if metrics["epochs"] == 0 and metrics.get("grads"):
+        for name, grad in metrics["grads"].items():
+            log.info(f"d loss / d {name} = {grad}")
+    log.info(
+        f"{metrics['status'].capitalize()}: {metrics['steps']} steps, {metrics['epochs']} epochs "
+        f"on {metrics['device']} in {metrics['duration_s']:.2f}s"
+    )
+    log.info(f"Run directory: {run_dir}")
