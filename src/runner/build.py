@@ -109,7 +109,9 @@ def seed_everything(seed: int) -> None:
 def _instantiate(group: str, node: Any, **runtime: Any) -> Any:
     """instantiate, with failures reported against the config group that caused them."""
     try:
-        return instantiate(node, **runtime)
+        # _convert_="all": targets get plain lists and dicts, so `params: {x: [1, 2, 3]}`
+        # arrives as a list (a ListConfig is no `list`)
+        return instantiate(node, _convert_="all", **runtime)
     except ConfigError:
         raise
     except Exception as e:
@@ -225,6 +227,8 @@ def build(cfg: DictConfig, run_dir: Path, choices: Mapping[str, Any] | None = No
     forward = models.forward_fn(model) if model is not None else None
     if data is not None and forward is not None:
         check_shapes(forward, loss_fn, data)
+    if data is None:
+        check_objective(loss_fn)
 
     optimizer = _instantiate("optimizer", opts["optimizer"])(list(params.values()))
     if trainer.accumulate > 1 and isinstance(optimizer, torch.optim.LBFGS):
@@ -232,7 +236,7 @@ def build(cfg: DictConfig, run_dir: Path, choices: Mapping[str, Any] | None = No
     scheduler = _instantiate("scheduler", opts["scheduler"])(optimizer)
     logger = _instantiate("logger", opts["logger"])(log_dir=run_dir)
 
-    hparams = flatten("", {k: plain[k] for k in ("seed", *opts)}, {})
+    hparams = flatten("", {k: plain[k] for k in ("seed", "trainer", *opts)}, {})
     for group, choice in (choices or {}).items():
         if group in opts or group == "experiment":
             hparams[f"choice.{group}"] = "null" if choice is None else str(choice)
@@ -250,6 +254,24 @@ def build(cfg: DictConfig, run_dir: Path, choices: Mapping[str, Any] | None = No
         logger=logger,
         hparams=hparams,
     )
+
+
+def check_objective(loss_fn: Callable[[], torch.Tensor]) -> None:
+    """Evaluate an objective once, so a vector result is a config error before any work,
+    as `.backward()` on a vector is an error."""
+    try:
+        with torch.no_grad():
+            value = loss_fn()
+    except ConfigError:
+        raise
+    except Exception as e:
+        raise ConfigError(f"loss: evaluating the objective failed: {e}") from e
+    if not isinstance(value, torch.Tensor) or value.dim() != 0:
+        shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        raise ConfigError(
+            f"loss: the objective gives {shape}, and .backward() needs a scalar tensor; "
+            "make it return one (loss=expression takes loss.reduction=sum or mean)"
+        )
 
 
 def check_shapes(forward: Callable[[torch.Tensor], torch.Tensor], loss_fn: Any, data: Data) -> None:

@@ -52,6 +52,7 @@ class LoggerCadence:
 
     graph_every_n_steps: int | None = None
     histogram_every_n_steps: int | None = 100
+    figure_every_n_epochs: int | None = 50
 
 
 @dataclass

@@ -99,16 +99,16 @@ def synthetic(
             f"dataset.formula={formula!r} uses unknown name(s) {extra}; "
             "a dataset formula is a function of x alone"
         )
+    # drawn in float32 whatever trainer.dtype is, so float64 runs see the same data
     if sampling == "linspace":
-        x = torch.linspace(low, high, n, dtype=dtype)
+        x = torch.linspace(low, high, n)
     else:
-        x = low + (high - low) * torch.rand(n, dtype=dtype)
-    clean = f({"x": x})
-    if not isinstance(clean, torch.Tensor) or clean.shape != x.shape:
-        clean = torch.full_like(x, float(clean)) if not isinstance(clean, torch.Tensor) else clean
+        x = low + (high - low) * torch.rand(n)
+    clean = torch.as_tensor(f({"x": x}), dtype=x.dtype)
+    if clean.shape != x.shape:
         clean = clean.expand_as(x).clone()
-    y = clean + noise * torch.randn(n, dtype=dtype)
-    return split(x, y, val_fraction, "dataset")
+    y = clean + noise * torch.randn(n)
+    return split(x.to(dtype), y.to(dtype), val_fraction, "dataset")
 
 
 def csv(
@@ -137,7 +137,8 @@ def csv(
         for key, name in [("x", c) for c in columns] + [("y", y)]:
             if name not in header:
                 raise ConfigError(
-                    f"dataset.{key}={name!r} is not a column of {path}; columns: {', '.join(header)}"
+                    f"dataset.{key}={name!r} is not a column of {path}; "
+                    f"columns: {', '.join(header)}"
                 )
             index[name] = header.index(name)
         rows: list[list[float]] = []
@@ -166,3 +167,42 @@ def csv(
 def none(*, dtype: torch.dtype = torch.float32) -> None:
     """No data: the loss is a function of the parameters alone."""
     return None
+
+
+def blobs(
+    n: int = 200,
+    classes: int = 2,
+    features: int = 2,
+    spread: float = 1.0,
+    distance: float = 4.0,
+    val_fraction: float = 0.0,
+    *,
+    dtype: torch.dtype = torch.float32,
+) -> Data:
+    """Gaussian blobs, one per class, for classification: y holds class indices as floats.
+
+    Centres sit evenly on a circle of diameter `distance` (in the first two features; on a
+    line for one feature), so `spread / distance` says how much the classes overlap.
+    Floats suit `bce` (0 or 1) as they are; `cross_entropy` reads them as indices.
+    """
+    if n < classes:
+        raise ConfigError(f"dataset.n={n} must be at least dataset.classes={classes}")
+    if classes < 2:
+        raise ConfigError(f"dataset.classes={classes} must be at least 2")
+    if features < 1:
+        raise ConfigError(f"dataset.features={features} must be a positive integer")
+    if not spread > 0:
+        raise ConfigError(f"dataset.spread={spread} must be positive")
+    if not distance >= 0:
+        raise ConfigError(f"dataset.distance={distance} must be zero or positive")
+    centres = torch.zeros(classes, features, dtype=dtype)
+    if features == 1:
+        centres[:, 0] = torch.linspace(-distance / 2, distance / 2, classes, dtype=dtype)
+    else:
+        angle = 2 * math.pi * torch.arange(classes, dtype=dtype) / classes
+        centres[:, 0] = distance / 2 * torch.cos(angle)
+        centres[:, 1] = distance / 2 * torch.sin(angle)
+    labels = torch.arange(n) % classes  # balanced classes, interleaved
+    x = centres[labels] + spread * torch.randn(n, features, dtype=dtype)
+    x = x[:, 0].contiguous() if features == 1 else x
+    return split(x, labels.to(dtype), val_fraction, "dataset")

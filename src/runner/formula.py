@@ -228,7 +228,9 @@ def _parse_tree(source: object) -> ast.expr:
         raise _error(source, "empty; write an expression such as 'w * x + b'")
     if len(source) > MAX_LENGTH:
         raise _error(source, f"{len(source)} characters is too long (limit {MAX_LENGTH})")
-    text = source.lstrip()  # eval mode refuses a leading indent, which YAML can easily add
+    # eval mode refuses a leading indent, which YAML can easily add; the tree's positions (and
+    # so the pieces quoted in messages) count from the stripped text
+    text = source.lstrip()
     try:
         return ast.parse(text, mode="eval").body
     except SyntaxError as exc:
@@ -257,7 +259,7 @@ class Formula:
         tree = _parse_tree(self.source)
         names: set[str] = set()
         try:
-            evaluate = _compile(tree, self.source, names)
+            evaluate = _compile(tree, self.source.lstrip(), names)
         except RecursionError:  # belt and braces: MAX_DEPTH should stop this first
             raise _error(self.source, "nested too deeply") from None
         object.__setattr__(self, "names", frozenset(names))
@@ -279,7 +281,7 @@ class Formula:
     def render(self, values: Mapping[str, float], inputs: Collection[str] = ("x",)) -> str:
         """The formula with each value filled in to 3 decimals, for the end-of-run summary:
         `w * x + b` with w=1.9238, b=1.0503 is "1.924x + 1.050", as the post writes it."""
-        return _render(self._tree, self.source, values, inputs)[0]
+        return _render(self._tree, self.source.lstrip(), values, inputs)[0]
 
 
 def parse(source: str) -> Formula:

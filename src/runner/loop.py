@@ -18,9 +18,12 @@ from typing import Any
 
 import torch
 
+from . import gradcheck, insight
 from .build import Built
+from .figures import Figures
 from .graph import graph_chain, graph_dot, graph_stats, graph_tree, saved_bytes
 from .loggers import Logger
+from .walkthrough import grad_fns
 
 
 @dataclass
@@ -34,6 +37,7 @@ class Result:
     diverged_step: int | None = None
     graph: dict[str, str] = field(default_factory=dict)  # tree, chain, dot of the first step
     grads: dict[str, Any] = field(default_factory=dict)
+    grad_fns: dict[str, str | None] = field(default_factory=dict)  # epochs=0: leaf to root
 
 
 class Recorder:
@@ -59,11 +63,13 @@ class Recorder:
 
     def flush(self) -> None:
         if self.pending:
-            rows = torch.stack([v.float() for _, _, v, _ in self.pending]).cpu().tolist()
-            for (step, keys, _, host), row in zip(self.pending, rows, strict=True):
+            flat = torch.cat([v.float().reshape(-1) for _, _, v, _ in self.pending]).cpu().tolist()
+            start = 0
+            for step, keys, _, host in self.pending:
+                row, start = flat[start : start + len(keys)], start + len(keys)
                 values = dict(zip(keys, row, strict=True)) | host
                 self.logger.scalars(step, values)
-                self.latest = values
+                self.latest = self.latest | values
             self.pending.clear()
         self.last_flush = time.monotonic()
 
@@ -111,6 +117,8 @@ def train(b: Built) -> Result:
     tensor_params = [n for n in names if b.params[n].numel() > 1]
     keys = ("loss/train", *(f"param/{n}" for n in names), *(f"grad/{n}" for n in names))
     keys += ("grad/total_norm",)
+    view_keys = insight.keys(b)  # ratio/<name>, and acc/* for classification losses
+    pictures = Figures(b, cadence.figure_every_n_epochs)
 
     n = data.n if data is not None else 1
     steps_per_epoch = math.ceil(len(_batches(n, t.batch_size, torch.device("cpu"))) / t.accumulate)
@@ -158,6 +166,7 @@ def train(b: Built) -> Result:
     from tqdm.auto import tqdm
 
     bar = tqdm(total=total_steps, disable=None, unit="step", dynamic_ncols=True, leave=False)
+    pictures.start()  # the Custom Scalars layout, the model graph, the first picture
     with stop_on_signals() as signals:
         epoch = 0
         if t.epochs == 0:  # one forward and backward pass to look at, no update
@@ -167,12 +176,22 @@ def train(b: Built) -> Result:
             log_graph(0, graph_loss[0], saved.total)
             last_epoch_loss = best = loss
             rec.add(0, keys, _log_row(loss, b), {"lr": b.optimizer.param_groups[0]["lr"]})
+            result.grad_fns = grad_fns(b.loss_fn, b.params, graph_loss[0])
+            for name in tensor_params:  # the elements themselves, not only the norm
+                p = b.params[name]
+                logger.histogram(0, f"param/{name}", p.detach())
+                if p.grad is not None:
+                    logger.histogram(0, f"grad/{name}", p.grad.detach())
         while epoch < t.epochs and result.status == "completed":
             batches = _batches(n, t.batch_size, device)
             epoch_sum = torch.zeros((), device=device)
             for i in range(0, len(batches), t.accumulate):
                 group = batches[i : i + t.accumulate]
                 want_graph = step == 0 or step % graph_every == 0
+                log_now = step % t.log_every_n_steps == 0 or step == total_steps - 1
+                before = insight.snapshot(params) if log_now else None  # for ratio/<name>
+                # the first two updates: did micro-batches add up, was the last update zeroed?
+                expected = gradcheck.accumulated_grads(b, group) if step < 2 else None
                 with saved_bytes() if want_graph else nullcontext() as saved:
                     closure = closure_for(group)
                     if t.grad_clip is None:
@@ -185,13 +204,18 @@ def train(b: Built) -> Result:
                 if want_graph:
                     log_graph(step, graph_loss[0], saved.total)
                     graph_loss.clear()
-                if step % t.log_every_n_steps == 0 or step == total_steps - 1:
+                if expected is not None:
+                    check = gradcheck.accumulate_error(b, expected)
+                    logger.scalars(step, {"grad/accumulate_check": check})
+                if log_now:
                     lr = b.optimizer.param_groups[0]["lr"]
                     rec.add(step, keys, _log_row(loss, b), {"lr": lr})
+                    rec.add(step, view_keys, insight.row(b, before), {})
+                    pictures.record()
                     if hist_every and step % hist_every == 0:
                         for name in tensor_params:
                             p = b.params[name]
-                            logger.histogram(step, f"param/{name}", p)
+                            logger.histogram(step, f"param/{name}", p.detach())
                             if p.grad is not None:
                                 logger.histogram(step, f"grad/{name}", p.grad)
                     # note: the one host sync between log steps: act on divergence now
@@ -206,6 +230,7 @@ def train(b: Built) -> Result:
                     break
             else:
                 epoch += 1
+                pictures.epoch(epoch, step - 1)
                 last_epoch_loss = epoch_sum
                 best = torch.fmin(best, epoch_sum)
                 b.scheduler.step()
@@ -215,6 +240,7 @@ def train(b: Built) -> Result:
             if signals["stop"] and result.status == "completed":
                 result.status = "interrupted"
     bar.close()
+    pictures.finish(max(step - 1, 0))
     rec.flush()
     result.steps, result.epochs = step, epoch
     if result.status != "diverged":

@@ -13,7 +13,9 @@ from typing import Any
 from omegaconf import DictConfig
 
 from .build import Built, build
+from .gradcheck import check_grads
 from .loop import Result, train
+from .walkthrough import lines as first_step_lines
 
 log = logging.getLogger(__name__)
 MAX_PARAM_ELEMENTS = 1000  # metrics.json lists parameter values for models up to this size
@@ -26,19 +28,32 @@ def run(cfg: DictConfig, run_dir: Path, choices: Mapping[str, Any] | None = None
     built = build(cfg, run_dir, choices)
     result: Result | None = None
     metrics: dict[str, Any] = {"status": "failed"}
+    first_step: list[str] = []
     try:
+        checked = check_grads(built) if built.checked.trainer.check_grads else None
         result = train(built)
         metrics = summarise(result, built, time.perf_counter() - started)
+        if checked is not None:
+            metrics["gradcheck"] = checked
         write_graph(result, run_dir)
+        if built.checked.trainer.epochs == 0:  # the post's prints, kept in TensorBoard too
+            first_step = first_step_lines(
+                metrics["final_loss"],
+                built.loss_fn,
+                built.params,
+                result.grad_fns,
+                result.graph.get("tree"),
+            )
+            built.logger.text(0, "autograd/first_step", "\n".join(first_step))
     except BaseException as e:
         metrics["error"] = f"{type(e).__name__}: {e}"
         metrics["status"] = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
         raise
     finally:
         write_json(run_dir / "metrics.json", metrics)
-        built.logger.hparams(built.hparams, hparam_metrics(metrics))
+        built.logger.hparams(built.hparams, hparam_metrics(metrics), metrics["status"])
         built.logger.close()
-    report(metrics, built, run_dir)
+    report(metrics, built, run_dir, first_step)
     return metrics
 
 
@@ -55,6 +70,8 @@ def summarise(result: Result, built: Built, duration: float) -> dict[str, Any]:
     }
     if result.diverged_step is not None:
         metrics["diverged_step"] = result.diverged_step
+    if result.grad_fns:
+        metrics["grad_fn"] = result.grad_fns
     if sum(p.numel() for p in built.params.values()) <= MAX_PARAM_ELEMENTS:
         metrics["params"] = {n: p.detach().cpu().tolist() for n, p in built.params.items()}
         metrics["grads"] = result.grads
@@ -72,9 +89,12 @@ def objective(metrics: Mapping[str, Any], key: str) -> float:
 
 
 def hparam_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The HParams dashboard's metric columns; NaN marks a loss the run never reached."""
     out = {}
     for key in ("final_loss", "best_loss", "val_loss"):
         value = metrics.get(key)
+        if key == "val_loss" and value is None and metrics.get("status") == "completed":
+            continue  # no validation split: no column, rather than NaN in every row
         out[f"hparam/{key}"] = float(value) if isinstance(value, int | float) else math.nan
     return out
 
@@ -104,26 +124,33 @@ def write_graph(result: Result, run_dir: Path) -> None:
         (run_dir / "graph.dot").write_text(result.graph["dot"])
 
 
-def report(metrics: Mapping[str, Any], built: Built, run_dir: Path) -> None:
-    """The end-of-run summary, led by the post's line: `Learned: y = 1.924x + 1.050`."""
-    log.info(f"Learned: {metrics['learned']}")
+def report(
+    metrics: Mapping[str, Any], built: Built, run_dir: Path, first_step: list[str] | None = None
+) -> None:
+    """The end-of-run summary, led by the post's line: `Learned: y = 1.924x + 1.050`;
+    for trainer.epochs=0, the pass itself: `y = 16.0`, `a.grad_fn = None`, `dy/dx = 8.0`."""
+    if first_step:
+        for line in first_step:
+            log.info(line)
+    else:
+        log.info(f"Learned: {metrics['learned']}")
     if metrics["status"] == "diverged":
         log.info(
             f"Diverged: the loss became NaN or infinite at step {metrics['diverged_step']}; "
             "try a lower optimizer.lr (or set trainer.grad_clip)"
         )
-    else:
+    elif not first_step:
         loss = metrics["final_loss"]
         shown = "n/a" if loss is None else f"{loss:.6g}"
         line = f"Final loss: {shown} (best {metrics['best_loss']:.6g})"
         if metrics.get("val_loss") is not None:
             line += f", validation {metrics['val_loss']:.6g}"
         log.info(line)
-    if metrics["epochs"] == 0 and metrics.get("grads"):
-        for name, grad in metrics["grads"].items():
-            log.info(f"d loss / d {name} = {grad}")
+    done = f"{metrics['steps']} steps, {metrics['epochs']} epochs"
+    if first_step:
+        done = "one forward and backward pass, no update (trainer.epochs=0),"
     log.info(
-        f"{metrics['status'].capitalize()}: {metrics['steps']} steps, {metrics['epochs']} epochs "
-        f"on {metrics['device']} in {metrics['duration_s']:.2f}s"
+        f"{metrics['status'].capitalize()}: {done} on {metrics['device']} "
+        f"in {metrics['duration_s']:.2f}s"
     )
     log.info(f"Run directory: {run_dir}")

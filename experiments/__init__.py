@@ -1,0 +1,1 @@
+"""Your own Python for experiments: configs point here with `_target_: experiments.<mod>.<Name>`."""

@@ -1,0 +1,253 @@
+"""Pictures for TensorBoard where people would rather look than read.
+
+- 1-D regression: the data and the fitted curve (`figure/fit`) at the start, every
+  `logger.figure_every_n_epochs`, and at the end.
+- Two scalar parameters (`linear_fit`, `rosenbrock`): the loss landscape around the
+  optimizer's path, with the path drawn on it (`figure/landscape`), at the end.
+- The Custom Scalars layout grouping loss, gradients and parameters, and the model graph
+  (`add_graph`) where tracing works.
+
+matplotlib is imported only here and only when a figure is drawn (the `plots` extra); the
+figures use the Agg canvas directly, so no GUI backend or pyplot state is touched.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import warnings
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import models
+from .build import Built
+from .insight import accuracy_fn
+from .loggers import Null
+
+log = logging.getLogger(__name__)
+
+CURVE_POINTS = 200  # x positions of the drawn curve
+MAX_SCATTER = 2000  # data points drawn; more only slows the drawing
+GRID = 60  # landscape resolution per axis: 3600 loss evaluations, in one batch
+GRID_ELEMENTS = 2**22  # grid points x data points per vmap chunk: bounds the memory
+
+
+class Figures:
+    """What to draw for this run, decided once; the loop calls start, record, epoch, finish."""
+
+    def __init__(self, b: Built, every_n_epochs: int | None) -> None:
+        self.b = b
+        self.every = every_n_epochs
+        self.params = list(b.params.values())
+        self.on = not isinstance(b.logger, Null)
+        self.plots = self.on and _matplotlib_available()
+        self.fit = self.plots and _is_1d_regression(b)
+        self.landscape = self.plots and len(self.params) == 2
+        self.landscape = self.landscape and all(p.numel() == 1 for p in self.params)
+        self.path: list[torch.Tensor] = []
+
+    def start(self) -> None:
+        """Before the first update: the layout, the model graph, the data and first curve."""
+        if not self.on:
+            return
+        self.b.logger.layout(layout(self.b))
+        add_model_graph(self.b)
+        self.record()
+        if self.fit:
+            self.b.logger.figure(0, "figure/fit", fit_figure(self.b, "start"))
+
+    def record(self) -> None:
+        """At log steps: the parameters' position, kept on the device until `finish`."""
+        if self.landscape:
+            self.path.append(torch.stack([p.detach().reshape(()) for p in self.params]))
+
+    def epoch(self, epoch: int, step: int) -> None:
+        last = epoch == self.b.checked.trainer.epochs  # `finish` draws that one
+        if self.fit and self.every and epoch % self.every == 0 and not last:
+            self.b.logger.figure(step, "figure/fit", fit_figure(self.b, f"epoch {epoch}"))
+
+    def finish(self, step: int) -> None:
+        if self.fit:
+            self.b.logger.figure(step, "figure/fit", fit_figure(self.b, "end"))
+        if self.landscape:
+            self.record()
+            path = torch.stack(self.path).double().cpu()  # note: the one move to the host
+            self.b.logger.figure(step, "figure/landscape", landscape_figure(self.b, path))
+
+
+def _matplotlib_available() -> bool:
+    if importlib.util.find_spec("matplotlib") is None:
+        log.info("matplotlib is not installed: no figures (pip install 'runner[plots]')")
+        return False
+    return True
+
+
+def _is_1d_regression(b: Built) -> bool:
+    """One input column, one target and one prediction per point, and not a classifier."""
+    if b.data is None or b.forward is None or b.data.features != 1 or b.data.y.dim() != 1:
+        return False
+    if accuracy_fn(b) is not None:
+        return False
+    with torch.no_grad():
+        return tuple(b.forward(b.data.x[:2]).shape) == (min(2, b.data.n),)
+
+
+def layout(b: Built) -> dict[str, dict[str, list[Any]]]:
+    """The Custom Scalars dashboard: charts group tags by regex, so every parameter shows."""
+    loss_charts: dict[str, list[Any]] = {
+        "loss (train, val)": ["Multiline", [r"loss/train", r"loss/val"]],
+        "learning rate": ["Multiline", [r"lr"]],
+    }
+    if accuracy_fn(b) is not None:
+        loss_charts["accuracy"] = ["Multiline", [r"acc/.*"]]
+    return {
+        "loss": loss_charts,
+        "gradients": {
+            "gradient (value or L2 norm)": ["Multiline", [r"grad/.*"]],
+            "update size / parameter size": ["Multiline", [r"ratio/.*"]],
+        },
+        "parameters": {"parameter (value or L2 norm)": ["Multiline", [r"param/.*"]]},
+        "autograd graph": {
+            "nodes, leaves, depth": ["Multiline", [r"graph/nodes", r"graph/leaves", r"graph/depth"]],
+            "bytes saved for backward": ["Multiline", [r"graph/saved_bytes"]],
+        },
+    }
+
+
+def add_model_graph(b: Built) -> None:
+    """`add_graph` for an nn.Module model; tracing fails for some models, which only costs
+    the Graphs tab, never the run."""
+    if b.model is None or b.data is None:
+        return
+    x = b.data.x[:2]
+    if not isinstance(b.model, models.Expression) and x.dim() == 1:
+        x = x.unsqueeze(-1)  # as models.forward_fn feeds a module
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer warnings are about tracing, not the run
+            b.logger.graph(b.model, x)
+    except Exception as e:
+        log.debug(f"no model graph for TensorBoard (tracing failed: {e})")
+
+
+def _new_figure(width: float = 6.0, height: float = 4.0) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    # fixed margins: tight_layout would measure every label (~0.2 s a figure)
+    figure = Figure(figsize=(width, height), dpi=100)
+    figure.subplots_adjust(left=0.12, right=0.95, bottom=0.12, top=0.92)
+    FigureCanvasAgg(figure)  # draws without pyplot or a GUI backend
+    return figure
+
+
+def _sample(n: int) -> torch.Tensor | None:
+    if n <= MAX_SCATTER:
+        return None
+    return torch.randperm(n, generator=torch.Generator().manual_seed(0))[:MAX_SCATTER]
+
+
+@torch.no_grad()
+def fit_figure(b: Built, when: str) -> Any:
+    """The data as dots and the model's curve over the data's x range."""
+    assert b.data is not None and b.forward is not None
+    data = b.data
+    xs = [data.x] + ([data.x_val] if data.x_val is not None else [])
+    low = min(float(x.min()) for x in xs)
+    high = max(float(x.max()) for x in xs)
+    grid = torch.linspace(low, high, CURVE_POINTS, dtype=data.x.dtype, device=data.x.device)
+    curve = b.forward(grid).float().cpu()
+    figure = _new_figure()
+    ax = figure.add_subplot()
+    for x, y, label, colour in (
+        (data.x, data.y, "train", "tab:blue"),
+        (data.x_val, data.y_val, "validation", "tab:orange"),
+    ):
+        if x is None or y is None:
+            continue
+        keep = _sample(x.shape[0])
+        x, y = (x, y) if keep is None else (x[keep.to(x.device)], y[keep.to(y.device)])
+        ax.scatter(x.float().cpu(), y.float().cpu(), s=8, alpha=0.6, color=colour, label=label)
+    ax.plot(grid.float().cpu(), curve, color="black", linewidth=2, label="model")
+    ax.set_xlabel("x")
+    ax.set_ylabel("y")
+    ax.set_title(f"data and fitted curve ({when})")
+    ax.legend(loc="upper left")  # "best" would test every data point for overlap
+    return figure
+
+
+@torch.no_grad()
+def landscape_figure(b: Built, path: torch.Tensor) -> Any:
+    """Contours of the loss over a grid around the path (full data), the path on top."""
+    names = list(b.params)
+    lows, highs = path.min(0).values, path.max(0).values
+    span = highs - lows
+    pad = torch.maximum(0.25 * span, 0.05 * path.abs().max(0).values).clamp_min(0.5)
+    axes = [
+        torch.linspace(float(lows[i] - pad[i]), float(highs[i] + pad[i]), GRID) for i in (0, 1)
+    ]
+    a, c = torch.meshgrid(*axes, indexing="xy")
+    surface = loss_surface(b, a.reshape(-1), c.reshape(-1)).reshape(a.shape).double()
+    finite = surface[torch.isfinite(surface)]
+    figure = _new_figure(6.0, 5.0)
+    ax = figure.add_subplot()
+    if finite.numel() and float(finite.min()) > 0:  # a log scale shows the valley's floor
+        shown, label = surface.clamp_min(float(finite.min())).log10(), "log10 loss"
+    else:
+        shown, label = surface, "loss"
+    filled = ax.contourf(a.numpy(), c.numpy(), shown.numpy(), levels=30, cmap="viridis")
+    figure.colorbar(filled, ax=ax, label=label)
+    p = path.numpy()
+    ax.plot(p[:, 0], p[:, 1], color="white", linewidth=1.5, marker=".", markersize=3)
+    ax.plot(*p[0], marker="o", color="white", markeredgecolor="black", label="start")
+    ax.plot(*p[-1], marker="*", markersize=12, color="red", markeredgecolor="black", label="end")
+    ax.set_xlabel(names[0])
+    ax.set_ylabel(names[1])
+    ax.set_title("loss landscape and the optimizer's path")
+    ax.legend(loc="upper right")
+    return figure
+
+
+class _Objective(nn.Module):
+    """The loss on the full training data as a module whose parameters `functional_call`
+    can swap for a batch of grid points (the model's and the loss formula's alike)."""
+
+    def __init__(self, b: Built) -> None:
+        super().__init__()
+        self.model = b.model
+        self.loss = b.loss_fn if isinstance(b.loss_fn, nn.Module) else None
+        self.b = b
+
+    def forward(self) -> torch.Tensor:
+        b = self.b
+        if b.data is None:
+            return b.loss_fn()
+        assert b.forward is not None
+        return b.loss_fn(b.forward(b.data.x), b.data.y)
+
+
+@torch.no_grad()
+def loss_surface(b: Built, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """The loss at each (first[i], second[i]) for the two parameters, as a CPU tensor;
+    batched with torch.func.vmap, point by point if the model cannot be vmapped."""
+    objective = _Objective(b)
+    full_names = {id(p): n for n, p in objective.named_parameters()}
+    (n1, p1), (n2, p2) = b.params.items()
+    keys = (full_names[id(p1)], full_names[id(p2)])
+    device, dtype = p1.device, p1.dtype
+
+    def loss_at(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        values = {keys[0]: u.reshape(p1.shape), keys[1]: v.reshape(p2.shape)}
+        return torch.func.functional_call(objective, values, ())
+
+    first, second = first.to(device, dtype), second.to(device, dtype)
+    points = b.data.n if b.data is not None else 1
+    chunk = max(1, GRID_ELEMENTS // points)
+    try:
+        values = torch.func.vmap(loss_at, chunk_size=chunk)(first, second)
+    except Exception as e:  # a model vmap cannot batch: the same numbers, one at a time
+        log.debug(f"loss landscape point by point (vmap failed: {e})")
+        values = torch.stack([loss_at(u, v) for u, v in zip(first, second, strict=True)])
+    return values.double().cpu()

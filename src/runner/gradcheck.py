@@ -1,0 +1,194 @@
+"""`trainer.check_grads=true`: autograd's gradients against central finite differences.
+
+Before training, the model and loss are copied to float64 and, on the first batch, each
+parameter element's derivative is estimated as (L(p + eps) - L(p - eps)) / 2 eps, as
+`torch.autograd.gradcheck` does, and compared with what `.backward()` computed. Autograd
+trusts a hand-written backward completely; this is how a wrong one is caught.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from .build import Built, named_parameters
+from .config import ConfigError
+from .models import forward_fn
+
+log = logging.getLogger(__name__)
+
+EPS = 1e-6  # torch.autograd.gradcheck's step: float64 keeps the round-off near 1e-10
+ATOL = 1e-5  # an element passes when |autograd - numeric| <= ATOL + RTOL * |numeric|,
+RTOL = 1e-3  # gradcheck's own default tolerances
+MAX_ELEMENTS = 256  # larger models are checked on a seeded sample, so the check stays fast
+SAMPLE_SEED = 0  # a private generator: checking never moves the training RNG
+
+
+class GradCheckError(ConfigError):
+    """Autograd and finite differences disagree: reported like a config error, no traceback."""
+
+
+def check_grads(b: Built) -> dict[str, Any]:
+    """Compare, log (`gradcheck/max_abs_error`, `gradcheck/max_rel_error`) and return the
+    errors; raise GradCheckError naming the worst element when they disagree."""
+    loss_of, params = float64_objective(b)
+    picks = sample_elements(params, MAX_ELEMENTS)
+    loss = loss_of()
+    grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+    analytic, numeric = [], []
+    with torch.no_grad():
+        for (name, index), grad in zip(picks, _grads_at(picks, params, grads), strict=True):
+            flat = params[name].view(-1)
+            original = flat[index].clone()
+            flat[index] = original + EPS
+            up = loss_of()
+            flat[index] = original - EPS
+            down = loss_of()
+            flat[index] = original
+            numeric.append((up - down) / (2 * EPS))
+            analytic.append(grad)
+    # note: one host sync for the whole check
+    a = torch.stack(analytic).cpu()
+    n = torch.stack(numeric).cpu()
+    abs_err = (a - n).abs()
+    rel_err = abs_err / n.abs().clamp_min(ATOL)
+    result = {
+        "max_abs_error": abs_err.max().item(),
+        "max_rel_error": rel_err.max().item(),
+        "elements": len(picks),
+        "of_elements": sum(p.numel() for p in params.values()),
+    }
+    b.logger.scalars(
+        0, {f"gradcheck/{k}": float(result[k]) for k in ("max_abs_error", "max_rel_error")}
+    )
+    bad = abs_err > ATOL + RTOL * n.abs()
+    if bad.any():
+        worst = int((abs_err - RTOL * n.abs()).argmax())
+        name, index = picks[worst]
+        where = (
+            name if params[name].numel() == 1 else f"{name}{_unravel(index, params[name].shape)}"
+        )
+        raise GradCheckError(
+            f"trainer.check_grads=true: autograd and finite differences disagree on "
+            f"{int(bad.sum())} of {len(picks)} checked gradient elements. Worst: d loss / d "
+            f"{where} is {a[worst].item():.6g} by autograd but {n[worst].item():.6g} by central "
+            f"differences (largest absolute error {result['max_abs_error']:.3g}, relative "
+            f"{result['max_rel_error']:.3g}; allowed |autograd - numeric| <= {ATOL:g} + "
+            f"{RTOL:g} * |numeric|). A custom backward (a torch.autograd.Function in the model "
+            "or loss) is the usual cause; set trainer.check_grads=false to train anyway"
+        )
+    log.info(
+        f"Gradient check passed: {len(picks)} of {result['of_elements']} elements, largest "
+        f"absolute error {result['max_abs_error']:.3g}, relative {result['max_rel_error']:.3g}"
+    )
+    return result
+
+
+def float64_objective(b: Built) -> tuple[Callable[[], torch.Tensor], dict[str, nn.Parameter]]:
+    """The loss on the first batch as a function of float64 copies of the parameters.
+
+    The first batch is the first `batch_size` points in data order: drawing the loop's
+    shuffled batch here would move the RNG and change the run being checked.
+    """
+    model = _float64(b.model)
+    loss_fn = _float64(b.loss_fn) if isinstance(b.loss_fn, nn.Module) else b.loss_fn
+    params = named_parameters(model, loss_fn)
+    if b.data is None:
+        return (lambda: loss_fn()), params
+    assert model is not None
+    size = b.checked.trainer.batch_size or b.data.n
+    x, y = b.data.x[:size].double(), b.data.y[:size].double()
+    forward = forward_fn(model)
+    return (lambda: loss_fn(forward(x), y)), params
+
+
+def _float64(module: Any) -> Any:
+    # a copy: the run's own parameters (and their float32 values) are left untouched
+    return None if module is None else copy.deepcopy(module).to(torch.float64)
+
+
+def sample_elements(params: dict[str, nn.Parameter], limit: int) -> list[tuple[str, int]]:
+    """(name, flat index) of every element, or of a seeded sample of about `limit` of them
+    spread over the tensors by size, with at least one from each."""
+    total = sum(p.numel() for p in params.values())
+    if total <= limit:
+        return [(name, i) for name, p in params.items() for i in range(p.numel())]
+    gen = torch.Generator().manual_seed(SAMPLE_SEED)
+    picks = []
+    for name, p in params.items():
+        k = max(1, round(limit * p.numel() / total))
+        picks += [(name, i) for i in sorted(torch.randperm(p.numel(), generator=gen)[:k].tolist())]
+    return picks
+
+
+def _grads_at(
+    picks: list[tuple[str, int]], params: dict[str, nn.Parameter], grads: tuple[Any, ...]
+) -> list[torch.Tensor]:
+    by_name = dict(zip(params, grads, strict=True))
+    out = []
+    for name, index in picks:
+        grad = by_name[name]
+        # None: the loss does not depend on the parameter, so its derivative is 0
+        out.append(
+            torch.zeros((), dtype=torch.float64) if grad is None else grad.reshape(-1)[index]
+        )
+    device = next(iter(params.values())).device
+    return [g.to(device) for g in out]
+
+
+def _unravel(index: int, shape: torch.Size) -> list[int]:
+    coords = []
+    for size in reversed(shape):
+        coords.append(index % size)
+        index //= size
+    return list(reversed(coords))
+
+
+ACCUMULATE_TOL = 1e-4  # float32 sums in another order differ by ~1e-7 relative
+TINY_GRAD = 1e-30  # all-zero gradients: the error is then the absolute difference
+
+
+def accumulated_grads(b: Built, group: list[torch.Tensor | None]) -> list[torch.Tensor] | None:
+    """What the update's gradients must be when `trainer.accumulate > 1`: the sum over the
+    micro-batches of d(loss_i / k)/dp, each taken alone with `torch.autograd.grad` (which
+    leaves `.grad` alone), clipped as the loop clips. None when there is nothing to add up."""
+    if b.data is None or b.forward is None or len(group) < 2:
+        return None
+    params = list(b.params.values())
+    total = [torch.zeros_like(p) for p in params]
+    for idx in group:
+        x, y = (b.data.x, b.data.y) if idx is None else (b.data.x[idx], b.data.y[idx])
+        loss = b.loss_fn(b.forward(x), y) / len(group)
+        for t, g in zip(total, torch.autograd.grad(loss, params, allow_unused=True), strict=True):
+            if g is not None:
+                t += g
+    clip = b.checked.trainer.grad_clip
+    if clip is not None:  # as clip_grad_norm_ does it
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in total]))
+        total = [t * (clip / (norm + 1e-6)).clamp(max=1.0) for t in total]
+    return total
+
+
+def accumulate_error(b: Built, expected: list[torch.Tensor]) -> float:
+    """Largest |p.grad - expected| over the largest |expected| after an update: near 0 when
+    the micro-batch gradients added up and the previous update's were zeroed first."""
+    diff, scale = [], []
+    for p, e in zip(b.params.values(), expected, strict=True):
+        grad = p.grad if p.grad is not None else torch.zeros_like(p)
+        diff.append((grad - e).abs().max())
+        scale.append(e.abs().max())
+    # note: a host sync, paid on the first two updates only
+    error = (torch.stack(diff).max() / torch.stack(scale).max().clamp_min(TINY_GRAD)).item()
+    if error > ACCUMULATE_TOL:
+        log.warning(
+            f"trainer.accumulate={b.checked.trainer.accumulate}: the update's gradients differ "
+            f"from the sum of the micro-batch gradients by {error:.3g} (relative); they should "
+            "add up across micro-batches and be zeroed after each update"
+        )
+    return error
+

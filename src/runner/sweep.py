@@ -1,0 +1,153 @@
+"""The end of a sweep: `summary.csv` in the sweep directory, the same table printed best
+first, and an exit status that says whether every job worked.
+
+It reads what each job left in its own directory (`.hydra/` and `metrics.json`), so it
+works the same whichever launcher ran the jobs: in this process, in joblib workers, or
+through submitit on a cluster.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from .config import ConfigError
+
+COLUMNS = (
+    "job",
+    "overrides",
+    "status",
+    "objective",
+    "final_loss",
+    "best_loss",
+    "val_loss",
+    "steps",
+    "duration_s",
+    "run_dir",
+    "error",
+)
+ORDER = {"completed": 0, "interrupted": 1, "diverged": 2, "failed": 3}  # ties: lower objective
+FAIL_ON = ("any", "all")
+
+
+class Summary(Callback):
+    """`hydra.callbacks.summary`: writes summary.csv and sets the sweep's exit status.
+
+    `fail_on: any` (a grid) exits 1 when any job diverged or failed; `fail_on: all` (a
+    search, where a diverged trial is simply a bad +inf one) only when none completed.
+    """
+
+    def __init__(self, fail_on: str = "any") -> None:
+        if fail_on not in FAIL_ON:
+            raise ConfigError(
+                f"hydra.callbacks.summary.fail_on={fail_on!r} is not allowed; use any or all"
+            )
+        self.fail_on = fail_on
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir).absolute()  # run dirs print absolute too
+        rows = collect(sweep_dir)
+        write_csv(sweep_dir / "summary.csv", rows)
+        print(table(rows, sweep_dir))
+        completed = sum(r["status"] == "completed" for r in rows)
+        if completed == 0 or (self.fail_on == "any" and completed < len(rows)):
+            # SystemExit passes through Hydra (it catches Exception): the sweep's exit status.
+            raise SystemExit(1)
+
+
+def collect(sweep_dir: Path) -> list[dict[str, Any]]:
+    """One row per job directory under the sweep, best first."""
+    rows = [job_row(path.parent.parent) for path in sweep_dir.glob("**/.hydra/overrides.yaml")]
+    return sorted(rows, key=rank)
+
+
+def job_row(run_dir: Path) -> dict[str, Any]:
+    hydra_cfg = OmegaConf.load(run_dir / ".hydra" / "hydra.yaml")
+    overrides = OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")
+    metrics = read_metrics(run_dir)
+    row = {key: metrics.get(key) for key in COLUMNS}
+    row |= {
+        "job": int(hydra_cfg.hydra.job.num),
+        "objective": math.inf
+        if row["objective"] is None
+        else row["objective"],  # as sweepers see it
+        "overrides": " ".join(str(o) for o in overrides),
+        "status": metrics.get("status", "failed"),
+        "run_dir": str(run_dir),
+    }
+    return row
+
+
+def read_metrics(run_dir: Path) -> dict[str, Any]:
+    """The job's metrics.json, or a failed row saying why there is none."""
+    path = run_dir / "metrics.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return {
+            "status": "failed",
+            "error": f"no metrics.json: the job stopped before writing one (see {run_dir})",
+        }
+    except json.JSONDecodeError as e:
+        return {"status": "failed", "error": f"unreadable metrics.json: {e}"}
+
+
+def rank(row: Mapping[str, Any]) -> tuple[int, float, int]:
+    return ORDER.get(row["status"], len(ORDER)), float(row["objective"]), row["job"]
+
+
+def write_csv(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
+    """Losses as Python writes floats: the shortest text that reads back to the same number."""
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: "" if row[k] is None else row[k] for k in COLUMNS})
+
+
+def table(rows: list[dict[str, Any]], sweep_dir: Path) -> str:
+    """The rows as a terminal table: 6 significant digits, run directories relative to the
+    sweep, and only the overrides that differ between jobs."""
+    if not rows:
+        return f"Sweep summary: no job directories under {sweep_dir}"
+    split = [r["overrides"].split() for r in rows]
+    common = [o for o in split[0] if all(o in s for s in split)]
+    shown = [
+        c
+        for c in COLUMNS
+        if c not in ("overrides", "error") and any(r[c] is not None for r in rows)
+    ]
+    header = [*shown, "overrides"]
+    lines = [header]
+    for row, overrides in zip(rows, split, strict=True):
+        cells = [_cell(row[c], c, sweep_dir) for c in shown]
+        lines.append([*cells, " ".join(o for o in overrides if o not in common)])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    text = [f"Sweep summary ({len(rows)} jobs, best first): {sweep_dir / 'summary.csv'}"]
+    if common:
+        text.append(f"all jobs: {' '.join(common)}")
+    text += ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in lines]
+    text += [f"job {r['job']} {r['status']}: {r['error']}" for r in rows if r["error"]]
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+    text.append(", ".join(f"{n} {status}" for status, n in counts.items()))
+    return "\n".join(text)
+
+
+def _cell(value: Any, column: str, sweep_dir: Path) -> str:
+    if value is None:
+        return "-"
+    if column == "run_dir":
+        path = Path(value)
+        return str(path.relative_to(sweep_dir)) if path.is_relative_to(sweep_dir) else value
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)

@@ -1,0 +1,127 @@
+"""What a `trainer.epochs=0` run shows: one forward and one backward pass, printed the way
+the autograd post prints them (`y = 16.0`, `a.grad_fn = None`, `dy/dx = 8.0`), nothing updated.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from . import losses
+from .formula import FUNCTIONS, parse
+
+MAX_PIECES = 60  # sub-expressions listed one per line; a longer formula lists leaves and loss only
+MAX_ELEMENTS = 10  # tensor elements printed in full; bigger tensors print their shape and norm
+
+
+def grad_fns(
+    loss_fn: Any, params: Mapping[str, torch.Tensor], loss: torch.Tensor
+) -> dict[str, str | None]:
+    """Each intermediate result's grad_fn, leaf to root, as the post prints `b.grad_fn`.
+
+    For an objective formula each piece the user wrote is evaluated again on its own, so a
+    line names it (`a * 3` -> MulBackward0); a leaf has none. Elsewhere (a model and a
+    loss over data) there are no names for the pieces: the leaves and the loss are listed.
+    """
+    if isinstance(loss_fn, losses.Expression) and loss_fn.objective_only:
+        pieces = formula_grad_fns(loss_fn.formula.source, dict(loss_fn.named_parameters()))
+        if pieces is not None:
+            if loss_fn.reduction is not None:  # the reduction adds the last node itself
+                pieces[f"{loss_fn.reduction}({loss_fn.formula.source.strip()})"] = _name(loss)
+            return pieces
+    out: dict[str, str | None] = {name: _name(p) for name, p in params.items()}
+    out.setdefault("loss", _name(loss))
+    return out
+
+
+def formula_grad_fns(source: str, env: Mapping[str, torch.Tensor]) -> dict[str, str | None] | None:
+    """{piece of the formula: its grad_fn} in evaluation order; None for a very long formula.
+
+    Only pieces on the graph are kept (those that need a gradient): `2 * 3` or `sin(pi)` are
+    plain numbers to autograd. A piece written twice is listed once.
+    """
+    text = source.lstrip()  # the positions of parse's tree count from the stripped text
+    nodes = _postorder(ast.parse(text, mode="eval").body)
+    if len(nodes) > MAX_PIECES:
+        return None
+    out: dict[str, str | None] = {}
+    for node in nodes:
+        if isinstance(node, ast.Constant) or (isinstance(node, ast.Name) and node.id in FUNCTIONS):
+            continue
+        piece = " ".join((ast.get_source_segment(text, node) or ast.unparse(node)).split())
+        if piece in out:
+            continue
+        value = parse(piece)(env)
+        if isinstance(value, torch.Tensor) and value.requires_grad:
+            out[piece] = _name(value)
+    return out
+
+
+def _postorder(root: ast.expr) -> list[ast.AST]:
+    """Children before parents: the order in which evaluation creates the results."""
+    order: list[ast.AST] = []
+    stack: list[tuple[ast.AST, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        if done:
+            order.append(node)
+            continue
+        stack.append((node, True))
+        stack.extend((child, False) for child in reversed(list(ast.iter_child_nodes(node))))
+    return [n for n in order if isinstance(n, ast.expr) and not isinstance(n, ast.Load)]
+
+
+def _name(t: torch.Tensor) -> str | None:
+    return None if t.grad_fn is None else type(t.grad_fn).__name__
+
+
+def lines(
+    value: float | None,
+    loss_fn: Any,
+    params: Mapping[str, torch.Tensor],
+    pieces: Mapping[str, str | None],
+    tree: str | None,
+) -> list[str]:
+    """The terminal's account of the pass: parameters, value, grad_fns, graph, gradients.
+
+    An objective formula is `y` and its gradients `dy/dx`, as in the post; a loss over
+    data is `loss` and `dloss/dw`.
+    """
+    formula = None
+    if isinstance(loss_fn, losses.Expression) and loss_fn.objective_only:
+        formula = loss_fn.formula.source
+        if loss_fn.reduction is not None:
+            formula = f"{loss_fn.reduction}({formula.strip()})"
+    y = "loss" if formula is None else "y"
+    out = [f"{name} = {shown(p)}" for name, p in params.items()]
+    result = "n/a" if value is None else number(value)
+    out.append(f"{y} = {result}" if formula is None else f"y = {formula.strip()} = {result}")
+    last = list(pieces)[-1] if pieces else None
+    for piece, fn in pieces.items():
+        label = y if piece == last else piece
+        out.append(f"{label if label.isidentifier() else f'({label})'}.grad_fn = {fn}")
+    if tree:
+        out.append(f"{y}.backward() walks the graph from the root to the leaves:")
+        out += tree.splitlines()
+    for name, p in params.items():
+        out.append(f"d{y}/d{name} = {'None' if p.grad is None else shown(p.grad)}")
+    return out
+
+
+def shown(t: torch.Tensor) -> str:
+    """A tensor as the post prints it: `8.0`, `[3.0, 12.0, 27.0]`; big ones by shape and norm."""
+    t = t.detach()
+    if t.numel() > MAX_ELEMENTS:
+        norm = torch.linalg.vector_norm(t.float()).item()
+        return f"tensor of shape {tuple(t.shape)}, norm {number(norm)}"
+    return number(t.cpu().tolist())
+
+
+def number(value: Any) -> str:
+    """7 significant digits (float32 holds about that many): `0.1`, not `0.10000000149011612`."""
+    if isinstance(value, list):
+        return "[" + ", ".join(number(v) for v in value) + "]"
+    return repr(float(f"{value:.7g}"))

@@ -1,0 +1,408 @@
+"""The runner end to end: the post reproduced, every option of every group, the CLI."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, cli, event_accumulator, read_metrics, scalars
+
+POST_W, POST_B = 1.92383, 1.05029
+
+
+def post_loop(epochs: int = 200, lr: float = 0.1):
+    """The post's code, verbatim, as the reference the runner must match bit for bit."""
+    torch.manual_seed(42)
+    x_data = torch.linspace(0, 1, 50)
+    y_data = 2 * x_data + 1 + 0.1 * torch.randn(50)
+    w = torch.tensor(0.0, requires_grad=True)
+    b = torch.tensor(0.0, requires_grad=True)
+    losses = []
+    for _ in range(epochs):
+        y_pred = w * x_data + b
+        loss = ((y_pred - y_data) ** 2).mean()
+        loss.backward()
+        losses.append(loss.item())
+        with torch.no_grad():
+            w -= lr * w.grad
+            b -= lr * b.grad
+        w.grad.zero_()
+        b.grad.zero_()
+    return w.item(), b.item(), losses, loss
+
+
+def count_nodes(loss: torch.Tensor) -> int:
+    """An independent count of the backward graph's nodes (AccumulateGrad included)."""
+    seen, stack = set(), [loss.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        stack.extend(next_fn for next_fn, _ in node.next_functions)
+    return len(seen)
+
+
+def test_linear_fit_reproduces_the_post_bit_for_bit(run_experiment):
+    metrics, run_dir = run_experiment("experiment=linear_fit")
+    w, b, losses, _ = post_loop()
+    assert metrics["status"] == "completed"
+    assert metrics["params"] == {"w": w, "b": b}
+    assert abs(metrics["params"]["w"] - POST_W) < 1e-5
+    assert abs(metrics["params"]["b"] - POST_B) < 1e-5
+    assert metrics["learned"] == "y = 1.924x + 1.050"
+    assert metrics["final_loss"] == losses[-1]
+    assert metrics["best_loss"] == min(losses)
+    assert metrics["steps"] == 200 and metrics["epochs"] == 200
+    assert [v for _, v in scalars(run_dir, "loss/train")] == pytest.approx(losses, rel=1e-6)
+
+
+def test_tensorboard_holds_every_tag_with_one_point_per_step(run_experiment):
+    _, run_dir = run_experiment("experiment=linear_fit")
+    acc = event_accumulator(run_dir)
+    tags = set(acc.Tags()["scalars"])
+    for tag in ["loss/train", "param/w", "param/b", "grad/w", "grad/b", "grad/total_norm", "lr"]:
+        assert tag in tags, tag
+        steps = [e.step for e in acc.Scalars(tag)]
+        assert steps == list(range(200)), tag
+    for tag in ["graph/nodes", "graph/leaves", "graph/depth"]:
+        assert len(acc.Scalars(tag)) == 200, tag
+    *_, post_loss = post_loop(epochs=1)
+    assert {e.value for e in acc.Scalars("graph/nodes")} == {count_nodes(post_loss)} == {7}
+    assert {e.value for e in acc.Scalars("graph/leaves")} == {2}
+    assert [e.value for e in acc.Scalars("lr")] == pytest.approx([0.1] * 200)
+    w_curve = [e.value for e in acc.Scalars("param/w")]
+    assert w_curve[-1] == pytest.approx(POST_W, abs=1e-5)
+    assert w_curve[0] == pytest.approx(0.1 * 2 * 1.0, rel=0.2)  # first gd step from w = 0
+    total = acc.Scalars("grad/total_norm")[0].value
+    gw, gb = acc.Scalars("grad/w")[0].value, acc.Scalars("grad/b")[0].value
+    assert total == pytest.approx(math.hypot(gw, gb), rel=1e-5)
+    assert (run_dir / "graph.txt").read_text().startswith("MeanBackward0 → PowBackward0")
+
+
+def test_log_every_n_steps_and_validation_split(run_experiment):
+    _, run_dir = run_experiment(
+        "experiment=linear_fit",
+        "trainer.epochs=30",
+        "trainer.log_every_n_steps=10",
+        "dataset.val_fraction=0.2",
+    )
+    assert [s for s, _ in scalars(run_dir, "loss/train")] == [0, 10, 20, 29]
+    assert [s for s, _ in scalars(run_dir, "loss/val")] == list(range(30))
+    assert read_metrics(run_dir)["val_loss"] is not None
+
+
+def test_the_post_data_is_generated_in_the_post_order():
+    from runner.data import synthetic
+
+    torch.manual_seed(42)
+    data = synthetic("2*x + 1", n=50, low=0, high=1, noise=0.1)
+    torch.manual_seed(42)
+    x = torch.linspace(0, 1, 50)
+    assert torch.equal(data.x, x)
+    assert torch.equal(data.y, 2 * x + 1 + 0.1 * torch.randn(50))
+
+
+def test_uniform_sampling_and_val_split_are_seeded():
+    from runner.data import synthetic
+
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(3)
+        runs.append(synthetic("sin(x)", n=40, sampling="uniform", val_fraction=0.25))
+    assert torch.equal(runs[0].x, runs[1].x) and torch.equal(runs[0].x_val, runs[1].x_val)
+    assert runs[0].n == 30 and runs[0].x_val.shape == (10,)
+    assert torch.all((runs[0].x >= 0) & (runs[0].x <= 1))
+
+
+def test_csv_dataset_with_one_and_several_columns(run_experiment, tmp_path: Path):
+    csv = tmp_path / "data.csv"
+    rows = ["a,b,target"] + [
+        f"{i / 20},{1 - i / 20},{3 * i / 20 - 2 * (1 - i / 20) + 0.5}" for i in range(21)
+    ]
+    csv.write_text("\n".join(rows) + "\n")
+    metrics, _ = run_experiment(
+        "experiment=linear_fit",
+        "dataset=csv",
+        f"dataset.path={csv}",
+        "dataset.x=[a,b]",
+        "dataset.y=target",
+        "model.formula=p * x1 + q * x2 + r",
+        "optimizer=lbfgs",
+        "trainer.epochs=5",
+    )
+    p = metrics["params"]
+    assert metrics["final_loss"] < 1e-8
+    # x1 + x2 = 1, so only p - q and q + r... are identified: check the fit itself
+    for i in (0, 7, 20):
+        a, b = i / 20, 1 - i / 20
+        assert p["p"] * a + p["q"] * b + p["r"] == pytest.approx(3 * a - 2 * b + 0.5, abs=1e-3)
+    one, _ = run_experiment(
+        "experiment=linear_fit",
+        "dataset=csv",
+        f"dataset.path={csv}",
+        "dataset.x=a",
+        "dataset.y=target",
+        "trainer.epochs=3",
+    )
+    assert one["steps"] == 3
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["model=linear"],
+        ["model=mlp", "model.hidden=[8]", "optimizer=adam", "optimizer.lr=0.05"],
+        ["model=fourier", "optimizer=adam", "optimizer.lr=0.05"],
+        ["model=expression", "model.formula=a * x + c", "+model.params.a=1.0"],
+    ],
+    ids=["linear", "mlp", "custom-target", "expression-params"],
+)
+def test_each_model_learns(run_experiment, overrides):
+    metrics, run_dir = run_experiment("experiment=linear_fit", "trainer.epochs=60", *overrides)
+    assert metrics["status"] == "completed"
+    assert metrics["final_loss"] < 0.5 * scalars(run_dir, "loss/train")[0][1]
+
+
+def test_expression_parameter_initialisers():
+    from runner.models import Expression
+
+    torch.manual_seed(0)
+    m = Expression(
+        "sum(v * x) + s + t + u",
+        {
+            "v": [1.0, 2.0, 3.0],
+            "s": 2.5,
+            "t": {"shape": [2], "init": "normal", "std": 0.1},
+            "u": {"shape": [2, 2], "init": "uniform", "low": 0, "high": 1},
+        },
+    )
+    params = dict(m.named_parameters())
+    assert params["v"].tolist() == [1.0, 2.0, 3.0]
+    assert params["s"].item() == 2.5 and params["t"].shape == (2,)
+    assert params["u"].min() >= 0 and params["u"].max() <= 1
+    assert set(params) == {"v", "s", "t", "u"}
+
+
+@pytest.mark.parametrize("optimizer", ["gd", "sgd", "adam", "adamw", "rmsprop", "lbfgs"])
+def test_each_optimizer_reduces_the_loss(run_experiment, optimizer):
+    lr = {"gd": 0.1, "sgd": 0.1, "adam": 0.1, "adamw": 0.1, "rmsprop": 0.01, "lbfgs": 1.0}
+    metrics, run_dir = run_experiment(
+        "experiment=linear_fit",
+        f"optimizer={optimizer}",
+        f"optimizer.lr={lr[optimizer]}",
+        "trainer.epochs=20",
+    )
+    losses = [v for _, v in scalars(run_dir, "loss/train")]
+    assert metrics["status"] == "completed"
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_gd_is_the_posts_update_and_zeroes_in_place():
+    from runner.optim import GD
+
+    w = torch.nn.Parameter(torch.tensor(1.0))
+    opt = GD([w], lr=0.5)
+    (w * 3).backward()
+    grad = w.grad
+    opt.step()
+    assert w.item() == 1.0 - 0.5 * 3
+    opt.zero_grad()
+    assert w.grad is grad and w.grad.item() == 0.0  # zeroed in place, not set to None
+
+
+@pytest.mark.parametrize(
+    ("loss", "extra"),
+    [
+        ("mse", []),
+        ("mae", []),
+        ("huber", []),
+        ("expression", ['loss.formula="mean(abs(pred - y)**3)"']),
+    ],
+)
+def test_each_regression_loss_trains(run_experiment, loss, extra):
+    metrics, run_dir = run_experiment(
+        "experiment=linear_fit",
+        f"loss={loss}",
+        *extra,
+        "optimizer=adam",
+        "optimizer.lr=0.1",
+        "trainer.epochs=40",
+    )
+    losses = [v for _, v in scalars(run_dir, "loss/train")]
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_mse_keeps_the_posts_graph_and_mae_its_own(run_experiment):
+    _, mse_dir = run_experiment("experiment=linear_fit", "trainer.epochs=1")
+    _, mae_dir = run_experiment("experiment=linear_fit", "loss=mae", "trainer.epochs=1")
+    assert scalars(mse_dir, "graph/nodes")[0][1] == 7
+    assert "AbsBackward0" in (mae_dir / "graph.txt").read_text()
+
+
+def test_classification_losses(run_experiment, tmp_path: Path):
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randn(40, 2, generator=g) - 2, torch.randn(40, 2, generator=g) + 2])
+    labels = torch.cat([torch.zeros(40), torch.ones(40)])
+    csv = tmp_path / "blobs.csv"
+    csv.write_text(
+        "u,v,label\n" + "".join(f"{a},{b},{int(c)}\n" for (a, b), c in zip(x.tolist(), labels))
+    )
+    common = [f"dataset.path={csv}", "dataset.x=[u,v]", "dataset.y=label", "trainer.epochs=30"]
+    bce, _ = run_experiment(
+        "dataset=csv",
+        *common,
+        "model=linear",
+        "loss=bce",
+        "optimizer=adam",
+        "optimizer.lr=0.1",
+    )
+    ce, _ = run_experiment(
+        "dataset=csv",
+        *common,
+        "model=mlp",
+        "model.hidden=[8]",
+        "model.out_features=2",
+        "loss=cross_entropy",
+        "optimizer=adam",
+        "optimizer.lr=0.05",
+    )
+    assert bce["final_loss"] < 0.2 and ce["final_loss"] < 0.2  # ln 2 = 0.69 at the start
+
+
+def test_objective_only_rosenbrock(run_experiment):
+    metrics, run_dir = run_experiment("experiment=rosenbrock", "trainer.epochs=300")
+    assert metrics["params"]["a"] != -1.5
+    assert metrics["final_loss"] < scalars(run_dir, "loss/train")[0][1]
+    assert set(metrics["params"]) == {"a", "b"}
+    full, _ = run_experiment("experiment=rosenbrock")
+    assert full["params"]["a"] == pytest.approx(1.0, abs=1e-3)
+    assert full["params"]["b"] == pytest.approx(1.0, abs=1e-3)
+    assert full["learned"] == "a = 1.000, b = 1.000"
+
+
+@pytest.mark.parametrize(("scheduler", "expected_last"), [("step", 0.1 * 0.1), ("cosine", 0.0)])
+def test_schedulers_change_the_learning_rate(run_experiment, scheduler, expected_last):
+    _, run_dir = run_experiment(
+        "experiment=linear_fit",
+        f"scheduler={scheduler}",
+        "trainer.epochs=40",
+        "scheduler.step_size=30" if scheduler == "step" else "scheduler.eta_min=0.0",
+    )
+    lrs = [v for _, v in scalars(run_dir, "lr")]
+    assert lrs[0] == pytest.approx(0.1)
+    if scheduler == "step":
+        assert lrs[29] == pytest.approx(0.1) and lrs[30] == pytest.approx(expected_last)
+    else:
+        assert lrs[20] == pytest.approx(0.05, rel=1e-3)
+        assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+
+
+def test_minibatches_accumulate_clip_and_dtype(run_experiment):
+    metrics, run_dir = run_experiment(
+        "experiment=linear_fit",
+        "trainer.epochs=4",
+        "trainer.batch_size=8",
+    )
+    assert metrics["steps"] == 4 * 7  # ceil(50 / 8) batches an epoch
+    acc, _ = run_experiment(
+        "experiment=linear_fit",
+        "trainer.epochs=4",
+        "trainer.batch_size=8",
+        "trainer.accumulate=3",
+    )
+    assert acc["steps"] == 4 * 3  # 7 micro-batches an epoch, updates of 3, 3, 1
+    _, clip_dir = run_experiment(
+        "experiment=linear_fit",
+        "trainer.epochs=3",
+        "trainer.grad_clip=0.5",
+    )
+    norms = [v for _, v in scalars(clip_dir, "grad/total_norm")]
+    assert max(norms) <= 0.5 + 1e-6
+    f64, _ = run_experiment("experiment=linear_fit", "trainer.dtype=float64")
+    assert f64["params"]["w"] == pytest.approx(POST_W, abs=1e-5)
+    assert f64["params"]["w"] != post_loop()[0]  # computed in float64, not float32
+
+
+def test_minibatch_runs_are_reproducible(run_experiment):
+    args = ("experiment=sine_mlp", "trainer.epochs=2", "model.hidden=[8]", "dataset.n=200")
+    a, _ = run_experiment(*args)
+    b, _ = run_experiment(*args)
+    assert a["params"] == b["params"] and a["final_loss"] == b["final_loss"]
+
+
+def test_device_cpu_is_reported(run_experiment):
+    metrics, _ = run_experiment("experiment=linear_fit", "trainer.epochs=2", "trainer.device=cpu")
+    assert metrics["device"] == "cpu"
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_linear_fit_on_cuda(run_experiment):
+    metrics, _ = run_experiment("experiment=linear_fit", "trainer.device=cuda")
+    assert metrics["device"].startswith("cuda")
+    assert metrics["params"]["w"] == pytest.approx(POST_W, abs=1e-4)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
+def test_cuda_without_a_gpu_is_a_clear_error(tmp_path: Path):
+    done = cli(
+        "experiment=linear_fit", "trainer.device=cuda", f"hydra.run.dir={tmp_path}/r", cwd=ROOT
+    )
+    assert done.returncode != 0
+    assert "trainer.device='cuda'" in done.stderr and "no CUDA device" in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+
+
+@pytest.mark.slow
+def test_cli_prints_the_posts_line(tmp_path: Path):
+    done = cli("experiment=linear_fit", f"hydra.run.dir={tmp_path}/run", cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert "Learned: y = 1.924x + 1.050" in done.stdout
+    metrics = read_metrics(tmp_path / "run")
+    assert abs(metrics["params"]["w"] - POST_W) < 1e-5
+    assert (tmp_path / "run" / ".hydra" / "config.yaml").exists()
+    assert list((tmp_path / "run").glob("events.out.tfevents.*"))
+
+
+USER_EXPERIMENT = """\
+# @package _global_
+# python -m runner --config-dir my_configs experiment=cubic
+defaults:
+  - override /optimizer: adam
+
+seed: 0
+dataset:
+  formula: "0.5*x**3 - x + 2"
+  low: -2.0
+  high: 2.0
+  n: 200
+  noise: 0.05
+model:
+  formula: "a * x**3 + b * x + c"
+optimizer:
+  lr: 0.05
+trainer:
+  epochs: 600
+  log_every_n_steps: 50
+"""
+
+
+@pytest.mark.slow
+def test_an_experiment_written_only_in_yaml_converges(tmp_path: Path):
+    """What a README reader would write: a formula dataset, a 3-parameter model, Adam."""
+    (tmp_path / "my_configs" / "experiment").mkdir(parents=True)
+    (tmp_path / "my_configs" / "experiment" / "cubic.yaml").write_text(USER_EXPERIMENT)
+    done = cli(
+        "--config-dir",
+        str(tmp_path / "my_configs"),
+        "experiment=cubic",
+        f"hydra.run.dir={tmp_path}/run",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    params = read_metrics(tmp_path / "run")["params"]
+    assert params == pytest.approx({"a": 0.5, "b": -1.0, "c": 2.0}, abs=0.05)
+    assert "Learned: y = 0.5" in done.stdout
