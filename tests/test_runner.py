@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -365,6 +367,27 @@ def test_cli_prints_the_posts_line(tmp_path: Path):
     assert abs(metrics["params"]["w"] - POST_W) < 1e-5
     assert (tmp_path / "run" / ".hydra" / "config.yaml").exists()
     assert list((tmp_path / "run").glob("events.out.tfevents.*"))
+    assert "\r" not in done.stdout + done.stderr  # no progress bar when not on a TTY
+
+
+@pytest.mark.slow
+def test_the_runner_script_runs_from_the_project_root(tmp_path: Path):
+    script = Path(sys.executable).with_name("runner")
+    done = subprocess.run(
+        [
+            str(script),
+            "experiment=sine_mlp",
+            "model=fourier",
+            "trainer.epochs=1",
+            f"hydra.run.dir={tmp_path}/run",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert read_metrics(tmp_path / "run")["status"] == "completed"
 
 
 USER_EXPERIMENT = """\

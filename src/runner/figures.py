@@ -35,7 +35,12 @@ GRID_ELEMENTS = 2**22  # grid points x data points per vmap chunk: bounds the me
 
 
 class Figures:
-    """What to draw for this run, decided once; the loop calls start, record, epoch, finish."""
+    """What to draw for this run, decided once; the loop calls start, record, epoch, finish.
+
+    During training only device tensors are kept (the curve on a fixed grid, the path);
+    everything is drawn in `finish`, so matplotlib's import and drawing (0.1-0.3 s a
+    figure) never interrupt the training steps and nothing syncs the device before then.
+    """
 
     def __init__(self, b: Built, every_n_epochs: int | None) -> None:
         self.b = b
@@ -43,38 +48,51 @@ class Figures:
         self.params = list(b.params.values())
         self.on = not isinstance(b.logger, Null)
         self.plots = self.on and _matplotlib_available()
-        self.fit = self.plots and _is_1d_regression(b)
+        self.grid = curve_grid(b) if self.plots and _is_1d_regression(b) else None
+        self.curves: list[tuple[int, str, torch.Tensor]] = []  # (step, when, curve on grid)
         self.landscape = self.plots and len(self.params) == 2
         self.landscape = self.landscape and all(p.numel() == 1 for p in self.params)
         self.path: list[torch.Tensor] = []
 
     def start(self) -> None:
-        """Before the first update: the layout, the model graph, the data and first curve."""
+        """Before the first update: the layout, the model graph, the first curve and point."""
         if not self.on:
             return
         self.b.logger.layout(layout(self.b))
         add_model_graph(self.b)
         self.record()
-        if self.fit:
-            self.b.logger.figure(0, "figure/fit", fit_figure(self.b, "start"))
+        self._curve(0, "start")
 
     def record(self) -> None:
-        """At log steps: the parameters' position, kept on the device until `finish`."""
+        """At log steps: the parameters' position on the landscape."""
         if self.landscape:
             self.path.append(torch.stack([p.detach().reshape(()) for p in self.params]))
 
     def epoch(self, epoch: int, step: int) -> None:
-        last = epoch == self.b.checked.trainer.epochs  # `finish` draws that one
-        if self.fit and self.every and epoch % self.every == 0 and not last:
-            self.b.logger.figure(step, "figure/fit", fit_figure(self.b, f"epoch {epoch}"))
+        last = epoch == self.b.checked.trainer.epochs  # `finish` takes that one
+        if self.every and epoch % self.every == 0 and not last:
+            self._curve(step, f"epoch {epoch}")
 
     def finish(self, step: int) -> None:
-        if self.fit:
-            self.b.logger.figure(step, "figure/fit", fit_figure(self.b, "end"))
-        if self.landscape:
-            self.record()
-            path = torch.stack(self.path).double().cpu()  # note: the one move to the host
-            self.b.logger.figure(step, "figure/landscape", landscape_figure(self.b, path))
+        self._curve(step, "end")
+        self.record()
+        try:
+            for at, when, curve in self.curves:
+                assert self.grid is not None
+                figure = fit_figure(self.b, self.grid.cpu(), curve.float().cpu(), when)
+                self.b.logger.figure(at, "figure/fit", figure)
+            if self.landscape:
+                path = torch.stack(self.path).double().cpu()  # note: the one move to the host
+                if bool(torch.isfinite(path).all()):
+                    figure = landscape_figure(self.b, path)
+                    self.b.logger.figure(step, "figure/landscape", figure)
+        except Exception as e:  # a picture is never worth a failed run
+            log.warning(f"figures skipped: drawing them failed ({type(e).__name__}: {e})")
+
+    @torch.no_grad()
+    def _curve(self, step: int, when: str) -> None:
+        if self.grid is not None and self.b.forward is not None:
+            self.curves.append((step, when, self.b.forward(self.grid).detach()))
 
 
 def _matplotlib_available() -> bool:
@@ -110,7 +128,10 @@ def layout(b: Built) -> dict[str, dict[str, list[Any]]]:
         },
         "parameters": {"parameter (value or L2 norm)": ["Multiline", [r"param/.*"]]},
         "autograd graph": {
-            "nodes, leaves, depth": ["Multiline", [r"graph/nodes", r"graph/leaves", r"graph/depth"]],
+            "nodes, leaves, depth": [
+                "Multiline",
+                [r"graph/nodes", r"graph/leaves", r"graph/depth"],
+            ],
             "bytes saved for backward": ["Multiline", [r"graph/saved_bytes"]],
         },
     }
@@ -149,16 +170,19 @@ def _sample(n: int) -> torch.Tensor | None:
     return torch.randperm(n, generator=torch.Generator().manual_seed(0))[:MAX_SCATTER]
 
 
-@torch.no_grad()
-def fit_figure(b: Built, when: str) -> Any:
-    """The data as dots and the model's curve over the data's x range."""
-    assert b.data is not None and b.forward is not None
-    data = b.data
-    xs = [data.x] + ([data.x_val] if data.x_val is not None else [])
+def curve_grid(b: Built) -> torch.Tensor:
+    """Where the curve is drawn: evenly over the data's x range, train and validation."""
+    assert b.data is not None
+    xs = [b.data.x] + ([b.data.x_val] if b.data.x_val is not None else [])
     low = min(float(x.min()) for x in xs)
     high = max(float(x.max()) for x in xs)
-    grid = torch.linspace(low, high, CURVE_POINTS, dtype=data.x.dtype, device=data.x.device)
-    curve = b.forward(grid).float().cpu()
+    return torch.linspace(low, high, CURVE_POINTS, dtype=b.data.x.dtype, device=b.data.x.device)
+
+
+def fit_figure(b: Built, grid: torch.Tensor, curve: torch.Tensor, when: str) -> Any:
+    """The data as dots and the model's curve over the data's x range."""
+    assert b.data is not None
+    data = b.data
     figure = _new_figure()
     ax = figure.add_subplot()
     for x, y, label, colour in (
@@ -169,8 +193,9 @@ def fit_figure(b: Built, when: str) -> Any:
             continue
         keep = _sample(x.shape[0])
         x, y = (x, y) if keep is None else (x[keep.to(x.device)], y[keep.to(y.device)])
-        ax.scatter(x.float().cpu(), y.float().cpu(), s=8, alpha=0.6, color=colour, label=label)
-    ax.plot(grid.float().cpu(), curve, color="black", linewidth=2, label="model")
+        # plot's markers draw several times faster than scatter's
+        ax.plot(x.float().cpu(), y.float().cpu(), ".", ms=4, alpha=0.6, color=colour, label=label)
+    ax.plot(grid.float(), curve, color="black", linewidth=2, label="model")
     ax.set_xlabel("x")
     ax.set_ylabel("y")
     ax.set_title(f"data and fitted curve ({when})")
@@ -185,9 +210,7 @@ def landscape_figure(b: Built, path: torch.Tensor) -> Any:
     lows, highs = path.min(0).values, path.max(0).values
     span = highs - lows
     pad = torch.maximum(0.25 * span, 0.05 * path.abs().max(0).values).clamp_min(0.5)
-    axes = [
-        torch.linspace(float(lows[i] - pad[i]), float(highs[i] + pad[i]), GRID) for i in (0, 1)
-    ]
+    axes = [torch.linspace(float(lows[i] - pad[i]), float(highs[i] + pad[i]), GRID) for i in (0, 1)]
     a, c = torch.meshgrid(*axes, indexing="xy")
     surface = loss_surface(b, a.reshape(-1), c.reshape(-1)).reshape(a.shape).double()
     finite = surface[torch.isfinite(surface)]

@@ -1,19 +1,29 @@
 """Where logged values go: TensorBoard event files in the run directory, or nowhere.
 
 Loggers only write what they are given (plain floats, host tensors, strings); the loop
-decides what and when. TensorBoard is imported when a logger is made, not at start-up.
+decides what and when. The TensorBoard logger encodes its events itself (`runner.events`)
+and writes them from a background thread, so a log step costs the training thread a queue
+put; `torch.utils.tensorboard` is imported only for the model graph (`graph`).
 """
 
 from __future__ import annotations
 
+import logging
+import queue
+import sys
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 
+from . import events
+
 HParam = int | float | str | bool
+log = logging.getLogger(__name__)
 
 
 class Logger(Protocol):
@@ -66,40 +76,103 @@ class Null:
         pass
 
 
+Encode = Callable[[], bytes]  # builds one Event; runs on the writer thread
+
+
 class TensorBoard:
-    """Event files straight in the run directory, so `tensorboard --logdir outputs` lists runs."""
+    """Event files straight in the run directory, so `tensorboard --logdir outputs` lists runs.
+
+    Every method takes what it needs from its arguments at once (a histogram copies the
+    tensor, a figure is rendered) and queues the rest: encoding, framing and file writes
+    happen on one writer thread, in call order. `flush` waits for that thread; `close`
+    drains and joins it, and is safe to call twice. Values logged after `close` are dropped.
+    """
 
     def __init__(self, log_dir: str | Path, flush_secs: int = 10) -> None:
-        from torch.utils.tensorboard import SummaryWriter  # heavy: imported only when used
+        directory = Path(log_dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.path = directory / events.file_name()
+        self._file = self.path.open("wb")
+        self._flush_secs = flush_secs
+        self._queue: queue.SimpleQueue[Encode | threading.Event | None] = queue.SimpleQueue()
+        self._error: BaseException | None = None
+        self._bins: np.ndarray | None = None
+        self._thread: threading.Thread | None = threading.Thread(
+            target=self._write_all, name="runner-tensorboard", daemon=True
+        )
+        self._thread.start()
+        wall = time.time()
+        self._put(lambda: events.file_version(wall))
+        self.flush()  # like SummaryWriter: a readable (empty) run exists from the start
 
-        self._writer: Any = SummaryWriter(log_dir=str(log_dir), flush_secs=flush_secs)
+    # -- what the loop logs --
 
     def scalars(self, step: int, values: Mapping[str, float]) -> None:
-        for tag, value in values.items():
-            self._writer.add_scalar(tag, value, step)
+        """One Event per call holding every value, read back as one scalar per tag."""
+        wall, items = time.time(), list(values.items())
+        self._put(lambda: self._summary(wall, step, [events.scalar(t, float(v)) for t, v in items]))
 
     def histogram(self, step: int, tag: str, values: torch.Tensor) -> None:
-        self._writer.add_histogram(tag, values.detach().cpu(), step)
+        values = values.detach().cpu()
+        if values.dtype == torch.bfloat16:  # numpy has no bfloat16
+            values = values.to(torch.float16)
+        array = values.numpy().astype(float)  # a copy: the next update may change the tensor
+        wall = time.time()
+        self._put(
+            lambda: self._summary(wall, step, [events.histogram(tag, array, self._default_bins())])
+        )
 
     def text(self, step: int, tag: str, text: str) -> None:
         # Markdown would reflow the tree; four leading spaces keep it a code block.
-        self._writer.add_text(tag, "\n".join("    " + line for line in text.splitlines()), step)
+        content = "\n".join("    " + line for line in text.splitlines())
+        wall = time.time()
+        self._put(lambda: self._summary(wall, step, [events.text(tag, content)]))
 
     def figure(self, step: int, tag: str, figure: Any) -> None:
-        self._writer.add_figure(tag, figure, step, close=True)
+        """A matplotlib figure as a PNG image, drawn on the Agg canvas without pyplot."""
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        canvas = FigureCanvasAgg(figure)
+        canvas.draw()
+        width, height = canvas.get_width_height()
+        rgb = np.asarray(canvas.buffer_rgba()).reshape(height, width, 4)[:, :, :3].copy()
+        if "matplotlib.pyplot" in sys.modules:  # a pyplot figure would stay open otherwise
+            sys.modules["matplotlib.pyplot"].close(figure)
+        wall = time.time()
+
+        def encode() -> bytes:
+            import io
+
+            from PIL import Image
+
+            buffer = io.BytesIO()
+            Image.fromarray(rgb).save(buffer, format="PNG")
+            value = events.image(tag, height, width, 3, buffer.getvalue())
+            return self._summary(wall, step, [value])
+
+        self._put(encode)
 
     def layout(self, layout: Mapping[str, Mapping[str, list[Any]]]) -> None:
         """The Custom Scalars dashboard: {category: {chart: ["Multiline", [tag regexes]]}}."""
-        self._writer.add_custom_scalars({k: dict(v) for k, v in layout.items()})
+        value = events.layout(layout)
+        wall = time.time()
+        self._put(lambda: self._summary(wall, 0, [value]))
 
     def graph(self, model: torch.nn.Module, example: torch.Tensor) -> None:
         """The model traced on `example` for the Graphs dashboard; raises if tracing fails.
 
         Traced here without torch's re-run check, which `add_graph` would do and which costs
-        seconds of imports; a traced module is then logged as it is.
+        seconds of imports. The graph protos come from `torch.utils.tensorboard` (imported
+        here, the one place that needs it).
         """
+        from torch.utils.tensorboard._pytorch_graph import graph
+
         traced = torch.jit.trace(model, example, check_trace=False)
-        self._writer.add_graph(traced, example)
+        graph_def, step_stats = graph(traced, example)
+        graph_bytes, stats_bytes = graph_def.SerializeToString(), step_stats.SerializeToString()
+        wall = time.time()
+        self._put(lambda: events.event(wall, 0, events.graph_def(graph_bytes)))
+        self._put(lambda: events.event(wall, 0, events.run_metadata("step1", stats_bytes)))
 
     def hparams(
         self, hparams: Mapping[str, HParam], metrics: Mapping[str, float], status: str = "completed"
@@ -112,39 +185,73 @@ class TensorBoard:
         every run, so a sweep over optimizers would lose the keys only some of them have;
         without one it gathers the columns from all runs and marks those that differ.
         """
-        from tensorboard.compat.proto.summary_pb2 import Summary
-        from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
-
-        start = plugin_data_pb2.SessionStartInfo()
-        for name, value in hparams.items():
-            field = start.hparams[name]
-            if isinstance(value, bool):
-                field.bool_value = value
-            elif isinstance(value, int | float):
-                field.number_value = value
-            else:
-                field.string_value = str(value)
-        ok = status == "completed"
-        end = plugin_data_pb2.SessionEndInfo(
-            status=api_pb2.STATUS_SUCCESS if ok else api_pb2.STATUS_FAILURE,
-            end_time_secs=time.time(),
-        )
-        file_writer = self._writer._get_file_writer()
-        for tag, data in (
-            (metadata.SESSION_START_INFO_TAG, {"session_start_info": start}),
-            (metadata.SESSION_END_INFO_TAG, {"session_end_info": end}),
-        ):
-            meta = metadata.create_summary_metadata(plugin_data_pb2.HParamsPluginData(**data))
-            file_writer.add_summary(Summary(value=[Summary.Value(tag=tag, metadata=meta)]))
-        for tag, value in metrics.items():
-            self._writer.add_scalar(tag, value, 0)
+        params, values = dict(hparams), dict(metrics)
+        end = events.STATUS["success" if status == "completed" else "failure"]
+        wall = time.time()
+        self._put(lambda: self._summary(wall, 0, [events.session_start(params)]))
+        self._put(lambda: self._summary(wall, 0, [events.session_end(end, wall)]))
+        self.scalars(0, values)
 
     def flush(self) -> None:
-        if self._writer is not None:
-            self._writer.flush()
+        """Wait until everything logged so far is in the file."""
+        done = threading.Event()
+        if self._put(done):
+            while not done.wait(0.1) and self._thread is not None and self._thread.is_alive():
+                pass
 
     def close(self) -> None:
         """Safe to call twice: a `finally` and a signal handler may both close."""
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        self._queue.put(None)
+        thread.join()
+        self._file.close()
+        if self._error is not None:
+            log.warning(f"TensorBoard: some events were not written to {self.path}: {self._error}")
+
+    # -- the writer thread --
+
+    def _put(self, item: Encode | threading.Event) -> bool:
+        if self._thread is None:
+            return False
+        self._queue.put(item)
+        return True
+
+    def _summary(self, wall: float, step: int, values: list[bytes]) -> bytes:
+        return events.event(wall, step, events.summary(values))
+
+    def _default_bins(self) -> np.ndarray:
+        if self._bins is None:
+            self._bins = np.array(events.default_bins())
+        return self._bins
+
+    def _write_all(self) -> None:
+        """Encode and write queued events in order; flush when idle or every flush_secs."""
+        last_flush = time.monotonic()
+        while True:
+            try:
+                item = self._queue.get(timeout=self._flush_secs)
+            except queue.Empty:
+                item = threading.Event()  # idle: flush what was written
+            if item is None:
+                break
+            if isinstance(item, threading.Event):
+                try:
+                    self._file.flush()
+                except OSError as e:
+                    self._error = self._error or e
+                last_flush = time.monotonic()
+                item.set()
+                continue
+            try:
+                self._file.write(events.record(item()))
+                if time.monotonic() - last_flush > self._flush_secs:
+                    self._file.flush()
+                    last_flush = time.monotonic()
+            except Exception as e:  # a full disk or a bad value must not stop training
+                self._error = self._error or e
+        try:
+            self._file.flush()
+        except OSError as e:
+            self._error = self._error or e

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import signal
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +20,7 @@ import torch
 
 from . import gradcheck, insight
 from .build import Built
+from .config import EarlyStop
 from .figures import Figures
 from .graph import graph_chain, graph_dot, graph_stats, graph_tree, saved_bytes
 from .loggers import Logger
@@ -38,6 +39,8 @@ class Result:
     graph: dict[str, str] = field(default_factory=dict)  # tree, chain, dot of the first step
     grads: dict[str, Any] = field(default_factory=dict)
     grad_fns: dict[str, str | None] = field(default_factory=dict)  # epochs=0: leaf to root
+    early_stopped_epoch: int | None = None  # trainer.early_stop ended the run after this epoch
+    signal: str | None = None  # SIGINT | SIGTERM for an interrupted run
 
 
 class Recorder:
@@ -75,12 +78,15 @@ class Recorder:
 
 
 @contextmanager
-def stop_on_signals() -> Iterator[dict[str, bool]]:
-    """Ctrl-C and SIGTERM ask the loop to stop after the current step (logs are kept)."""
-    flag = {"stop": False}
+def stop_on_signals() -> Iterator[dict[str, Any]]:
+    """Ctrl-C and SIGTERM ask the loop to stop after the current step (logs are kept,
+    a checkpoint is written); a second one stops at once."""
+    flag: dict[str, Any] = {"stop": False, "signal": None}
 
     def handler(signum: int, frame: Any) -> None:
-        flag["stop"] = True
+        if flag["stop"]:
+            raise KeyboardInterrupt
+        flag["stop"], flag["signal"] = True, signal.Signals(signum).name
 
     previous = {}
     try:
@@ -95,6 +101,23 @@ def stop_on_signals() -> Iterator[dict[str, bool]]:
             signal.signal(sig, old)
 
 
+class Patience:
+    """trainer.early_stop: stop once the watched loss has gone `patience` epochs in a row
+    without improving on its best by more than `min_delta`."""
+
+    def __init__(self, cfg: EarlyStop) -> None:
+        self.patience, self.min_delta = cfg.patience, cfg.min_delta
+        self.best, self.waited = math.inf, 0
+
+    def stop(self, loss: torch.Tensor) -> bool:
+        value = loss.item()  # note: a host sync, once an epoch and only with early_stop on
+        if value < self.best - self.min_delta:
+            self.best, self.waited = value, 0
+        else:
+            self.waited += 1
+        return self.waited >= self.patience
+
+
 def _batches(n: int, batch_size: int | None, device: torch.device) -> list[torch.Tensor | None]:
     """Index slices of a shuffled randperm; None means the whole (unshuffled) batch."""
     if batch_size is None or batch_size >= n:
@@ -107,7 +130,13 @@ def _scalar_or_norm(t: torch.Tensor) -> torch.Tensor:
     return t.detach().reshape(()) if t.numel() == 1 else torch.linalg.vector_norm(t.detach())
 
 
-def train(b: Built) -> Result:
+def train(
+    b: Built,
+    save: Callable[[dict[str, Any]], None] | None = None,
+    start: Mapping[str, Any] | None = None,
+) -> Result:
+    """Run the loop; with `save`, checkpoint every trainer.checkpoint_every steps and at the
+    end; with `start` (a checkpoint's loop state), continue exactly where it was written."""
     t, cadence = b.checked.trainer, b.checked.cadence
     data, device, logger = b.data, b.device, b.logger
     names = list(b.params)
@@ -121,7 +150,8 @@ def train(b: Built) -> Result:
     pictures = Figures(b, cadence.figure_every_n_epochs)
 
     n = data.n if data is not None else 1
-    steps_per_epoch = math.ceil(len(_batches(n, t.batch_size, torch.device("cpu"))) / t.accumulate)
+    batches_per_epoch = 1 if t.batch_size is None else math.ceil(n / t.batch_size)
+    steps_per_epoch = math.ceil(batches_per_epoch / t.accumulate)
     total_steps = max(t.epochs * steps_per_epoch, 1)
     first_bad = torch.full((), -1, dtype=torch.long, device=device)
     best = torch.full((), math.inf, device=device)
@@ -132,6 +162,37 @@ def train(b: Built) -> Result:
     step = 0
     want_graph = True
     graph_loss: list[torch.Tensor] = []
+    stopper = Patience(EarlyStop(**t.early_stop)) if t.early_stop is not None else None
+    # where the loop is inside an epoch: the next batch group, this epoch's order and sum
+    position, batches, epoch_sum = 0, [None], torch.zeros((), device=device)
+    saved_at: list[tuple[int, int]] = []
+
+    def checkpoint() -> None:
+        """Save the loop's state (all of it, so a resumed run is bit-identical) with the
+        logs up to here flushed; a diverged state is never saved over the last good one."""
+        if save is None or saved_at == [(step, position)] or first_bad.item() >= 0:
+            return
+        rec.flush()
+        logger.flush()
+        perm = None if batches[0] is None else torch.cat(batches)
+        save(
+            {
+                "step": step,
+                "epoch": epoch,
+                "position": position,
+                "perm": perm,
+                "epoch_sum": epoch_sum,
+                "best": best,
+                "last_epoch_loss": last_epoch_loss,
+                "first_bad": first_bad,
+                "val_loss": val_loss,
+                "early_stop": None if stopper is None else (stopper.best, stopper.waited),
+            }
+        )
+        saved_at[:] = [(step, position)]
+
+    def due() -> bool:
+        return save is not None and step % (t.checkpoint_every or 1) == 0
 
     def closure_for(group: list[torch.Tensor | None]) -> Any:
         def closure() -> torch.Tensor:
@@ -165,10 +226,20 @@ def train(b: Built) -> Result:
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total_steps, disable=None, unit="step", dynamic_ncols=True, leave=False)
+    epoch = 0
+    if start is not None:  # continue a checkpoint: the epoch it was taken in, then on
+        step, epoch, position = start["step"], start["epoch"], start["position"]
+        perm, epoch_sum = start["perm"], start["epoch_sum"]
+        batches = [None] if perm is None else list(perm.split(t.batch_size))
+        best, last_epoch_loss = start["best"], start["last_epoch_loss"]
+        first_bad, val_loss = start["first_bad"], start["val_loss"]
+        if stopper is not None and start["early_stop"] is not None:
+            stopper.best, stopper.waited = start["early_stop"]
+    bar = tqdm(
+        total=total_steps, initial=step, disable=None, unit="step", dynamic_ncols=True, leave=False
+    )
     pictures.start()  # the Custom Scalars layout, the model graph, the first picture
     with stop_on_signals() as signals:
-        epoch = 0
         if t.epochs == 0:  # one forward and backward pass to look at, no update
             want_graph = True
             with saved_bytes() as saved:
@@ -183,9 +254,10 @@ def train(b: Built) -> Result:
                 if p.grad is not None:
                     logger.histogram(0, f"grad/{name}", p.grad.detach())
         while epoch < t.epochs and result.status == "completed":
-            batches = _batches(n, t.batch_size, device)
-            epoch_sum = torch.zeros((), device=device)
-            for i in range(0, len(batches), t.accumulate):
+            if position == 0:  # a new epoch (a resumed one goes on with its own order)
+                batches = _batches(n, t.batch_size, device)
+                epoch_sum = torch.zeros((), device=device)
+            for i in range(position, len(batches), t.accumulate):
                 group = batches[i : i + t.accumulate]
                 want_graph = step == 0 or step % graph_every == 0
                 log_now = step % t.log_every_n_steps == 0 or step == total_steps - 1
@@ -225,9 +297,12 @@ def train(b: Built) -> Result:
                     if rec.latest:
                         bar.set_postfix(loss=f"{rec.latest['loss/train']:.4g}", refresh=False)
                 step += 1
+                position = i + t.accumulate
                 bar.update(1)
                 if result.status != "completed" or signals["stop"]:
                     break
+                if due() and position < len(batches):  # at an epoch's end: after its bookkeeping
+                    checkpoint()
             else:
                 epoch += 1
                 pictures.epoch(epoch, step - 1)
@@ -237,8 +312,18 @@ def train(b: Built) -> Result:
                 if data is not None and data.x_val is not None:
                     val_loss = _validate(b)
                     rec.add(step - 1, ("loss/val",), val_loss.reshape(1), {})
+                position = 0
+                watched = epoch_sum if val_loss is None else val_loss  # loss/val when split
+                if stopper is not None and stopper.stop(watched):
+                    result.early_stopped_epoch = epoch
+                if due():
+                    checkpoint()
+                if result.early_stopped_epoch is not None:
+                    break
             if signals["stop"] and result.status == "completed":
-                result.status = "interrupted"
+                result.status, result.signal = "interrupted", signals["signal"]
+        if result.status != "diverged":
+            checkpoint()  # the end (or the interruption) of the run: resume goes on from here
     bar.close()
     pictures.finish(max(step - 1, 0))
     rec.flush()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -10,8 +11,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from . import checkpoint
 from .build import Built, build
 from .gradcheck import check_grads
 from .loop import Result, train
@@ -25,14 +27,22 @@ def run(cfg: DictConfig, run_dir: Path, choices: Mapping[str, Any] | None = None
     """1. build (checks the config first)  2. train  3. write metrics.json  4. close."""
     started = time.perf_counter()
     run_dir.mkdir(parents=True, exist_ok=True)
+    source = checkpoint.locate(OmegaConf.select(cfg, "trainer.resume"), run_dir)
+    checkpoint.claim(run_dir, source)  # never write over another run's results
     built = build(cfg, run_dir, choices)
+    start = checkpoint.load(source, built) if source is not None else None
+    save = None
+    if built.checked.trainer.checkpoint_every is not None:
+        save = functools.partial(checkpoint.save, run_dir / checkpoint.LAST, built)
     result: Result | None = None
     metrics: dict[str, Any] = {"status": "failed"}
     first_step: list[str] = []
     try:
         checked = check_grads(built) if built.checked.trainer.check_grads else None
-        result = train(built)
+        result = train(built, save, start)
         metrics = summarise(result, built, time.perf_counter() - started)
+        if start is not None:
+            metrics["resumed_from"] = {"checkpoint": str(source), "step": start["step"]}
         if checked is not None:
             metrics["gradcheck"] = checked
         write_graph(result, run_dir)
@@ -70,6 +80,10 @@ def summarise(result: Result, built: Built, duration: float) -> dict[str, Any]:
     }
     if result.diverged_step is not None:
         metrics["diverged_step"] = result.diverged_step
+    if result.early_stopped_epoch is not None:
+        metrics["early_stopped_epoch"] = result.early_stopped_epoch
+    if result.signal is not None:
+        metrics["signal"] = result.signal
     if result.grad_fns:
         metrics["grad_fn"] = result.grad_fns
     if sum(p.numel() for p in built.params.values()) <= MAX_PARAM_ELEMENTS:
@@ -142,7 +156,8 @@ def report(
     elif not first_step:
         loss = metrics["final_loss"]
         shown = "n/a" if loss is None else f"{loss:.6g}"
-        line = f"Final loss: {shown} (best {metrics['best_loss']:.6g})"
+        best = metrics["best_loss"]
+        line = f"Final loss: {shown} (best {'n/a' if best is None else f'{best:.6g}'})"
         if metrics.get("val_loss") is not None:
             line += f", validation {metrics['val_loss']:.6g}"
         log.info(line)
@@ -153,4 +168,17 @@ def report(
         f"{metrics['status'].capitalize()}: {done} on {metrics['device']} "
         f"in {metrics['duration_s']:.2f}s"
     )
+    if metrics.get("early_stopped_epoch") is not None:
+        log.info(
+            f"Stopped early after epoch {metrics['early_stopped_epoch']}: the watched loss "
+            "stopped improving (trainer.early_stop)"
+        )
+    if metrics["status"] == "interrupted":
+        resume = (
+            f"continue with trainer.resume={run_dir}"
+            if (run_dir / checkpoint.LAST).is_file()
+            else "set trainer.checkpoint_every to be able to resume"
+        )
+        by = metrics.get("signal", "a signal")
+        log.info(f"Interrupted by {by} at step {metrics['steps']}; {resume}")
     log.info(f"Run directory: {run_dir}")

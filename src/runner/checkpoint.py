@@ -1,0 +1,162 @@
+"""Checkpoints: everything a run needs to continue exactly, written atomically, read safely.
+
+`checkpoints/last.pt` holds the modules' state (parameters and buffers), the gradients, the
+optimizer and scheduler state, every random generator's state and the loop's own position
+and device-side tallies. It is written to a temporary file that is renamed over the old one,
+so a run killed at any moment leaves the previous checkpoint whole. It is read with
+`torch.load(weights_only=True)`: like a formula, a checkpoint cannot run code.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .build import Built
+from .config import ConfigError
+
+log = logging.getLogger(__name__)
+
+LAST = Path("checkpoints") / "last.pt"
+FORMAT = 1  # bumped when the layout changes, so an old file is refused with a clear message
+
+
+def locate(resume: Any, run_dir: Path) -> Path | None:
+    """The checkpoint `trainer.resume` names: a run directory, a checkpoint file, or `auto`
+    (this run directory's own, when it has one; otherwise the run starts afresh)."""
+    if not isinstance(resume, str):
+        return None  # null, or a wrong type that the config check reports
+    if resume == "auto":
+        own = run_dir / LAST
+        return own if own.is_file() else None
+    given = Path(resume)
+    for path in (given, given / LAST, given / LAST.name):
+        if path.is_file():
+            return path
+    raise ConfigError(
+        f"trainer.resume={resume!r}: no checkpoint there (looked for {given}, {given / LAST}); "
+        "give a run directory that has checkpoints/last.pt, a checkpoint file, or auto"
+    )
+
+
+def claim(run_dir: Path, source: Path | None) -> None:
+    """Refuse a run directory that holds another run's results, unless this run continues it."""
+    continuing = source is not None and run_dir.resolve() in source.resolve().parents
+    for name in ("metrics.json", str(LAST)):
+        if (run_dir / name).exists() and not continuing:
+            raise ConfigError(
+                f"hydra.run.dir={str(run_dir)!r} already holds a run ({name}); pick a new "
+                "directory (the default one is new for every run), or continue that run "
+                "with trainer.resume=auto"
+            )
+
+
+def save(path: Path, b: Built, loop: Mapping[str, Any]) -> None:
+    """Write a checkpoint whole or not at all: a temporary file, then an atomic rename."""
+    state = {
+        "format": FORMAT,
+        "modules": _modules_state(b),
+        "grads": {n: p.grad for n, p in b.params.items() if p.grad is not None},
+        "optimizer": b.optimizer.state_dict(),
+        "scheduler": b.scheduler.state_dict(),
+        "rng": _rng_state(b.device),
+        "loop": dict(loop),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        torch.save(state, fh)
+        fh.flush()
+        os.fsync(fh.fileno())  # the rename must not reach the disk before the bytes do
+    os.replace(tmp, path)
+
+
+def load(path: Path, b: Built) -> dict[str, Any]:
+    """Restore `b` in place from a checkpoint; returns the loop's state to start from."""
+    try:
+        # map to the CPU: generator states must stay there; the rest is copied onto the device
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(
+            f"trainer.resume: {path} cannot be read ({reason}); the file is truncated, corrupt "
+            "or not a checkpoint; resume from another checkpoint or start afresh without "
+            "trainer.resume"
+        ) from e
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ConfigError(
+            f"trainer.resume: {path} is not a runner checkpoint of format {FORMAT}; "
+            "resume from a checkpoint this version of runner wrote"
+        )
+    try:
+        for name, module in _modules(b).items():
+            module.load_state_dict(state["modules"][name])
+        with torch.no_grad():
+            for name, p in b.params.items():
+                grad = state["grads"].get(name)
+                p.grad = None if grad is None else grad.to(p.device, p.dtype).clone()
+        b.optimizer.load_state_dict(state["optimizer"])
+        b.scheduler.load_state_dict(state["scheduler"])
+        loop = {k: _to(v, b.device) for k, v in state["loop"].items()}
+    except (KeyError, RuntimeError, ValueError, TypeError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(
+            f"trainer.resume: {path} does not fit this experiment ({reason}); resume with the "
+            "experiment and model the checkpoint was written with"
+        ) from e
+    _set_rng_state(state["rng"], b.device)
+    log.info(f"Resuming from {path} at step {loop['step']} (epoch {loop['epoch']})")
+    return loop
+
+
+def _modules(b: Built) -> dict[str, torch.nn.Module]:
+    """The modules that own the parameters: the model and, for loss formulas, the loss."""
+    owners = {"model": b.model, "loss": b.loss_fn}
+    return {k: m for k, m in owners.items() if isinstance(m, torch.nn.Module)}
+
+
+def _modules_state(b: Built) -> dict[str, dict[str, torch.Tensor]]:
+    return {name: module.state_dict() for name, module in _modules(b).items()}
+
+
+def _to(value: Any, device: torch.device) -> Any:
+    return value.to(device) if isinstance(value, torch.Tensor) else value
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    """Every generator a run draws from: torch (CPU, and the accelerator in use), Python, NumPy."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "mps":
+        state["mps"] = torch.mps.get_rng_state()
+    try:
+        import numpy as np
+
+        name, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
+        # weights_only loads tensors but not NumPy arrays: the key table travels as a tensor
+        keys = torch.from_numpy(keys.astype(np.int64))
+        state["numpy"] = (str(name), keys, int(pos), int(has_gauss), float(gauss))
+    except ImportError:
+        pass
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if device.type == "mps" and "mps" in state:
+        torch.mps.set_rng_state(state["mps"])
+    if "numpy" in state:
+        import numpy as np
+
+        name, keys, pos, has_gauss, gauss = state["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
