@@ -8,8 +8,11 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from .cli import explain_refused_overrides
+
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 sys.path.insert(0, os.getcwd())  # experiments/ is importable from the repo root, as with -m
+explain_refused_overrides()  # `trainer.epoch=5` gets a did-you-mean, like other config errors
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIGS), config_name="config")

@@ -7,16 +7,16 @@ import json
 import logging
 import math
 import os
+import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from .config import ConfigError
-from .run import run, write_json
+from .config import ConfigError, refused_override
 
 log = logging.getLogger("runner")
 
@@ -24,16 +24,23 @@ log = logging.getLogger("runner")
 def run_job(
     cfg: DictConfig, run_dir: Path, mode: RunMode | None, choices: Mapping[str, Any]
 ) -> float:
+    from .run import run  # torch is imported here, not for `--help` or `--cfg job`
+
     if mode == RunMode.MULTIRUN:
         return sweep_job(cfg, run_dir, choices)
     try:
         metrics = run(cfg, run_dir, choices)
     except ConfigError as e:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1" or mode == RunMode.MULTIRUN:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         print(f"Config error: {e}", file=sys.stderr)
         sys.exit(2)
-    if mode != RunMode.MULTIRUN and metrics["status"] != "completed":
+    except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, metrics.json says so
+        print("Interrupted", file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)
+    if metrics["status"] == "interrupted":  # the shell's convention: 130 for SIGINT, 143 SIGTERM
+        sys.exit(128 + signal.Signals[metrics.get("signal") or "SIGINT"])
+    if metrics["status"] != "completed":
         sys.exit(1)
     value = metrics["objective"]
     return value if math.isfinite(value) else math.inf
@@ -47,6 +54,8 @@ def sweep_job(cfg: DictConfig, run_dir: Path, choices: Mapping[str, Any]) -> flo
     metrics.json instead, its objective is +inf, and `runner.sweep.Summary` turns it into
     the sweep's exit status.
     """
+    from .run import run, write_json
+
     try:
         metrics = run(cfg, run_dir, choices)
     except Exception as e:
@@ -63,3 +72,36 @@ def sweep_job(cfg: DictConfig, run_dir: Path, choices: Mapping[str, Any]) -> flo
         log.error("Interrupted: the sweep stops here")
         sys.exit(130)
     return metrics["objective"]
+
+
+def explain_refused_overrides() -> None:
+    """Let `trainer.epoch=5` end like every other config error: key, value, a did-you-mean.
+
+    Hydra refuses an override of a key the composed config lacks while composing, before
+    any runner code runs, with its own message and no hint. Its error reporter (internal to
+    Hydra 1.3, and the one place such errors pass) is wrapped once, so that this refusal
+    prints one `Config error:` line and exits 2; every other error passes unchanged, and
+    HYDRA_FULL_ERROR=1 still shows Hydra's traceback.
+    """
+    from hydra._internal import utils as hydra_utils
+    from hydra.errors import ConfigCompositionException
+
+    report = hydra_utils.run_and_report
+    if getattr(report, "explains_overrides", False):
+        return
+
+    def run_and_report(func: Callable[[], Any]) -> Any:
+        def explained() -> Any:
+            try:
+                return func()
+            except ConfigCompositionException as e:
+                message = refused_override(e)
+                if message is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
+                    raise
+                print(f"Config error: {message}", file=sys.stderr)
+                sys.exit(2)
+
+        return report(explained)
+
+    run_and_report.explains_overrides = True  # type: ignore[attr-defined]
+    hydra_utils.run_and_report = run_and_report

@@ -149,8 +149,35 @@ def check_trainer(given: Mapping[str, Any]) -> TrainerConfig:
             f"trainer.objective={t.objective!r} is not allowed; use one of {', '.join(OBJECTIVES)}"
         )
     if t.early_stop is not None:
-        _check_dataclass("trainer.early_stop", t.early_stop, EarlyStop)
+        stop = _check_dataclass("trainer.early_stop", t.early_stop, EarlyStop)
+        if stop.patience < 1:
+            raise ConfigError(f"trainer.early_stop.patience={stop.patience} must be at least 1")
+        if stop.min_delta < 0:
+            raise ConfigError(
+                f"trainer.early_stop.min_delta={stop.min_delta} must be zero or positive"
+            )
     return t
+
+
+def refused_override(error: BaseException) -> str | None:
+    """Hydra's refusal of an override whose key the config lacks (`trainer.epoch=5`), said
+    the runner's way: the override, the keys there are, a did-you-mean. None for any other
+    error. Reads the OmegaConf error Hydra chains as the cause, which names the node."""
+    cause = error.__cause__
+    parent, key = getattr(cause, "parent_node", None), getattr(cause, "key", None)
+    full_key = getattr(cause, "full_key", None) or key
+    if not str(error).startswith("Could not override") or parent is None or key is None:
+        return None
+    line = str(error).partition("use +")[2].strip() or str(full_key)
+    where = str(full_key).rpartition(".")[0]
+    keys = [str(k) for k in parent if k != "hydra" and k not in HYDRA_KEYS]
+    if not keys:
+        return f"{line}: {where} is null or empty here; add the key with +{line}"
+    message = f"{line}: unknown key '{full_key}'{did_you_mean(str(key), keys)}; "
+    message += f"{where or 'the config'} has: {', '.join(keys)}"
+    if where and not did_you_mean(str(key), keys):
+        message += f"; a key its option file does not set is added with +{line}"
+    return message
 
 
 def check_cadence(given: Mapping[str, Any]) -> LoggerCadence:
@@ -251,7 +278,7 @@ RUNTIME_ARGS = {
 
 
 def check(cfg: Mapping[str, Any]) -> Checked:
-    """Check the whole composed config (as plain containers); raise ConfigError on the first fault."""
+    """Check the whole composed config (plain containers); raise ConfigError on the first fault."""
     check_keys("config", {k: v for k, v in cfg.items() if k != "hydra"}, TOP_LEVEL)
     seed = cfg.get("seed")
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
