@@ -1,8 +1,9 @@
 """Every bad input stops the run before any work, with one message: key, value, what is allowed.
 
-The table runs through the real entry point (`runner.__main__.main`, Hydra included) in this
-process, which is what `python -m runner` runs minus the interpreter start; a few cases run
-as real subprocesses to pin the exit status and the terminal text end to end.
+The table runs in this process (a subprocess per row would take minutes here): the rows that
+Hydra itself refuses go through the real entry point (`runner.__main__.main`), the others
+through `cli.run_job` from the composed config, which is where `python -m runner` hands over.
+A few cases run as real subprocesses to pin the exit status and the terminal text end to end.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import cli
+from conftest import cli, compose_config
 from hydra.core.global_hydra import GlobalHydra
+from hydra.types import RunMode
 
 from runner.__main__ import main
-from runner.config import refused_override
+from runner.cli import run_job
+from runner.config import ConfigError, refused_override
 
 BASE = ("experiment=linear_fit", "logger=none", "trainer.epochs=2")
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
@@ -38,18 +41,8 @@ CASES = [
     ("negative epochs", ["trainer.epochs=-1"], ["trainer.epochs=-1", "at least 0"]),
     ("zero batch", ["trainer.batch_size=0"], ["trainer.batch_size=0", "positive integer"]),
     ("unknown device", ["trainer.device=gpu"], ["trainer.device", "'gpu'", "auto, cpu, cuda"]),
-    pytest.param(
-        "absent cuda",
-        ["trainer.device=cuda"],
-        ["trainer.device='cuda'", "no CUDA device", "cpu or auto"],
-        marks=NO_CUDA,
-    ),
-    pytest.param(
-        "absent mps",
-        ["trainer.device=mps"],
-        ["trainer.device='mps'", "no Apple MPS", "cpu or auto"],
-        marks=NO_MPS,
-    ),
+    ("absent cuda", ["trainer.device=cuda"], ["trainer.device='cuda'", "no CUDA", "cpu or auto"]),
+    ("absent mps", ["trainer.device=mps"], ["trainer.device='mps'", "no Apple MPS", "cpu or auto"]),
     ("zero points", ["dataset.n=0"], ["dataset.n=0", "positive integer"]),
     (
         "missing csv",
@@ -104,6 +97,7 @@ CASES = [
     ),
     ("missing checkpoint", ["trainer.resume=nowhere"], ["trainer.resume='nowhere'", "auto"]),
 ]
+MARKS = {"absent cuda": NO_CUDA, "absent mps": NO_MPS}
 
 
 @pytest.fixture
@@ -137,11 +131,30 @@ def main_in_process(
     return stopped.value.code, out.out, out.err
 
 
-@pytest.mark.parametrize("case, overrides, fragments", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_stops_with_one_clear_message(
-    case, overrides, fragments, workdir, monkeypatch, capsys
-):
-    status, out, err = main_in_process([*BASE, *overrides], workdir, monkeypatch, capsys)
+def job_in_process(
+    args: list[str], cwd: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> tuple[int, str, str]:
+    """The same from the composed config on (Hydra composes once here, twice in main)."""
+    monkeypatch.chdir(cwd)
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    cfg = compose_config(*args)
+    with pytest.raises(SystemExit) as stopped:
+        run_job(cfg, cwd / "run", RunMode.RUN, {})
+    out = capsys.readouterr()
+    return stopped.value.code, out.out, out.err
+
+
+@pytest.mark.parametrize(
+    "overrides, fragments",
+    [
+        pytest.param(overrides, fragments, id=name, marks=MARKS.get(name, ()))
+        for name, overrides, fragments in CASES
+    ],
+)
+def test_bad_input_stops_with_one_clear_message(overrides, fragments, workdir, monkeypatch, capsys):
+    hydra_refuses = any(o.split("=")[0] in ("trainer.epoch", "seedd") for o in overrides)
+    run_it = main_in_process if hydra_refuses else job_in_process
+    status, out, err = run_it([*BASE, *overrides], workdir, monkeypatch, capsys)
     assert status == 2, (out, err)
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("Config error: "), err
@@ -170,17 +183,24 @@ def test_cli_unknown_key_exits_2_with_a_hint(tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_formula_payload_never_runs_and_full_error_shows_the_traceback(tmp_path):
+def test_cli_formula_payload_never_runs(tmp_path):
     payload = "model.formula=\"__import__('os').system('touch pwned')\""
     proc = cli(*BASE, payload, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert proc.returncode == 2 and "Config error: model.formula" in proc.stderr
-    assert "Traceback" not in proc.stderr
-    full = cli(
-        *BASE,
-        payload,
-        f"hydra.run.dir={tmp_path / 'run2'}",
-        cwd=tmp_path,
-        env={"HYDRA_FULL_ERROR": "1"},
-    )
-    assert full.returncode != 0 and "Traceback" in full.stderr and "ConfigError" in full.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
     assert not (tmp_path / "pwned").exists()
+
+
+def test_full_error_shows_the_traceback(tmp_path, monkeypatch):
+    """HYDRA_FULL_ERROR=1: the runner's own errors propagate (Hydra prints the traceback)..."""
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    with pytest.raises(ConfigError, match="optimizer.lr=0 must be a positive number"):
+        run_job(compose_config(*BASE, "optimizer.lr=0"), tmp_path / "run", RunMode.RUN, {})
+
+
+def test_full_error_shows_hydras_traceback_for_a_refused_override(tmp_path):
+    """...and so does Hydra's refusal of an unknown key, which the hint otherwise replaces."""
+    args = (*BASE, "trainer.epoch=5", f"hydra.run.dir={tmp_path / 'run'}")
+    proc = cli(*args, cwd=tmp_path, env={"HYDRA_FULL_ERROR": "1"})
+    assert proc.returncode == 1
+    assert "Traceback" in proc.stderr and "Could not override 'trainer.epoch'" in proc.stderr

@@ -63,17 +63,16 @@ def save(path: Path, b: Built, loop: Mapping[str, Any]) -> None:
         "format": FORMAT,
         "modules": _modules_state(b),
         "grads": {n: p.grad for n, p in b.params.items() if p.grad is not None},
-        "optimizer": b.optimizer.state_dict(),
+        "optimizer": _undecorated(type(b.optimizer).state_dict)(b.optimizer),
         "scheduler": b.scheduler.state_dict(),
         "rng": _rng_state(b.device),
         "loop": dict(loop),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        torch.save(state, fh)
-        fh.flush()
-        os.fsync(fh.fileno())  # the rename must not reach the disk before the bytes do
+    # A killed process leaves the old file or the new one, never a torn one. (No fsync: it
+    # can stall for seconds on a busy disk, and guards only against the machine going down.)
+    torch.save(state, tmp)
     os.replace(tmp, path)
 
 
@@ -101,7 +100,7 @@ def load(path: Path, b: Built) -> dict[str, Any]:
             for name, p in b.params.items():
                 grad = state["grads"].get(name)
                 p.grad = None if grad is None else grad.to(p.device, p.dtype).clone()
-        b.optimizer.load_state_dict(state["optimizer"])
+        _undecorated(type(b.optimizer).load_state_dict)(b.optimizer, state["optimizer"])
         b.scheduler.load_state_dict(state["scheduler"])
         loop = {k: _to(v, b.device) for k, v in state["loop"].items()}
     except (KeyError, RuntimeError, ValueError, TypeError) as e:
@@ -113,6 +112,13 @@ def load(path: Path, b: Built) -> dict[str, Any]:
     _set_rng_state(state["rng"], b.device)
     log.info(f"Resuming from {path} at step {loop['step']} (epoch {loop['epoch']})")
     return loop
+
+
+def _undecorated(method: Any) -> Any:
+    """torch wraps Optimizer.state_dict and load_state_dict in a lazy `torch._dynamo` import
+    (~3 s on a small CPU, paid at the first checkpoint); they never need dynamo here, so the
+    plain function underneath is called when there is one (as optim.GD does)."""
+    return getattr(method, "__wrapped__", method)
 
 
 def _modules(b: Built) -> dict[str, torch.nn.Module]:

@@ -19,10 +19,10 @@ import warnings
 from typing import Any
 
 import torch
-from torch import nn
 
 from . import models
 from .build import Built
+from .gradcheck import Objective
 from .insight import accuracy_fn
 from .loggers import Null
 
@@ -233,41 +233,21 @@ def landscape_figure(b: Built, path: torch.Tensor) -> Any:
     return figure
 
 
-class _Objective(nn.Module):
-    """The loss on the full training data as a module whose parameters `functional_call`
-    can swap for a batch of grid points (the model's and the loss formula's alike)."""
-
-    def __init__(self, b: Built) -> None:
-        super().__init__()
-        self.model = b.model
-        self.loss = b.loss_fn if isinstance(b.loss_fn, nn.Module) else None
-        self.b = b
-
-    def forward(self) -> torch.Tensor:
-        b = self.b
-        if b.data is None:
-            return b.loss_fn()
-        assert b.forward is not None
-        return b.loss_fn(b.forward(b.data.x), b.data.y)
-
-
 @torch.no_grad()
 def loss_surface(b: Built, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
-    """The loss at each (first[i], second[i]) for the two parameters, as a CPU tensor;
-    batched with torch.func.vmap, point by point if the model cannot be vmapped."""
-    objective = _Objective(b)
-    full_names = {id(p): n for n, p in objective.named_parameters()}
-    (n1, p1), (n2, p2) = b.params.items()
-    keys = (full_names[id(p1)], full_names[id(p2)])
-    device, dtype = p1.device, p1.dtype
+    """The loss on the full training data at each (first[i], second[i]) for the two
+    parameters, as a CPU tensor; batched with vmap, point by point if the model cannot be."""
+    data = b.data
+    objective = Objective(b.model, b.loss_fn, *((data.x, data.y) if data else ()))
+    (p1, p2) = b.params.values()
+    keys = (objective.key(p1), objective.key(p2))
 
     def loss_at(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         values = {keys[0]: u.reshape(p1.shape), keys[1]: v.reshape(p2.shape)}
         return torch.func.functional_call(objective, values, ())
 
-    first, second = first.to(device, dtype), second.to(device, dtype)
-    points = b.data.n if b.data is not None else 1
-    chunk = max(1, GRID_ELEMENTS // points)
+    first, second = first.to(p1.device, p1.dtype), second.to(p1.device, p1.dtype)
+    chunk = max(1, GRID_ELEMENTS // (data.n if data is not None else 1))
     try:
         values = torch.func.vmap(loss_at, chunk_size=chunk)(first, second)
     except Exception as e:  # a model vmap cannot batch: the same numbers, one at a time

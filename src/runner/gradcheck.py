@@ -27,6 +27,7 @@ ATOL = 1e-5  # an element passes when |autograd - numeric| <= ATOL + RTOL * |num
 RTOL = 1e-3  # gradcheck's own default tolerances
 MAX_ELEMENTS = 256  # larger models are checked on a seeded sample, so the check stays fast
 SAMPLE_SEED = 0  # a private generator: checking never moves the training RNG
+CHUNK_ELEMENTS = 2**22  # perturbed parameter elements per vmapped call: bounds the memory
 
 
 class GradCheckError(ConfigError):
@@ -36,25 +37,14 @@ class GradCheckError(ConfigError):
 def check_grads(b: Built) -> dict[str, Any]:
     """Compare, log (`gradcheck/max_abs_error`, `gradcheck/max_rel_error`) and return the
     errors; raise GradCheckError naming the worst element when they disagree."""
-    loss_of, params = float64_objective(b)
+    objective = float64_objective(b)
+    params = objective.params()
     picks = sample_elements(params, MAX_ELEMENTS)
-    loss = loss_of()
-    grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
-    analytic, numeric = [], []
-    with torch.no_grad():
-        for (name, index), grad in zip(picks, _grads_at(picks, params, grads), strict=True):
-            flat = params[name].view(-1)
-            original = flat[index].clone()
-            flat[index] = original + EPS
-            up = loss_of()
-            flat[index] = original - EPS
-            down = loss_of()
-            flat[index] = original
-            numeric.append((up - down) / (2 * EPS))
-            analytic.append(grad)
+    grads = torch.autograd.grad(objective(), list(params.values()), allow_unused=True)
+    analytic = _grads_at(picks, params, grads)
+    numeric = central_differences(objective, params, picks)
     # note: one host sync for the whole check
-    a = torch.stack(analytic).cpu()
-    n = torch.stack(numeric).cpu()
+    a, n = analytic.cpu(), numeric.cpu()
     abs_err = (a - n).abs()
     rel_err = abs_err / n.abs().clamp_min(ATOL)
     result = {
@@ -89,27 +79,101 @@ def check_grads(b: Built) -> dict[str, Any]:
     return result
 
 
-def float64_objective(b: Built) -> tuple[Callable[[], torch.Tensor], dict[str, nn.Parameter]]:
-    """The loss on the first batch as a function of float64 copies of the parameters.
+class Objective(nn.Module):
+    """The loss of a model (and of a loss formula's own parameters) on fixed data, as a
+    module of its parameters: `torch.func.functional_call` swaps them for other values, and
+    `vmap` over that evaluates the loss at many parameter values in one batched call."""
+
+    def __init__(
+        self,
+        model: nn.Module | None,
+        loss_fn: Callable[..., torch.Tensor],
+        x: torch.Tensor | None = None,
+        y: torch.Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn  # a module (registered, so its parameters count) or a function
+        # plain attributes, not registered: forward_fn may hand back the model itself
+        self.__dict__["run_model"] = None if model is None else forward_fn(model)
+        self.x, self.y = x, y
+
+    def forward(self) -> torch.Tensor:
+        if self.run_model is None or self.x is None:
+            return self.loss_fn()
+        return self.loss_fn(self.run_model(self.x), self.y)
+
+    def params(self) -> dict[str, nn.Parameter]:
+        """By the names users know (`w`, `0.weight`), as build.named_parameters gives them."""
+        loss = self.loss_fn if isinstance(self.loss_fn, nn.Module) else None
+        return named_parameters(self.model, loss)
+
+    def key(self, param: torch.Tensor) -> str:
+        """The name functional_call needs for a parameter (`model.w`, `loss_fn.a`)."""
+        return next(n for n, p in self.named_parameters() if p is param)
+
+
+def float64_objective(b: Built) -> Objective:
+    """The loss on the first batch, of float64 copies of the model and loss.
 
     The first batch is the first `batch_size` points in data order: drawing the loop's
     shuffled batch here would move the RNG and change the run being checked.
     """
     model = _float64(b.model)
     loss_fn = _float64(b.loss_fn) if isinstance(b.loss_fn, nn.Module) else b.loss_fn
-    params = named_parameters(model, loss_fn)
     if b.data is None:
-        return (lambda: loss_fn()), params
-    assert model is not None
+        return Objective(model, loss_fn)
     size = b.checked.trainer.batch_size or b.data.n
-    x, y = b.data.x[:size].double(), b.data.y[:size].double()
-    forward = forward_fn(model)
-    return (lambda: loss_fn(forward(x), y)), params
+    return Objective(model, loss_fn, b.data.x[:size].double(), b.data.y[:size].double())
 
 
 def _float64(module: Any) -> Any:
     # a copy: the run's own parameters (and their float32 values) are left untouched
     return None if module is None else copy.deepcopy(module).to(torch.float64)
+
+
+@torch.no_grad()
+def central_differences(
+    objective: Objective, params: dict[str, nn.Parameter], picks: list[tuple[str, int]]
+) -> torch.Tensor:
+    """(L(p + eps e_i) - L(p - eps e_i)) / 2 eps for each picked element, in picks' order.
+
+    All perturbed copies of a tensor go through one vmapped call (in chunks that bound the
+    memory); a model vmap cannot batch, such as one with a torch.autograd.Function that has
+    no vmap rule, is evaluated one perturbation at a time instead.
+    """
+    out: dict[tuple[str, int], torch.Tensor] = {}
+    batched = True
+    for name, p in params.items():
+        index = torch.tensor([i for n, i in picks if n == name], dtype=torch.long)
+        if index.numel() == 0:
+            continue
+        key = objective.key(p)
+        steps = torch.cat([index, index]).to(p.device)
+        signs = torch.cat([torch.ones(len(index)), -torch.ones(len(index))]).to(p)
+        chunk = max(1, CHUNK_ELEMENTS // p.numel())
+        losses = []
+        for start in range(0, len(steps), chunk):
+            rows = torch.arange(len(steps[start : start + chunk]), device=p.device)
+            values = p.detach().reshape(1, -1).repeat(len(rows), 1)
+            values[rows, steps[start : start + chunk]] += EPS * signs[start : start + chunk]
+            values = values.reshape(len(rows), *p.shape)
+
+            def loss_at(v: torch.Tensor, key: str = key) -> torch.Tensor:
+                return torch.func.functional_call(objective, {key: v}, ())
+
+            if batched:
+                try:
+                    losses.append(torch.func.vmap(loss_at)(values))
+                    continue
+                except Exception as e:
+                    log.debug(f"finite differences one at a time (vmap failed: {e})")
+                    batched = False
+            losses.append(torch.stack([loss_at(v) for v in values]))
+        both = torch.cat(losses)
+        numeric = (both[: len(index)] - both[len(index) :]) / (2 * EPS)
+        out.update({(name, int(i)): d for i, d in zip(index, numeric, strict=True)})
+    return torch.stack([out[pick] for pick in picks])
 
 
 def sample_elements(params: dict[str, nn.Parameter], limit: int) -> list[tuple[str, int]]:
@@ -128,7 +192,7 @@ def sample_elements(params: dict[str, nn.Parameter], limit: int) -> list[tuple[s
 
 def _grads_at(
     picks: list[tuple[str, int]], params: dict[str, nn.Parameter], grads: tuple[Any, ...]
-) -> list[torch.Tensor]:
+) -> torch.Tensor:
     by_name = dict(zip(params, grads, strict=True))
     out = []
     for name, index in picks:
@@ -138,7 +202,7 @@ def _grads_at(
             torch.zeros((), dtype=torch.float64) if grad is None else grad.reshape(-1)[index]
         )
     device = next(iter(params.values())).device
-    return [g.to(device) for g in out]
+    return torch.stack([g.to(device) for g in out])
 
 
 def _unravel(index: int, shape: torch.Size) -> list[int]:
@@ -191,4 +255,3 @@ def accumulate_error(b: Built, expected: list[torch.Tensor]) -> float:
             "add up across micro-batches and be zeroed after each update"
         )
     return error
-

@@ -154,6 +154,7 @@ def train(
     steps_per_epoch = math.ceil(batches_per_epoch / t.accumulate)
     total_steps = max(t.epochs * steps_per_epoch, 1)
     first_bad = torch.full((), -1, dtype=torch.long, device=device)
+    unchecked: list[tuple[int, torch.Tensor]] = []  # (step, loss) not yet in first_bad
     best = torch.full((), math.inf, device=device)
     last_epoch_loss = torch.full((), math.nan, device=device)
     val_loss: torch.Tensor | None = None
@@ -164,12 +165,24 @@ def train(
     graph_loss: list[torch.Tensor] = []
     stopper = Patience(EarlyStop(**t.early_stop)) if t.early_stop is not None else None
     # where the loop is inside an epoch: the next batch group, this epoch's order and sum
-    position, batches, epoch_sum = 0, [None], torch.zeros((), device=device)
+    zero = torch.zeros((), device=device)
+    position, batches, epoch_sum = 0, [None], zero
     saved_at: list[tuple[int, int]] = []
+
+    def fold_unchecked() -> None:
+        """Fold the step losses kept since the last fold into first_bad, on the device:
+        a few ops per log step instead of a few ops on every step."""
+        nonlocal first_bad
+        if unchecked:
+            bad = ~torch.isfinite(torch.stack([loss for _, loss in unchecked]))
+            first = unchecked[0][0] + bad.to(torch.uint8).argmax()  # argmax: the first True
+            first_bad = torch.where((first_bad < 0) & bad.any(), first, first_bad)
+            unchecked.clear()
 
     def checkpoint() -> None:
         """Save the loop's state (all of it, so a resumed run is bit-identical) with the
         logs up to here flushed; a diverged state is never saved over the last good one."""
+        fold_unchecked()
         if save is None or saved_at == [(step, position)] or first_bad.item() >= 0:
             return
         rec.flush()
@@ -197,7 +210,7 @@ def train(
     def closure_for(group: list[torch.Tensor | None]) -> Any:
         def closure() -> torch.Tensor:
             b.optimizer.zero_grad()
-            total = torch.zeros((), device=device)
+            total: torch.Tensor | None = None
             for idx in group:
                 if data is None:
                     loss = b.loss_fn()
@@ -208,8 +221,10 @@ def train(
                     graph_loss[:] = [loss]
                 # dividing only when accumulating keeps the post's graph (no DivBackward0)
                 (loss if len(group) == 1 else loss / len(group)).backward()
-                total = total + loss.detach()
-            return total / len(group)
+                total = loss.detach() if total is None else total + loss.detach()
+            assert total is not None
+            # one micro-batch: its loss as it is, no extra ops on every step
+            return total if len(group) == 1 else total / len(group)
 
         return closure
 
@@ -256,7 +271,7 @@ def train(
         while epoch < t.epochs and result.status == "completed":
             if position == 0:  # a new epoch (a resumed one goes on with its own order)
                 batches = _batches(n, t.batch_size, device)
-                epoch_sum = torch.zeros((), device=device)
+                epoch_sum = zero  # never changed in place: sums make new tensors
             for i in range(position, len(batches), t.accumulate):
                 group = batches[i : i + t.accumulate]
                 want_graph = step == 0 or step % graph_every == 0
@@ -270,9 +285,13 @@ def train(
                         loss = b.optimizer.step(closure)
                     else:
                         loss = b.optimizer.step(_clipped(closure, params, t.grad_clip))
-                first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), step, first_bad)
-                weight = 1.0 if group[0] is None else sum(len(g) for g in group) / n
-                epoch_sum = epoch_sum + loss * weight
+                unchecked.append((step, loss))  # divergence is looked for at log steps
+                if len(unchecked) >= 1024:  # bounded memory between far-apart log steps
+                    fold_unchecked()
+                if group[0] is None:  # full batch: the epoch's loss is this one (0 + loss * 1)
+                    epoch_sum = loss
+                else:
+                    epoch_sum = epoch_sum + loss * (sum(len(g) for g in group) / n)
                 if want_graph:
                     log_graph(step, graph_loss[0], saved.total)
                     graph_loss.clear()
@@ -291,6 +310,7 @@ def train(
                             if p.grad is not None:
                                 logger.histogram(step, f"grad/{name}", p.grad)
                     # note: the one host sync between log steps: act on divergence now
+                    fold_unchecked()
                     if first_bad.item() >= 0:
                         result.status = "diverged"
                         result.diverged_step = int(first_bad.item())

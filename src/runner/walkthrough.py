@@ -71,7 +71,7 @@ def _postorder(root: ast.expr) -> list[ast.AST]:
             continue
         stack.append((node, True))
         stack.extend((child, False) for child in reversed(list(ast.iter_child_nodes(node))))
-    return [n for n in order if isinstance(n, ast.expr) and not isinstance(n, ast.Load)]
+    return [n for n in order if isinstance(n, ast.expr)]  # not the operators and contexts
 
 
 def _name(t: torch.Tensor) -> str | None:

@@ -1,0 +1,81 @@
+"""Shared helpers for the benchmarks: medians, subprocess timing, the machine, tables.
+
+Every benchmark interleaves its variants round by round (A, B, C, A, B, C, ...), so a
+machine that gets busier or quieter during the run affects each variant alike, and
+prints ratios computed from medians measured in that same run.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]  # the repository: `python -m runner` runs here
+PYTHON = sys.executable
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def machine() -> str:
+    """`nproc`, the CPU model, Python and torch versions: the table's context."""
+    model = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (
+        f"{os.cpu_count()} CPUs ({model}), Python {platform.python_version()}, "
+        f"torch {torch.__version__}, load average {load:.1f} at the start"
+    )
+
+
+def timed_process(args: Sequence[str], cwd: Path = ROOT) -> tuple[float, float]:
+    """Wall seconds and CPU seconds (user + system, children included) of one process."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    done = subprocess.run(list(args), cwd=cwd, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu
+
+
+def rounds(
+    variants: dict[str, Callable[[int], tuple[float, ...]]], repeats: int, warmup: int = 1
+) -> dict[str, list[tuple[float, ...]]]:
+    """Call every variant once per round, `repeats` rounds after `warmup` discarded ones."""
+    results: dict[str, list[tuple[float, ...]]] = {name: [] for name in variants}
+    for r in range(warmup + repeats):
+        for name, fn in variants.items():
+            value = fn(r)
+            if r >= warmup:
+                results[name].append(value)
+        print(f"  round {r + 1}/{warmup + repeats} done", file=sys.stderr, flush=True)
+    return results
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "NOT met"

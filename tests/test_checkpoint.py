@@ -1,0 +1,177 @@
+"""Checkpoints: a run stopped any way and resumed ends bit for bit where an uninterrupted one does.
+
+The experiment is linear_fit on shuffled minibatches (5 a epoch), so most checkpoints fall
+mid-epoch and the resumed run must carry the epoch's order, its running loss and every
+generator's state to get the same numbers.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from conftest import compose_config, read_metrics, scalars
+
+from runner.checkpoint import LAST
+from runner.config import ConfigError
+from runner.loggers import Null
+from runner.run import run
+
+ARGS = (
+    "experiment=linear_fit",
+    "trainer.batch_size=10",  # 5 shuffled minibatches an epoch
+    "trainer.epochs=120",  # 600 steps
+    "trainer.log_every_n_steps=20",
+    "optimizer.lr=0.05",
+)
+EVERY = "trainer.checkpoint_every=7"  # not a multiple of 5: checkpoints land mid-epoch
+
+
+def run_in(run_dir: Path, *overrides: str) -> dict[str, Any]:
+    return run(compose_config(*ARGS, *overrides), run_dir)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> tuple[dict[str, Any], Path]:
+    """The uninterrupted run, without checkpoints: what every resumed run must reproduce."""
+    run_dir = tmp_path_factory.mktemp("reference") / "run"
+    return run_in(run_dir), run_dir
+
+
+def start_cli(run_dir: Path, *overrides: str) -> subprocess.Popen:
+    args = [sys.executable, "-m", "runner", *ARGS, EVERY, *overrides, f"hydra.run.dir={run_dir}"]
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    return subprocess.Popen(
+        args, cwd=run_dir.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def wait_for_checkpoint(proc: subprocess.Popen, path: Path, step: int) -> None:
+    """Until the run has checkpointed at `step` or later (the file is replaced atomically, so
+    reading it while the run goes on is safe)."""
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"the run ended before it was stopped: {proc.stderr.read()}"
+        if path.is_file() and torch.load(path, weights_only=True)["loop"]["step"] >= step:
+            return
+        time.sleep(0.02)
+    proc.kill()
+    raise AssertionError("no checkpoint appeared in time")
+
+
+def assert_curves_continue(first: Path, resumed: Path, reference: Path, at: int) -> None:
+    """The stopped run's curve up to the checkpoint and the resumed run's from there are the
+    uninterrupted curve: every step once, the same values."""
+    ref = dict(scalars(reference, "loss/train"))
+    before = [(s, v) for s, v in scalars(first, "loss/train") if s < at]
+    after = scalars(resumed, "loss/train")
+    steps = [s for s, _ in before + after]
+    assert steps == sorted(ref) and len(set(steps)) == len(steps)
+    assert all(s >= at for s, _ in after)
+    assert dict(before + after) == ref
+
+
+def test_checkpoint_is_weights_only_and_written_atomically(tmp_path):
+    run_dir = tmp_path / "run"
+    run_in(run_dir, "trainer.epochs=3", "trainer.checkpoint_every=2", "logger=none")
+    state = torch.load(run_dir / LAST, weights_only=True)
+    assert state["loop"]["step"] == 15 and state["loop"]["epoch"] == 3  # the end of the run
+    assert set(state["rng"]) >= {"torch", "python", "numpy"}
+    assert set(state["modules"]["model"]) == {"w", "b"}
+    assert state["optimizer"]["param_groups"][0]["lr"] == 0.05
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.pt"]  # no temp
+
+
+def test_resume_auto_continues_its_own_run_directory(tmp_path, reference):
+    run_dir = tmp_path / "run"
+    first = run_in(run_dir, "trainer.epochs=40", EVERY, "logger=none")
+    assert first["steps"] == 200
+    metrics = run_in(run_dir, "trainer.resume=auto", EVERY, "logger=none")
+    assert metrics["resumed_from"]["step"] == 200 and metrics["steps"] == 600
+    assert metrics["params"] == reference[0]["params"]  # bit for bit
+    assert metrics["final_loss"] == reference[0]["final_loss"]
+
+
+class Interrupting(Null):
+    """A logger that presses Ctrl-C from inside the loop, once, after step 333."""
+
+    def __init__(self, log_dir: Any = None) -> None:
+        self.sent = False
+
+    def scalars(self, step: int, values: Any) -> None:
+        if step >= 333 and not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_ctrl_c_mid_epoch_writes_a_checkpoint_that_resumes_exactly(tmp_path, reference):
+    stopped = tmp_path / "stopped"
+    metrics = run_in(stopped, EVERY, "logger=none", f"logger._target_={__name__}.Interrupting")
+    assert metrics["status"] == "interrupted" and metrics["signal"] == "SIGINT"
+    loop = torch.load(stopped / LAST, weights_only=True)["loop"]
+    assert loop["step"] == metrics["steps"] < 600 and loop["position"] % 5 != 0  # mid-epoch
+    resumed = run_in(tmp_path / "resumed", f"trainer.resume={stopped}", "logger=none")
+    assert resumed["status"] == "completed" and resumed["steps"] == 600
+    assert resumed["params"] == reference[0]["params"]
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_is_bit_identical(tmp_path, reference):
+    killed = tmp_path / "killed"
+    proc = start_cli(killed)
+    wait_for_checkpoint(proc, killed / LAST, step=60)
+    proc.kill()  # SIGKILL: no handler, no finally; only what is on disk survives
+    proc.wait()
+    assert not (killed / "metrics.json").exists()
+    at = torch.load(killed / LAST, weights_only=True)["loop"]["step"]
+    assert 60 <= at < 600
+
+    metrics = run_in(tmp_path / "resumed", EVERY, f"trainer.resume={killed}")
+    assert metrics["resumed_from"]["step"] == at
+    assert metrics["status"] == "completed" and metrics["steps"] == 600
+    assert metrics["params"] == reference[0]["params"]  # bit for bit
+    assert_curves_continue(killed, tmp_path / "resumed", reference[1], at)
+
+
+@pytest.mark.slow
+def test_sigterm_stops_after_the_step_checkpoints_and_exits_143(tmp_path, reference):
+    stopped = tmp_path / "stopped"
+    proc = start_cli(stopped)
+    wait_for_checkpoint(proc, stopped / LAST, step=60)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    metrics = read_metrics(stopped)
+    assert metrics["status"] == "interrupted" and metrics["signal"] == "SIGTERM"
+    assert "Traceback" not in err
+    assert f"Interrupted by SIGTERM at step {metrics['steps']}" in out
+    at = torch.load(stopped / LAST, weights_only=True)["loop"]["step"]
+    assert at == metrics["steps"]  # the checkpoint is the stopping point itself
+
+    resumed = run_in(tmp_path / "resumed", f"trainer.resume={stopped}")
+    assert resumed["params"] == reference[0]["params"]
+    assert_curves_continue(stopped, tmp_path / "resumed", reference[1], at)
+
+
+def test_corrupt_truncated_or_foreign_checkpoints_are_config_errors(tmp_path):
+    good = tmp_path / "good"
+    run_in(good, "trainer.epochs=2", "trainer.checkpoint_every=1", "logger=none")
+    data = (good / LAST).read_bytes()
+    cases = {"truncated": data[: len(data) // 2], "garbage": b"not a checkpoint at all"}
+    for name, content in cases.items():
+        path = tmp_path / f"{name}.pt"
+        path.write_bytes(content)
+        with pytest.raises(ConfigError, match=r"trainer.resume: .* cannot be read"):
+            run_in(tmp_path / f"resume_{name}", f"trainer.resume={path}", "logger=none")
+    with pytest.raises(ConfigError, match="does not fit this experiment"):
+        run(
+            compose_config("experiment=quadratic_fit", f"trainer.resume={good}", "logger=none"),
+            tmp_path / "foreign",
+        )

@@ -1,0 +1,250 @@
+"""What autograd did, as TensorBoard shows it: the graph tree, saved bytes, gradient checks,
+update ratios, the accumulation check, accuracy, figures and the Custom Scalars layout."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, cli, compose_config, event_accumulator, read_metrics, scalars
+
+from runner import data as datasets
+from runner import figures, gradcheck
+from runner.build import build
+from runner.gradcheck import GradCheckError, check_grads, sample_elements
+from runner.run import run
+
+POST_NODES = [
+    "MeanBackward0",
+    "PowBackward0",
+    "SubBackward0",
+    "AddBackward0",
+    "MulBackward0",
+    "AccumulateGrad (w)",
+    "AccumulateGrad (b)",
+]
+NODE = re.compile(r"\w+Backward\d+|AccumulateGrad \(\w+\)")
+EXPERIMENTS = sorted(p.stem for p in (ROOT / "configs" / "experiment").glob("*.yaml"))
+
+
+@pytest.fixture
+def no_figures(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs whose figures are not the point skip drawing them (~0.3 s a figure)."""
+    monkeypatch.setattr(figures, "_matplotlib_available", lambda: False)
+
+
+@pytest.fixture(scope="module")
+def linear_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
+    """linear_fit, short, with every insight on: 4 epochs, a figure every 2, check_grads."""
+    run_dir = tmp_path_factory.mktemp("linear_fit")
+    overrides = (
+        "experiment=linear_fit",
+        "trainer.epochs=4",
+        "trainer.check_grads=true",
+        "logger.figure_every_n_epochs=2",
+    )
+    return run(compose_config(*overrides), run_dir), run_dir
+
+
+def test_linear_fit_tree_names_the_posts_nodes_in_order(linear_run):
+    _, run_dir = linear_run
+    acc = event_accumulator(run_dir)
+    (event,) = acc.Tensors("graph/tree/text_summary")
+    text = event.tensor_proto.string_val[0].decode()
+    chain, tree = text.split("\n", 1)
+    assert NODE.findall(chain) == POST_NODES  # the one-line chain, in the post's order
+    assert NODE.findall(tree) == POST_NODES  # the tree, depth first
+    graph_txt = (run_dir / "graph.txt").read_text()
+    assert NODE.findall(graph_txt.split("\n\n")[0]) == POST_NODES
+    assert [v for _, v in scalars(run_dir, "graph/leaves")] == [2.0] * 4
+    assert scalars(run_dir, "graph/nodes")[0] == (0, 7.0)
+
+
+def test_saved_bytes_grow_linearly_with_n(run_experiment, no_figures):
+    saved = []
+    for n in (50, 100, 200):
+        _, run_dir = run_experiment("experiment=linear_fit", f"dataset.n={n}", "trainer.epochs=1")
+        ((step, value),) = scalars(run_dir, "graph/saved_bytes")
+        assert step == 0
+        saved.append(value)
+    # a + b n: equal steps in n add equal bytes (x and the residual, 4 bytes each a point)
+    assert saved[1] - saved[0] > 0
+    assert saved[2] - saved[1] == 2 * (saved[1] - saved[0])
+    assert (saved[1] - saved[0]) / 50 == 8.0
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_check_grads_passes_on_every_shipped_experiment(experiment, tmp_path):
+    b = build(compose_config(f"experiment={experiment}", "logger=none"), tmp_path)
+    before = {n: p.detach().clone() for n, p in b.params.items()}
+    result = check_grads(b)
+    assert result["max_abs_error"] <= gradcheck.ATOL
+    assert result["max_rel_error"] <= gradcheck.RTOL
+    assert result["elements"] == min(result["of_elements"], result["elements"]) > 0
+    for name, p in b.params.items():  # the check works on copies
+        assert torch.equal(p.detach(), before[name]) and p.grad is None
+
+
+def test_check_grads_logged_and_in_metrics(linear_run):
+    metrics, run_dir = linear_run
+    assert metrics["gradcheck"]["elements"] == 2
+    assert read_metrics(run_dir)["gradcheck"]["max_abs_error"] < 1e-6
+    ((step, value),) = scalars(run_dir, "gradcheck/max_rel_error")
+    assert step == 0 and value < 1e-6
+
+
+def test_check_grads_catches_a_wrong_backward(run_experiment):
+    with pytest.raises(GradCheckError, match=r"d loss / d w is 0 by autograd but -2\.3"):
+        run_experiment("experiment=linear_fit", "model=broken_grad", "trainer.check_grads=true")
+
+
+def test_wrong_backward_trains_silently_without_the_check(run_experiment, no_figures):
+    metrics, _ = run_experiment("experiment=linear_fit", "model=broken_grad", "trainer.epochs=20")
+    assert metrics["status"] == "completed"
+    assert metrics["params"]["w"] == 0.0  # its gradient is w itself: w never moves
+
+
+@pytest.mark.slow
+def test_check_grads_failure_exits_with_one_clear_message(tmp_path):
+    out = cli(
+        "experiment=linear_fit",
+        "model=broken_grad",
+        "trainer.check_grads=true",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        cwd=ROOT,
+    )
+    assert out.returncode != 0
+    assert "autograd and finite differences disagree" in out.stderr
+    assert "d loss / d w" in out.stderr
+    assert "Traceback" not in out.stderr + out.stdout
+
+
+def test_sample_elements_caps_big_models():
+    params = {
+        "big": torch.nn.Parameter(torch.zeros(100, 100)),
+        "small": torch.nn.Parameter(torch.zeros(3)),
+    }
+    picks = sample_elements(params, 50)
+    assert 45 <= len(picks) <= 55
+    assert {name for name, _ in picks} == {"big", "small"}  # every tensor gets a look
+    assert picks == sample_elements(params, 50)  # seeded: the same elements every time
+    assert len(sample_elements({"w": torch.nn.Parameter(torch.zeros(4))}, 50)) == 4
+
+
+def test_update_ratio_per_parameter(linear_run):
+    _, run_dir = linear_run
+    w = scalars(run_dir, "ratio/w")
+    b = scalars(run_dir, "ratio/b")
+    assert [s for s, _ in w] == [0, 1, 2, 3]
+    # w starts at 0, so its first update is all of it: ||dw|| / ||w|| = 1
+    assert w[0][1] == pytest.approx(1.0)
+    assert b[0][1] == pytest.approx(1.0)
+    assert 0 < w[3][1] < w[1][1] < 1  # then the updates shrink next to the parameter
+
+
+def test_figures_are_images_in_the_event_file(linear_run):
+    _, run_dir = linear_run
+    acc = event_accumulator(run_dir)
+    fit = acc.Images("figure/fit")
+    # start, epoch 2 (step 1), end (step 3): the last epoch's is the end's
+    assert [e.step for e in fit] == [0, 1, 3]
+    assert all(e.encoded_image_string.startswith(b"\x89PNG") for e in fit)
+    assert (fit[0].width, fit[0].height) == (600, 400)
+    (landscape,) = acc.Images("figure/landscape")
+    assert landscape.step == 3 and landscape.encoded_image_string.startswith(b"\x89PNG")
+
+
+def test_custom_scalars_layout(linear_run):
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    _, run_dir = linear_run
+    (event,) = event_accumulator(run_dir).Tensors("custom_scalars__config__")
+    layout = layout_pb2.Layout.FromString(event.tensor_proto.string_val[0])
+    charts = {c.title: [list(ch.multiline.tag) for ch in c.chart] for c in layout.category}
+    assert set(charts) == {"loss", "gradients", "parameters", "autograd graph"}
+    assert ["loss/train", "loss/val"] in charts["loss"]
+    assert ["grad/.*"] in charts["gradients"] and ["ratio/.*"] in charts["gradients"]
+    assert charts["parameters"] == [["param/.*"]]
+
+
+def test_model_graph_for_modules(linear_run):
+    _, run_dir = linear_run
+    assert event_accumulator(run_dir).Tags()["graph"]  # the Expression module traced
+
+
+def test_loss_landscape_matches_the_loss(tmp_path):
+    b = build(compose_config("experiment=linear_fit", "logger=none"), tmp_path)
+    assert list(b.params) == ["b", "w"]
+    first, second = torch.tensor([0.0, 1.0, 0.5]), torch.tensor([0.0, 2.0, -1.0])
+    surface = figures.loss_surface(b, first, second)
+    x, y = b.data.x.double(), b.data.y.double()
+    expected = [((w * x + c - y) ** 2).mean().item() for c, w in zip(first, second, strict=True)]
+    assert surface.tolist() == pytest.approx(expected, rel=1e-5)
+
+
+def test_rosenbrock_landscape_surface(tmp_path):
+    b = build(compose_config("experiment=rosenbrock", "logger=none"), tmp_path)
+    surface = figures.loss_surface(b, torch.tensor([1.0, 0.0]), torch.tensor([1.0, 1.0]))
+    assert surface.tolist() == pytest.approx([0.0, 101.0])
+
+
+def test_accumulated_gradients_are_checked(run_experiment, no_figures, monkeypatch):
+    common = ("experiment=linear_fit", "trainer.batch_size=10", "trainer.accumulate=3")
+    _, run_dir = run_experiment(*common, "trainer.epochs=1")
+    check = scalars(run_dir, "grad/accumulate_check")
+    assert [s for s, _ in check] == [0, 1] and all(v < 1e-5 for _, v in check)
+
+    # an optimizer that forgets to zero: the second update carries the first one's gradients
+    monkeypatch.setattr("runner.optim.GD.zero_grad", lambda self, set_to_none=False: None)
+    _, run_dir = run_experiment(*common, "trainer.epochs=1")
+    (_, first), (_, second) = scalars(run_dir, "grad/accumulate_check")
+    assert first < 1e-5 and second > 0.1
+
+
+def test_logistic_blobs_logs_accuracy(run_experiment, no_figures):
+    metrics, run_dir = run_experiment("experiment=logistic_blobs", "trainer.epochs=20")
+    acc_train = scalars(run_dir, "acc/train")
+    acc_val = scalars(run_dir, "acc/val")
+    assert [s for s, _ in acc_train] == [s for s, _ in scalars(run_dir, "loss/train")]
+    assert acc_train[-1][1] > 0.9 and acc_val[-1][1] > 0.85
+    assert all(0.0 <= v <= 1.0 for _, v in acc_train + acc_val)
+    assert metrics["status"] == "completed"
+
+
+def test_mlp_classify_learns(run_experiment, no_figures):
+    metrics, run_dir = run_experiment("experiment=mlp_classify", "trainer.epochs=10")
+    assert scalars(run_dir, "acc/train")[-1][1] > 0.7  # three classes: chance is 1/3
+    assert "acc/val" in event_accumulator(run_dir).Tags()["scalars"]
+
+
+def test_regression_has_no_accuracy(linear_run):
+    _, run_dir = linear_run
+    assert not [t for t in event_accumulator(run_dir).Tags()["scalars"] if t.startswith("acc/")]
+
+
+def test_blobs_dataset():
+    torch.manual_seed(0)
+    d = datasets.blobs(n=90, classes=3, features=2, spread=0.1, distance=4.0)
+    assert d.x.shape == (90, 2) and d.y.shape == (90,)
+    assert torch.bincount(d.y.long()).tolist() == [30, 30, 30]
+    for c in range(3):  # each class sits around its own centre, 2 from the origin
+        centre = d.x[d.y == c].mean(0)
+        assert centre.norm().item() == pytest.approx(2.0, abs=0.1)
+    one = datasets.blobs(n=10, classes=2, features=1)
+    assert one.x.shape == (10,) and one.features == 1
+    with pytest.raises(ValueError, match="dataset.classes"):
+        datasets.blobs(classes=1)
+
+
+def test_no_matplotlib_no_figures(run_experiment, monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
+    with caplog.at_level(logging.INFO, logger="runner.figures"):
+        _, run_dir = run_experiment("experiment=linear_fit", "trainer.epochs=2")
+    assert not event_accumulator(run_dir).Tags()["images"]
+    lines = [r.message for r in caplog.records if "matplotlib" in r.message]
+    assert lines == ["matplotlib is not installed: no figures (pip install 'runner[plots]')"]
+    assert scalars(run_dir, "ratio/w")  # everything else is still logged
