@@ -27,7 +27,7 @@ from runner.run import run
 ARGS = (
     "experiment=linear_fit",
     "trainer.batch_size=10",  # 5 shuffled minibatches an epoch
-    "trainer.epochs=120",  # 600 steps
+    "trainer.epochs=80",  # 400 steps
     "trainer.log_every_n_steps=20",
     "optimizer.lr=0.05",
 )
@@ -94,19 +94,19 @@ def test_resume_auto_continues_its_own_run_directory(tmp_path, reference):
     first = run_in(run_dir, "trainer.epochs=40", EVERY, "logger=none")
     assert first["steps"] == 200
     metrics = run_in(run_dir, "trainer.resume=auto", EVERY, "logger=none")
-    assert metrics["resumed_from"]["step"] == 200 and metrics["steps"] == 600
+    assert metrics["resumed_from"]["step"] == 200 and metrics["steps"] == 400
     assert metrics["params"] == reference[0]["params"]  # bit for bit
     assert metrics["final_loss"] == reference[0]["final_loss"]
 
 
 class Interrupting(Null):
-    """A logger that presses Ctrl-C from inside the loop, once, after step 333."""
+    """A logger that presses Ctrl-C from inside the loop, once, after step 233."""
 
     def __init__(self, log_dir: Any = None) -> None:
         self.sent = False
 
     def scalars(self, step: int, values: Any) -> None:
-        if step >= 333 and not self.sent:
+        if step >= 233 and not self.sent:
             self.sent = True
             os.kill(os.getpid(), signal.SIGINT)
 
@@ -116,9 +116,9 @@ def test_ctrl_c_mid_epoch_writes_a_checkpoint_that_resumes_exactly(tmp_path, ref
     metrics = run_in(stopped, EVERY, "logger=none", f"logger._target_={__name__}.Interrupting")
     assert metrics["status"] == "interrupted" and metrics["signal"] == "SIGINT"
     loop = torch.load(stopped / LAST, weights_only=True)["loop"]
-    assert loop["step"] == metrics["steps"] < 600 and loop["position"] % 5 != 0  # mid-epoch
+    assert loop["step"] == metrics["steps"] < 400 and loop["position"] % 5 != 0  # mid-epoch
     resumed = run_in(tmp_path / "resumed", f"trainer.resume={stopped}", "logger=none")
-    assert resumed["status"] == "completed" and resumed["steps"] == 600
+    assert resumed["status"] == "completed" and resumed["steps"] == 400
     assert resumed["params"] == reference[0]["params"]
 
 
@@ -131,11 +131,11 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, reference):
     proc.wait()
     assert not (killed / "metrics.json").exists()
     at = torch.load(killed / LAST, weights_only=True)["loop"]["step"]
-    assert 60 <= at < 600
+    assert 60 <= at < 400
 
     metrics = run_in(tmp_path / "resumed", EVERY, f"trainer.resume={killed}")
     assert metrics["resumed_from"]["step"] == at
-    assert metrics["status"] == "completed" and metrics["steps"] == 600
+    assert metrics["status"] == "completed" and metrics["steps"] == 400
     assert metrics["params"] == reference[0]["params"]  # bit for bit
     assert_curves_continue(killed, tmp_path / "resumed", reference[1], at)
 
@@ -171,7 +171,4 @@ def test_corrupt_truncated_or_foreign_checkpoints_are_config_errors(tmp_path):
         with pytest.raises(ConfigError, match=r"trainer.resume: .* cannot be read"):
             run_in(tmp_path / f"resume_{name}", f"trainer.resume={path}", "logger=none")
     with pytest.raises(ConfigError, match="does not fit this experiment"):
-        run(
-            compose_config("experiment=quadratic_fit", f"trainer.resume={good}", "logger=none"),
-            tmp_path / "foreign",
-        )
+        run_in(tmp_path / "foreign", "model=linear", f"trainer.resume={good}", "logger=none")

@@ -216,7 +216,7 @@ def test_logistic_blobs_logs_accuracy(run_experiment, no_figures):
 
 
 def test_mlp_classify_learns(run_experiment, no_figures):
-    metrics, run_dir = run_experiment("experiment=mlp_classify", "trainer.epochs=10")
+    metrics, run_dir = run_experiment("experiment=mlp_classify", "trainer.epochs=3")
     assert scalars(run_dir, "acc/train")[-1][1] > 0.7  # three classes: chance is 1/3
     assert "acc/val" in event_accumulator(run_dir).Tags()["scalars"]
 

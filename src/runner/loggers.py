@@ -31,6 +31,7 @@ class Logger(Protocol):
     def histogram(self, step: int, tag: str, values: torch.Tensor) -> None: ...
     def text(self, step: int, tag: str, text: str) -> None: ...
     def figure(self, step: int, tag: str, figure: Any) -> None: ...
+    def image(self, step: int, tag: str, pixels: np.ndarray) -> None: ...
     def layout(self, layout: Mapping[str, Mapping[str, list[Any]]]) -> None: ...
     def graph(self, model: torch.nn.Module, example: torch.Tensor) -> None: ...
     def hparams(
@@ -56,6 +57,9 @@ class Null:
         pass
 
     def figure(self, step: int, tag: str, figure: Any) -> None:
+        pass
+
+    def image(self, step: int, tag: str, pixels: np.ndarray) -> None:
         pass
 
     def layout(self, layout: Mapping[str, Mapping[str, list[Any]]]) -> None:
@@ -138,6 +142,12 @@ class TensorBoard:
         rgb = np.asarray(canvas.buffer_rgba()).reshape(height, width, 4)[:, :, :3].copy()
         if "matplotlib.pyplot" in sys.modules:  # a pyplot figure would stay open otherwise
             sys.modules["matplotlib.pyplot"].close(figure)
+        self.image(step, tag, rgb)
+
+    def image(self, step: int, tag: str, pixels: np.ndarray) -> None:
+        """An RGB picture, (height, width, 3) uint8, PNG-encoded on the writer thread."""
+        rgb = np.array(pixels, dtype=np.uint8)  # a copy: a canvas reuses its buffer
+        height, width = rgb.shape[:2]
         wall = time.time()
 
         def encode() -> bytes:

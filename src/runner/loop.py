@@ -155,6 +155,7 @@ def train(
     total_steps = max(t.epochs * steps_per_epoch, 1)
     first_bad = torch.full((), -1, dtype=torch.long, device=device)
     unchecked: list[tuple[int, torch.Tensor]] = []  # (step, loss) not yet in first_bad
+    epoch_losses: list[torch.Tensor] = []  # not yet in best
     best = torch.full((), math.inf, device=device)
     last_epoch_loss = torch.full((), math.nan, device=device)
     val_loss: torch.Tensor | None = None
@@ -170,14 +171,18 @@ def train(
     saved_at: list[tuple[int, int]] = []
 
     def fold_unchecked() -> None:
-        """Fold the step losses kept since the last fold into first_bad, on the device:
-        a few ops per log step instead of a few ops on every step."""
-        nonlocal first_bad
+        """Fold the step and epoch losses kept since the last fold into first_bad and best,
+        on the device: a few ops per log step instead of a few ops on every step."""
+        nonlocal first_bad, best
         if unchecked:
             bad = ~torch.isfinite(torch.stack([loss for _, loss in unchecked]))
             first = unchecked[0][0] + bad.to(torch.uint8).argmax()  # argmax: the first True
             first_bad = torch.where((first_bad < 0) & bad.any(), first, first_bad)
             unchecked.clear()
+        if epoch_losses:  # as fmin one epoch at a time: NaN never wins, +-inf kept
+            losses = torch.stack(epoch_losses).nan_to_num(math.inf, math.inf, -math.inf)
+            best = torch.fmin(best, losses.min())
+            epoch_losses.clear()
 
     def checkpoint() -> None:
         """Save the loop's state (all of it, so a resumed run is bit-identical) with the
@@ -286,7 +291,7 @@ def train(
                     else:
                         loss = b.optimizer.step(_clipped(closure, params, t.grad_clip))
                 unchecked.append((step, loss))  # divergence is looked for at log steps
-                if len(unchecked) >= 1024:  # bounded memory between far-apart log steps
+                if len(unchecked) >= 1024 or len(epoch_losses) >= 1024:  # bounded memory
                     fold_unchecked()
                 if group[0] is None:  # full batch: the epoch's loss is this one (0 + loss * 1)
                     epoch_sum = loss
@@ -327,7 +332,7 @@ def train(
                 epoch += 1
                 pictures.epoch(epoch, step - 1)
                 last_epoch_loss = epoch_sum
-                best = torch.fmin(best, epoch_sum)
+                epoch_losses.append(epoch_sum)  # folded into best at log steps
                 b.scheduler.step()
                 if data is not None and data.x_val is not None:
                     val_loss = _validate(b)
@@ -351,6 +356,7 @@ def train(
     if result.status != "diverged":
         final = last_epoch_loss.item()
         result.final_loss = final if math.isfinite(final) else None
+    fold_unchecked()
     best_value = best.item()
     result.best_loss = best_value if math.isfinite(best_value) else None
     if val_loss is not None:

@@ -1,0 +1,136 @@
+"""Nothing lost: divergence, signals, early stopping, and run directories never reused.
+
+(The SIGTERM and SIGKILL runs in a real process are in test_checkpoint.py, next to the
+resume they end in.)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import signal
+import time
+from datetime import datetime
+from typing import Any
+
+import pytest
+from conftest import CONFIGS, compose_config, scalars
+from hydra import compose, initialize_config_dir
+from hydra.types import RunMode
+from omegaconf import OmegaConf
+
+import runner.run
+from runner.cli import run_job
+from runner.config import ConfigError
+from runner.loop import stop_on_signals
+from runner.run import objective, run
+
+
+def strict_json(text: str) -> dict[str, Any]:
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"metrics.json holds {constant}, which is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.mark.parametrize("log_every", [1, 5])
+def test_divergence_stops_at_the_first_bad_step_and_exits_1(tmp_path, caplog, log_every):
+    run_dir = tmp_path / "run"
+    cfg = compose_config(
+        "experiment=linear_fit", "optimizer.lr=100", f"trainer.log_every_n_steps={log_every}"
+    )
+    with caplog.at_level(logging.INFO), pytest.raises(SystemExit) as stopped:
+        run_job(cfg, run_dir, RunMode.RUN, {})
+    assert stopped.value.code == 1
+    metrics = strict_json((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "diverged" and metrics["final_loss"] is None
+    bad = metrics["diverged_step"]
+    assert bad < metrics["steps"] <= bad + log_every  # acted on at the next log step
+    assert objective(metrics, "final_loss") == math.inf  # what a sweep gets
+    curve = dict(scalars(run_dir, "loss/train"))  # the logs were flushed up to the end
+    last = max(curve)
+    assert last >= bad and not math.isfinite(curve[last])
+    assert all(math.isfinite(v) for s, v in curve.items() if s < bad)
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Diverged: the")]
+    assert said == [
+        f"Diverged: the loss became NaN or infinite at step {bad}; "
+        "try a lower optimizer.lr (or set trainer.grad_clip)"
+    ]
+
+
+def test_a_signal_asks_to_stop_and_a_second_one_stops_at_once():
+    before = signal.getsignal(signal.SIGTERM)
+    with stop_on_signals() as flag:
+        os.kill(os.getpid(), signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while not flag["stop"] and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert flag == {"stop": True, "signal": "SIGTERM"}
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+@pytest.mark.parametrize(
+    "status, sig, code",
+    [("interrupted", "SIGINT", 130), ("interrupted", "SIGTERM", 143), ("diverged", None, 1)],
+)
+def test_exit_status_says_how_the_run_ended(monkeypatch, tmp_path, status, sig, code):
+    ended = {"status": status, "signal": sig, "objective": math.inf}
+    monkeypatch.setattr(runner.run, "run", lambda *args: ended)
+    with pytest.raises(SystemExit) as stopped:
+        run_job(compose_config(), tmp_path, RunMode.RUN, {})
+    assert stopped.value.code == code
+
+
+def _expected_stop(curve: list[float], patience: int, min_delta: float) -> int | None:
+    best, waited = math.inf, 0
+    for epoch, value in enumerate(curve, start=1):
+        best, waited = (value, 0) if value < best - min_delta else (best, waited + 1)
+        if waited >= patience:
+            return epoch
+    return None
+
+
+@pytest.mark.parametrize("watched", ["loss/train", "loss/val"])
+def test_early_stop_ends_a_completed_run_when_the_loss_stalls(run_experiment, watched):
+    split = ["dataset.val_fraction=0.2"] if watched == "loss/val" else []
+    metrics, run_dir = run_experiment(
+        "experiment=linear_fit", "trainer.early_stop={patience:3,min_delta:0.001}", *split
+    )
+    assert metrics["status"] == "completed"
+    stopped = metrics["early_stopped_epoch"]
+    assert stopped == metrics["epochs"] == metrics["steps"] < 200  # full batch: a step an epoch
+    curve = [v for _, v in scalars(run_dir, watched)]  # one value an epoch (full batch)
+    assert len(curve) == stopped
+    assert _expected_stop(curve, 3, 0.001) == stopped
+    assert min(curve[-3:]) >= min(curve[:-3]) - 0.001  # no real progress in the last 3
+
+
+def test_without_early_stop_the_run_goes_to_the_end(run_experiment):
+    metrics, _ = run_experiment("experiment=linear_fit", "trainer.epochs=20", "logger=none")
+    assert metrics["epochs"] == 20 and "early_stopped_epoch" not in metrics
+
+
+def test_a_directory_that_holds_a_run_is_never_written_over(tmp_path):
+    run_dir = tmp_path / "run"
+    args = ("experiment=linear_fit", "trainer.epochs=2", "logger=none")
+    run(compose_config(*args), run_dir)
+    before = (run_dir / "metrics.json").read_text()
+    with pytest.raises(ConfigError, match=r"hydra.run.dir=.* already holds a run \(metrics.json\)"):
+        run(compose_config(*args), run_dir)
+    assert (run_dir / "metrics.json").read_text() == before
+
+
+def test_run_directories_started_in_the_same_second_differ():
+    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
+        cfg = compose("config", return_hydra_config=True)
+    for key in ("run", "sweep"):
+        pattern = OmegaConf.to_container(cfg.hydra[key], resolve=False)["dir"]
+        stamp = re.fullmatch(r".*\$\{now:(.*)\}.*", pattern).group(1)
+        assert "%f" in stamp  # microseconds
+        assert datetime.now().strftime(stamp) != datetime.now().strftime(stamp)
