@@ -6,9 +6,12 @@ against the same run with logging off. Run by hand from the repo root:
     python benchmarks/insight_overhead.py --repeats 9 --threads 1
 
 Each configuration runs once first to pay one-time imports (tensorboard, matplotlib),
-then the two alternate so that machine noise hits both alike; the medians of the
-wall-clock time of `run()` (build, train, figures, metrics.json, close) are compared.
-Exits non-zero when the ratio is 1.10 or more.
+then the two alternate so that machine noise hits both alike. Each `run()` (build,
+train, figures, metrics.json, close) is timed twice: wall clock, and the CPU time of the
+whole process (the training thread plus the TensorBoard writer thread), which other
+programs on a busy machine barely disturb. The medians are compared; the check is on
+CPU time, the stricter of the two (work the writer thread does on another core is free
+in wall time, not in CPU time). Exits non-zero when that ratio is 1.10 or more.
 """
 
 from __future__ import annotations
@@ -34,15 +37,16 @@ OFF = (
 )
 
 
-def timed(overrides: list[str]) -> float:
+def timed(overrides: list[str]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of one run."""
     with initialize_config_dir(str(CONFIGS), version_base="1.3"):
         cfg = compose("config", overrides=overrides)
     with tempfile.TemporaryDirectory() as run_dir:
-        started = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
         metrics = run(cfg, Path(run_dir))
-        elapsed = time.perf_counter() - started
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     assert metrics["status"] == "completed", metrics
-    return elapsed
+    return wall, cpu
 
 
 def main() -> int:
@@ -56,18 +60,24 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     base = [f"experiment={args.experiment}", "trainer.device=cpu", *args.overrides]
     configs = {"insight (default)": base, "logging off": [*base, *OFF]}
-    times: dict[str, list[float]] = {name: [] for name in configs}
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in configs}
     for overrides in configs.values():
         timed(overrides)  # warm-up: one-time imports
     for _ in range(args.repeats):
         for name, overrides in configs.items():
             times[name].append(timed(overrides))
-    medians = {name: statistics.median(t) for name, t in times.items()}
-    for name, t in times.items():
-        print(f"{name:18s} median {medians[name]:.3f}s  runs {', '.join(f'{x:.3f}' for x in t)}")
-    ratio = medians["insight (default)"] / medians["logging off"]
-    print(f"ratio {ratio:.3f} (limit {LIMIT:.2f}) on {torch.get_num_threads()} torch thread(s)")
-    return 0 if ratio < LIMIT else 1
+    ratios = {}
+    for clock, which in (("wall", 0), ("cpu", 1)):
+        medians = {name: statistics.median(t[which] for t in runs) for name, runs in times.items()}
+        for name, runs in times.items():
+            shown = ", ".join(f"{t[which]:.3f}" for t in runs)
+            print(f"{clock:4s} {name:18s} median {medians[name]:.3f}s  runs {shown}")
+        ratios[clock] = medians["insight (default)"] / medians["logging off"]
+    print(
+        f"ratio wall {ratios['wall']:.3f}, cpu {ratios['cpu']:.3f} (limit {LIMIT:.2f} on cpu) "
+        f"with {torch.get_num_threads()} torch thread(s), {args.experiment}"
+    )
+    return 0 if ratios["cpu"] < LIMIT else 1
 
 
 if __name__ == "__main__":

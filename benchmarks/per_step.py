@@ -23,10 +23,10 @@ from runner.__main__ import CONFIGS
 from runner.build import build
 from runner.loop import train
 
-TARGET = 1.15
+TARGET = 1.15  # per step with default logging: at most this times the plain loop
 # CPU time of this process (all threads: the TensorBoard writer's work counts): on a shared
 # machine it moves far less with other processes' load than wall time does.
-clock = time.process_time  # per step with default logging: at most this times the plain loop
+clock = time.process_time
 
 
 def plain(steps: int) -> tuple[float, float]:

@@ -3,38 +3,61 @@ that do not lose the other jobs, Optuna searches, and the parallel and SLURM lau
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
+import json
+import logging
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, cli, event_accumulator, read_metrics
+from conftest import event_accumulator, read_metrics
 
+from runner.__main__ import main
 from runner.sweep import COLUMNS
 
 TINY = "trainer.epochs=5"  # a sweep here checks the plumbing, not the fit
-GRID = ("-m", "experiment=linear_fit", "optimizer.lr=0.01,0.1,1.0", "seed=1,2,3", TINY)
+GRID = ("experiment=linear_fit", "optimizer.lr=0.01,0.1,1.0", "seed=1,2,3", TINY)
 
 
-def sweep(tmp_path: Path, name: str, *args: str, env: dict[str, str] | None = None):
-    """`python -m runner -m ...` into tmp_path/name; returns (process, sweep dir, rows)."""
+def sweep(tmp_path: Path, name: str, *args: str) -> tuple[int, str, Path, list[dict[str, str]]]:
+    """`python -m runner -m ...` into tmp_path/name, in this process (one torch import, not
+    one per sweep): returns (exit status, terminal text, sweep dir, summary.csv rows)."""
     sweep_dir = tmp_path / name
-    proc = cli(*args, f"hydra.sweep.dir={sweep_dir}", cwd=ROOT, env=env, timeout=300)
+    argv, root = sys.argv, logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    sys.argv = ["runner", "-m", *args, f"hydra.sweep.dir={sweep_dir}"]
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out):
+            main()
+        status = 0
+    except SystemExit as e:
+        status = e.code if isinstance(e.code, int) else 1
+    finally:  # Hydra configured logging for the jobs: give pytest its own back
+        sys.argv = argv
+        for handler in root.handlers[:]:
+            if handler not in handlers:
+                handler.close()
+        root.handlers[:], root.level = handlers, level
     summary = sweep_dir / "summary.csv"
     rows = list(csv.DictReader(summary.open())) if summary.exists() else []
-    return proc, sweep_dir, rows
+    return status, out.getvalue(), sweep_dir, rows
 
 
 def results(sweep_dir: Path) -> dict[str, tuple[Any, float]]:
-    """overrides -> (learned parameters, final loss) for every job of a sweep (the launcher
-    is a hydra/ override, not one of the job's)."""
+    """overrides -> (learned parameters, final loss) for every job of a sweep. The launcher
+    is a hydra/ override, not one of the job's; the logger does not change the numbers."""
     rows = csv.DictReader((sweep_dir / "summary.csv").open())
     out = {}
     for row in rows:
         metrics = read_metrics(Path(row["run_dir"]))
-        out[row["overrides"]] = (metrics["params"], metrics["final_loss"])
+        overrides = row["overrides"].replace(" logger=none", "")
+        out[overrides] = (metrics["params"], metrics["final_loss"])
     return out
 
 
@@ -50,15 +73,15 @@ def session_hparams(run_dir: Path) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def grid(tmp_path_factory) -> tuple[Any, Path, list[dict[str, str]]]:
+def grid(tmp_path_factory) -> tuple[int, str, Path, list[dict[str, str]]]:
     """The 3 x 3 grid of the README, run once for the tests below."""
     return sweep(tmp_path_factory.mktemp("grid"), "grid", *GRID)
 
 
 @pytest.mark.slow
 def test_grid_sweep_writes_one_directory_hparams_row_and_csv_row_per_job(grid):
-    proc, sweep_dir, rows = grid
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    status, out, sweep_dir, rows = grid
+    assert status == 0, out[-2000:]
     assert tuple(rows[0]) == COLUMNS
     assert len(rows) == 9 and {r["status"] for r in rows} == {"completed"}
     assert sorted(int(r["job"]) for r in rows) == list(range(9))
@@ -80,17 +103,15 @@ def test_grid_sweep_writes_one_directory_hparams_row_and_csv_row_per_job(grid):
         assert hparams["trainer.epochs"] == 5 and hparams["choice.optimizer"] == "gd"
         final = event_accumulator(run_dir).Scalars("hparam/final_loss")
         assert [e.value for e in final] == [pytest.approx(metrics["final_loss"], rel=1e-6)]
-    assert "Sweep summary (9 jobs, best first)" in proc.stdout
-    assert "all jobs: experiment=linear_fit trainer.epochs=5" in proc.stdout
+    assert "Sweep summary (9 jobs, best first)" in out
+    assert "all jobs: experiment=linear_fit trainer.epochs=5" in out
 
 
 @pytest.mark.slow
 def test_a_diverged_and_a_failed_job_do_not_lose_the_healthy_one(tmp_path: Path):
-    proc, _, rows = sweep(
-        tmp_path, "bad", "-m", "experiment=linear_fit", "optimizer.lr=0.1,100,-1", TINY,
-        "trainer.epochs=20",
-    )  # fmt: skip
-    assert proc.returncode == 1
+    args = ("experiment=linear_fit", "optimizer.lr=0.1,100,-1", "trainer.epochs=20")
+    status, out, _, rows = sweep(tmp_path, "bad", *args)
+    assert status == 1
     assert [(r["job"], r["status"]) for r in rows] == [
         ("0", "completed"),
         ("1", "diverged"),
@@ -100,15 +121,13 @@ def test_a_diverged_and_a_failed_job_do_not_lose_the_healthy_one(tmp_path: Path)
     assert rows[1]["final_loss"] == "" and rows[1]["objective"] == "inf"
     assert "optimizer.lr=-1" in rows[2]["error"] and "positive" in rows[2]["error"]
     assert read_metrics(Path(rows[2]["run_dir"]))["status"] == "failed"
-    assert "1 completed, 1 diverged, 1 failed" in proc.stdout
+    assert "1 completed, 1 diverged, 1 failed" in out
 
 
 def optuna_search(tmp_path: Path, name: str):
-    proc, sweep_dir, rows = sweep(
-        tmp_path, name, "-m", "experiment=linear_fit", "hparams_search=linear_fit_optuna",
-        TINY, "logger=none",
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    args = ("experiment=linear_fit", "hparams_search=linear_fit_optuna", TINY, "logger=none")
+    status, out, sweep_dir, rows = sweep(tmp_path, name, *args)
+    assert status == 0, out[-2000:]
     best = (sweep_dir / "optimization_results.yaml").read_text()
     return best, rows
 
@@ -127,33 +146,80 @@ def test_optuna_search_is_reproducible_and_beats_the_default_lr(tmp_path: Path, 
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
 def test_parallel_launchers_give_the_basic_launchers_results(tmp_path: Path, grid, launcher):
-    extra = ["hydra.launcher.n_jobs=2"] if launcher == "joblib" else []
-    args = ("-m", "experiment=linear_fit", "optimizer.lr=0.01,0.1", "seed=1,2", TINY)
-    proc, sweep_dir, rows = sweep(tmp_path, launcher, *args, f"hydra/launcher={launcher}", *extra)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    extra = ["hydra.launcher.n_jobs=2"] if launcher == "joblib" else []  # this machine's cores
+    args = ("experiment=linear_fit", "optimizer.lr=0.01,0.1", "seed=1,2", TINY, "logger=none")
+    status, out, sweep_dir, rows = sweep(
+        tmp_path, launcher, *args, f"hydra/launcher={launcher}", *extra
+    )
+    assert status == 0, out[-2000:]
     assert len(rows) == 4
-    basic = results(grid[1])
+    basic = results(grid[2])
     for overrides, outcome in results(sweep_dir).items():
         assert basic[overrides] == outcome  # the same numbers, to the last bit
 
 
-def test_summary_ranks_failures_last_and_writes_full_precision(tmp_path: Path):
-    from runner.sweep import rank, write_csv
+def fake_job(sweep_dir: Path, num: int, metrics: dict[str, Any] | None) -> None:
+    """A job directory as Hydra and the runner leave it (metrics None: it died first)."""
+    run_dir = sweep_dir / str(num)
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "hydra.yaml").write_text(f"hydra:\n  job:\n    num: {num}\n")
+    (run_dir / ".hydra" / "overrides.yaml").write_text(f"- optimizer.lr={num}\n- seed=1\n")
+    if metrics is not None:
+        (run_dir / "metrics.json").write_text(json.dumps(metrics))
+
+
+def end_of_sweep(sweep_dir: Path, fail_on: str) -> int:
+    from omegaconf import OmegaConf
+
+    from runner.sweep import Summary
+
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep_dir)}}})
+    try:
+        Summary(fail_on=fail_on).on_multirun_end(config=config)
+    except SystemExit as e:
+        return int(e.code)
+    return 0
+
+
+@pytest.mark.parametrize(
+    ("statuses", "fail_on", "exit_status"),
+    [
+        (["completed", "completed"], "any", 0),
+        (["completed", "diverged"], "any", 1),  # a grid: any bad job fails the sweep
+        (["completed", "diverged"], "all", 0),  # a search: a diverged trial is a +inf one
+        (["diverged", None], "all", 1),  # ... but a search with no completed trial fails
+    ],
+)
+def test_summary_exit_status(tmp_path: Path, capsys, statuses, fail_on, exit_status):
+    objectives = {"completed": 0.30000000000000004, "diverged": None}
+    for num, status in enumerate(statuses):
+        metrics = None if status is None else {"status": status, "objective": objectives[status]}
+        fake_job(tmp_path, num, metrics)
+    assert end_of_sweep(tmp_path, fail_on) == exit_status
+    rows = list(csv.DictReader((tmp_path / "summary.csv").open()))
+    assert len(rows) == len(statuses)
+    assert capsys.readouterr().out.count("optimizer.lr=") == len(statuses)
+    if statuses[0] == "completed":
+        assert rows[0]["objective"] == "0.30000000000000004"  # full precision
+    if None in statuses:
+        assert rows[-1]["status"] == "failed" and "no metrics.json" in rows[-1]["error"]
+
+
+def test_summary_ranks_failures_last():
+    from runner.sweep import rank
 
     rows = [
         {"job": 0, "status": "failed", "objective": math.inf},
-        {"job": 1, "status": "completed", "objective": 0.30000000000000004},
+        {"job": 1, "status": "completed", "objective": 0.3},
         {"job": 2, "status": "diverged", "objective": math.inf},
         {"job": 3, "status": "completed", "objective": 0.1},
+        {"job": 4, "status": "completed", "objective": math.inf},  # no such loss: worst, not bad
     ]
-    assert [r["job"] for r in sorted(rows, key=rank)] == [3, 1, 2, 0]
-    full = [{k: None for k in COLUMNS} | r for r in rows]
-    write_csv(tmp_path / "s.csv", full)
-    assert "0.30000000000000004" in (tmp_path / "s.csv").read_text()
+    assert [r["job"] for r in sorted(rows, key=rank)] == [3, 1, 4, 2, 0]
 
 
 @pytest.mark.slow
-def test_slurm_launcher_writes_a_job_array_for_our_sweep(tmp_path: Path):
+def test_slurm_launcher_writes_a_job_array_for_our_sweep(tmp_path: Path, monkeypatch, capsys):
     """No cluster here: a stand-in `sbatch` keeps the script submitit hands it, and fails."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -164,13 +230,11 @@ def test_slurm_launcher_writes_a_job_array_for_our_sweep(tmp_path: Path):
     for name, text in stand_ins.items():
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
-    env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
-    args = ("-m", "experiment=linear_fit", "optimizer.lr=0.01,0.1", "hydra/launcher=submitit_slurm")
-    proc, sweep_dir, _ = sweep(
-        tmp_path, "slurm", *args, "hydra.launcher.partition=gpu", "hydra.launcher.gpus_per_node=1",
-        env=env,
-    )  # fmt: skip
-    assert proc.returncode != 0 and "no cluster" in proc.stderr
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    args = ("experiment=linear_fit", "optimizer.lr=0.01,0.1", "hydra/launcher=submitit_slurm")
+    cluster = ("hydra.launcher.partition=gpu", "hydra.launcher.gpus_per_node=1")
+    status, _, sweep_dir, _ = sweep(tmp_path, "slurm", *args, *cluster)
+    assert status == 1 and "no cluster" in capsys.readouterr().err
     script = (tmp_path / "job.sh").read_text()
     for line in (
         "#SBATCH --partition=gpu",

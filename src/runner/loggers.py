@@ -156,7 +156,8 @@ class TensorBoard:
             from PIL import Image
 
             buffer = io.BytesIO()
-            Image.fromarray(rgb).save(buffer, format="PNG")
+            # compress_level=1: ~2x faster than the default 6, files ~10% larger
+            Image.fromarray(rgb).save(buffer, format="PNG", compress_level=1)
             value = events.image(tag, height, width, 3, buffer.getvalue())
             return self._summary(wall, step, [value])
 
