@@ -246,3 +246,26 @@ def test_slurm_launcher_writes_a_job_array_for_our_sweep(tmp_path: Path, monkeyp
     ):
         assert line in script
     assert "submitit.core._submit" in script
+
+
+@pytest.mark.parametrize(
+    ("experiment", "searched", "objective"),
+    [
+        ("linear_fit", {"optimizer", "optimizer.lr"}, "final_loss"),
+        ("sine_mlp", {"optimizer.lr", "trainer.batch_size", "model.activation"}, "val_loss"),
+    ],
+)
+def test_hparams_search_configs(experiment, searched, objective):
+    from hydra import compose, initialize_config_dir
+
+    from runner.__main__ import CONFIGS
+
+    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
+        overrides = [f"experiment={experiment}", f"hparams_search={experiment}_optuna"]
+        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "minimize"
+    assert sweeper.sampler._target_.endswith("TPESampler") and sweeper.sampler.seed is not None
+    assert sweeper.n_trials == 10 and set(sweeper.params) == searched
+    assert sweeper.params["optimizer.lr"].startswith("tag(log,")
+    assert cfg.trainer.objective == objective and cfg.hydra.callbacks.summary.fail_on == "all"

@@ -68,10 +68,20 @@ def sweep_job(cfg: DictConfig, run_dir: Path, choices: Mapping[str, Any]) -> flo
         written = json.loads(path.read_text()) if path.exists() else {}
         write_json(path, written | {"status": "failed", "error": error, "objective": None})
         return math.inf
-    if metrics["status"] == "interrupted":  # Ctrl-C or SIGTERM: stop the sweep, not one job
-        log.error("Interrupted: the sweep stops here")
-        sys.exit(130)
+    if metrics["status"] == "interrupted":
+        if in_sweep_process():  # Ctrl-C or SIGTERM to the sweep: stop it, not only this job
+            log.error("Interrupted: the sweep stops here")
+            sys.exit(130)
+        return math.inf  # a worker or a cluster job was stopped (a time limit): the others go on
     return metrics["objective"]
+
+
+def in_sweep_process() -> bool:
+    """Whether this job runs in the process that started the sweep (Hydra's basic launcher),
+    not in a joblib worker or a submitit job of its own, whose exit would fail the sweep."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return str(HydraConfig.get().launcher._target_).endswith(".BasicLauncher")
 
 
 def explain_refused_overrides() -> None:

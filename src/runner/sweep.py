@@ -40,8 +40,9 @@ FAIL_ON = ("any", "all")
 class Summary(Callback):
     """`hydra.callbacks.summary`: writes summary.csv and sets the sweep's exit status.
 
-    `fail_on: any` (a grid) exits 1 when any job diverged or failed; `fail_on: all` (a
-    search, where a diverged trial is simply a bad +inf one) only when none completed.
+    `fail_on: any` (a grid) exits 1 when any job did not complete (it diverged, failed or
+    was stopped); `fail_on: all` (a search, where a diverged trial is simply a bad +inf
+    one) only when none completed.
     """
 
     def __init__(self, fail_on: str = "any") -> None:
@@ -72,14 +73,15 @@ def job_row(run_dir: Path) -> dict[str, Any]:
     hydra_cfg = OmegaConf.load(run_dir / ".hydra" / "hydra.yaml")
     overrides = OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")
     metrics = read_metrics(run_dir)
+    status = metrics.get("status", "failed")
+    objective = metrics.get("objective")
     row = {key: metrics.get(key) for key in COLUMNS}
     row |= {
         "job": int(hydra_cfg.hydra.job.num),
-        "objective": math.inf
-        if row["objective"] is None
-        else row["objective"],  # as sweepers see it
         "overrides": " ".join(str(o) for o in overrides),
-        "status": metrics.get("status", "failed"),
+        "status": status,
+        # as the sweeper saw it: +inf for a job that did not complete (runner.cli.sweep_job)
+        "objective": objective if status == "completed" and objective is not None else math.inf,
         "run_dir": str(run_dir),
     }
     return row
@@ -133,7 +135,8 @@ def table(rows: list[dict[str, Any]], sweep_dir: Path) -> str:
     text = [f"Sweep summary ({len(rows)} jobs, best first): {sweep_dir / 'summary.csv'}"]
     if common:
         text.append(f"all jobs: {' '.join(common)}")
-    text += ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in lines]
+    for line in lines:
+        text.append("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
     text += [f"job {r['job']} {r['status']}: {r['error']}" for r in rows if r["error"]]
     counts: dict[str, int] = {}
     for row in rows:
