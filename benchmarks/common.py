@@ -52,7 +52,8 @@ def timed_process(args: Sequence[str], cwd: Path = ROOT) -> tuple[float, float]:
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
+        output = (done.stdout + done.stderr)[-3000:]
+        raise RuntimeError(f"{' '.join(args)} failed ({done.returncode}):\n{output}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return wall, cpu
 

@@ -4,15 +4,11 @@ import os
 import sys
 from pathlib import Path
 
-from .preload import import_torch_in_background
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
 
-import_torch_in_background(sys.argv[1:])  # first: it overlaps Hydra's start-up (preload.py)
-
-import hydra  # noqa: E402
-from hydra.core.hydra_config import HydraConfig  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-
-from .cli import explain_refused_overrides  # noqa: E402
+from .cli import explain_refused_overrides
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 sys.path.insert(0, os.getcwd())  # experiments/ is importable from the repo root, as with -m

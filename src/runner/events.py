@@ -13,6 +13,7 @@ the hparams and custom_scalar plugins' protos.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import os
@@ -38,14 +39,62 @@ def _crc_table() -> list[int]:
 
 
 _CRC_TABLE = _crc_table()
+_CRC_ARRAY = np.array(_CRC_TABLE, dtype=np.uint32)
+_BLOCK = 16  # bytes per lane of the vectorised CRC
 
 
 def crc32c(data: bytes) -> int:
-    crc = 0xFFFFFFFF
+    """CRC-32C; records of a few KB and more (histograms, images) take the numpy path,
+    which is ~10x faster than a byte at a time in Python."""
+    if len(data) < 1024:
+        return _crc32c_bytes(data, 0xFFFFFFFF) ^ 0xFFFFFFFF
+    # A register started at all ones is one started at zero with the first four bytes
+    # inverted; from zero, the CRC is linear, so blocks can be done side by side.
+    body = np.frombuffer(data, dtype=np.uint8, count=len(data) - len(data) % _BLOCK).copy()
+    body[:4] ^= 0xFF
+    lanes = body.reshape(-1, _BLOCK)
+    crcs = np.zeros(len(lanes), dtype=np.uint32)
+    for column in lanes.T:  # every block's CRC, a byte position at a time
+        crcs = _CRC_ARRAY[(crcs ^ column) & 0xFF] ^ (crcs >> 8)
+    level = 0  # then pairs of neighbours: crc(a + b) = crc(a) moved past len(b) ^ crc(b)
+    while len(crcs) > 1:
+        if len(crcs) % 2:  # zeros in front of a zero-started CRC change nothing
+            crcs = np.concatenate([np.zeros(1, dtype=np.uint32), crcs])
+        crcs = _past_zeros(crcs[0::2], _BLOCK << level) ^ crcs[1::2]
+        level += 1
+    tail = data[len(body) :]
+    return _crc32c_bytes(tail, int(crcs[0])) ^ 0xFFFFFFFF
+
+
+def _crc32c_bytes(data: bytes, crc: int) -> int:
     table = _CRC_TABLE
     for byte in data:
         crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-    return crc ^ 0xFFFFFFFF
+    return crc
+
+
+def _apply(tables: np.ndarray, crcs: np.ndarray) -> np.ndarray:
+    """A linear map of 32-bit registers, given by its effect on each of their four bytes."""
+    return (
+        tables[0][crcs & 0xFF]
+        ^ tables[1][(crcs >> 8) & 0xFF]
+        ^ tables[2][(crcs >> 16) & 0xFF]
+        ^ tables[3][crcs >> 24]
+    )
+
+
+@functools.cache
+def _zeros_tables(n: int) -> np.ndarray:
+    """(4, 256) tables that move a CRC register past `n` zero bytes (n a power of two)."""
+    x = np.arange(256, dtype=np.uint32)[None, :] << np.array([[0], [8], [16], [24]], np.uint32)
+    if n == 1:
+        return _CRC_ARRAY[x & 0xFF] ^ (x >> 8)
+    half = _zeros_tables(n // 2)
+    return _apply(half, _apply(half, x))
+
+
+def _past_zeros(crcs: np.ndarray, n: int) -> np.ndarray:
+    return _apply(_zeros_tables(n), crcs)
 
 
 def _masked(crc: int) -> int:

@@ -61,6 +61,9 @@ class Recorder:
         self, step: int, keys: tuple[str, ...], values: torch.Tensor, host: Mapping[str, float]
     ) -> None:
         self.pending.append((step, keys, values.detach(), dict(host)))
+
+    def flush_due(self) -> None:
+        """Called at log steps only, so a flush never adds a sync anywhere else."""
         if time.monotonic() - self.last_flush > self.every_s:
             self.flush()
 
@@ -170,19 +173,24 @@ def train(
     position, batches, epoch_sum = 0, [None], zero
     saved_at: list[tuple[int, int]] = []
 
-    def fold_unchecked() -> None:
-        """Fold the step and epoch losses kept since the last fold into first_bad and best,
-        on the device: a few ops per log step instead of a few ops on every step."""
+    def fold_unchecked(sync: bool = False) -> None:
+        """Fold the step and epoch losses kept since the last fold into first_bad and best:
+        a few ops per log step instead of a few ops on every step. With `sync` (log steps,
+        which sync anyway), all-finite losses, the usual case, are found out on the host."""
         nonlocal first_bad, best
         if unchecked:
-            bad = ~torch.isfinite(torch.stack([loss for _, loss in unchecked]))
-            first = unchecked[0][0] + bad.to(torch.uint8).argmax()  # argmax: the first True
-            first_bad = torch.where((first_bad < 0) & bad.any(), first, first_bad)
+            losses = torch.stack([loss for _, loss in unchecked])
+            if not sync or not bool(torch.isfinite(losses).all()):
+                bad = ~torch.isfinite(losses)
+                first = unchecked[0][0] + bad.to(torch.uint8).argmax()  # the first True
+                first_bad = torch.where((first_bad < 0) & bad.any(), first, first_bad)
             unchecked.clear()
-        if epoch_losses:  # as fmin one epoch at a time: NaN never wins, +-inf kept
+        if len(epoch_losses) == 1:
+            best = torch.fmin(best, epoch_losses[0])
+        elif epoch_losses:  # as fmin one epoch at a time: NaN never wins, +-inf kept
             losses = torch.stack(epoch_losses).nan_to_num(math.inf, math.inf, -math.inf)
             best = torch.fmin(best, losses.min())
-            epoch_losses.clear()
+        epoch_losses.clear()
 
     def checkpoint() -> None:
         """Save the loop's state (all of it, so a resumed run is bit-identical) with the
@@ -307,6 +315,7 @@ def train(
                     lr = b.optimizer.param_groups[0]["lr"]
                     rec.add(step, keys, _log_row(loss, b), {"lr": lr})
                     rec.add(step, view_keys, insight.row(b, before), {})
+                    rec.flush_due()
                     pictures.record()
                     if hist_every and step % hist_every == 0:
                         for name in tensor_params:
@@ -315,7 +324,7 @@ def train(
                             if p.grad is not None:
                                 logger.histogram(step, f"grad/{name}", p.grad)
                     # note: the one host sync between log steps: act on divergence now
-                    fold_unchecked()
+                    fold_unchecked(sync=True)
                     if first_bad.item() >= 0:
                         result.status = "diverged"
                         result.diverged_step = int(first_bad.item())

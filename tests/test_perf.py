@@ -1,0 +1,223 @@
+"""Performance contracts that can be checked exactly: no host syncs between log steps, the
+start-up path imports nothing heavy it does not use, and the hand-written TensorBoard
+events are what `torch.utils.tensorboard` writes. Timings live in benchmarks/."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT, compose_config, event_accumulator
+
+from runner import events
+from runner.build import Built, build
+from runner.loggers import TensorBoard
+from runner.loop import train
+
+# What moves a value from the device to the host: on a GPU each one waits for the device.
+SYNCS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__")
+SYNCS += ("__array__", "__format__")
+
+
+@contextmanager
+def counted_syncs(built: Built) -> Iterator[Counter[int]]:
+    """Count host syncs made by the runner's code, by the step they happen in.
+
+    Steps are counted by wrapping `optimizer.step` (-1: before the first). A sync counts
+    when the first caller outside torch is runner code; torch.optim's own `.item()` on the
+    step counters it keeps on the CPU is no device sync and is not counted.
+    """
+    step = [-1]
+    syncs: Counter[int] = Counter()
+    optimizer_step = built.optimizer.step
+
+    def counted_step(*args, **kwargs):
+        step[0] += 1
+        return optimizer_step(*args, **kwargs)
+
+    def by_runner() -> bool:
+        frame = sys._getframe(2)
+        while frame is not None:
+            name = frame.f_globals.get("__name__", "")
+            if name.startswith("torch.optim"):
+                return False
+            if not name.startswith("torch"):
+                return name.startswith("runner")
+            frame = frame.f_back
+        return False
+
+    def wrap(original):
+        def method(self, *args, **kwargs):
+            if by_runner():
+                syncs[step[0]] += 1
+            return original(self, *args, **kwargs)
+
+        return method
+
+    saved = {name: torch.Tensor.__dict__.get(name) for name in SYNCS}
+    built.optimizer.step = counted_step
+    for name in SYNCS:
+        setattr(torch.Tensor, name, wrap(getattr(torch.Tensor, name)))
+    try:
+        yield syncs
+    finally:
+        for name, original in saved.items():
+            if original is None:
+                delattr(torch.Tensor, name)
+            else:
+                setattr(torch.Tensor, name, original)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ("experiment=linear_fit", "trainer.epochs=35"),  # full batch: every step ends an epoch
+        pytest.param(  # minibatches, Adam, a validation split (a row every epoch), histograms
+            ("experiment=sine_mlp", "trainer.epochs=3", "dataset.n=500")
+            + ("logger.histogram_every_n_steps=10",),
+            marks=pytest.mark.slow,
+        ),
+    ],
+    ids=["linear_fit", "sine_mlp"],
+)
+def test_no_host_sync_between_log_steps(overrides: tuple[str, ...], tmp_path: Path) -> None:
+    cfg = compose_config(*overrides, "trainer.log_every_n_steps=10")
+    built = build(cfg, tmp_path)
+    try:
+        with counted_syncs(built) as syncs:
+            result = train(built)
+    finally:
+        built.logger.close()
+    last = result.steps - 1
+    log_steps = {s for s in range(result.steps) if s % 10 == 0 or s == last}
+    between = {s: n for s, n in syncs.items() if s >= 0 and s not in log_steps}
+    assert between == {}, f"host syncs at steps that do not log: {between}"
+    assert all(syncs[s] > 0 for s in (10, 20)), "the counter must see the log steps' syncs"
+
+
+@pytest.mark.slow
+def test_a_run_imports_no_dynamo_and_logger_none_no_tensorboard_or_matplotlib(
+    tmp_path: Path,
+) -> None:
+    """`python -m runner` as a user runs it; which heavy modules did the process load?"""
+    script = (
+        "import runpy, sys\n"
+        "sys.argv = ['runner', *sys.argv[1:]]\n"
+        "try:\n    runpy.run_module('runner', run_name='__main__')\n"
+        "except SystemExit:\n    pass\n"
+        "heavy = ('torch._dynamo', 'torch.utils.tensorboard', 'matplotlib', 'tensorboard')\n"
+        "print('LOADED', *[m for m in heavy if m in sys.modules])\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, "experiment=linear_fit", "trainer.epochs=20"]
+        + ["logger=none", f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    loaded = [line for line in done.stdout.splitlines() if line.startswith("LOADED")]
+    assert loaded == ["LOADED"], done.stdout + done.stderr
+
+
+# -- the TensorBoard logger writes what torch.utils.tensorboard writes --
+
+
+def value(data: bytes):
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    parsed = Summary.Value()
+    parsed.ParseFromString(data)
+    return parsed
+
+
+def test_hand_encoded_summaries_are_byte_identical_to_torch_utils_tensorboard() -> None:
+    from torch.utils.tensorboard import summary as reference
+
+    for x in (0.0, -0.0, 1.5, -2.25, 1e-50, 3.4028235e38, 1e39, -1e39, math.inf, math.nan):
+        ours, theirs = value(events.scalar("loss/train", x)), reference.scalar("loss/train", x)
+        assert str(ours) == str(theirs.value[0])  # str: NaN != NaN
+    for text in ("MeanBackward0 → PowBackward0", "", "    ├── AccumulateGrad (w)"):
+        ours = events.text("graph/tree", text)
+        assert ours == reference.text("graph/tree", text).value[0].SerializeToString()
+    bins = events.default_bins()
+    rng = np.random.default_rng(0)
+    for array in (rng.normal(size=300), np.zeros(4), np.array([2.0]), rng.normal(size=(8, 8))):
+        ours = events.histogram("param/w", array.astype(float), np.array(bins))
+        assert ours == reference.histogram("param/w", array, bins).value[0].SerializeToString()
+    layout = {"loss": {"l": ["Multiline", ["loss/.*"]], "m": ["Margin", ["a", "b", "c"]]}}
+    assert events.layout(layout) == reference.custom_scalars(layout).value[0].SerializeToString()
+
+
+def test_crc32c_matches_tensorboards_on_both_sides_of_the_numpy_path() -> None:
+    """A wrong CRC makes TensorBoard drop the record: check lengths around every boundary."""
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import crc32c as reference
+
+    rng = np.random.default_rng(1)
+    for n in (0, 1, 5, 1023, 1024, 1025, 1040, 1041, 4099, 70_001):
+        data = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
+        assert events.crc32c(data) == reference(data), n
+
+
+def test_hparams_session_summaries_match_tensorboards_protos() -> None:
+    from tensorboard.plugins.hparams import metadata, plugin_data_pb2
+
+    hparams = {"optimizer.lr": 0.1, "seed": 42, "choice.model": "mlp", "check": True, "s": ""}
+    start = plugin_data_pb2.SessionStartInfo()
+    for name, v in hparams.items():
+        field = start.hparams[name]
+        if isinstance(v, bool):
+            field.bool_value = v
+        elif isinstance(v, int | float):
+            field.number_value = v
+        else:
+            field.string_value = v
+    end = plugin_data_pb2.SessionEndInfo(status=2, end_time_secs=123.5)
+    for ours, tag, data in (
+        (
+            events.session_start(hparams),
+            metadata.SESSION_START_INFO_TAG,
+            {"session_start_info": start},
+        ),
+        (events.session_end(2, 123.5), metadata.SESSION_END_INFO_TAG, {"session_end_info": end}),
+    ):
+        parsed = value(ours)
+        assert parsed.tag == tag
+        assert parsed.metadata.plugin_data.plugin_name == metadata.PLUGIN_NAME
+        content = plugin_data_pb2.HParamsPluginData()
+        content.ParseFromString(parsed.metadata.plugin_data.content)
+        assert content == plugin_data_pb2.HParamsPluginData(**data)
+
+
+def test_the_event_file_reads_back_and_close_is_safe_twice(tmp_path: Path) -> None:
+    """Written off the training thread, in order; TensorBoard's reader checks each CRC."""
+    logger = TensorBoard(tmp_path)
+    for step in range(300):
+        logger.scalars(step, {"loss/train": 1.0 / (step + 1), "lr": 0.1})
+    logger.histogram(5, "param/w", torch.arange(6.0))
+    logger.text(0, "graph/tree", "MeanBackward0\n└── PowBackward0")
+    logger.image(7, "figure/fit", np.full((4, 5, 3), 200, dtype=np.uint8))
+    logger.hparams({"optimizer.lr": 0.1}, {"hparam/final_loss": 0.5})
+    logger.close()
+    logger.close()
+    logger.scalars(400, {"loss/train": 9.0})  # after close: dropped, no error
+
+    acc = event_accumulator(tmp_path)
+    loss = acc.Scalars("loss/train")
+    assert [e.step for e in loss] == list(range(300))
+    assert loss[99].value == pytest.approx(1.0 / 100)
+    assert acc.Scalars("hparam/final_loss")[0].value == 0.5
+    histogram = acc.Histograms("param/w")[0].histogram_value
+    assert (histogram.num, histogram.sum, histogram.max) == (6, 15.0, 5.0)
+    assert acc.Tensors("graph/tree/text_summary")[0].step == 0
+    image = acc.Images("figure/fit")[0]
+    assert (image.step, image.width, image.height) == (7, 5, 4)
+    assert len(list(tmp_path.glob("events.out.tfevents.*"))) == 1
