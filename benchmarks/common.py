@@ -46,9 +46,12 @@ def machine() -> str:
 
 def timed_process(args: Sequence[str], cwd: Path = ROOT) -> tuple[float, float]:
     """Wall seconds and CPU seconds (user + system, children included) of one process."""
+    # Python caches compiled modules by default; a sandbox's PYTHONDONTWRITEBYTECODE=1 would
+    # make every run recompile the runner's own modules, which no user's run does.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    done = subprocess.run(list(args), cwd=cwd, capture_output=True, text=True)
+    done = subprocess.run(list(args), cwd=cwd, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:

@@ -5,8 +5,9 @@ against the same fit in PyTorch Lightning, each a fresh `python` process.
 
 Rows below the three compared ones say where the runner's time goes: Python with torch
 imported and nothing else, Hydra printing the composed config (`--cfg job`: Hydra's start-up
-without torch), the runner with `logger=none`. Lightning rows are skipped when it is not
-installed (`pip install lightning`, for this benchmark only).
+without torch), the runner with `logger=none`, and the runner with TensorBoard on but its
+matplotlib figures patched out (as if matplotlib were not installed). Lightning rows are
+skipped when it is not installed (`pip install lightning`, for this benchmark only).
 """
 
 from __future__ import annotations
@@ -19,6 +20,12 @@ from pathlib import Path
 from common import PYTHON, machine, median, rounds, table, timed_process, verdict
 
 BENCH = Path(__file__).resolve().parent
+# A diagnostic only: the runner as it is, but for the figures drawn with matplotlib (as on a
+# machine without matplotlib), to show what they cost.
+NO_FIGURES = (
+    "import runpy, sys, runner.figures as f; f._matplotlib_available = lambda: False; "
+    "sys.argv = ['runner', *sys.argv[1:]]; runpy.run_module('runner', run_name='__main__')"
+)
 RUNNER_TARGET = 1.3  # the runner at most this times the plain script
 LIGHTNING_TARGET = 0.5  # ... and at most this times Lightning
 
@@ -56,6 +63,9 @@ def main() -> None:
             [PYTHON, "-m", "runner", "experiment=linear_fit", "--cfg", "job"]
         ),
         "runner, logger=none": runner("logger=none"),
+        "runner, TensorBoard on, matplotlib figures off (patched)": lambda r: timed_process(
+            [PYTHON, "-c", NO_FIGURES, "experiment=linear_fit", f"hydra.run.dir={out / f'nf-{r}'}"]
+        ),
     }
     results = rounds(variants, args.repeats)
     plain_cpu = median([c for _, c in results["plain script (benchmarks/post.py)"]])

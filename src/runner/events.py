@@ -39,6 +39,10 @@ def _crc_table() -> list[int]:
 
 
 _CRC_TABLE = _crc_table()
+# _CRC_TABLES_4[k][b]: byte b's effect followed by k zero bytes
+_CRC_TABLES_4 = [_CRC_TABLE]
+for _ in range(3):
+    _CRC_TABLES_4.append([(c >> 8) ^ _CRC_TABLE[c & 0xFF] for c in _CRC_TABLES_4[-1]])
 _CRC_ARRAY = np.array(_CRC_TABLE, dtype=np.uint32)
 _BLOCK = 16  # bytes per lane of the vectorised CRC
 
@@ -67,9 +71,14 @@ def crc32c(data: bytes) -> int:
 
 
 def _crc32c_bytes(data: bytes, crc: int) -> int:
-    table = _CRC_TABLE
-    for byte in data:
-        crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    """Four bytes a step (slicing-by-4: ~2x a byte a step in Python), then the rest."""
+    t0, t1, t2, t3 = _CRC_TABLES_4
+    n = len(data) & ~3
+    for word in struct.unpack(f"<{n // 4}I", data[:n]):
+        word ^= crc
+        crc = t3[word & 0xFF] ^ t2[(word >> 8) & 0xFF] ^ t1[(word >> 16) & 0xFF] ^ t0[word >> 24]
+    for byte in data[n:]:
+        crc = t0[(crc ^ byte) & 0xFF] ^ (crc >> 8)
     return crc
 
 
@@ -115,7 +124,12 @@ def record(data: bytes) -> bytes:
 # -- protobuf wire format: only the field kinds these messages use --
 
 
+_ONE_BYTE = [bytes((i,)) for i in range(0x80)]  # tags, lengths and small numbers
+
+
 def _varint(n: int) -> bytes:
+    if 0 <= n < 0x80:
+        return _ONE_BYTE[n]
     if n < 0:
         n += 1 << 64  # int64: negative numbers are ten bytes of two's complement
     out = bytearray()
@@ -213,7 +227,13 @@ def _value(tag: str, *fields: bytes) -> bytes:
 
 def scalar(tag: str, value: float) -> bytes:
     """Summary.Value with simple_value (2), as `add_scalar` writes it (a oneof: 0.0 is kept)."""
-    return _value(tag, _float(2, value))
+    return _tag(tag) + _float(2, value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _tag(tag: str) -> bytes:
+    """Summary.Value.tag (1): the same few tags come back every log step."""
+    return _string(1, tag)
 
 
 def _string_tensor(data: bytes, dims: Sequence[int]) -> bytes:
