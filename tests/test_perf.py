@@ -165,6 +165,7 @@ def test_crc32c_matches_tensorboards_on_both_sides_of_the_numpy_path() -> None:
     for n in (0, 1, 5, 1023, 1024, 1025, 1040, 1041, 4099, 70_001):
         data = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
         assert events.crc32c(data) == reference(data), n
+        assert events.crc32c_python(data) == reference(data), n
 
 
 def test_hparams_session_summaries_match_tensorboards_protos() -> None:

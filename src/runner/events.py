@@ -47,9 +47,22 @@ _CRC_ARRAY = np.array(_CRC_TABLE, dtype=np.uint32)
 _BLOCK = 16  # bytes per lane of the vectorised CRC
 
 
+try:  # Google's C implementation: histograms and images are ~50x cheaper to frame
+    from google_crc32c import value as _crc32c_c
+except ImportError:  # a platform without its wheel: the Python/numpy code below
+    _crc32c_c = None
+
+
 def crc32c(data: bytes) -> int:
-    """CRC-32C; records of a few KB and more (histograms, images) take the numpy path,
-    which is ~10x faster than a byte at a time in Python."""
+    """CRC-32C of a record, the checksum TensorBoard verifies on read."""
+    if _crc32c_c is not None:
+        return _crc32c_c(data)
+    return crc32c_python(data)
+
+
+def crc32c_python(data: bytes) -> int:
+    """CRC-32C without the C library; records of a few KB and more (histograms, images)
+    take the numpy path, which is ~10x faster than a byte at a time in Python."""
     if len(data) < 1024:
         return _crc32c_bytes(data, 0xFFFFFFFF) ^ 0xFFFFFFFF
     # A register started at all ones is one started at zero with the first four bytes
