@@ -276,11 +276,7 @@ def train(
             last_epoch_loss = best = loss
             rec.add(0, keys, _log_row(loss, b), {"lr": b.optimizer.param_groups[0]["lr"]})
             result.grad_fns = grad_fns(b.loss_fn, b.params, graph_loss[0])
-            for name in tensor_params:  # the elements themselves, not only the norm
-                p = b.params[name]
-                logger.histogram(0, f"param/{name}", p.detach())
-                if p.grad is not None:
-                    logger.histogram(0, f"grad/{name}", p.grad.detach())
+            _log_histograms(logger, 0, b, tensor_params)  # the elements, not only the norm
         while epoch < t.epochs and result.status == "completed":
             if position == 0:  # a new epoch (a resumed one goes on with its own order)
                 batches = _batches(n, t.batch_size, device)
@@ -318,11 +314,7 @@ def train(
                     rec.flush_due()
                     pictures.record()
                     if hist_every and step % hist_every == 0:
-                        for name in tensor_params:
-                            p = b.params[name]
-                            logger.histogram(step, f"param/{name}", p.detach())
-                            if p.grad is not None:
-                                logger.histogram(step, f"grad/{name}", p.grad)
+                        _log_histograms(logger, step, b, tensor_params)
                     # note: the one host sync between log steps: act on divergence now
                     fold_unchecked(sync=True)
                     if first_bad.item() >= 0:
@@ -377,12 +369,20 @@ def train(
     return result
 
 
+def _log_histograms(logger: Logger, step: int, b: Built, names: list[str]) -> None:
+    for name in names:
+        p = b.params[name]
+        logger.histogram(step, f"param/{name}", p.detach())
+        if p.grad is not None:
+            logger.histogram(step, f"grad/{name}", p.grad.detach())
+
+
 def _log_row(loss: torch.Tensor, b: Built) -> torch.Tensor:
     """loss, each parameter (value, or L2 norm for a tensor), each gradient, total grad norm."""
     params = list(b.params.values())
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     norms = [_scalar_or_norm(g) for g in grads]
-    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    total = torch.linalg.vector_norm(torch.stack(norms))  # signs do not change the squares
     row = [loss.detach().reshape(()), *(_scalar_or_norm(p) for p in params), *norms, total]
     return torch.stack([r.to(loss.dtype) for r in row])
 
