@@ -66,34 +66,36 @@ def _preorder(root: Root) -> list[Node]:
     return order
 
 
-def _depth(start: Node) -> int:
-    """Longest root-to-leaf path counted in nodes, by a postorder DP over the DAG."""
-    depth: dict[Node, int] = {}
-    entered: set[Node] = set()
-    stack = [(start, False)]
-    while stack:
-        node, children_done = stack.pop()
-        if children_done:
-            depth[node] = 1 + max((depth[c] for c in _children(node)), default=0)
-        elif node not in entered:
-            entered.add(node)
-            stack.append((node, True))
-            stack.extend((c, False) for c in _children(node) if c not in entered)
-    return depth[start]
-
-
 def grad_fn_names(root: Root) -> list[str]:
     return [_name(node) for node in _preorder(root)]
 
 
 def graph_stats(root: Root) -> dict[str, float]:
-    """Node, leaf and per-op counts and depth; all zero when there is no graph."""
-    nodes = _preorder(root)
-    ops = Counter(_name(node) for node in nodes)
+    """Node, leaf and per-op counts and depth; all zero when there is no graph.
+
+    One postorder walk gives all of them (it runs at every log step): each node's depth is
+    the longest path to a leaf below it, counted in nodes, known once its children's are.
+    """
+    start = _node(root)
+    ops: Counter[str] = Counter()
+    depth: dict[Node, int] = {}
+    children_of: dict[Node, list[Node]] = {}
+    stack = [start] if start is not None else []
+    while stack:
+        node = stack[-1]
+        children = children_of.get(node)
+        if children is None:  # first visit: count it, then its unseen children go first
+            children = children_of[node] = _children(node)
+            ops[type(node).__name__] += 1
+            stack.extend(c for c in children if c not in children_of)
+        else:
+            stack.pop()
+            if node not in depth:
+                depth[node] = 1 + max((depth[c] for c in children), default=0)
     stats = {
-        "graph/nodes": float(len(nodes)),
+        "graph/nodes": float(len(children_of)),
         "graph/leaves": float(ops[LEAF]),
-        "graph/depth": float(_depth(nodes[0])) if nodes else 0.0,
+        "graph/depth": float(depth[start]) if start is not None else 0.0,
     }
     stats.update({f"graph/op/{op}": float(n) for op, n in sorted(ops.items())})
     return stats

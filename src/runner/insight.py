@@ -29,7 +29,8 @@ def keys(b: Built) -> tuple[str, ...]:
 
 def snapshot(params: list[torch.Tensor]) -> list[torch.Tensor]:
     """Device copies of the parameters before an update; taken at log steps only."""
-    return [p.detach().clone() for p in params]
+    with torch.no_grad():
+        return [p.clone() for p in params]
 
 
 @torch.no_grad()
@@ -38,20 +39,18 @@ def row(b: Built, before: list[torch.Tensor] | None) -> torch.Tensor:
     snapshot), then the accuracies; ~1e-3 is the classic healthy update size."""
     params = list(b.params.values())
     if before is None:
-        ratios = [torch.zeros((), device=p.device, dtype=p.dtype) for p in params]
-    else:
-        ratios = [
-            torch.linalg.vector_norm(p - old) / torch.linalg.vector_norm(p).clamp_min(TINY)
-            for p, old in zip(params, before, strict=True)
-        ]
-    values = [r.float() for r in ratios]
+        values = [torch.zeros(len(params), device=params[0].device)]
+    else:  # one kernel launch per line, whatever the number of parameters
+        steps = torch.stack(torch._foreach_norm(torch._foreach_sub(params, before)))
+        sizes = torch.stack(torch._foreach_norm(params)).clamp_min(TINY)
+        values = [(steps / sizes).float()]
     acc = accuracy_fn(b)
     if acc is not None:
         assert b.data is not None and b.forward is not None
-        values.append(acc(b.forward(b.data.x), b.data.y))
+        values.append(acc(b.forward(b.data.x), b.data.y).reshape(1))
         if b.data.x_val is not None:
-            values.append(acc(b.forward(b.data.x_val), b.data.y_val))
-    return torch.stack([v.float() for v in values])
+            values.append(acc(b.forward(b.data.x_val), b.data.y_val).reshape(1))
+    return torch.cat(values)
 
 
 def accuracy_fn(b: Built) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:

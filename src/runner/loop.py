@@ -129,10 +129,6 @@ def _batches(n: int, batch_size: int | None, device: torch.device) -> list[torch
     return list(perm.split(batch_size))
 
 
-def _scalar_or_norm(t: torch.Tensor) -> torch.Tensor:
-    return t.detach().reshape(()) if t.numel() == 1 else torch.linalg.vector_norm(t.detach())
-
-
 def train(
     b: Built,
     save: Callable[[dict[str, Any]], None] | None = None,
@@ -274,7 +270,7 @@ def train(
                 loss = closure_for([None])()
             log_graph(0, graph_loss[0], saved.total)
             last_epoch_loss = best = loss
-            rec.add(0, keys, _log_row(loss, b), {"lr": b.optimizer.param_groups[0]["lr"]})
+            rec.add(0, keys, _log_row(loss, params), {"lr": b.optimizer.param_groups[0]["lr"]})
             result.grad_fns = grad_fns(b.loss_fn, b.params, graph_loss[0])
             _log_histograms(logger, 0, b, tensor_params)  # the elements, not only the norm
         while epoch < t.epochs and result.status == "completed":
@@ -309,7 +305,7 @@ def train(
                     logger.scalars(step, {"grad/accumulate_check": check})
                 if log_now:
                     lr = b.optimizer.param_groups[0]["lr"]
-                    rec.add(step, keys, _log_row(loss, b), {"lr": lr})
+                    rec.add(step, keys, _log_row(loss, params), {"lr": lr})
                     rec.add(step, view_keys, insight.row(b, before), {})
                     rec.flush_due()
                     pictures.record()
@@ -377,14 +373,22 @@ def _log_histograms(logger: Logger, step: int, b: Built, names: list[str]) -> No
             logger.histogram(step, f"grad/{name}", p.grad.detach())
 
 
-def _log_row(loss: torch.Tensor, b: Built) -> torch.Tensor:
-    """loss, each parameter (value, or L2 norm for a tensor), each gradient, total grad norm."""
-    params = list(b.params.values())
+@torch.no_grad()
+def _log_row(loss: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
+    """loss, each parameter, each gradient, the total gradient norm, as one tensor: a handful
+    of ops whatever the number of parameters (this runs at every log step)."""
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    norms = [_scalar_or_norm(g) for g in grads]
-    total = torch.linalg.vector_norm(torch.stack(norms))  # signs do not change the squares
-    row = [loss.detach().reshape(()), *(_scalar_or_norm(p) for p in params), *norms, total]
-    return torch.stack([r.to(loss.dtype) for r in row])
+    shown = _one_number_each(grads)
+    total = torch.linalg.vector_norm(torch.stack(shown))  # signs do not change the squares
+    return torch.stack([loss.reshape(()), *_one_number_each(params), *shown, total]).float()
+
+
+def _one_number_each(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """A one-element tensor's value (its sign kept), or a larger tensor's L2 norm."""
+    if all(t.dim() == 0 for t in tensors):  # formula parameters: nothing to compute
+        return tensors
+    norms = torch._foreach_norm(tensors)  # one kernel launch for all of them
+    return [t.reshape(()) if t.numel() == 1 else n for t, n in zip(tensors, norms, strict=True)]
 
 
 def _clipped(closure: Any, params: list[torch.Tensor], max_norm: float) -> Any:

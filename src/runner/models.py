@@ -104,7 +104,10 @@ class Expression(nn.Module):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        env: dict[str, Any] = dict(self.named_parameters())
+        # the module's own dict, not named_parameters(): that generator walks submodules
+        # (none here) and costs more than the post's whole forward; functional_call swaps
+        # entries in this same dict, so the landscape and gradcheck still see their values
+        env: dict[str, Any] = dict(self._parameters)
         if x.dim() == 1:
             env["x"] = x
         else:
@@ -180,7 +183,7 @@ def none() -> None:
 def forward_fn(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     """Adapt a model to the runner's shapes: (n,) or (n, k) in, (n,) out for one output."""
     if isinstance(model, Expression):
-        return model
+        return model.forward  # no hooks are ever set on it: skip Module.__call__ on each step
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         out = model(x.unsqueeze(-1) if x.dim() == 1 else x)

@@ -20,17 +20,14 @@ class GD(torch.optim.Optimizer):
             raise ValueError(f"lr must be positive, got {lr}")
         super().__init__(params, {"lr": lr})
 
-    @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            lr = group["lr"]
-            for p in group["params"]:
-                if p.grad is not None:
-                    p -= lr * p.grad
+        loss = None if closure is None else closure()
+        with torch.no_grad():
+            for group in self.param_groups:
+                lr = group["lr"]
+                for p in group["params"]:
+                    if p.grad is not None:
+                        p -= lr * p.grad
         return loss
 
     # torch.optim wraps every subclass's `step` in a profiler label and hook calls (~30 µs a
