@@ -40,10 +40,10 @@ def row(b: Built, before: list[torch.Tensor] | None) -> torch.Tensor:
     params = list(b.params.values())
     if before is None:
         values = [torch.zeros(len(params), device=params[0].device)]
-    else:  # one kernel launch per line, whatever the number of parameters
-        steps = torch.stack(torch._foreach_norm(torch._foreach_sub(params, before)))
-        sizes = torch.stack(torch._foreach_norm(params)).clamp_min(TINY)
-        values = [(steps / sizes).float()]
+    else:  # a handful of kernel launches, whatever the number of parameters
+        updates = torch._foreach_sub(params, before)
+        steps, sizes = torch.stack(torch._foreach_norm([*updates, *params])).float().chunk(2)
+        values = [steps / sizes.clamp_min(TINY)]
     acc = accuracy_fn(b)
     if acc is not None:
         assert b.data is not None and b.forward is not None

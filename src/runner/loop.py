@@ -12,7 +12,7 @@ import math
 import signal
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -124,9 +124,12 @@ class Patience:
 def _batches(n: int, batch_size: int | None, device: torch.device) -> list[torch.Tensor | None]:
     """Index slices of a shuffled randperm; None means the whole (unshuffled) batch."""
     if batch_size is None or batch_size >= n:
-        return [None]
+        return FULL_BATCH
     perm = torch.randperm(n, device=device)
     return list(perm.split(batch_size))
+
+
+FULL_BATCH: list[torch.Tensor | None] = [None]
 
 
 def train(
@@ -136,233 +139,304 @@ def train(
 ) -> Result:
     """Run the loop; with `save`, checkpoint every trainer.checkpoint_every steps and at the
     end; with `start` (a checkpoint's loop state), continue exactly where it was written."""
-    t, cadence = b.checked.trainer, b.checked.cadence
-    data, device, logger = b.data, b.device, b.logger
-    names = list(b.params)
-    params = list(b.params.values())
-    graph_every = cadence.graph_every_n_steps or t.log_every_n_steps
-    hist_every = cadence.histogram_every_n_steps
-    tensor_params = [n for n in names if b.params[n].numel() > 1]
-    keys = ("loss/train", *(f"param/{n}" for n in names), *(f"grad/{n}" for n in names))
-    keys += ("grad/total_norm",)
-    view_keys = insight.keys(b)  # ratio/<name>, and acc/* for classification losses
-    pictures = Figures(b, cadence.figure_every_n_epochs)
+    return Loop(b, save, start).run()
 
-    n = data.n if data is not None else 1
-    batches_per_epoch = 1 if t.batch_size is None else math.ceil(n / t.batch_size)
-    steps_per_epoch = math.ceil(batches_per_epoch / t.accumulate)
-    total_steps = max(t.epochs * steps_per_epoch, 1)
-    first_bad = torch.full((), -1, dtype=torch.long, device=device)
-    unchecked: list[tuple[int, torch.Tensor]] = []  # (step, loss) not yet in first_bad
-    epoch_losses: list[torch.Tensor] = []  # not yet in best
-    best = torch.full((), math.inf, device=device)
-    last_epoch_loss = torch.full((), math.nan, device=device)
-    val_loss: torch.Tensor | None = None
-    rec = Recorder(logger)
-    result = Result("completed", 0, 0, None, None)
-    step = 0
-    want_graph = True
-    graph_loss: list[torch.Tensor] = []
-    stopper = Patience(EarlyStop(**t.early_stop)) if t.early_stop is not None else None
-    # where the loop is inside an epoch: the next batch group, this epoch's order and sum
-    zero = torch.zeros((), device=device)
-    position, batches, epoch_sum = 0, [None], zero
-    saved_at: list[tuple[int, int]] = []
 
-    def fold_unchecked(sync: bool = False) -> None:
+class Loop:
+    """One run's loop and everything it carries from step to step.
+
+    `run` is the outline; `_epoch` holds the per-step path, kept lean because on a small
+    problem (the post's, ~0.2 ms a step) every Python line shows; logging, divergence and
+    checkpoints happen at their cadences in methods of their own.
+    """
+
+    def __init__(
+        self,
+        b: Built,
+        save: Callable[[dict[str, Any]], None] | None,
+        start: Mapping[str, Any] | None,
+    ) -> None:
+        self.b, self.save = b, save
+        t = self.t = b.checked.trainer
+        cadence = b.checked.cadence
+        self.data, self.device, self.logger = b.data, b.device, b.logger
+        self.params = list(b.params.values())
+        self.graph_every = cadence.graph_every_n_steps or t.log_every_n_steps
+        self.hist_every = cadence.histogram_every_n_steps
+        self.tensor_params = [n for n, p in b.params.items() if p.numel() > 1]
+        names = list(b.params)
+        self.keys = ("loss/train", *(f"param/{n}" for n in names), *(f"grad/{n}" for n in names))
+        self.keys += ("grad/total_norm",)
+        self.view_keys = insight.keys(b)  # ratio/<name>, and acc/* for classification losses
+        self.pictures = Figures(b, cadence.figure_every_n_epochs)
+
+        self.n = b.data.n if b.data is not None else 1
+        batches_per_epoch = 1 if t.batch_size is None else math.ceil(self.n / t.batch_size)
+        steps_per_epoch = math.ceil(batches_per_epoch / t.accumulate)
+        self.total_steps = max(t.epochs * steps_per_epoch, 1)
+        self.checkpoint_every = (t.checkpoint_every or 1) if save is not None else None
+        self.update = self._closure if t.grad_clip is None else _clipped(self._closure, self)
+
+        device = self.device
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
+        self.unchecked: list[tuple[int, torch.Tensor]] = []  # (step, loss) not yet in first_bad
+        self.epoch_losses: list[torch.Tensor] = []  # not yet in best
+        self.best = torch.full((), math.inf, device=device)
+        self.last_epoch_loss = torch.full((), math.nan, device=device)
+        self.val_loss: torch.Tensor | None = None
+        self.rec = Recorder(self.logger)
+        self.result = Result("completed", 0, 0, None, None)
+        self.stopper = Patience(EarlyStop(**t.early_stop)) if t.early_stop is not None else None
+        self.signals: dict[str, Any] = {"stop": False, "signal": None}
+        self.want_graph = False  # the closure keeps the loss of steps whose graph is walked
+        self.graph_loss: torch.Tensor | None = None
+        self.saved_at: tuple[int, int] | None = None  # (step, position) of the last checkpoint
+        # where the loop is: the step, the epoch, and inside it the next batch group, this
+        # epoch's order and its running loss
+        self.zero = torch.zeros((), device=device)
+        self.step, self.epoch, self.position = 0, 0, 0
+        self.batches, self.epoch_sum = FULL_BATCH, self.zero
+        self.group: list[torch.Tensor | None] = FULL_BATCH
+        if start is not None:
+            self._resume(start)
+
+    def _resume(self, start: Mapping[str, Any]) -> None:
+        """Continue a checkpoint: the epoch it was taken in, then on."""
+        self.step, self.epoch, self.position = start["step"], start["epoch"], start["position"]
+        perm, self.epoch_sum = start["perm"], start["epoch_sum"]
+        self.batches = FULL_BATCH if perm is None else list(perm.split(self.t.batch_size))
+        self.best, self.last_epoch_loss = start["best"], start["last_epoch_loss"]
+        self.first_bad, self.val_loss = start["first_bad"], start["val_loss"]
+        if self.stopper is not None and start["early_stop"] is not None:
+            self.stopper.best, self.stopper.waited = start["early_stop"]
+
+    def run(self) -> Result:
+        from tqdm.auto import tqdm
+
+        t, result = self.t, self.result
+        self.bar = tqdm(
+            total=self.total_steps,
+            initial=self.step,
+            disable=None,
+            unit="step",
+            dynamic_ncols=True,
+            leave=False,
+        )
+        self.pictures.start()  # the Custom Scalars layout, the model graph, the first picture
+        with stop_on_signals() as self.signals:
+            if t.epochs == 0:  # one forward and backward pass to look at, no update
+                self._look()
+            while self.epoch < t.epochs and result.status == "completed":
+                if self.position == 0:  # a new epoch (a resumed one goes on with its own order)
+                    self.batches = _batches(self.n, t.batch_size, self.device)
+                    self.epoch_sum = self.zero  # never changed in place: sums make new tensors
+                if self._epoch():
+                    self._end_epoch()
+                    if result.early_stopped_epoch is not None:
+                        break
+                if self.signals["stop"] and result.status == "completed":
+                    result.status, result.signal = "interrupted", self.signals["signal"]
+            if result.status != "diverged":
+                self.checkpoint()  # the end (or the interruption): resume goes on from here
+        self.bar.close()
+        self.pictures.finish(max(self.step - 1, 0))
+        self.rec.flush()
+        return self._outcome()
+
+    def _look(self) -> None:
+        """`trainer.epochs=0`: the forward and backward pass of the post's sections."""
+        b = self.b
+        self.want_graph = True
+        with saved_bytes() as saved:
+            loss = self._closure()
+        assert self.graph_loss is not None
+        self._log_graph(0, self.graph_loss, saved.total)
+        self.last_epoch_loss = self.best = loss
+        lr = b.optimizer.param_groups[0]["lr"]
+        self.rec.add(0, self.keys, _log_row(loss, self.params), {"lr": lr})
+        self.result.grad_fns = grad_fns(b.loss_fn, b.params, self.graph_loss)
+        _log_histograms(self.logger, 0, b, self.tensor_params)  # the elements, not the norm
+
+    def _epoch(self) -> bool:
+        """The updates of one epoch from `position` on; False when it stopped part-way."""
+        t, batches, step_fn = self.t, self.batches, self.b.optimizer.step
+        every, graph_every, last = t.log_every_n_steps, self.graph_every, self.total_steps - 1
+        accumulate, unchecked = t.accumulate, self.unchecked
+        for i in range(self.position, len(batches), accumulate):
+            group = self.group = batches[i : i + accumulate]
+            step = self.step
+            log_now = step % every == 0 or step == last
+            before = insight.snapshot(self.params) if log_now else None  # for ratio/<name>
+            # the first two updates: did micro-batches add up, was the last update zeroed?
+            expected = gradcheck.accumulated_grads(self.b, group) if step < 2 else None
+            if step % graph_every == 0:
+                self.want_graph = True
+                with saved_bytes() as saved:
+                    loss = step_fn(self.update)
+                assert self.graph_loss is not None
+                self._log_graph(step, self.graph_loss, saved.total)
+                self.want_graph, self.graph_loss = False, None
+            else:
+                loss = step_fn(self.update)
+            unchecked.append((step, loss))  # divergence is looked for at log steps
+            if group[0] is None:  # full batch: the epoch's loss is this one (0 + loss * 1)
+                self.epoch_sum = loss
+            else:
+                self.epoch_sum = self.epoch_sum + loss * (sum(len(g) for g in group) / self.n)
+            if expected is not None:
+                check = gradcheck.accumulate_error(self.b, expected)
+                self.logger.scalars(step, {"grad/accumulate_check": check})
+            if log_now:
+                self._log(step, loss, before)
+            elif len(unchecked) >= 1024:  # bounded memory between distant log steps
+                self._fold_unchecked()
+            self.step = step + 1
+            self.position = i + accumulate
+            self.bar.update(1)
+            if self.result.status != "completed" or self.signals["stop"]:
+                return False
+            if self._checkpoint_due() and self.position < len(batches):
+                self.checkpoint()  # at an epoch's end: after its bookkeeping, below
+        return True
+
+    def _end_epoch(self) -> None:
+        b, result = self.b, self.result
+        self.epoch += 1
+        self.pictures.epoch(self.epoch, self.step - 1)
+        self.last_epoch_loss = self.epoch_sum
+        self.epoch_losses.append(self.epoch_sum)  # folded into best at log steps
+        b.scheduler.step()
+        if self.data is not None and self.data.x_val is not None:
+            self.val_loss = _validate(b)
+            self.rec.add(self.step - 1, ("loss/val",), self.val_loss.reshape(1), {})
+        self.position = 0
+        watched = self.epoch_sum if self.val_loss is None else self.val_loss  # loss/val if split
+        if self.stopper is not None and self.stopper.stop(watched):
+            result.early_stopped_epoch = self.epoch
+        if self._checkpoint_due():
+            self.checkpoint()
+
+    def _closure(self) -> torch.Tensor:
+        """Zero the gradients, then forward and backward over the current batch group."""
+        b, data, group = self.b, self.data, self.group
+        b.optimizer.zero_grad()
+        total: torch.Tensor | None = None
+        for idx in group:
+            if data is None:
+                loss = b.loss_fn()
+            else:
+                x, y = (data.x, data.y) if idx is None else (data.x[idx], data.y[idx])
+                loss = b.loss_fn(b.forward(x), y)
+            if self.want_graph:
+                self.graph_loss = loss
+            # dividing only when accumulating keeps the post's graph (no DivBackward0)
+            (loss if len(group) == 1 else loss / len(group)).backward()
+            total = loss.detach() if total is None else total + loss.detach()
+        assert total is not None
+        # one micro-batch: its loss as it is, no extra ops on every step
+        return total if len(group) == 1 else total / len(group)
+
+    def _log(self, step: int, loss: torch.Tensor, before: list[torch.Tensor] | None) -> None:
+        """A log step: the row of values, the views, histograms, and the divergence check."""
+        b, rec, result = self.b, self.rec, self.result
+        rec.add(
+            step, self.keys, _log_row(loss, self.params), {"lr": b.optimizer.param_groups[0]["lr"]}
+        )
+        rec.add(step, self.view_keys, insight.row(b, before), {})
+        rec.flush_due()
+        self.pictures.record()
+        if self.hist_every and step % self.hist_every == 0:
+            _log_histograms(self.logger, step, b, self.tensor_params)
+        # note: the one host sync between log steps: act on divergence now
+        self._fold_unchecked(sync=True)
+        if self.first_bad.item() >= 0:
+            result.status = "diverged"
+            result.diverged_step = int(self.first_bad.item())
+        if rec.latest and not self.bar.disable:
+            self.bar.set_postfix(loss=f"{rec.latest['loss/train']:.4g}", refresh=False)
+
+    def _log_graph(self, step: int, loss: torch.Tensor, saved: int) -> None:
+        stats = graph_stats(loss) | {"graph/saved_bytes": float(saved)}
+        self.logger.scalars(step, stats)
+        result = self.result
+        if not result.graph:
+            result.graph = {
+                "tree": graph_tree(loss, self.b.params),
+                "chain": graph_chain(loss, self.b.params),
+                "dot": graph_dot(loss, self.b.params),
+            }
+            text = result.graph["chain"] + "\n\n" + result.graph["tree"]
+            self.logger.text(step, "graph/tree", text)
+
+    def _fold_unchecked(self, sync: bool = False) -> None:
         """Fold the step and epoch losses kept since the last fold into first_bad and best:
         a few ops per log step instead of a few ops on every step. With `sync` (log steps,
         which sync anyway), all-finite losses, the usual case, are found out on the host."""
-        nonlocal first_bad, best
+        unchecked, epoch_losses = self.unchecked, self.epoch_losses
         if unchecked:
             losses = torch.stack([loss for _, loss in unchecked])
             if not sync or not bool(torch.isfinite(losses).all()):
                 bad = ~torch.isfinite(losses)
                 first = unchecked[0][0] + bad.to(torch.uint8).argmax()  # the first True
-                first_bad = torch.where((first_bad < 0) & bad.any(), first, first_bad)
+                found = (self.first_bad < 0) & bad.any()
+                self.first_bad = torch.where(found, first, self.first_bad)
             unchecked.clear()
         if len(epoch_losses) == 1:
-            best = torch.fmin(best, epoch_losses[0])
+            self.best = torch.fmin(self.best, epoch_losses[0])
         elif epoch_losses:  # as fmin one epoch at a time: NaN never wins, +-inf kept
             losses = torch.stack(epoch_losses).nan_to_num(math.inf, math.inf, -math.inf)
-            best = torch.fmin(best, losses.min())
+            self.best = torch.fmin(self.best, losses.min())
         epoch_losses.clear()
 
-    def checkpoint() -> None:
+    def _checkpoint_due(self) -> bool:
+        return self.checkpoint_every is not None and self.step % self.checkpoint_every == 0
+
+    def checkpoint(self) -> None:
         """Save the loop's state (all of it, so a resumed run is bit-identical) with the
         logs up to here flushed; a diverged state is never saved over the last good one."""
-        fold_unchecked()
-        if save is None or saved_at == [(step, position)] or first_bad.item() >= 0:
+        self._fold_unchecked()
+        here = (self.step, self.position)
+        if self.save is None or self.saved_at == here or self.first_bad.item() >= 0:
             return
-        rec.flush()
-        logger.flush()
-        perm = None if batches[0] is None else torch.cat(batches)
-        save(
+        self.rec.flush()
+        self.logger.flush()
+        perm = None if self.batches[0] is None else torch.cat(self.batches)
+        stopper = self.stopper
+        self.save(
             {
-                "step": step,
-                "epoch": epoch,
-                "position": position,
+                "step": self.step,
+                "epoch": self.epoch,
+                "position": self.position,
                 "perm": perm,
-                "epoch_sum": epoch_sum,
-                "best": best,
-                "last_epoch_loss": last_epoch_loss,
-                "first_bad": first_bad,
-                "val_loss": val_loss,
+                "epoch_sum": self.epoch_sum,
+                "best": self.best,
+                "last_epoch_loss": self.last_epoch_loss,
+                "first_bad": self.first_bad,
+                "val_loss": self.val_loss,
                 "early_stop": None if stopper is None else (stopper.best, stopper.waited),
             }
         )
-        saved_at[:] = [(step, position)]
+        self.saved_at = here
 
-    def due() -> bool:
-        return save is not None and step % (t.checkpoint_every or 1) == 0
-
-    def closure_for(group: list[torch.Tensor | None]) -> Any:
-        def closure() -> torch.Tensor:
-            b.optimizer.zero_grad()
-            total: torch.Tensor | None = None
-            for idx in group:
-                if data is None:
-                    loss = b.loss_fn()
-                else:
-                    x, y = (data.x, data.y) if idx is None else (data.x[idx], data.y[idx])
-                    loss = b.loss_fn(b.forward(x), y)
-                if want_graph:
-                    graph_loss[:] = [loss]
-                # dividing only when accumulating keeps the post's graph (no DivBackward0)
-                (loss if len(group) == 1 else loss / len(group)).backward()
-                total = loss.detach() if total is None else total + loss.detach()
-            assert total is not None
-            # one micro-batch: its loss as it is, no extra ops on every step
-            return total if len(group) == 1 else total / len(group)
-
-        return closure
-
-    def log_graph(step: int, loss: torch.Tensor, saved: int) -> None:
-        stats = graph_stats(loss) | {"graph/saved_bytes": float(saved)}
-        logger.scalars(step, stats)
-        if not result.graph:
-            result.graph = {
-                "tree": graph_tree(loss, b.params),
-                "chain": graph_chain(loss, b.params),
-                "dot": graph_dot(loss, b.params),
-            }
-            logger.text(step, "graph/tree", result.graph["chain"] + "\n\n" + result.graph["tree"])
-
-    from tqdm.auto import tqdm
-
-    epoch = 0
-    if start is not None:  # continue a checkpoint: the epoch it was taken in, then on
-        step, epoch, position = start["step"], start["epoch"], start["position"]
-        perm, epoch_sum = start["perm"], start["epoch_sum"]
-        batches = [None] if perm is None else list(perm.split(t.batch_size))
-        best, last_epoch_loss = start["best"], start["last_epoch_loss"]
-        first_bad, val_loss = start["first_bad"], start["val_loss"]
-        if stopper is not None and start["early_stop"] is not None:
-            stopper.best, stopper.waited = start["early_stop"]
-    bar = tqdm(
-        total=total_steps, initial=step, disable=None, unit="step", dynamic_ncols=True, leave=False
-    )
-    pictures.start()  # the Custom Scalars layout, the model graph, the first picture
-    with stop_on_signals() as signals:
-        if t.epochs == 0:  # one forward and backward pass to look at, no update
-            want_graph = True
-            with saved_bytes() as saved:
-                loss = closure_for([None])()
-            log_graph(0, graph_loss[0], saved.total)
-            last_epoch_loss = best = loss
-            rec.add(0, keys, _log_row(loss, params), {"lr": b.optimizer.param_groups[0]["lr"]})
-            result.grad_fns = grad_fns(b.loss_fn, b.params, graph_loss[0])
-            _log_histograms(logger, 0, b, tensor_params)  # the elements, not only the norm
-        while epoch < t.epochs and result.status == "completed":
-            if position == 0:  # a new epoch (a resumed one goes on with its own order)
-                batches = _batches(n, t.batch_size, device)
-                epoch_sum = zero  # never changed in place: sums make new tensors
-            for i in range(position, len(batches), t.accumulate):
-                group = batches[i : i + t.accumulate]
-                want_graph = step == 0 or step % graph_every == 0
-                log_now = step % t.log_every_n_steps == 0 or step == total_steps - 1
-                before = insight.snapshot(params) if log_now else None  # for ratio/<name>
-                # the first two updates: did micro-batches add up, was the last update zeroed?
-                expected = gradcheck.accumulated_grads(b, group) if step < 2 else None
-                with saved_bytes() if want_graph else nullcontext() as saved:
-                    closure = closure_for(group)
-                    if t.grad_clip is None:
-                        loss = b.optimizer.step(closure)
-                    else:
-                        loss = b.optimizer.step(_clipped(closure, params, t.grad_clip))
-                unchecked.append((step, loss))  # divergence is looked for at log steps
-                if len(unchecked) >= 1024 or len(epoch_losses) >= 1024:  # bounded memory
-                    fold_unchecked()
-                if group[0] is None:  # full batch: the epoch's loss is this one (0 + loss * 1)
-                    epoch_sum = loss
-                else:
-                    epoch_sum = epoch_sum + loss * (sum(len(g) for g in group) / n)
-                if want_graph:
-                    log_graph(step, graph_loss[0], saved.total)
-                    graph_loss.clear()
-                if expected is not None:
-                    check = gradcheck.accumulate_error(b, expected)
-                    logger.scalars(step, {"grad/accumulate_check": check})
-                if log_now:
-                    lr = b.optimizer.param_groups[0]["lr"]
-                    rec.add(step, keys, _log_row(loss, params), {"lr": lr})
-                    rec.add(step, view_keys, insight.row(b, before), {})
-                    rec.flush_due()
-                    pictures.record()
-                    if hist_every and step % hist_every == 0:
-                        _log_histograms(logger, step, b, tensor_params)
-                    # note: the one host sync between log steps: act on divergence now
-                    fold_unchecked(sync=True)
-                    if first_bad.item() >= 0:
-                        result.status = "diverged"
-                        result.diverged_step = int(first_bad.item())
-                    if rec.latest:
-                        bar.set_postfix(loss=f"{rec.latest['loss/train']:.4g}", refresh=False)
-                step += 1
-                position = i + t.accumulate
-                bar.update(1)
-                if result.status != "completed" or signals["stop"]:
-                    break
-                if due() and position < len(batches):  # at an epoch's end: after its bookkeeping
-                    checkpoint()
-            else:
-                epoch += 1
-                pictures.epoch(epoch, step - 1)
-                last_epoch_loss = epoch_sum
-                epoch_losses.append(epoch_sum)  # folded into best at log steps
-                b.scheduler.step()
-                if data is not None and data.x_val is not None:
-                    val_loss = _validate(b)
-                    rec.add(step - 1, ("loss/val",), val_loss.reshape(1), {})
-                position = 0
-                watched = epoch_sum if val_loss is None else val_loss  # loss/val when split
-                if stopper is not None and stopper.stop(watched):
-                    result.early_stopped_epoch = epoch
-                if due():
-                    checkpoint()
-                if result.early_stopped_epoch is not None:
-                    break
-            if signals["stop"] and result.status == "completed":
-                result.status, result.signal = "interrupted", signals["signal"]
+    def _outcome(self) -> Result:
+        """The run's numbers, moved to the host once, at the end."""
+        result = self.result
+        result.steps, result.epochs = self.step, self.epoch
         if result.status != "diverged":
-            checkpoint()  # the end (or the interruption) of the run: resume goes on from here
-    bar.close()
-    pictures.finish(max(step - 1, 0))
-    rec.flush()
-    result.steps, result.epochs = step, epoch
-    if result.status != "diverged":
-        final = last_epoch_loss.item()
-        result.final_loss = final if math.isfinite(final) else None
-    fold_unchecked()
-    best_value = best.item()
-    result.best_loss = best_value if math.isfinite(best_value) else None
-    if val_loss is not None:
-        v = val_loss.item()
-        result.val_loss = v if math.isfinite(v) else None
-    result.grads = {
-        name: p.grad.detach().cpu().tolist() for name, p in b.params.items() if p.grad is not None
-    }
-    return result
+            final = self.last_epoch_loss.item()
+            result.final_loss = final if math.isfinite(final) else None
+        self._fold_unchecked()
+        best = self.best.item()
+        result.best_loss = best if math.isfinite(best) else None
+        if self.val_loss is not None:
+            v = self.val_loss.item()
+            result.val_loss = v if math.isfinite(v) else None
+        result.grads = {
+            name: p.grad.detach().cpu().tolist()
+            for name, p in self.b.params.items()
+            if p.grad is not None
+        }
+        return result
 
 
 def _log_histograms(logger: Logger, step: int, b: Built, names: list[str]) -> None:
@@ -391,7 +465,9 @@ def _one_number_each(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     return [t.reshape(()) if t.numel() == 1 else n for t, n in zip(tensors, norms, strict=True)]
 
 
-def _clipped(closure: Any, params: list[torch.Tensor], max_norm: float) -> Any:
+def _clipped(closure: Callable[[], torch.Tensor], loop: Loop) -> Callable[[], torch.Tensor]:
+    params, max_norm = loop.params, loop.t.grad_clip
+
     def clipped() -> torch.Tensor:
         loss = closure()
         torch.nn.utils.clip_grad_norm_(params, max_norm)
