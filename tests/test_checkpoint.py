@@ -21,7 +21,7 @@ from conftest import compose_config, read_metrics, scalars
 
 from runner.checkpoint import LAST
 from runner.config import ConfigError
-from runner.loggers import Null
+from runner.loggers import Null, TensorBoard
 from runner.run import run
 
 ARGS = (
@@ -97,6 +97,30 @@ def test_resume_auto_continues_its_own_run_directory(tmp_path, reference):
     assert metrics["resumed_from"]["step"] == 200 and metrics["steps"] == 400
     assert metrics["params"] == reference[0]["params"]  # bit for bit
     assert metrics["final_loss"] == reference[0]["final_loss"]
+
+
+class Crashing(TensorBoard):
+    """TensorBoard logging that fails at step 285, after step 280 (checkpointed at 280) is
+    on disk: what a run that dies between a checkpoint and the next one leaves behind."""
+
+    def scalars(self, step: int, values: Any) -> None:
+        if step >= 283:
+            raise RuntimeError("the machine went down")
+        super().scalars(step, values)
+
+
+def test_a_resumed_run_shows_each_step_once_in_tensorboard(tmp_path):
+    run_dir = tmp_path / "run"
+    every_5 = (EVERY, "trainer.log_every_n_steps=5")
+    with pytest.raises(RuntimeError, match="went down"):
+        run_in(run_dir, *every_5, f"logger._target_={__name__}.Crashing")
+    at = torch.load(run_dir / LAST, weights_only=True)["loop"]["step"]
+    assert at == 280 and 280 in dict(scalars(run_dir, "graph/nodes"))  # logged after it
+    metrics = run_in(run_dir, *every_5, "trainer.resume=auto")
+    assert metrics["resumed_from"]["step"] == at and metrics["steps"] == 400
+    every_log_step = list(range(0, 400, 5))
+    assert [s for s, _ in scalars(run_dir, "graph/nodes")] == every_log_step
+    assert [s for s, _ in scalars(run_dir, "loss/train")] == [*every_log_step, 399]  # + the last
 
 
 class Interrupting(Null):

@@ -214,6 +214,12 @@ def file_version(wall_time: float) -> bytes:
     return event(wall_time, 0, _string(3, "brain.Event:2"), _message(10, source))
 
 
+def restart(wall_time: float, step: int) -> bytes:
+    """SessionLog (7) START (1) at `step`: TensorBoard then drops the events at `step` and
+    after it that earlier files of the run hold, as it does for a restarted job."""
+    return event(wall_time, step, _message(7, _int(1, 1)))
+
+
 def summary(values: Iterable[bytes]) -> bytes:
     """Event.summary (5): a Summary of one or more Summary.Value messages."""
     return _message(5, b"".join(_message(1, v) for v in values))

@@ -37,6 +37,7 @@ class Logger(Protocol):
     def hparams(
         self, hparams: Mapping[str, HParam], metrics: Mapping[str, float], status: str = ...
     ) -> None: ...
+    def resumed(self, step: int) -> None: ...
     def flush(self) -> None: ...
     def close(self) -> None: ...
 
@@ -71,6 +72,9 @@ class Null:
     def hparams(
         self, hparams: Mapping[str, HParam], metrics: Mapping[str, float], status: str = "completed"
     ) -> None:
+        pass
+
+    def resumed(self, step: int) -> None:
         pass
 
     def flush(self) -> None:
@@ -108,6 +112,12 @@ class TensorBoard:
         wall = time.time()
         self._put(lambda: events.file_version(wall))
         self.flush()  # like SummaryWriter: a readable (empty) run exists from the start
+
+    def resumed(self, step: int) -> None:
+        """The run goes on from a checkpoint taken at `step`: whatever an earlier file logged
+        from `step` on (after the checkpoint, before the run stopped) is superseded."""
+        wall = time.time()
+        self._put(lambda: events.restart(wall, step))
 
     # -- what the loop logs --
 

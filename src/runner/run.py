@@ -31,6 +31,8 @@ def run(cfg: DictConfig, run_dir: Path, choices: Mapping[str, Any] | None = None
     checkpoint.claim(run_dir, source)  # never write over another run's results
     built = build(cfg, run_dir, choices)
     start = checkpoint.load(source, built) if source is not None else None
+    if start is not None:
+        built.logger.resumed(start["step"])  # TensorBoard shows each step once
     save = None
     if built.checked.trainer.checkpoint_every is not None:
         save = functools.partial(checkpoint.save, run_dir / checkpoint.LAST, built)
