@@ -24,6 +24,7 @@ BENCH = Path(__file__).resolve().parent
 # machine without matplotlib), to show what they cost.
 NO_FIGURES = (
     "import runpy, sys, runner.figures as f; f._matplotlib_available = lambda: False; "
+    "f.plotter.PLOTTER.tried = True; "  # and no plotter process, as without matplotlib
     "sys.argv = ['runner', *sys.argv[1:]]; runpy.run_module('runner', run_name='__main__')"
 )
 RUNNER_TARGET = 1.3  # the runner at most this times the plain script

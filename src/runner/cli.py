@@ -24,6 +24,7 @@ log = logging.getLogger("runner")
 def run_job(
     cfg: DictConfig, run_dir: Path, mode: RunMode | None, choices: Mapping[str, Any]
 ) -> float:
+    start_plotter(cfg)  # first: matplotlib loads on another core while torch is imported
     from .run import run  # torch is imported here, not for `--help` or `--cfg job`
 
     if mode == RunMode.MULTIRUN:
@@ -44,6 +45,16 @@ def run_job(
         sys.exit(1)
     value = metrics["objective"]
     return value if math.isfinite(value) else math.inf
+
+
+def start_plotter(cfg: DictConfig) -> None:
+    """With TensorBoard on, start the process that draws the figures (`runner.plotter`) now,
+    so that its matplotlib import and warm-up overlap this process's torch import and
+    training; it costs this process a few milliseconds, and every job of a sweep shares it."""
+    if str(cfg.logger.get("_target_", "")).endswith("loggers.TensorBoard"):
+        from .plotter import PLOTTER
+
+        PLOTTER.start()
 
 
 def sweep_job(cfg: DictConfig, run_dir: Path, choices: Mapping[str, Any]) -> float:

@@ -7,8 +7,10 @@
 - The Custom Scalars layout grouping loss, gradients and parameters, and the model graph
   (`add_graph`) where tracing works.
 
-matplotlib is imported only here and only when a figure is drawn (the `plots` extra); the
-figures use the Agg canvas directly, so no GUI backend or pyplot state is touched.
+This module is the training process's side: the curves on a grid, the loss surface and the
+path, as tensors until the end, then as numpy arrays. The drawing (matplotlib, the `plots`
+extra, on the Agg canvas without pyplot) is `runner.plotter`'s, in a worker process that
+`python -m runner` starts with the run, or in this process when none runs.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import models
+from . import models, plotter
 from .build import Built
 from .gradcheck import Objective
 from .insight import accuracy_fn
@@ -39,8 +41,8 @@ class Figures:
     """What to draw for this run, decided once; the loop calls start, record, epoch, finish.
 
     During training only device tensors are kept (the curve on a fixed grid, the path);
-    everything is drawn in `finish`, so matplotlib's import and drawing (0.1-0.3 s a
-    figure) never interrupt the training steps and nothing syncs the device before then.
+    everything is drawn in `finish`, so the drawing never interrupts the training steps and
+    nothing syncs the device before then.
     """
 
     def __init__(self, b: Built, every_n_epochs: int | None) -> None:
@@ -75,19 +77,24 @@ class Figures:
             self._curve(step, f"epoch {epoch}")
 
     def finish(self, step: int) -> None:
+        """After the last step: the numbers to the plotter process, the pictures it draws to
+        the logger (drawn here if it is not running; see `runner.plotter`)."""
         self._curve(step, "end")
         self.record()
         try:
             if self.grid is not None:
-                curves = [(when, curve.float().cpu()) for _, when, curve in self.curves]
-                pictures = fit_images(self.b, self.grid.float().cpu(), curves)
+                arrays = fit_arrays(self.b, self.grid, [curve for _, _, curve in self.curves])
+                whens = [when for _, when, _ in self.curves]
+                pictures = plotter.PLOTTER.draw("fit", arrays, whens=whens)
                 for (at, _, _), pixels in zip(self.curves, pictures, strict=True):
                     self.b.logger.image(at, "figure/fit", pixels)
             if self.landscape:
                 path = torch.stack(self.path).double().cpu()  # note: the one move to the host
                 if bool(torch.isfinite(path).all()):
-                    figure = landscape_figure(self.b, path)
-                    self.b.logger.figure(step, "figure/landscape", figure)
+                    arrays = landscape_arrays(self.b, path)
+                    names = list(self.b.params)
+                    (pixels,) = plotter.PLOTTER.draw("landscape", arrays, names=names)
+                    self.b.logger.image(step, "figure/landscape", pixels)
         except Exception as e:  # a picture is never worth a failed run
             log.warning(f"figures skipped: drawing them failed ({type(e).__name__}: {e})")
 
@@ -155,17 +162,6 @@ def add_model_graph(b: Built) -> None:
         log.debug(f"no model graph for TensorBoard (tracing failed: {e})")
 
 
-def _new_figure(width: float = 6.0, height: float = 4.0) -> Any:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    # fixed margins: tight_layout would measure every label (~0.2 s a figure)
-    figure = Figure(figsize=(width, height), dpi=100)
-    figure.subplots_adjust(left=0.12, right=0.95, bottom=0.12, top=0.92)
-    FigureCanvasAgg(figure)  # draws without pyplot or a GUI backend
-    return figure
-
-
 def _sample(n: int) -> torch.Tensor | None:
     if n <= MAX_SCATTER:
         return None
@@ -181,95 +177,39 @@ def curve_grid(b: Built) -> torch.Tensor:
     return torch.linspace(low, high, CURVE_POINTS, dtype=b.data.x.dtype, device=b.data.x.device)
 
 
-def fit_images(
-    b: Built, grid: torch.Tensor, curves: list[tuple[str, torch.Tensor]]
-) -> list[np.ndarray]:
-    """The data as dots and each snapshot's curve, one RGB picture per snapshot.
-
-    All pictures share one figure and the same axes limits (so flipping through them in
-    TensorBoard shows only the curve move): the data and axes are drawn once, and each
-    curve, title and legend are then blitted onto a copy of that background, which costs
-    milliseconds where a full draw costs ~0.1 s.
-    """
+def fit_arrays(
+    b: Built, grid: torch.Tensor, curves: list[torch.Tensor]
+) -> dict[str, np.ndarray | None]:
+    """What `plotter.fit_images` draws, on the host: the data (a sample when it is large),
+    the grid and one curve per snapshot."""
     assert b.data is not None
     data = b.data
-    figure = _new_figure()
-    canvas = figure.canvas
-    ax = figure.add_subplot()
-    ys = []
-    for x, y, label, colour in (
-        (data.x, data.y, "train", "tab:blue"),
-        (data.x_val, data.y_val, "validation", "tab:orange"),
-    ):
+    arrays = {"grid": _host(grid), "curves": _host(torch.stack(curves))}
+    for suffix, x, y in (("", data.x, data.y), ("_val", data.x_val, data.y_val)):
         if x is None or y is None:
             continue
         keep = _sample(x.shape[0])
         x, y = (x, y) if keep is None else (x[keep.to(x.device)], y[keep.to(y.device)])
-        ys.append(y.float().cpu())
-        # plot's markers draw several times faster than scatter's
-        ax.plot(x.float().cpu(), ys[-1], ".", ms=4, alpha=0.6, color=colour, label=label)
-    (line,) = ax.plot(grid, curves[0][1], color="black", linewidth=2, label="model")
-    ax.set_ylim(*_limits(torch.cat(ys), [c for _, c in curves]))
-    ax.set_xlabel("x")
-    ax.set_ylabel("y")
-    title = ax.set_title("data and fitted curve")
-    legend = ax.legend(loc="upper left")  # "best" would test every data point for overlap
-    for artist in (line, title, legend):
-        artist.set_animated(True)  # left out of the background, drawn per snapshot
-    canvas.draw()
-    background = canvas.copy_from_bbox(figure.bbox)
-    pictures = []
-    for when, curve in curves:
-        canvas.restore_region(background)
-        line.set_ydata(curve)
-        title.set_text(f"data and fitted curve ({when})")
-        for artist in (line, title, legend):
-            ax.draw_artist(artist)
-        pictures.append(np.asarray(canvas.buffer_rgba())[:, :, :3].copy())
-    return pictures
+        arrays["x" + suffix], arrays["y" + suffix] = _host(x), _host(y)
+    return arrays
 
 
-def _limits(data_y: torch.Tensor, curves: list[torch.Tensor]) -> tuple[float, float]:
-    """y limits that show the data and the curves, but never let a wild curve (an untrained
-    model far off) squash the data into a line."""
-    low, high = float(data_y.min()), float(data_y.max())
-    span = max(high - low, 1e-6)
-    finite = [c[torch.isfinite(c)] for c in curves]
-    c_low = min((float(c.min()) for c in finite if c.numel()), default=low)
-    c_high = max((float(c.max()) for c in finite if c.numel()), default=high)
-    low, high = max(min(low, c_low), low - span), min(max(high, c_high), high + span)
-    margin = 0.05 * (high - low)
-    return low - margin, high + margin
+def _host(values: torch.Tensor) -> np.ndarray:
+    return values.detach().float().cpu().numpy()
 
 
 @torch.no_grad()
-def landscape_figure(b: Built, path: torch.Tensor) -> Any:
-    """Contours of the loss over a grid around the path (full data), the path on top."""
-    names = list(b.params)
+def landscape_arrays(b: Built, path: torch.Tensor) -> dict[str, np.ndarray | None]:
+    """What `plotter.landscape_image` draws: the loss (full data) over a grid around the
+    path, and the path."""
     lows, highs = path.min(0).values, path.max(0).values
     span = highs - lows
     pad = torch.maximum(0.25 * span, 0.05 * path.abs().max(0).values).clamp_min(0.5)
     axes = [torch.linspace(float(lows[i] - pad[i]), float(highs[i] + pad[i]), GRID) for i in (0, 1)]
     a, c = torch.meshgrid(*axes, indexing="xy")
-    surface = loss_surface(b, a.reshape(-1), c.reshape(-1)).reshape(a.shape).double()
-    finite = surface[torch.isfinite(surface)]
-    figure = _new_figure(6.0, 5.0)
-    ax = figure.add_subplot()
-    if finite.numel() and float(finite.min()) > 0:  # a log scale shows the valley's floor
-        shown, label = surface.clamp_min(float(finite.min())).log10(), "log10 loss"
-    else:
-        shown, label = surface, "loss"
-    filled = ax.contourf(a.numpy(), c.numpy(), shown.numpy(), levels=30, cmap="viridis")
-    figure.colorbar(filled, ax=ax, label=label)
-    p = path.numpy()
-    ax.plot(p[:, 0], p[:, 1], color="white", linewidth=1.5, marker=".", markersize=3)
-    ax.plot(*p[0], marker="o", color="white", markeredgecolor="black", label="start")
-    ax.plot(*p[-1], marker="*", markersize=12, color="red", markeredgecolor="black", label="end")
-    ax.set_xlabel(names[0])
-    ax.set_ylabel(names[1])
-    ax.set_title("loss landscape and the optimizer's path")
-    ax.legend(loc="upper right")
-    return figure
+    surface = loss_surface(b, a.reshape(-1), c.reshape(-1)).reshape(a.shape)
+    first, second = (axis.double().numpy() for axis in axes)
+    return {"first": first, "second": second, "surface": surface.numpy(), "path": path.numpy()}
 
 
 @torch.no_grad()

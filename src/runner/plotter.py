@@ -1,0 +1,304 @@
+"""The figures' drawing, in a worker process that starts with the run.
+
+Importing matplotlib and drawing a run's figures take about a second of one CPU core. When
+`python -m runner` runs with TensorBoard on, `runner.cli.run_job` starts this worker first
+thing, before torch is imported, so matplotlib's import and a warm-up drawing happen on
+another core while the training process imports torch and trains; at the end
+`Figures.finish` sends the numbers and gets pictures back. Runs started another way
+(`runner.run.run` called in a process, as the tests do) draw in their own process.
+
+The drawing functions take numpy arrays, numbers and strings only; the worker and the
+training process call the same ones, so a picture is the same pixels wherever it was drawn.
+If the worker cannot start, dies or answers with an error, the picture is drawn in the
+training process instead: a picture is never worth a failed run.
+
+Messages are a length-prefixed JSON header and raw array bytes: nothing is unpickled. The
+worker imports matplotlib and numpy, never torch, and ends when its stdin closes: the
+training process closes it at exit, or the kernel does when that process dies.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import importlib.util
+import json
+import logging
+import math
+import os
+import signal
+import struct
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+COMMAND = [sys.executable, "-m", "runner.plotter"]
+SRC = str(Path(__file__).resolve().parents[1])  # the worker imports this same runner
+TIMEOUT_S = 60.0  # a worker slower than this is stuck: killed, and the picture drawn here
+SAFE_KINDS = "biuf"  # the array dtypes a message may hold: bool, integers, floats
+
+
+# -- drawing: numpy in, RGB pixels (height, width, 3) uint8 out --
+
+
+def fit_images(
+    x: np.ndarray,
+    y: np.ndarray,
+    grid: np.ndarray,
+    curves: np.ndarray,
+    whens: list[str],
+    x_val: np.ndarray | None = None,
+    y_val: np.ndarray | None = None,
+) -> list[np.ndarray]:
+    """The data as dots and each snapshot's curve (a row of `curves`, titled by `whens`).
+
+    All pictures share one figure and the same axes limits (so flipping through them in
+    TensorBoard shows only the curve move): the data and axes are drawn once, and each
+    curve, title and legend are then blitted onto a copy of that background, which costs
+    milliseconds where a full draw costs ~0.1 s.
+    """
+    figure = _new_figure()
+    canvas = figure.canvas
+    ax = figure.add_subplot()
+    for xs, ys, label, colour in (
+        (x, y, "train", "tab:blue"),
+        (x_val, y_val, "validation", "tab:orange"),
+    ):
+        if xs is not None and ys is not None:
+            # plot's markers draw several times faster than scatter's
+            ax.plot(xs, ys, ".", ms=4, alpha=0.6, color=colour, label=label)
+    (line,) = ax.plot(grid, curves[0], color="black", linewidth=2, label="model")
+    data_y = y if y_val is None else np.concatenate([y, y_val])
+    ax.set_ylim(*_limits(data_y, curves))
+    ax.set_xlabel("x")
+    ax.set_ylabel("y")
+    title = ax.set_title("data and fitted curve")
+    legend = ax.legend(loc="upper left")  # "best" would test every data point for overlap
+    for artist in (line, title, legend):
+        artist.set_animated(True)  # left out of the background, drawn per snapshot
+    canvas.draw()
+    background = canvas.copy_from_bbox(figure.bbox)
+    pictures = []
+    for when, curve in zip(whens, curves, strict=True):
+        canvas.restore_region(background)
+        line.set_ydata(curve)
+        title.set_text(f"data and fitted curve ({when})")
+        for artist in (line, title, legend):
+            ax.draw_artist(artist)
+        pictures.append(_pixels(canvas))
+    return pictures
+
+
+def _limits(data_y: np.ndarray, curves: np.ndarray) -> tuple[float, float]:
+    """y limits that show the data and the curves, but never let a wild curve (an untrained
+    model far off) squash the data into a line."""
+    low, high = float(data_y.min()), float(data_y.max())
+    span = max(high - low, 1e-6)
+    finite = curves[np.isfinite(curves)]
+    c_low, c_high = (float(finite.min()), float(finite.max())) if finite.size else (low, high)
+    low, high = max(min(low, c_low), low - span), min(max(high, c_high), high + span)
+    margin = 0.05 * (high - low)
+    return low - margin, high + margin
+
+
+def landscape_image(
+    first: np.ndarray, second: np.ndarray, surface: np.ndarray, path: np.ndarray, names: list[str]
+) -> np.ndarray:
+    """Contours of the loss (`surface[i, j]` at `first[j], second[i]`) with the optimizer's
+    path (one row per logged step) on top."""
+    finite = surface[np.isfinite(surface)]
+    figure = _new_figure(6.0, 5.0)
+    ax = figure.add_subplot()
+    if finite.size and float(finite.min()) > 0:  # a log scale shows the valley's floor
+        shown, label = np.log10(np.maximum(surface, finite.min())), "log10 loss"
+    else:
+        shown, label = surface, "loss"
+    filled = ax.contourf(first, second, shown, levels=30, cmap="viridis")
+    figure.colorbar(filled, ax=ax, label=label)
+    ax.plot(path[:, 0], path[:, 1], color="white", linewidth=1.5, marker=".", markersize=3)
+    ax.plot(*path[0], marker="o", color="white", markeredgecolor="black", label="start")
+    ax.plot(*path[-1], marker="*", markersize=12, color="red", markeredgecolor="black", label="end")
+    ax.set_xlabel(names[0])
+    ax.set_ylabel(names[1])
+    ax.set_title("loss landscape and the optimizer's path")
+    ax.legend(loc="upper right")
+    figure.canvas.draw()
+    return _pixels(figure.canvas)
+
+
+DRAW: dict[str, Callable[..., list[np.ndarray]]] = {
+    "fit": fit_images,
+    "landscape": lambda **request: [landscape_image(**request)],
+}
+
+
+def _new_figure(width: float = 6.0, height: float = 4.0) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    # fixed margins: tight_layout would measure every label (~0.2 s a figure)
+    figure = Figure(figsize=(width, height), dpi=100)
+    figure.subplots_adjust(left=0.12, right=0.95, bottom=0.12, top=0.92)
+    FigureCanvasAgg(figure)  # draws without pyplot or a GUI backend
+    return figure
+
+
+def _pixels(canvas: Any) -> np.ndarray:
+    return np.asarray(canvas.buffer_rgba())[:, :, :3].copy()
+
+
+# -- messages: an 8-byte length, a JSON header naming each array's dtype and shape, the bytes --
+
+
+def send(stream: IO[bytes], header: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+    arrays = {name: np.ascontiguousarray(a) for name, a in arrays.items()}
+    listed = [[name, a.dtype.str, list(a.shape)] for name, a in arrays.items()]
+    head = json.dumps(header | {"arrays": listed}).encode()
+    stream.write(struct.pack("<Q", len(head)) + head)
+    for a in arrays.values():
+        stream.write(a.tobytes())
+    stream.flush()
+
+
+def receive(stream: IO[bytes]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    (size,) = struct.unpack("<Q", _read(stream, 8))
+    header = json.loads(_read(stream, size))
+    arrays = {}
+    for name, dtype_str, shape in header.pop("arrays"):
+        dtype = np.dtype(dtype_str)
+        if dtype.kind not in SAFE_KINDS:  # numbers only: an object array would need pickle
+            raise ValueError(f"refused array {name!r} of dtype {dtype_str!r}")
+        count = math.prod(shape)
+        arrays[name] = np.frombuffer(_read(stream, count * dtype.itemsize), dtype).reshape(shape)
+    return header, arrays
+
+
+def _read(stream: IO[bytes], size: int) -> bytes:
+    data = stream.read(size)
+    if len(data) != size:
+        raise EOFError("the other process closed the pipe")
+    return data
+
+
+# -- the training process's side --
+
+
+class Plotter:
+    """The worker as the training process sees it: started at most once, then asked for
+    pictures; whatever goes wrong with it, `draw` draws them here instead."""
+
+    def __init__(self) -> None:
+        self.process: subprocess.Popen[bytes] | None = None
+        self.tried = False
+
+    def start(self) -> None:
+        """Start the worker and return at once (a few milliseconds): it loads matplotlib
+        while this process goes on. Without matplotlib there are no figures to draw."""
+        if self.tried or importlib.util.find_spec("matplotlib") is None:
+            return
+        self.tried = True
+        path = os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p)
+        try:
+            self.process = subprocess.Popen(
+                COMMAND,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                env=os.environ | {"PYTHONPATH": path},
+            )
+        except OSError as e:
+            log.warning(f"figures are drawn in this process: the plotter did not start ({e})")
+
+    def draw(
+        self, kind: str, arrays: dict[str, np.ndarray | None], **options: Any
+    ) -> list[np.ndarray]:
+        """The pictures of one request (`DRAW[kind]`), from the worker when one runs."""
+        given = {name: np.ascontiguousarray(a) for name, a in arrays.items() if a is not None}
+        if self.process is not None:
+            try:
+                return self._ask(self.process, kind, given, options)
+            except BaseException as e:
+                self.close()  # the pipes may be out of step (an answer half read): never reuse
+                if not isinstance(e, Exception):  # Ctrl-C stops the drawing too
+                    raise
+                error = f"{type(e).__name__}: {e}"
+                log.warning(f"figures are drawn in this process: the plotter failed ({error})")
+        return DRAW[kind](**given, **options)
+
+    def _ask(
+        self,
+        process: subprocess.Popen[bytes],
+        kind: str,
+        arrays: dict[str, np.ndarray],
+        options: dict[str, Any],
+    ) -> list[np.ndarray]:
+        assert process.stdin is not None and process.stdout is not None
+        timer = threading.Timer(TIMEOUT_S, process.kill)  # then the read below ends
+        timer.start()
+        try:
+            send(process.stdin, {"kind": kind, "options": options}, arrays)
+            answer, pictures = receive(process.stdout)
+        finally:
+            timer.cancel()
+        if "error" in answer:
+            raise RuntimeError(answer["error"])
+        return [pictures[str(i)] for i in range(len(pictures))]
+
+    def close(self) -> None:
+        """End the worker: it exits when its stdin closes; one that does not is killed."""
+        process, self.process = self.process, None
+        if process is None:
+            return
+        for pipe in (process.stdin, process.stdout):
+            if pipe is not None:
+                with contextlib.suppress(OSError):  # a dead worker's pipe may be broken
+                    pipe.close()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+PLOTTER = Plotter()  # one worker per process, shared by every run of a sweep
+atexit.register(PLOTTER.close)
+
+
+# -- the worker's side: `python -m runner.plotter` --
+
+
+def serve() -> None:
+    """Warm up, then answer requests until stdin closes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the run's; this ends with stdin
+    answers = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # a stray print goes to stderr, never into an answer
+    warm_up()
+    with contextlib.suppress(EOFError, BrokenPipeError):  # the training process is gone
+        while True:
+            request, arrays = receive(sys.stdin.buffer)
+            try:
+                pictures = DRAW[request["kind"]](**arrays, **request["options"])
+                answer: dict[str, Any] = {}
+            except Exception as e:
+                pictures, answer = [], {"error": f"{type(e).__name__}: {e}"}
+            send(answers, answer, {str(i): p for i, p in enumerate(pictures)})
+    sys.stderr.flush()
+    os._exit(0)  # nothing to clean up: skips matplotlib's teardown, which the parent waits for
+
+
+def warm_up() -> None:
+    """Draw each kind of picture once, small, and throw it away: fonts, caches and the drawing
+    code load now, while the training process is busy, not when the pictures are wanted."""
+    xs = np.linspace(0.0, 1.0, 3)
+    fit_images(xs, xs, xs, xs[None], ["warm-up"])
+    landscape_image(xs, xs, np.add.outer(xs, xs) + 1, np.stack([xs, xs], 1), ["a", "b"])
+
+
+if __name__ == "__main__":
+    serve()

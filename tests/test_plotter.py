@@ -1,0 +1,203 @@
+"""The figures' worker process: the same pixels as drawing in process, no torch in it, a
+fallback when it is dead or missing, and no worker left behind."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from conftest import ROOT, cli, compose_config, event_accumulator
+
+from runner import cli as runner_cli
+from runner import plotter
+from runner.plotter import Plotter
+
+RNG = np.random.default_rng(0)
+X = np.linspace(0, 1, 50, dtype=np.float32)
+GRID = np.linspace(0, 1.2, 200, dtype=np.float32)
+FIT = {
+    "x": X,
+    "y": (2 * X + 1 + 0.1 * RNG.standard_normal(50)).astype(np.float32),
+    "x_val": X[:10] + 1.1,
+    "y_val": 2 * X[:10] + 3.2,
+    "grid": GRID,
+    "curves": np.stack([a * GRID + 1 for a in (0.0, 1.0, 1.9)]).astype(np.float32),
+}
+WHENS = ["start", "epoch 2", "end"]
+FIRST, SECOND = np.linspace(-0.5, 2.0, 60), np.linspace(-0.5, 2.5, 60)
+LANDSCAPE = {
+    "first": FIRST,
+    "second": SECOND,
+    "surface": np.add.outer((SECOND - 2) ** 2, (FIRST - 1) ** 2) + 0.01,
+    "path": np.stack([np.linspace(0, 1, 30), np.linspace(0, 2, 30)], 1),
+}
+FAILED = "figures are drawn in this process: the plotter"
+
+
+def worker_env() -> dict[str, str]:
+    return os.environ | {"PYTHONPATH": plotter.SRC}
+
+
+@pytest.fixture(scope="module")
+def worker() -> Iterator[Plotter]:
+    started = Plotter()
+    started.start()
+    yield started
+    started.close()
+
+
+@pytest.fixture
+def fresh(monkeypatch: pytest.MonkeyPatch) -> Iterator[Plotter]:
+    """This process's plotter replaced by a new one (not started), closed afterwards."""
+    new = Plotter()
+    monkeypatch.setattr(plotter, "PLOTTER", new)
+    yield new
+    new.close()
+
+
+def test_worker_draws_the_same_pixels_as_this_process(worker, caplog):
+    fit = worker.draw("fit", FIT, whens=WHENS)
+    (landscape,) = worker.draw("landscape", LANDSCAPE, names=["b", "w"])
+    assert worker.process is not None and worker.process.poll() is None  # no fallback
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [p.shape for p in fit] == [(400, 600, 3)] * 3 and landscape.shape == (500, 600, 3)
+    assert all(p.dtype == np.uint8 for p in [*fit, landscape])
+    here = plotter.fit_images(**FIT, whens=WHENS)
+    assert all(np.array_equal(a, b) for a, b in zip(fit, here, strict=True))
+    assert not np.array_equal(fit[0], fit[2])  # the curve moved: the pictures differ
+    assert np.array_equal(landscape, plotter.landscape_image(**LANDSCAPE, names=["b", "w"]))
+
+
+def test_worker_does_not_import_torch(tmp_path):
+    """The real worker, asked for both kinds of picture, with Python's import log on."""
+    command = [sys.executable, "-X", "importtime", "-m", "runner.plotter"]
+    with (tmp_path / "imports.txt").open("w+b") as log:  # a file: a full pipe would block it
+        process = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=worker_env()
+        )
+        for kind, arrays, options in (
+            ("fit", FIT, {"whens": WHENS}),
+            ("landscape", LANDSCAPE, {"names": ["b", "w"]}),
+        ):
+            plotter.send(process.stdin, {"kind": kind, "options": options}, arrays)
+            answer, pictures = plotter.receive(process.stdout)
+            assert answer == {} and len(pictures) == len(options.get("whens", [0]))
+        process.communicate(timeout=30)  # closes stdin: the worker ends
+        log.seek(0)
+        imported = {line.split(b"|")[-1].strip().decode() for line in log}
+    assert process.returncode == 0
+    assert "matplotlib.figure" in imported  # the log is read right
+    assert not [m for m in imported if m == "torch" or m.startswith("torch.")]
+
+
+def test_worker_exits_when_closed():
+    p = Plotter()
+    p.start()
+    process = p.process
+    assert process is not None and process.poll() is None
+    p.close()
+    assert process.returncode == 0  # ended by itself when its stdin closed, not killed
+    assert p.process is None
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads process states from /proc")
+def test_worker_exits_when_its_parent_is_killed():
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time; from runner.plotter import PLOTTER; PLOTTER.start(); "
+            "print(PLOTTER.process.pid, flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        env=worker_env(),
+    )
+    pid = int(parent.stdout.readline())
+    parent.send_signal(signal.SIGKILL)  # no atexit: only the closed pipe tells the worker
+    parent.wait()
+    deadline = time.monotonic() + 20
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive(pid)
+
+
+def alive(pid: int) -> bool:
+    """Running, not a zombie waiting for init to reap it."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+@pytest.mark.parametrize("failure", ["dead", "unstartable"])
+def test_run_draws_in_process_when_the_worker_fails(
+    failure, fresh, run_experiment, monkeypatch, caplog
+):
+    if failure == "dead":
+        fresh.start()
+        fresh.process.kill()
+        fresh.process.wait()
+    else:
+        monkeypatch.setattr(plotter, "COMMAND", [str(ROOT / "no-such-python")])
+        fresh.start()
+    with caplog.at_level(logging.WARNING, logger="runner"):
+        metrics, run_dir = run_experiment("experiment=linear_fit", "trainer.epochs=2")
+    assert metrics["status"] == "completed"
+    assert [r.message for r in caplog.records if r.message.startswith(FAILED)]
+    assert fresh.process is None  # and later runs draw here without trying again
+    acc = event_accumulator(run_dir)
+    assert [e.step for e in acc.Images("figure/fit")] == [0, 1]  # start and end
+    assert [e.step for e in acc.Images("figure/landscape")] == [1]
+
+
+def test_an_error_answer_falls_back(fresh, caplog):
+    fresh.start()
+    with pytest.raises(TypeError):  # the same error here: the request itself was wrong
+        fresh.draw("fit", FIT, whens=WHENS, colour="red")
+    (record,) = [r for r in caplog.records if r.message.startswith(FAILED)]
+    assert "TypeError" in record.message and fresh.process is None
+
+
+def test_messages_refuse_arrays_that_need_pickle():
+    head = json.dumps({"arrays": [["a", "|O", [1]]]}).encode()
+    stream = io.BytesIO(struct.pack("<Q", len(head)) + head + b"\0" * 8)
+    with pytest.raises(ValueError, match="refused array 'a'"):
+        plotter.receive(stream)
+    stream = io.BytesIO()
+    arrays = {"i": np.arange(6, dtype=np.int64).reshape(2, 3), "f": np.float32([[1.5]])}
+    plotter.send(stream, {"kind": "k"}, arrays)
+    header, back = plotter.receive(io.BytesIO(stream.getvalue()))
+    assert header == {"kind": "k"}
+    assert all(np.array_equal(back[k], v) and back[k].dtype == v.dtype for k, v in arrays.items())
+
+
+@pytest.mark.parametrize("logger, starts", [("tensorboard", True), ("none", False)])
+def test_cli_starts_the_plotter_for_tensorboard(logger, starts, monkeypatch):
+    started = []
+    monkeypatch.setattr(plotter, "PLOTTER", SimpleNamespace(start=lambda: started.append(1)))
+    runner_cli.start_plotter(compose_config("experiment=linear_fit", f"logger={logger}"))
+    assert started == ([1] if starts else [])
+
+
+@pytest.mark.slow
+def test_command_line_run_draws_with_the_worker(tmp_path):
+    run_dir = tmp_path / "run"
+    done = cli("experiment=linear_fit", "trainer.epochs=3", f"hydra.run.dir={run_dir}", cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert FAILED not in done.stderr + (run_dir / "runner.log").read_text()
+    acc = event_accumulator(run_dir)
+    assert [e.step for e in acc.Images("figure/fit")] == [0, 2]
+    assert [e.step for e in acc.Images("figure/landscape")] == [2]
