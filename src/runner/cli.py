@@ -3,6 +3,7 @@ whether the run worked, and an objective for sweepers."""
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import math
@@ -26,6 +27,12 @@ def run_job(
 ) -> float:
     start_plotter(cfg)  # first: matplotlib loads on another core while torch is imported
     from .run import run  # torch is imported here, not for `--help` or `--cfg job`
+
+    # What is alive now (torch, Hydra: ~200k objects) lives as long as the process: frozen,
+    # the garbage collector stops walking it, in the loop and at exit, where the walk took
+    # ~0.7 s of a small run's ~3 s. Once a process: a sweep's later jobs are collected as usual.
+    if gc.get_freeze_count() == 0:
+        gc.freeze()
 
     if mode == RunMode.MULTIRUN:
         return sweep_job(cfg, run_dir, choices)
