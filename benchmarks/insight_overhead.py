@@ -5,13 +5,13 @@ against the same run with logging off. Run by hand from the repo root:
     python benchmarks/insight_overhead.py              # 5 repeats of each, alternating
     python benchmarks/insight_overhead.py --repeats 9 --threads 1
 
-Each configuration runs once first to pay one-time imports (tensorboard, matplotlib),
-then the two alternate so that machine noise hits both alike. Each `run()` (build,
-train, figures, metrics.json, close) is timed twice: wall clock, and the CPU time of the
-whole process (the training thread plus the TensorBoard writer thread), which other
-programs on a busy machine barely disturb. The medians are compared; the check is on
-CPU time, the stricter of the two (work the writer thread does on another core is free
-in wall time, not in CPU time). Exits non-zero when that ratio is 1.10 or more.
+As `python -m runner` does, the plotter process is started first, so the figures are
+drawn there while the run trains, and the run waits only for the last pictures. Each
+configuration runs once first to pay one-time imports (tensorboard, matplotlib), then the
+two alternate so that machine noise hits both alike. Each `run()` (build, train, figures,
+metrics.json, close) is timed twice: wall clock, what the user waits for, and the CPU time
+of the training process (the training thread plus the TensorBoard writer thread; not the
+plotter's). The medians are compared; exits non-zero when either ratio is 1.10 or more.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from runner.__main__ import CONFIGS
+from runner.plotter import PLOTTER
 from runner.run import run
 
 LIMIT = 1.10
@@ -60,6 +61,7 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     base = [f"experiment={args.experiment}", "trainer.device=cpu", *args.overrides]
     configs = {"insight (default)": base, "logging off": [*base, *OFF]}
+    PLOTTER.start()  # as runner.cli.run_job does before torch is imported
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in configs}
     for overrides in configs.values():
         timed(overrides)  # warm-up: one-time imports
@@ -74,10 +76,10 @@ def main() -> int:
             print(f"{clock:4s} {name:18s} median {medians[name]:.3f}s  runs {shown}")
         ratios[clock] = medians["insight (default)"] / medians["logging off"]
     print(
-        f"ratio wall {ratios['wall']:.3f}, cpu {ratios['cpu']:.3f} (limit {LIMIT:.2f} on cpu) "
+        f"ratio wall {ratios['wall']:.3f}, cpu {ratios['cpu']:.3f} (limit {LIMIT:.2f}) "
         f"with {torch.get_num_threads()} torch thread(s), {args.experiment}"
     )
-    return 0 if ratios["cpu"] < LIMIT else 1
+    return 0 if max(ratios.values()) < LIMIT else 1
 
 
 if __name__ == "__main__":
