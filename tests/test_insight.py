@@ -13,7 +13,7 @@ import torch
 from conftest import ROOT, cli, compose_config, event_accumulator, read_metrics, scalars
 
 from runner import data as datasets
-from runner import figures, gradcheck
+from runner import figures, gradcheck, insight, loop
 from runner.build import build
 from runner.gradcheck import GradCheckError, check_grads, sample_elements
 from runner.run import run
@@ -144,6 +144,25 @@ def test_update_ratio_per_parameter(linear_run):
     assert w[0][1] == pytest.approx(1.0)
     assert b[0][1] == pytest.approx(1.0)
     assert 0 < w[3][1] < w[1][1] < 1  # then the updates shrink next to the parameter
+
+
+def test_numbers_worked_out_on_the_host_equal_the_device_views(tmp_path):
+    """Formula parameters log their raw numbers and the host derives the total gradient norm
+    and the update ratios; tensor parameters take the device path. Both must agree."""
+    b = build(compose_config("experiment=linear_fit", "logger=none"), tmp_path)
+    steps = loop.Loop(b, None, None)
+    assert steps.on_host
+    params = list(b.params.values())
+    for _ in range(3):
+        before = insight.snapshot(params)
+        loss = b.optimizer.step(steps._closure)
+    on_device = dict(zip(steps.keys, loop._log_row(loss, params).tolist(), strict=True))
+    on_device |= dict(zip(steps.view_keys, insight.row(b, before).tolist(), strict=True))
+    raw = loop._host_row(loss, params, before).tolist()
+    on_host = steps.rec.derive(dict(zip(steps.host_keys, raw, strict=True)))
+    assert on_host.keys() == on_device.keys()
+    assert on_host == pytest.approx(on_device, rel=1e-6)
+    assert 0 < on_host["ratio/w"] < 1 and on_host["grad/total_norm"] > 0
 
 
 def test_figures_are_images_in_the_event_file(linear_run):

@@ -44,12 +44,19 @@ def row(b: Built, before: list[torch.Tensor] | None) -> torch.Tensor:
         updates = torch._foreach_sub(params, before)
         steps, sizes = torch.stack(torch._foreach_norm([*updates, *params])).float().chunk(2)
         values = [steps / sizes.clamp_min(TINY)]
+    if accuracy_fn(b) is not None:
+        values.append(accuracy(b))
+    return torch.cat(values)
+
+
+@torch.no_grad()
+def accuracy(b: Built) -> torch.Tensor:
+    """`acc/train` (and `acc/val` with a split) for a classification loss."""
     acc = accuracy_fn(b)
-    if acc is not None:
-        assert b.data is not None and b.forward is not None
-        values.append(acc(b.forward(b.data.x), b.data.y).reshape(1))
-        if b.data.x_val is not None:
-            values.append(acc(b.forward(b.data.x_val), b.data.y_val).reshape(1))
+    assert acc is not None and b.data is not None and b.forward is not None
+    values = [acc(b.forward(b.data.x), b.data.y).reshape(1)]
+    if b.data.x_val is not None:
+        values.append(acc(b.forward(b.data.x_val), b.data.y_val).reshape(1))
     return torch.cat(values)
 
 
