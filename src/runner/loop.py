@@ -196,6 +196,8 @@ class Loop:
         self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
         self.unchecked: list[tuple[int, torch.Tensor]] = []  # (step, loss) not yet in first_bad
         self.epoch_losses: list[torch.Tensor] = []  # not yet in best
+        # one full batch a step: each step's loss is its epoch's, so best comes from those
+        self.full_batch = t.accumulate == 1 and (t.batch_size is None or t.batch_size >= self.n)
         self.best = torch.full((), math.inf, device=device)
         self.last_epoch_loss = torch.full((), math.nan, device=device)
         self.val_loss: torch.Tensor | None = None
@@ -319,7 +321,8 @@ class Loop:
         self.epoch += 1
         self.pictures.epoch(self.epoch, self.step - 1)
         self.last_epoch_loss = self.epoch_sum
-        self.epoch_losses.append(self.epoch_sum)  # folded into best at log steps
+        if not self.full_batch:
+            self.epoch_losses.append(self.epoch_sum)  # folded into best at log steps
         b.scheduler.step()
         if self.data is not None and self.data.x_val is not None:
             self.val_loss = _validate(b)
@@ -394,11 +397,16 @@ class Loop:
         unchecked, epoch_losses = self.unchecked, self.epoch_losses
         if unchecked:
             losses = torch.stack([loss for _, loss in unchecked])
-            if not sync or not bool(torch.isfinite(losses).all()):
+            finite = sync and bool(torch.isfinite(losses).all())
+            if not finite:
                 bad = ~torch.isfinite(losses)
                 first = unchecked[0][0] + bad.to(torch.uint8).argmax()  # the first True
                 found = (self.first_bad < 0) & bad.any()
                 self.first_bad = torch.where(found, first, self.first_bad)
+            if self.full_batch:  # as below, with no epoch list to stack again
+                if not finite:
+                    losses = losses.nan_to_num(math.inf, math.inf, -math.inf)
+                self.best = torch.fmin(self.best, losses.min())
             unchecked.clear()
         if len(epoch_losses) == 1:
             self.best = torch.fmin(self.best, epoch_losses[0])
