@@ -19,9 +19,10 @@ import pytest
 import torch
 from conftest import compose_config, read_metrics, scalars
 
+import runner.loop
 from runner.checkpoint import LAST
 from runner.config import ConfigError
-from runner.loggers import Null, TensorBoard
+from runner.loggers import TensorBoard
 from runner.run import run
 
 ARGS = (
@@ -123,21 +124,27 @@ def test_a_resumed_run_shows_each_step_once_in_tensorboard(tmp_path):
     assert [s for s, _ in scalars(run_dir, "loss/train")] == [*every_log_step, 399]  # + the last
 
 
-class Interrupting(Null):
-    """A logger that presses Ctrl-C from inside the loop, once, after step 233."""
+def press_ctrl_c_at_a_log_step(monkeypatch: pytest.MonkeyPatch, after: int) -> None:
+    """Ctrl-C from inside the loop, once, at the first log step after `after`."""
+    add = runner.loop.Recorder.add
+    sent: list[int] = []
 
-    def __init__(self, log_dir: Any = None) -> None:
-        self.sent = False
-
-    def scalars(self, step: int, values: Any) -> None:
-        if step >= 233 and not self.sent:
-            self.sent = True
+    def add_then_interrupt(self, step, keys, values, host):  # noqa: ANN001, ANN202
+        add(self, step, keys, values, host)
+        if step > after and not sent:
+            sent.append(step)
             os.kill(os.getpid(), signal.SIGINT)
 
+    monkeypatch.setattr(runner.loop.Recorder, "add", add_then_interrupt)
 
-def test_ctrl_c_mid_epoch_writes_a_checkpoint_that_resumes_exactly(tmp_path, reference):
+
+def test_ctrl_c_mid_epoch_writes_a_checkpoint_that_resumes_exactly(
+    tmp_path, reference, monkeypatch
+):
     stopped = tmp_path / "stopped"
-    metrics = run_in(stopped, EVERY, "logger=none", f"logger._target_={__name__}.Interrupting")
+    press_ctrl_c_at_a_log_step(monkeypatch, after=233)  # step 240: mid-epoch
+    metrics = run_in(stopped, EVERY, "logger=none")
+    monkeypatch.undo()
     assert metrics["status"] == "interrupted" and metrics["signal"] == "SIGINT"
     loop = torch.load(stopped / LAST, weights_only=True)["loop"]
     assert loop["step"] == metrics["steps"] < 400 and loop["position"] % 5 != 0  # mid-epoch

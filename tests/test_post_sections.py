@@ -197,7 +197,8 @@ def _checked_add(samples: dict[int, dict[str, int]], at: tuple[int, ...]) -> Any
     add = runner.loop.Recorder.add
 
     def checked(self, step, keys, values, host):  # noqa: ANN001, ANN202
-        assert values.grad_fn is None and not values.requires_grad, (step, keys)
+        if values is not None:
+            assert values.grad_fn is None and not values.requires_grad, (step, keys)
         add(self, step, keys, values, host)
         if step in at:
             self.flush()  # pending rows are not a leak: write them before counting

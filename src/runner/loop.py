@@ -64,9 +64,14 @@ class Recorder:
         self.latest: dict[str, float] = {}
 
     def add(
-        self, step: int, keys: tuple[str, ...], values: torch.Tensor, host: Mapping[str, float]
+        self,
+        step: int,
+        keys: tuple[str, ...],
+        values: torch.Tensor | None,
+        host: Mapping[str, float],
     ) -> None:
-        self.pending.append((step, keys, values.detach(), dict(host)))
+        """`keys` name the elements of `values` (None: host numbers only)."""
+        self.pending.append((step, keys, None if values is None else values.detach(), dict(host)))
 
     def flush_due(self) -> None:
         """Called at log steps only, so a flush never adds a sync anywhere else."""
@@ -74,15 +79,20 @@ class Recorder:
             self.flush()
 
     def flush(self) -> None:
+        """Everything pending to the host in one move, then one `scalars` call (one Event)
+        per step, whatever was added for that step."""
         if self.pending:
-            flat = torch.cat([v.float().reshape(-1) for _, _, v, _ in self.pending]).cpu().tolist()
+            tensors = [v.float().reshape(-1) for _, _, v, _ in self.pending if v is not None]
+            flat = torch.cat(tensors).cpu().tolist() if tensors else []
             start = 0
+            steps: dict[int, dict[str, float]] = {}
             for step, keys, _, host in self.pending:
                 row, start = flat[start : start + len(keys)], start + len(keys)
                 values = dict(zip(keys, row, strict=True))
                 if self.derive is not None:
                     values = self.derive(values)
-                values |= host
+                steps.setdefault(step, {}).update(values | host)
+            for step, values in steps.items():
                 self.logger.scalars(step, values)
                 self.latest = self.latest | values
             self.pending.clear()
@@ -379,7 +389,7 @@ class Loop:
 
     def _log_graph(self, step: int, loss: torch.Tensor, saved: int) -> None:
         stats = graph_stats(loss) | {"graph/saved_bytes": float(saved)}
-        self.logger.scalars(step, stats)
+        self.rec.add(step, (), None, stats)  # written with the step's other values
         result = self.result
         if not result.graph:
             result.graph = {
