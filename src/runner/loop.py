@@ -59,7 +59,7 @@ class Recorder:
         self.logger = logger
         self.every_s = every_s
         self.derive = derive  # values worked out on the host from a row, once it is there
-        self.pending: list[tuple[int, tuple[str, ...], torch.Tensor, dict[str, float]]] = []
+        self.pending: list[tuple[int, tuple[str, ...], torch.Tensor | None, dict[str, float]]] = []
         self.last_flush = time.monotonic()
         self.latest: dict[str, float] = {}
 
@@ -413,16 +413,13 @@ class Loop:
                 first = unchecked[0][0] + bad.to(torch.uint8).argmax()  # the first True
                 found = (self.first_bad < 0) & bad.any()
                 self.first_bad = torch.where(found, first, self.first_bad)
-            if self.full_batch:  # as below, with no epoch list to stack again
-                if not finite:
-                    losses = losses.nan_to_num(math.inf, math.inf, -math.inf)
-                self.best = torch.fmin(self.best, losses.min())
+            if self.full_batch:  # each step's loss is its epoch's: no epoch list to stack
+                self.best = _fold_best(self.best, losses, finite)
             unchecked.clear()
         if len(epoch_losses) == 1:
             self.best = torch.fmin(self.best, epoch_losses[0])
-        elif epoch_losses:  # as fmin one epoch at a time: NaN never wins, +-inf kept
-            losses = torch.stack(epoch_losses).nan_to_num(math.inf, math.inf, -math.inf)
-            self.best = torch.fmin(self.best, losses.min())
+        elif epoch_losses:
+            self.best = _fold_best(self.best, torch.stack(epoch_losses), finite=False)
         epoch_losses.clear()
 
     def _checkpoint_due(self) -> bool:
@@ -474,6 +471,13 @@ class Loop:
             if p.grad is not None
         }
         return result
+
+
+def _fold_best(best: torch.Tensor, losses: torch.Tensor, finite: bool) -> torch.Tensor:
+    """As fmin one epoch at a time: NaN never wins, +-inf kept (`finite`: known all finite)."""
+    if not finite:
+        losses = losses.nan_to_num(math.inf, math.inf, -math.inf)
+    return torch.fmin(best, losses.min())
 
 
 def _log_histograms(logger: Logger, step: int, b: Built, names: list[str]) -> None:
