@@ -222,3 +222,41 @@ def test_the_event_file_reads_back_and_close_is_safe_twice(tmp_path: Path) -> No
     image = acc.Images("figure/fit")[0]
     assert (image.step, image.width, image.height) == (7, 5, 4)
     assert len(list(tmp_path.glob("events.out.tfevents.*"))) == 1
+
+
+def _mlp(seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+
+
+@pytest.mark.parametrize("engine", ["direct", "public"])
+def test_the_loops_backward_gives_loss_backwards_gradients_bit_for_bit(
+    engine: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """runner.backward calls the autograd engine without torch.autograd.backward's checks;
+    the gradients (accumulated over two calls) must be exactly the public path's."""
+    from runner import backward as fast
+
+    if engine == "public":
+        monkeypatch.setattr(fast, "_engine", False)  # as on a torch whose engine fails the probe
+    for dtype in (torch.float32, torch.float64):
+        grads = []
+        for call in (lambda loss: loss.backward(), fast.backward):
+            model = _mlp(0).to(dtype)
+            for seed in (1, 2):  # two calls: gradients accumulate
+                torch.manual_seed(seed)
+                x, y = torch.randn(20, 3, dtype=dtype), torch.randn(20, 1, dtype=dtype)
+                call(((model(x) - y) ** 2).mean())
+            grads.append([p.grad for p in model.parameters()])
+        assert all(torch.equal(a, b) for a, b in zip(*grads, strict=True))
+    assert (fast._engine is False) == (engine == "public")
+
+
+def test_the_loops_backward_on_a_leaf_or_a_loss_without_grad_behaves_as_torchs() -> None:
+    from runner.backward import backward
+
+    leaf = torch.tensor(3.0, requires_grad=True)  # an objective that is one parameter
+    backward(leaf)
+    assert leaf.grad is not None and leaf.grad.item() == 1.0
+    with pytest.raises(RuntimeError, match="does not require grad"):
+        backward(torch.tensor(1.0))

@@ -429,3 +429,26 @@ def test_an_experiment_written_only_in_yaml_converges(tmp_path: Path):
     params = read_metrics(tmp_path / "run")["params"]
     assert params == pytest.approx({"a": 0.5, "b": -1.0, "c": 2.0}, abs=0.05)
     assert "Learned: y = 0.5" in done.stdout
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_gd_updates_bit_for_bit_as_the_posts_line_for_any_shape_and_lr(dtype):
+    """GD multiplies by a cached lr tensor in two foreach calls; each element must still be
+    exactly `p -= lr * p.grad`, also after a scheduler changes lr."""
+    from runner.optim import GD
+
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(), (7,), (3, 4)]
+    params = [torch.nn.Parameter(torch.randn(s, generator=gen).to(dtype)) for s in shapes]
+    plain = [p.detach().clone() for p in params]
+    opt = GD(params, lr=0.1)
+    for lr in (0.1, 0.1, 0.037, 1e-3):
+        opt.param_groups[0]["lr"] = lr
+        grads = [torch.randn(s, generator=gen).to(dtype) for s in shapes]
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g.clone()
+        opt.step()
+        for q, g in zip(plain, grads, strict=True):
+            q -= lr * g
+        for p, q in zip(params, plain, strict=True):
+            assert p.dtype == dtype and torch.equal(p.detach(), q)

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from . import gradcheck, insight
+from .backward import backward
 from .build import Built
 from .config import EarlyStop
 from .figures import Figures
@@ -358,7 +359,7 @@ class Loop:
             if self.want_graph:
                 self.graph_loss = loss
             # dividing only when accumulating keeps the post's graph (no DivBackward0)
-            (loss if len(group) == 1 else loss / len(group)).backward()
+            backward(loss if len(group) == 1 else loss / len(group))
             total = loss.detach() if total is None else total + loss.detach()
         assert total is not None
         # one micro-batch: its loss as it is, no extra ops on every step
