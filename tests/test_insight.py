@@ -7,6 +7,7 @@ import logging
 import re
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -193,6 +194,43 @@ def test_custom_scalars_layout(linear_run):
 def test_model_graph_for_modules(linear_run):
     _, run_dir = linear_run
     assert event_accumulator(run_dir).Tags()["graph"]  # the Expression module traced
+
+
+def test_model_graph_is_add_graphs(run_experiment, no_figures, tmp_path):
+    """The Graphs tab shows what `SummaryWriter.add_graph` would write for the MLP: the same
+    nodes (names, ops, inputs, output shapes), traced in eval mode, and its run metadata."""
+    from torch.utils.tensorboard._pytorch_graph import graph
+
+    _, run_dir = run_experiment("experiment=sine_mlp", "trainer.epochs=1")
+    acc = event_accumulator(run_dir)
+    ours = acc.Graph()
+    assert acc.Tags()["run_metadata"] == ["step1"]
+    b = build(compose_config("experiment=sine_mlp", "logger=none"), tmp_path)
+    reference, _ = graph(b.model, b.data.x[:2].unsqueeze(-1))
+    assert graph_nodes(ours) == graph_nodes(reference)
+    assert any(op == "aten::tanh" for _, op, _, _ in graph_nodes(ours))
+
+
+def graph_nodes(graph_def) -> list[tuple[str, str, list[str], str]]:
+    return [(n.name, n.op, list(n.input), str(n.attr)) for n in graph_def.node]
+
+
+def test_model_graph_traces_in_eval_mode_and_leaves_the_mode_alone(tmp_path):
+    from torch.utils.tensorboard._pytorch_graph import graph, parse
+
+    from runner.loggers import TensorBoard
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.Dropout(0.5))
+    logger = TensorBoard(tmp_path)
+    logger.graph(model, torch.ones(3, 2))
+    logger.close()
+    assert model.training
+    reference, _ = graph(model, torch.ones(3, 2))  # add_graph's: eval mode, dropout off
+    assert graph_nodes(event_accumulator(tmp_path).Graph()) == graph_nodes(reference)
+    traced = torch.jit.trace(model, torch.ones(3, 2), check_trace=False)  # in train mode
+    torch._C._jit_pass_inline(traced.graph)
+    in_training = SimpleNamespace(node=parse(traced.graph, traced, torch.ones(3, 2)))
+    assert graph_nodes(in_training) != graph_nodes(reference)  # the mode shows in the graph
 
 
 def test_loss_landscape_matches_the_loss(tmp_path):

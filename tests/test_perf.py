@@ -157,6 +157,24 @@ def test_hand_encoded_summaries_are_byte_identical_to_torch_utils_tensorboard() 
     assert events.layout(layout) == reference.custom_scalars(layout).value[0].SerializeToString()
 
 
+def test_histogram_counts_are_numpys_at_and_beyond_every_edge() -> None:
+    """events bins by searching each value; np.histogram (what torch's make_histogram uses)
+    searches each edge. Values on edges, the last edge, outside them, inf and NaN."""
+    edges = np.array(events.default_bins())
+    rng = np.random.default_rng(2)
+    for trial in range(400):
+        values = rng.standard_normal(int(rng.integers(1, 200))) * 10.0 ** rng.integers(-16, 23)
+        if trial % 3 == 1:
+            values[::2] = rng.choice(edges, values[::2].size)  # exactly on edges
+        if trial % 3 == 2:
+            values[:4] = [edges[0], edges[-1], math.inf, -math.inf][: values.size]
+        expected, _ = np.histogram(values, bins=edges)
+        assert np.array_equal(events._histogram(values, edges)[0], expected), trial
+    with_nan = np.array([0.5, math.nan, edges[-1]])
+    counts = events._histogram(with_nan, edges)[0]
+    assert counts.sum() == 2 and counts[-1] == 1  # NaN not counted; the last edge is in
+
+
 def test_crc32c_matches_tensorboards_on_both_sides_of_the_numpy_path() -> None:
     """A wrong CRC makes TensorBoard drop the record: check lengths around every boundary."""
     from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import crc32c as reference

@@ -67,17 +67,42 @@ def fresh(monkeypatch: pytest.MonkeyPatch) -> Iterator[Plotter]:
     new.close()
 
 
-def test_worker_draws_the_same_pixels_as_this_process(worker, caplog):
+def decoded(picture: plotter.Png) -> np.ndarray:
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(io.BytesIO(picture.data)).convert("RGB"))
+    assert pixels.shape == (picture.height, picture.width, 3)
+    return pixels
+
+
+def test_worker_draws_the_same_pictures_as_this_process(worker, caplog):
     fit = worker.draw("fit", FIT, whens=WHENS)
     (landscape,) = worker.draw("landscape", LANDSCAPE, names=["b", "w"])
     assert worker.process is not None and worker.process.poll() is None  # no fallback
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
-    assert [p.shape for p in fit] == [(400, 600, 3)] * 3 and landscape.shape == (500, 600, 3)
-    assert all(p.dtype == np.uint8 for p in [*fit, landscape])
-    here = plotter.fit_images(**FIT, whens=WHENS)
-    assert all(np.array_equal(a, b) for a, b in zip(fit, here, strict=True))
-    assert not np.array_equal(fit[0], fit[2])  # the curve moved: the pictures differ
-    assert np.array_equal(landscape, plotter.landscape_image(**LANDSCAPE, names=["b", "w"]))
+    assert [decoded(p).shape for p in fit] == [(400, 600, 3)] * 3
+    assert decoded(landscape).shape == (500, 600, 3)
+    here = [plotter.png(p) for p in plotter.fit_images(**FIT, whens=WHENS)]
+    assert fit == here  # the same PNG bytes
+    assert fit[0] != fit[2]  # the curve moved: the pictures differ
+    assert landscape == plotter.png(plotter.landscape_image(**LANDSCAPE, names=["b", "w"]))
+
+
+@pytest.mark.parametrize("escapes", [False, True])
+def test_a_prepared_fit_gives_the_pictures_of_a_whole_drawing(worker, escapes):
+    """The background drawn from the data and the start curve is used when the later curves
+    stay inside its limits, and drawn again when one leaves them: the same pictures either
+    way as drawing everything at the end."""
+    start = {k: v for k, v in FIT.items() if k != "curves"} | {"curves": FIT["curves"][:1]}
+    curves = FIT["curves"] * (np.float32(3.0) if escapes else np.float32(1.0))
+    worker.prepare("fit", start)
+    fit = worker.draw("fit", FIT | {"curves": curves}, whens=WHENS)
+    here = [plotter.png(p) for p in plotter.fit_images(**FIT | {"curves": curves}, whens=WHENS)]
+    assert fit == here and worker.process is not None
+    canvas = plotter.prepare_fit(**start)
+    assert canvas.fits(*(FIT[k] for k in ("x", "y", "grid", "x_val", "y_val")), canvas.limits)
+    later = plotter._limits(np.concatenate([FIT["y"], FIT["y_val"]]), curves)
+    assert (later == canvas.limits) != escapes
 
 
 def test_worker_does_not_import_torch(tmp_path):
@@ -93,7 +118,7 @@ def test_worker_does_not_import_torch(tmp_path):
         ):
             plotter.send(process.stdin, {"kind": kind, "options": options}, arrays)
             answer, pictures = plotter.receive(process.stdout)
-            assert answer == {} and len(pictures) == len(options.get("whens", [0]))
+            assert len(answer["sizes"]) == len(pictures) == len(options.get("whens", [0]))
         process.communicate(timeout=30)  # closes stdin: the worker ends
         log.seek(0)
         imported = {line.split(b"|")[-1].strip().decode() for line in log}

@@ -62,9 +62,12 @@ class Figures:
         if not self.on:
             return
         self.b.logger.layout(layout(self.b))
-        add_model_graph(self.b)
         self.record()
         self._curve(0, "start")
+        if self.grid is not None:  # the plotter draws the data and axes while this trains
+            start = [curve for _, _, curve in self.curves]
+            plotter.PLOTTER.prepare("fit", fit_arrays(self.b, self.grid, start))
+        add_model_graph(self.b)
 
     def record(self) -> None:
         """At log steps: the parameters' position on the landscape."""
@@ -86,15 +89,15 @@ class Figures:
                 arrays = fit_arrays(self.b, self.grid, [curve for _, _, curve in self.curves])
                 whens = [when for _, when, _ in self.curves]
                 pictures = plotter.PLOTTER.draw("fit", arrays, whens=whens)
-                for (at, _, _), pixels in zip(self.curves, pictures, strict=True):
-                    self.b.logger.image(at, "figure/fit", pixels)
+                for (at, _, _), picture in zip(self.curves, pictures, strict=True):
+                    self.b.logger.png(at, "figure/fit", *picture)
             if self.landscape:
                 path = torch.stack(self.path).double().cpu()  # note: the one move to the host
                 if bool(torch.isfinite(path).all()):
                     arrays = landscape_arrays(self.b, path)
                     names = list(self.b.params)
-                    (pixels,) = plotter.PLOTTER.draw("landscape", arrays, names=names)
-                    self.b.logger.image(step, "figure/landscape", pixels)
+                    (picture,) = plotter.PLOTTER.draw("landscape", arrays, names=names)
+                    self.b.logger.png(step, "figure/landscape", *picture)
         except Exception as e:  # a picture is never worth a failed run
             log.warning(f"figures skipped: drawing them failed ({type(e).__name__}: {e})")
 

@@ -32,6 +32,7 @@ class Logger(Protocol):
     def text(self, step: int, tag: str, text: str) -> None: ...
     def figure(self, step: int, tag: str, figure: Any) -> None: ...
     def image(self, step: int, tag: str, pixels: np.ndarray) -> None: ...
+    def png(self, step: int, tag: str, data: bytes, height: int, width: int) -> None: ...
     def layout(self, layout: Mapping[str, Mapping[str, list[Any]]]) -> None: ...
     def graph(self, model: torch.nn.Module, example: torch.Tensor) -> None: ...
     def hparams(
@@ -63,6 +64,9 @@ class Null:
     def image(self, step: int, tag: str, pixels: np.ndarray) -> None:
         pass
 
+    def png(self, step: int, tag: str, data: bytes, height: int, width: int) -> None:
+        pass
+
     def layout(self, layout: Mapping[str, Mapping[str, list[Any]]]) -> None:
         pass
 
@@ -84,7 +88,7 @@ class Null:
         pass
 
 
-Encode = Callable[[], bytes]  # builds one Event; runs on the writer thread
+Encode = Callable[[], bytes | tuple[bytes, ...]]  # builds an Event (or a few); on the writer thread
 
 
 class TensorBoard:
@@ -157,21 +161,21 @@ class TensorBoard:
     def image(self, step: int, tag: str, pixels: np.ndarray) -> None:
         """An RGB picture, (height, width, 3) uint8, PNG-encoded on the writer thread."""
         rgb = np.array(pixels, dtype=np.uint8)  # a copy: a canvas reuses its buffer
-        height, width = rgb.shape[:2]
         wall = time.time()
 
         def encode() -> bytes:
-            import io
+            from .plotter import png
 
-            from PIL import Image
-
-            buffer = io.BytesIO()
-            # compress_level=1: ~2x faster than the default 6, files ~10% larger
-            Image.fromarray(rgb).save(buffer, format="PNG", compress_level=1)
-            value = events.image(tag, height, width, 3, buffer.getvalue())
+            picture = png(rgb)
+            value = events.image(tag, picture.height, picture.width, 3, picture.data)
             return self._summary(wall, step, [value])
 
         self._put(encode)
+
+    def png(self, step: int, tag: str, data: bytes, height: int, width: int) -> None:
+        """An RGB picture already encoded as PNG (as the plotter process sends them)."""
+        wall = time.time()
+        self._put(lambda: self._summary(wall, step, [events.image(tag, height, width, 3, data)]))
 
     def layout(self, layout: Mapping[str, Mapping[str, list[Any]]]) -> None:
         """The Custom Scalars dashboard: {category: {chart: ["Multiline", [tag regexes]]}}."""
@@ -182,18 +186,43 @@ class TensorBoard:
     def graph(self, model: torch.nn.Module, example: torch.Tensor) -> None:
         """The model traced on `example` for the Graphs dashboard; raises if tracing fails.
 
-        Traced here without torch's re-run check, which `add_graph` would do and which costs
-        seconds of imports. The graph protos come from `torch.utils.tensorboard` (imported
-        here, the one place that needs it).
+        Traced here, before training, in eval mode as `add_graph` does, but without its
+        re-run check, which costs seconds of imports. The trace is turned into TensorBoard's
+        protos on the writer thread: that reads the traced graph's structure only, and
+        needs `torch.utils.tensorboard`, whose import (~0.2 s, most of it absl and protobuf)
+        then runs beside the first steps instead of before them.
         """
-        from torch.utils.tensorboard._pytorch_graph import graph
-
-        traced = torch.jit.trace(model, example, check_trace=False)
-        graph_def, step_stats = graph(traced, example)
-        graph_bytes, stats_bytes = graph_def.SerializeToString(), step_stats.SerializeToString()
+        training = model.training
+        model.train(False)
+        try:
+            traced = torch.jit.trace(model, example, check_trace=False)
+        finally:
+            model.train(training)
+        trace_graph = traced.graph
+        torch._C._jit_pass_inline(trace_graph)
         wall = time.time()
-        self._put(lambda: events.event(wall, 0, events.graph_def(graph_bytes)))
-        self._put(lambda: events.event(wall, 0, events.run_metadata("step1", stats_bytes)))
+
+        def encode() -> tuple[bytes, ...]:
+            from tensorboard.compat.proto.config_pb2 import RunMetadata
+            from tensorboard.compat.proto.graph_pb2 import GraphDef
+            from tensorboard.compat.proto.step_stats_pb2 import DeviceStepStats, StepStats
+            from tensorboard.compat.proto.versions_pb2 import VersionDef
+            from torch.utils.tensorboard._pytorch_graph import parse
+
+            try:  # what torch.utils.tensorboard._pytorch_graph.graph does after its trace
+                nodes = parse(trace_graph, traced, example)
+            except Exception as e:  # traced, but not in a form TensorBoard can show
+                log.debug(f"no model graph for TensorBoard ({type(e).__name__}: {e})")
+                return ()
+            graph_def = GraphDef(node=nodes, versions=VersionDef(producer=22))
+            device = DeviceStepStats(device="/device:CPU:0")
+            stats = RunMetadata(step_stats=StepStats(dev_stats=[device]))
+            return (
+                events.event(wall, 0, events.graph_def(graph_def.SerializeToString())),
+                events.event(wall, 0, events.run_metadata("step1", stats.SerializeToString())),
+            )
+
+        self._put(encode)
 
     def hparams(
         self, hparams: Mapping[str, HParam], metrics: Mapping[str, float], status: str = "completed"
@@ -266,7 +295,9 @@ class TensorBoard:
                 item.set()
                 continue
             try:
-                self._file.write(events.record(item()))
+                encoded = item()  # one Event, or a few in a tuple
+                for event in encoded if isinstance(encoded, tuple) else (encoded,):
+                    self._file.write(events.record(event))
                 if time.monotonic() - last_flush > self._flush_secs:
                     self._file.flush()
                     last_flush = time.monotonic()
