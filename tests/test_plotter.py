@@ -82,27 +82,38 @@ def test_worker_draws_the_same_pictures_as_this_process(worker, caplog):
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert [decoded(p).shape for p in fit] == [(400, 600, 3)] * 3
     assert decoded(landscape).shape == (500, 600, 3)
-    here = [plotter.png(p) for p in plotter.fit_images(**FIT, whens=WHENS)]
-    assert fit == here  # the same PNG bytes
+    assert fit == plotter.fit_images(**FIT, whens=WHENS)  # the same PNG bytes
     assert fit[0] != fit[2]  # the curve moved: the pictures differ
     assert landscape == plotter.png(plotter.landscape_image(**LANDSCAPE, names=["b", "w"]))
 
 
 @pytest.mark.parametrize("escapes", [False, True])
-def test_a_prepared_fit_gives_the_pictures_of_a_whole_drawing(worker, escapes):
-    """The background drawn from the data and the start curve is used when the later curves
-    stay inside its limits, and drawn again when one leaves them: the same pictures either
-    way as drawing everything at the end."""
-    start = {k: v for k, v in FIT.items() if k != "curves"} | {"curves": FIT["curves"][:1]}
-    curves = FIT["curves"] * (np.float32(3.0) if escapes else np.float32(1.0))
-    worker.prepare("fit", start)
+def test_fit_snapshots_drawn_ahead_give_the_pictures_of_one_drawing_at_the_end(
+    worker, escapes, monkeypatch
+):
+    """The data come first with the start's curve, then snapshots one by one; the worker
+    draws each ahead (again, when a curve leaves the limits so far). The pictures at the
+    end are those of drawing everything then, and the ones drawn ahead are not redrawn."""
+    curves = FIT["curves"].copy()
+    if escapes:
+        curves[2] *= 3  # the end's curve leaves the limits of the data and the others
+    data = {k: v for k, v in FIT.items() if k != "curves"}
+    worker.prepare("fit", data | {"curves": curves[:1]}, whens=WHENS[:1])
+    worker.prepare("fit", {"curves": curves[1:2]}, whens=WHENS[1:2])
     fit = worker.draw("fit", FIT | {"curves": curves}, whens=WHENS)
-    here = [plotter.png(p) for p in plotter.fit_images(**FIT | {"curves": curves}, whens=WHENS)]
-    assert fit == here and worker.process is not None
-    canvas = plotter.prepare_fit(**start)
-    assert canvas.fits(*(FIT[k] for k in ("x", "y", "grid", "x_val", "y_val")), canvas.limits)
+    assert fit == plotter.fit_images(**FIT | {"curves": curves}, whens=WHENS)
+    assert worker.process is not None
+
+    ahead = plotter.FitAhead()
+    ahead.add(curves[:2], WHENS[:2], **data)
+    canvas = ahead.prepared()["prepared"]
+    assert len(canvas.drawn) == 2
+    drawn = []
+    monkeypatch.setattr(plotter, "png", lambda pixels: drawn.append(1) or plotter.Png(b"", 0, 0))
+    plotter.fit_images(**FIT | {"curves": curves}, whens=WHENS, prepared=canvas)
     later = plotter._limits(np.concatenate([FIT["y"], FIT["y_val"]]), curves)
     assert (later == canvas.limits) != escapes
+    assert len(drawn) == (3 if escapes else 1)  # only the end's, unless all are redrawn
 
 
 def test_worker_does_not_import_torch(tmp_path):

@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 CURVE_POINTS = 200  # x positions of the drawn curve
 MAX_SCATTER = 2000  # data points drawn; more only slows the drawing
 GRID = 60  # landscape resolution per axis: 3600 loss evaluations, in one batch
+AHEAD = 8  # snapshots sent to the plotter as they are taken, at most: ~1 kB each, with the
+# data (<= 35 kB) well inside a pipe's buffer; later ones are drawn at the end with the rest
 GRID_ELEMENTS = 2**22  # grid points x data points per vmap chunk: bounds the memory
 
 
@@ -56,23 +58,34 @@ class Figures:
         self.landscape = self.plots and len(self.params) == 2
         self.landscape = self.landscape and all(p.numel() == 1 for p in self.params)
         self.path: list[torch.Tensor] = []
+        self.sent = 0  # snapshots sent to the plotter ahead of `finish`
 
     def start(self) -> None:
         """Before the first update: the layout, the model graph, the first curve and point."""
         if not self.on:
             return
         self.b.logger.layout(layout(self.b))
-        self.record()
         self._curve(0, "start")
-        if self.grid is not None:  # the plotter draws the data and axes while this trains
-            start = [curve for _, _, curve in self.curves]
-            plotter.PLOTTER.prepare("fit", fit_arrays(self.b, self.grid, start))
+        self.record()
         add_model_graph(self.b)
 
     def record(self) -> None:
-        """At log steps: the parameters' position on the landscape."""
+        """At log steps: the parameters' position on the landscape, and the snapshots taken
+        since the last log step to the plotter, which draws them while this trains (a log
+        step moves values to the host anyway)."""
         if self.landscape:
             self.path.append(torch.stack([p.detach().reshape(()) for p in self.params]))
+        if self.grid is not None and self.sent < len(self.curves) <= AHEAD:
+            if not plotter.PLOTTER.running:
+                return
+            new = self.curves[self.sent :]
+            whens = [when for _, when, _ in new]
+            if self.sent == 0:  # the data once, with the first snapshot
+                arrays = fit_arrays(self.b, self.grid, [curve for _, _, curve in new])
+            else:
+                arrays = {"curves": _host(torch.stack([curve for _, _, curve in new]))}
+            plotter.PLOTTER.prepare("fit", arrays, whens=whens)
+            self.sent = len(self.curves)
 
     def epoch(self, epoch: int, step: int) -> None:
         last = epoch == self.b.checked.trainer.epochs  # `finish` takes that one
@@ -83,7 +96,8 @@ class Figures:
         """After the last step: the numbers to the plotter process, the pictures it draws to
         the logger (drawn here if it is not running; see `runner.plotter`)."""
         self._curve(step, "end")
-        self.record()
+        if self.landscape:  # the last point of the path (the end curve goes with the rest)
+            self.path.append(torch.stack([p.detach().reshape(()) for p in self.params]))
         try:
             if self.grid is not None:
                 arrays = fit_arrays(self.b, self.grid, [curve for _, _, curve in self.curves])

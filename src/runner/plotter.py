@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 COMMAND = [sys.executable, "-m", "runner.plotter"]
 SRC = str(Path(__file__).resolve().parents[1])  # the worker imports this same runner
 TIMEOUT_S = 60.0  # a worker slower than this is stuck: killed, and the picture drawn here
+NICE = 10  # the worker's scheduling priority below the training process's (Unix)
 SAFE_KINDS = "biuf"  # the array dtypes a message may hold: bool, integers, floats
 
 
@@ -60,12 +61,13 @@ def fit_images(
     x_val: np.ndarray | None = None,
     y_val: np.ndarray | None = None,
     prepared: FitCanvas | None = None,
-) -> list[np.ndarray]:
+) -> list[Png]:
     """The data as dots and each snapshot's curve (a row of `curves`, titled by `whens`).
 
     All pictures share one background and the same axes limits (so flipping through them in
     TensorBoard shows only the curve move). A `prepared` canvas, drawn earlier for the same
-    data, is used when the curves fit its limits, so only the curves are left to draw.
+    data, is used when the curves fit its limits: its background and the snapshots it has
+    already drawn are reused, so only the rest are left to draw.
     """
     canvas = prepared
     limits = _limits(y if y_val is None else np.concatenate([y, y_val]), curves)
@@ -76,7 +78,8 @@ def fit_images(
 
 class FitCanvas:
     """The data, axes, title and legend drawn once (~0.1 s); a snapshot's curve and label
-    are then blitted onto a copy of that background, which costs milliseconds."""
+    are then blitted onto a copy of that background and encoded (milliseconds), and kept,
+    so a snapshot drawn ahead of time is not drawn again."""
 
     def __init__(
         self,
@@ -88,6 +91,7 @@ class FitCanvas:
         y_val: np.ndarray | None = None,
     ) -> None:
         self.data, self.limits = (x, y, grid, x_val, y_val), limits
+        self.drawn: dict[tuple[str, bytes], Png] = {}
         figure = self.figure = _new_figure()
         ax = self.ax = figure.add_subplot()
         for xs, ys, label, colour in (
@@ -128,14 +132,17 @@ class FitCanvas:
         )
         return same and self.limits == limits
 
-    def picture(self, curve: np.ndarray, when: str) -> np.ndarray:
-        canvas = self.figure.canvas
-        canvas.restore_region(self.background)
-        self.line.set_ydata(curve)
-        self.label.set_text(f"({when})")
-        self.ax.draw_artist(self.line)
-        self.ax.draw_artist(self.label)
-        return _pixels(canvas)
+    def picture(self, curve: np.ndarray, when: str) -> Png:
+        key = (when, np.ascontiguousarray(curve).tobytes())
+        if key not in self.drawn:
+            canvas = self.figure.canvas
+            canvas.restore_region(self.background)
+            self.line.set_ydata(curve)
+            self.label.set_text(f"({when})")
+            self.ax.draw_artist(self.line)
+            self.ax.draw_artist(self.label)
+            self.drawn[key] = png(_pixels(canvas))
+        return self.drawn[key]
 
 
 def _limits(data_y: np.ndarray, curves: np.ndarray) -> tuple[float, float]:
@@ -175,26 +182,41 @@ def landscape_image(
     return _pixels(figure.canvas)
 
 
-DRAW: dict[str, Callable[..., list[np.ndarray]]] = {
+DRAW: dict[str, Callable[..., list[Png]]] = {
     "fit": fit_images,
-    "landscape": lambda **request: [landscape_image(**request)],
+    "landscape": lambda **request: [png(landscape_image(**request))],
 }
 
 
-def prepare_fit(
-    x: np.ndarray,
-    y: np.ndarray,
-    grid: np.ndarray,
-    curves: np.ndarray,
-    x_val: np.ndarray | None = None,
-    y_val: np.ndarray | None = None,
-) -> FitCanvas:
-    """The fit's background for the data and the curves known so far (the start's)."""
-    limits = _limits(y if y_val is None else np.concatenate([y, y_val]), curves)
-    return FitCanvas(x, y, grid, limits, x_val, y_val)
+class FitAhead:
+    """The worker's side of `Plotter.prepare("fit", ...)`: the data come once, at the start,
+    then the snapshots one by one as the run takes them; each is drawn (and the background
+    again, if a curve leaves the limits so far) while the run trains."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, np.ndarray] = {}
+        self.curves: list[np.ndarray] = []
+        self.whens: list[str] = []
+        self.canvas: FitCanvas | None = None
+
+    def add(self, curves: np.ndarray, whens: list[str], **data: np.ndarray) -> None:
+        self.data |= data
+        self.curves += list(curves)
+        self.whens += whens
+        x, y, grid = self.data["x"], self.data["y"], self.data["grid"]
+        x_val, y_val = self.data.get("x_val"), self.data.get("y_val")
+        limits = _limits(y if y_val is None else np.concatenate([y, y_val]), np.stack(self.curves))
+        if self.canvas is None or not self.canvas.fits(x, y, grid, x_val, y_val, limits):
+            self.canvas = FitCanvas(x, y, grid, limits, x_val, y_val)
+        for curve, when in zip(self.curves, self.whens, strict=True):
+            self.canvas.picture(curve, when)
+
+    def prepared(self) -> dict[str, Any]:
+        """What `DRAW["fit"]` takes from it."""
+        return {} if self.canvas is None else {"prepared": self.canvas}
 
 
-PREPARE: dict[str, Callable[..., Any]] = {"fit": prepare_fit}  # handed to DRAW as `prepared`
+PREPARE: dict[str, Callable[[], Any]] = {"fit": FitAhead}
 
 
 def _new_figure(width: float = 6.0, height: float = 4.0) -> Any:
@@ -292,8 +314,7 @@ class Plotter:
             log.warning(f"figures are drawn in this process: the plotter did not start ({e})")
 
     def draw(self, kind: str, arrays: dict[str, np.ndarray | None], **options: Any) -> list[Png]:
-        """The pictures of one request (`DRAW[kind]`), from the worker when one runs, which
-        also encodes them."""
+        """The pictures of one request (`DRAW[kind]`), from the worker when one runs."""
         given = {name: np.ascontiguousarray(a) for name, a in arrays.items() if a is not None}
         if self.process is not None:
             try:
@@ -304,19 +325,24 @@ class Plotter:
                     raise
                 error = f"{type(e).__name__}: {e}"
                 log.warning(f"figures are drawn in this process: the plotter failed ({error})")
-        return [png(p) for p in DRAW[kind](**given, **options)]
+        return DRAW[kind](**given, **options)
 
-    def prepare(self, kind: str, arrays: dict[str, np.ndarray | None]) -> None:
-        """Send what a later `draw` of `kind` will need (`PREPARE[kind]`), so the worker draws
-        what will not change (the fit's data and axes) while this process trains. Nothing is
-        waited for: the message (tens of kB at most, as figures sample large data) fits in
-        the pipe's buffer even while the worker is still warming up. Without a worker, or if
-        this fails, `draw` simply draws everything."""
+    @property
+    def running(self) -> bool:
+        return self.process is not None
+
+    def prepare(self, kind: str, arrays: dict[str, np.ndarray | None], **options: Any) -> None:
+        """Send part of what a later `draw` of `kind` will need (`PREPARE[kind]`: for the
+        fit, the data first, then snapshots as they are taken), for the worker to draw
+        while this process trains. Nothing is waited for: callers keep the messages small
+        (tens of kB in all, as figures sample large data), so they fit in the pipe's buffer
+        even while the worker is busy. Without a worker, or if this fails, `draw` simply
+        draws everything."""
         if self.process is None or self.process.stdin is None:
             return
         given = {name: np.ascontiguousarray(a) for name, a in arrays.items() if a is not None}
         try:
-            send(self.process.stdin, {"kind": kind, "prepare": True}, given)
+            send(self.process.stdin, {"kind": kind, "prepare": True, "options": options}, given)
         except OSError as e:
             self.close()
             log.warning(f"figures are drawn in this process: the plotter failed ({e})")
@@ -367,23 +393,27 @@ atexit.register(PLOTTER.close)
 def serve() -> None:
     """Warm up, then answer requests until stdin closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the run's; this ends with stdin
+    if hasattr(os, "nice"):
+        # below the training process: while it trains (with as many torch threads as cores)
+        # this draws in the gaps; when it waits for the pictures, the cores are this one's
+        os.nice(NICE)
     answers = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # a stray print goes to stderr, never into an answer
     warm_up()
-    prepared: dict[str, Any] = {}  # kind: what PREPARE made for the next draw of that kind
+    ahead: dict[str, Any] = {}  # kind: what PREPARE keeps for the next draw of that kind
     with contextlib.suppress(EOFError, BrokenPipeError):  # the training process is gone
         while True:
             request, arrays = receive(sys.stdin.buffer)
             kind = request["kind"]
             if request.get("prepare"):  # no answer: the training process does not wait
                 try:
-                    prepared[kind] = PREPARE[kind](**arrays)
-                except Exception as e:
-                    print(f"plotter: preparing {kind!r} failed: {e}", file=sys.stderr)
+                    ahead.setdefault(kind, PREPARE[kind]()).add(**arrays, **request["options"])
+                except Exception as e:  # the draw at the end will draw it all
+                    print(f"plotter: drawing {kind!r} ahead failed: {e}", file=sys.stderr)
                 continue
             try:
-                extra = {"prepared": prepared.pop(kind)} if kind in prepared else {}
-                pictures = [png(p) for p in DRAW[kind](**arrays, **request["options"], **extra)]
+                extra = ahead.pop(kind).prepared() if kind in ahead else {}
+                pictures = DRAW[kind](**arrays, **request["options"], **extra)
                 answer: dict[str, Any] = {"sizes": [[p.height, p.width] for p in pictures]}
             except Exception as e:
                 pictures, answer = [], {"error": f"{type(e).__name__}: {e}"}
