@@ -211,8 +211,12 @@ def test_model_graph_is_add_graphs(run_experiment, no_figures, tmp_path):
     assert any(op == "aten::tanh" for _, op, _, _ in graph_nodes(ours))
 
 
-def graph_nodes(graph_def) -> list[tuple[str, str, list[str], str]]:
-    return [(n.name, n.op, list(n.input), str(n.attr)) for n in graph_def.node]
+def graph_nodes(graph_def) -> list[tuple[str, str, list[str], list[tuple[str, str]]]]:
+    """Each node's name, op, inputs and attributes (a proto map: in no fixed order)."""
+    return [
+        (n.name, n.op, list(n.input), sorted((k, str(v)) for k, v in n.attr.items()))
+        for n in graph_def.node
+    ]
 
 
 def test_model_graph_traces_in_eval_mode_and_leaves_the_mode_alone(tmp_path):
