@@ -287,7 +287,8 @@ def histogram(tag: str, values: np.ndarray, bins: Sequence[float]) -> bytes:
     values = values.reshape(-1)
     if values.size == 0:
         raise ValueError(f"histogram {tag!r}: the tensor has no elements")
-    counts, limits = _histogram(values, np.asarray(bins, dtype=float))
+    limits = np.asarray(bins, dtype=float)
+    counts = _histogram(values, limits)
     # TensorBoard keeps right bin limits only: keep the non-empty support and one empty bin
     # on its left, so the leftmost limit is kept too.
     cum_counts = np.cumsum(np.greater(counts, 0))
@@ -307,16 +308,15 @@ def histogram(tag: str, values: np.ndarray, bins: Sequence[float]) -> bytes:
     return _value(tag, _message(5, body))
 
 
-def _histogram(values: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """`np.histogram(values, bins=edges)`: bins closed on the left, the last one on both
-    sides, values outside the edges or NaN not counted. One search per value (in sorted
-    order, ~2x faster than in random order) instead of np.histogram's checks and one search
-    per edge: ~2x faster on small tensors with TensorBoard's 1,500 edges."""
+def _histogram(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """The counts of `np.histogram(values, bins=edges)`: bins closed on the left, the last
+    one on both sides, values outside the edges or NaN not counted. One search per value (in
+    sorted order, ~2x faster than in random order) instead of np.histogram's checks and one
+    search per edge: ~2x faster on small tensors with TensorBoard's 1,500 edges."""
     ordered = np.sort(values)
     slot = np.searchsorted(edges, ordered, side="right")  # edges[slot - 1] <= v < edges[slot]
     slot[ordered == edges[-1]] = len(edges) - 1  # the last edge falls in the last bin
-    counts = np.bincount(slot, minlength=len(edges) + 1)[1 : len(edges)]
-    return counts, edges
+    return np.bincount(slot, minlength=len(edges) + 1)[1 : len(edges)]
 
 
 def layout(categories: Mapping[str, Mapping[str, Sequence[Any]]]) -> bytes:

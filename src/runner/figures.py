@@ -42,9 +42,10 @@ GRID_ELEMENTS = 2**22  # grid points x data points per vmap chunk: bounds the me
 class Figures:
     """What to draw for this run, decided once; the loop calls start, record, epoch, finish.
 
-    During training only device tensors are kept (the curve on a fixed grid, the path);
-    everything is drawn in `finish`, so the drawing never interrupts the training steps and
-    nothing syncs the device before then.
+    During training only device tensors are kept (the curve on a fixed grid, the path).
+    With a plotter process running, the first snapshots go to it at the next log step (a
+    step that moves values to the host anyway) to be drawn there while this trains; the
+    rest is drawn in `finish`, so the drawing never interrupts the training steps.
     """
 
     def __init__(self, b: Built, every_n_epochs: int | None) -> None:
@@ -73,8 +74,7 @@ class Figures:
         """At log steps: the parameters' position on the landscape, and the snapshots taken
         since the last log step to the plotter, which draws them while this trains (a log
         step moves values to the host anyway)."""
-        if self.landscape:
-            self.path.append(torch.stack([p.detach().reshape(()) for p in self.params]))
+        self._path_point()
         if self.grid is not None and self.sent < len(self.curves) <= AHEAD:
             if not plotter.PLOTTER.running:
                 return
@@ -96,8 +96,7 @@ class Figures:
         """After the last step: the numbers to the plotter process, the pictures it draws to
         the logger (drawn here if it is not running; see `runner.plotter`)."""
         self._curve(step, "end")
-        if self.landscape:  # the last point of the path (the end curve goes with the rest)
-            self.path.append(torch.stack([p.detach().reshape(()) for p in self.params]))
+        self._path_point()  # the last one (the end's curve is drawn with the rest, below)
         try:
             if self.grid is not None:
                 arrays = fit_arrays(self.b, self.grid, [curve for _, _, curve in self.curves])
@@ -114,6 +113,10 @@ class Figures:
                     self.b.logger.png(step, "figure/landscape", *picture)
         except Exception as e:  # a picture is never worth a failed run
             log.warning(f"figures skipped: drawing them failed ({type(e).__name__}: {e})")
+
+    def _path_point(self) -> None:
+        if self.landscape:
+            self.path.append(torch.stack([p.detach().reshape(()) for p in self.params]))
 
     @torch.no_grad()
     def _curve(self, step: int, when: str) -> None:

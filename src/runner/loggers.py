@@ -167,15 +167,17 @@ class TensorBoard:
             from .plotter import png
 
             picture = png(rgb)
-            value = events.image(tag, picture.height, picture.width, 3, picture.data)
-            return self._summary(wall, step, [value])
+            return self._png(wall, step, tag, picture.data, picture.height, picture.width)
 
         self._put(encode)
 
     def png(self, step: int, tag: str, data: bytes, height: int, width: int) -> None:
         """An RGB picture already encoded as PNG (as the plotter process sends them)."""
         wall = time.time()
-        self._put(lambda: self._summary(wall, step, [events.image(tag, height, width, 3, data)]))
+        self._put(lambda: self._png(wall, step, tag, data, height, width))
+
+    def _png(self, wall: float, step: int, tag: str, data: bytes, height: int, width: int) -> bytes:
+        return self._summary(wall, step, [events.image(tag, height, width, 3, data)])
 
     def layout(self, layout: Mapping[str, Mapping[str, list[Any]]]) -> None:
         """The Custom Scalars dashboard: {category: {chart: ["Multiline", [tag regexes]]}}."""

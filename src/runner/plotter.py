@@ -49,7 +49,7 @@ NICE = 10  # the worker's scheduling priority below the training process's (Unix
 SAFE_KINDS = "biuf"  # the array dtypes a message may hold: bool, integers, floats
 
 
-# -- drawing: numpy in, RGB pixels (height, width, 3) uint8 out --
+# -- drawing: numpy in, PNG pictures out --
 
 
 def fit_images(
@@ -69,11 +69,25 @@ def fit_images(
     data, is used when the curves fit its limits: its background and the snapshots it has
     already drawn are reused, so only the rest are left to draw.
     """
-    canvas = prepared
-    limits = _limits(y if y_val is None else np.concatenate([y, y_val]), curves)
-    if canvas is None or not canvas.fits(x, y, grid, x_val, y_val, limits):
-        canvas = FitCanvas(x, y, grid, limits, x_val, y_val)
+    canvas = fit_canvas(x, y, grid, curves, x_val, y_val, prepared)
     return [canvas.picture(curve, when) for curve, when in zip(curves, whens, strict=True)]
+
+
+def fit_canvas(
+    x: np.ndarray,
+    y: np.ndarray,
+    grid: np.ndarray,
+    curves: np.ndarray,
+    x_val: np.ndarray | None = None,
+    y_val: np.ndarray | None = None,
+    prepared: FitCanvas | None = None,
+) -> FitCanvas:
+    """`prepared` if it was drawn for these data and the limits these curves need; else a
+    new canvas."""
+    limits = _limits(y if y_val is None else np.concatenate([y, y_val]), curves)
+    if prepared is not None and prepared.fits(x, y, grid, x_val, y_val, limits):
+        return prepared
+    return FitCanvas(x, y, grid, limits, x_val, y_val)
 
 
 class FitCanvas:
@@ -203,11 +217,7 @@ class FitAhead:
         self.data |= data
         self.curves += list(curves)
         self.whens += whens
-        x, y, grid = self.data["x"], self.data["y"], self.data["grid"]
-        x_val, y_val = self.data.get("x_val"), self.data.get("y_val")
-        limits = _limits(y if y_val is None else np.concatenate([y, y_val]), np.stack(self.curves))
-        if self.canvas is None or not self.canvas.fits(x, y, grid, x_val, y_val, limits):
-            self.canvas = FitCanvas(x, y, grid, limits, x_val, y_val)
+        self.canvas = fit_canvas(**self.data, curves=np.stack(self.curves), prepared=self.canvas)
         for curve, when in zip(self.curves, self.whens, strict=True):
             self.canvas.picture(curve, when)
 
@@ -315,7 +325,7 @@ class Plotter:
 
     def draw(self, kind: str, arrays: dict[str, np.ndarray | None], **options: Any) -> list[Png]:
         """The pictures of one request (`DRAW[kind]`), from the worker when one runs."""
-        given = {name: np.ascontiguousarray(a) for name, a in arrays.items() if a is not None}
+        given = _present(arrays)
         if self.process is not None:
             try:
                 return self._ask(self.process, kind, given, options)
@@ -340,9 +350,9 @@ class Plotter:
         draws everything."""
         if self.process is None or self.process.stdin is None:
             return
-        given = {name: np.ascontiguousarray(a) for name, a in arrays.items() if a is not None}
         try:
-            send(self.process.stdin, {"kind": kind, "prepare": True, "options": options}, given)
+            header = {"kind": kind, "prepare": True, "options": options}
+            send(self.process.stdin, header, _present(arrays))
         except OSError as e:
             self.close()
             log.warning(f"figures are drawn in this process: the plotter failed ({e})")
@@ -381,6 +391,11 @@ class Plotter:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def _present(arrays: dict[str, np.ndarray | None]) -> dict[str, np.ndarray]:
+    """The arrays given (None: left out, as the drawing functions' defaults), contiguous."""
+    return {name: np.ascontiguousarray(a) for name, a in arrays.items() if a is not None}
 
 
 PLOTTER = Plotter()  # one worker per process, shared by every run of a sweep
