@@ -38,8 +38,9 @@ def machine() -> str:
     import torch
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
     return (
-        f"{os.cpu_count()} CPUs ({model}), Python {platform.python_version()}, "
+        f"{os.cpu_count()} CPUs ({model}){gpu}, Python {platform.python_version()}, "
         f"torch {torch.__version__}, load average {load:.1f} at the start"
     )
 

@@ -1,6 +1,6 @@
 """Large data: `sine_mlp` with 10k, 100k and 1M points in minibatches of 1024, time per epoch.
 
-    python benchmarks/large_data.py [--sizes 10000 100000 1000000] [--repeats 3]
+    python benchmarks/large_data.py [--sizes 10000 100000 1000000] [--repeats 3] [--device cuda]
 
 Three loops do the same work, an epoch of shuffled minibatches through the same MLP
 (1 -> 64 -> 64 -> 1, tanh) with Adam (lr 0.01) on the same data:
@@ -11,6 +11,10 @@ Three loops do the same work, an epoch of shuffled minibatches through the same 
 `dataset.val_fraction=0` for all three, so an epoch is the same number of points. The
 first epoch of each run is a warm-up and is not counted (the DataLoader loop, minutes long
 at 1M points, is timed on one epoch).
+
+With `--device cuda` the runner and the slice loop keep the data on the GPU; the DataLoader
+loop keeps it on the host and moves each batch over, as such a loop does. Each plain epoch
+ends with a `torch.cuda.synchronize()`; the runner's log steps sync every 25 steps.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from runner.loop import train
 BATCH = 1024
 DATALOADER_SPEEDUP = 3.0  # at 1M points the runner's epoch at least this much faster
 SLICE_RATIO = 1.1  # ... and at most this times the plain index-slice loop
+DEVICE = torch.device("cpu")  # --device
 
 
 def data(n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,21 +50,27 @@ def data(n: int) -> tuple[torch.Tensor, torch.Tensor]:
 def mlp() -> nn.Module:
     return nn.Sequential(
         nn.Linear(1, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 1)
-    )
+    ).to(DEVICE)
+
+
+def synchronize() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def plain_slices(n: int, epochs: int) -> list[float]:
-    x, y = data(n)
+    x, y = (t.to(DEVICE) for t in data(n))
     model = mlp()
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
     times = []
     for _ in range(epochs):
         start = time.perf_counter()
-        for idx in torch.randperm(n).split(BATCH):
+        for idx in torch.randperm(n, device=DEVICE).split(BATCH):
             optimizer.zero_grad()
             loss = ((model(x[idx].unsqueeze(-1)).squeeze(-1) - y[idx]) ** 2).mean()
             loss.backward()
             optimizer.step()
+        synchronize()
         times.append(time.perf_counter() - start)
     return times
 
@@ -73,10 +84,12 @@ def plain_dataloader(n: int, epochs: int) -> list[float]:
     for _ in range(epochs):
         start = time.perf_counter()
         for xb, yb in loader:
+            xb, yb = xb.to(DEVICE, non_blocking=True), yb.to(DEVICE, non_blocking=True)
             optimizer.zero_grad()
             loss = ((model(xb).squeeze(-1) - yb) ** 2).mean()
             loss.backward()
             optimizer.step()
+        synchronize()
         times.append(time.perf_counter() - start)
     return times
 
@@ -93,6 +106,7 @@ def runner(n: int, epochs: int) -> list[float]:
                 "dataset.val_fraction=0.0",
                 f"trainer.batch_size={BATCH}",
                 f"trainer.epochs={epochs}",
+                f"trainer.device={DEVICE}",
             ],
         )
     built = build(cfg, Path(tempfile.mkdtemp(prefix="bench-large-")))
@@ -115,7 +129,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
+    global DEVICE
+    DEVICE = torch.device(args.device)
     loops = {
         "runner (default logging)": runner,
         "plain, index slices": lambda n, e: plain_slices(n, e)[1:],
@@ -144,7 +161,7 @@ def main() -> None:
             row.append(f"{per_epoch[name, n]:.3f}")
         row += [f"{per_epoch[name, n] / n * 1e6:.2f}" for n in (base, max(args.sizes))]
         rows.append(row)
-    print(f"\nLarge data: seconds per epoch (batch {BATCH}); {machine()}\n")
+    print(f"\nLarge data on {DEVICE}: seconds per epoch (batch {BATCH}); {machine()}\n")
     header = ["loop", *(f"n={n:,}" for n in args.sizes)]
     header += [f"µs/point n={base:,}", f"µs/point n={max(args.sizes):,}"]
     print(table(header, rows))

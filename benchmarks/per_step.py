@@ -1,6 +1,6 @@
 """Per step, in one process: `runner.loop.train` on a built experiment against a plain loop.
 
-    python benchmarks/per_step.py [--epochs 1500] [--repeats 7]
+    python benchmarks/per_step.py [--epochs 1500] [--repeats 7] [--device cuda] [--compile]
 
 Two workloads, each against the loop a person would write for it:
   - linear_fit (the post): 50 points, full batch, the post's manual update. Its steps are a
@@ -13,6 +13,11 @@ left out; each workload prints it as "one-off ms". Logging runs at the trainer's
 cadence (`log_every_n_steps=50`; sine_mlp's own 25), as linear_fit is configured (every
 step), and off (`logger=none`). Times are CPU seconds of the whole process (the TensorBoard
 writer thread included), which a shared machine's load moves far less than wall time.
+
+`--device cuda` runs every loop on the GPU and times wall seconds instead (CPU time means
+little when the CPU waits for the GPU), with a `torch.cuda.synchronize()` before each end
+reading. `--compile` adds the runner with `trainer.compile=true` (torch.compile's inductor);
+its one-off time includes the compile, which happens while the experiment is built.
 """
 
 from __future__ import annotations
@@ -33,7 +38,8 @@ from runner.build import build
 from runner.loop import train
 
 TARGET = 1.15  # per step with default logging: at most this times the plain loop
-clock = time.process_time
+DEVICE = torch.device("cpu")  # --device
+clock = time.process_time  # --device cuda: time.perf_counter
 SINE = ("experiment=sine_mlp", "dataset.val_fraction=0.0", "trainer.batch_size=64")
 SINE_STEPS = 16  # ceil(1000 / 64) steps an epoch
 
@@ -43,8 +49,9 @@ def post(epochs: int) -> tuple[float, float]:
     torch.manual_seed(42)
     x_data = torch.linspace(0, 1, 50)
     y_data = 2 * x_data + 1 + 0.1 * torch.randn(50)
-    w = torch.tensor(0.0, requires_grad=True)
-    b = torch.tensor(0.0, requires_grad=True)
+    x_data, y_data = x_data.to(DEVICE), y_data.to(DEVICE)
+    w = torch.tensor(0.0, requires_grad=True, device=DEVICE)
+    b = torch.tensor(0.0, requires_grad=True, device=DEVICE)
     lr = 0.1
     start = clock()
     first = start
@@ -59,7 +66,7 @@ def post(epochs: int) -> tuple[float, float]:
             b -= lr * b.grad
         w.grad.zero_()
         b.grad.zero_()
-    end = clock()
+    end = finished()
     return (end - first) / (epochs - 1), end - start
 
 
@@ -68,28 +75,40 @@ def sine(epochs: int) -> tuple[float, float]:
     torch.manual_seed(0)
     x = torch.rand(1000)
     y = torch.sin(2 * torch.pi * x) + 0.1 * torch.randn(1000)
+    x, y = x.to(DEVICE), y.to(DEVICE)
     model = nn.Sequential(
         nn.Linear(1, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 1)
-    )
+    ).to(DEVICE)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
     start = clock()
     first = start
     for epoch in range(epochs):
         if epoch == 1:
             first = clock()
-        for idx in torch.randperm(1000).split(64):
+        for idx in torch.randperm(1000, device=DEVICE).split(64):
             optimizer.zero_grad()
             loss = ((model(x[idx].unsqueeze(-1)).squeeze(-1) - y[idx]) ** 2).mean()
             loss.backward()
             optimizer.step()
-    end = clock()
+    end = finished()
     return (end - first) / (epochs - 1) / SINE_STEPS, end - start
 
 
+def finished() -> float:
+    """The clock once the device has done what it was given."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+    return clock()
+
+
 def runner(epochs: int, steps_per_epoch: int, *overrides: str) -> tuple[float, float]:
-    """(seconds per step after the first epoch, seconds in all) of `train` + `close`."""
+    """(seconds per step after the first epoch, seconds in all) of `build`, `train` and
+    `close`; the steps are timed without a sync (the log steps sync every 25-50 steps)."""
     with initialize_config_dir(str(CONFIGS), version_base="1.3"):
-        cfg = compose("config", [*overrides, f"trainer.epochs={epochs}"])
+        cfg = compose(
+            "config", [*overrides, f"trainer.epochs={epochs}", f"trainer.device={DEVICE}"]
+        )
+    start = clock()
     built = build(cfg, Path(tempfile.mkdtemp(prefix="bench-step-")))
     ticks: list[float] = []
     scheduler_step = built.scheduler.step
@@ -99,12 +118,11 @@ def runner(epochs: int, steps_per_epoch: int, *overrides: str) -> tuple[float, f
         scheduler_step()
 
     built.scheduler.step = tick
-    start = clock()
     try:
         train(built)
     finally:
         built.logger.close()
-    end = clock()
+    end = finished()
     return (ticks[-1] - ticks[0]) / (len(ticks) - 1) / steps_per_epoch, end - start
 
 
@@ -112,7 +130,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=1500, help="linear_fit epochs (= steps)")
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (wall time on cuda)")
+    parser.add_argument("--compile", action="store_true", help="add trainer.compile=true")
     args = parser.parse_args()
+    global DEVICE, clock
+    DEVICE = torch.device(args.device)
+    if DEVICE.type == "cuda":
+        clock = time.perf_counter
     n = args.epochs
     m = max(n // 40, 3)  # sine_mlp epochs: about as many steps as linear_fit's
     lin = ("experiment=linear_fit",)
@@ -131,6 +155,13 @@ def main() -> None:
             "runner, logger=none": lambda: runner(m, SINE_STEPS, *SINE, "logger=none"),
         },
     }
+    if args.compile:
+        workloads["linear_fit"]["runner, trainer.compile=true"] = lambda: runner(
+            n, 1, *lin, "trainer.log_every_n_steps=50", "trainer.compile=true"
+        )
+        workloads["sine_mlp"]["runner, trainer.compile=true"] = lambda: runner(
+            m, SINE_STEPS, *SINE, "trainer.compile=true"
+        )
     results: dict[tuple[str, str], list[tuple[float, float]]] = {}
     for r in range(args.repeats + 1):  # round 0 warms up and is dropped
         for workload, loops in workloads.items():
@@ -140,7 +171,8 @@ def main() -> None:
                     results.setdefault((workload, name), []).append(value)
         print(f"  round {r + 1}/{args.repeats + 1} done", flush=True)
 
-    print(f"\nPer step, CPU time, median of {args.repeats}; {machine()}\n")
+    kind = "wall time" if DEVICE.type == "cuda" else "CPU time"
+    print(f"\nPer step on {DEVICE}, {kind}, median of {args.repeats}; {machine()}\n")
     rows = []
     verdicts = []
     for workload, loops in workloads.items():

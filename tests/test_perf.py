@@ -20,7 +20,7 @@ from conftest import ROOT, compose_config, event_accumulator
 from runner import events
 from runner.build import Built, build
 from runner.loggers import TensorBoard
-from runner.loop import train
+from runner.loop import Loop, train
 
 # What moves a value from the device to the host: on a GPU each one waits for the device.
 SYNCS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__")
@@ -101,6 +101,50 @@ def test_no_host_sync_between_log_steps(overrides: tuple[str, ...], tmp_path: Pa
     between = {s: n for s, n in syncs.items() if s >= 0 and s not in log_steps}
     assert between == {}, f"host syncs at steps that do not log: {between}"
     assert all(syncs[s] > 0 for s in (10, 20)), "the counter must see the log steps' syncs"
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ("experiment=linear_fit", "trainer.epochs=35"),
+        ("experiment=sine_mlp", "trainer.epochs=3", "logger.histogram_every_n_steps=10"),
+        ("experiment=mlp_classify", "trainer.epochs=3"),
+    ],
+    ids=["linear_fit", "sine_mlp", "mlp_classify"],
+)
+def test_cuda_sync_debug_mode_sees_no_sync_between_log_steps(
+    overrides: tuple[str, ...], tmp_path: Path
+) -> None:
+    """torch.cuda.set_sync_debug_mode("error") raises at any synchronizing CUDA call: it is
+    on from a step that does not log until the next step starts, and off from a log step
+    (whose row, histograms and divergence check sync) to the next."""
+    cfg = compose_config(*overrides, "trainer.log_every_n_steps=10", "trainer.device=cuda")
+    built = build(cfg, tmp_path)
+    n_steps, optimizer_step = [0], built.optimizer.step
+    last = None
+
+    def guarded_step(*args, **kwargs):
+        step = n_steps[0]
+        n_steps[0] += 1
+        logs = step % 10 == 0 or step == last
+        torch.cuda.set_sync_debug_mode(0 if logs else "error")
+        return optimizer_step(*args, **kwargs)
+
+    built.optimizer.step = guarded_step
+    torch.cuda.set_sync_debug_mode("error")
+    with pytest.raises(RuntimeError, match="synchroniz"):  # the guard does catch a sync
+        torch.ones(1, device="cuda").item()
+    torch.cuda.set_sync_debug_mode(0)
+    loop = Loop(built, None, None)
+    last = loop.total_steps - 1
+    try:
+        result = loop.run()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+        built.logger.close()
+    assert result.status == "completed" and result.steps == n_steps[0] > 20
 
 
 @pytest.mark.slow

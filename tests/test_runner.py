@@ -348,6 +348,31 @@ def test_linear_fit_on_cuda(run_experiment):
     assert metrics["params"]["w"] == pytest.approx(POST_W, abs=1e-4)
 
 
+@pytest.mark.slow
+def test_compile_runs_the_model_through_torch_compile(run_experiment):
+    """aot_eager traces with dynamo and AOTAutograd as inductor does, without a C++ build
+    (inductor on 2 CPU cores takes ~30 s): the graph shows the compiled region, and the
+    numbers are eager's."""
+    args = ("experiment=sine_mlp", "trainer.epochs=3", "dataset.n=300", "trainer.device=cpu")
+    eager, eager_dir = run_experiment(*args)
+    fast, run_dir = run_experiment(*args, "trainer.compile=aot_eager")
+    graph = (run_dir / "graph.txt").read_text()
+    assert "CompiledFunctionBackward" in graph and "AddmmBackward0" not in graph
+    assert "AddmmBackward0" in (eager_dir / "graph.txt").read_text()
+    assert fast["final_loss"] == pytest.approx(eager["final_loss"], rel=1e-5)
+    assert fast["steps"] == eager["steps"]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_compile_with_inductor_on_cuda(run_experiment):
+    args = ("experiment=sine_mlp", "trainer.epochs=3", "trainer.device=cuda")
+    eager, _ = run_experiment(*args)
+    fast, run_dir = run_experiment(*args, "trainer.compile=true")
+    assert "CompiledFunctionBackward" in (run_dir / "graph.txt").read_text()
+    assert fast["final_loss"] == pytest.approx(eager["final_loss"], rel=1e-3)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
 def test_cuda_without_a_gpu_is_a_clear_error(tmp_path: Path):
     done = cli(

@@ -96,6 +96,16 @@ CASES = [
         ["trainer.early_stop.patience=0", "at least 1"],
     ),
     ("missing checkpoint", ["trainer.resume=nowhere"], ["trainer.resume='nowhere'", "auto"]),
+    (
+        "unknown compile backend",
+        ["trainer.compile=inductr"],
+        ["trainer.compile='inductr'", "did you mean 'inductor'", "aot_eager"],
+    ),
+    (
+        "compile without a model",
+        ["experiment=rosenbrock", "trainer.compile=true"],
+        ["trainer.compile", "dataset=none", "trainer.compile=false"],
+    ),
 ]
 MARKS = {"absent cuda": NO_CUDA, "absent mps": NO_MPS}
 
@@ -177,7 +187,7 @@ def test_cli_unknown_key_exits_2_with_a_hint(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         "Config error: trainer.epoch=5: unknown key 'trainer.epoch' (did you mean 'epochs'?); "
         "trainer has: epochs, batch_size, device, dtype, grad_clip, accumulate, "
-        "log_every_n_steps, check_grads, checkpoint_every, resume, early_stop, objective"
+        "log_every_n_steps, check_grads, checkpoint_every, resume, early_stop, objective, compile"
     ]
     assert "Traceback" not in proc.stdout + proc.stderr
 

@@ -229,6 +229,8 @@ def build(cfg: DictConfig, run_dir: Path, choices: Mapping[str, Any] | None = No
         check_shapes(forward, loss_fn, data)
     if data is None:
         check_objective(loss_fn)
+    if trainer.compile is not False:
+        forward = compiled(forward, trainer.compile, data, trainer.batch_size)
 
     optimizer = _instantiate("optimizer", opts["optimizer"])(list(params.values()))
     if trainer.accumulate > 1 and isinstance(optimizer, torch.optim.LBFGS):
@@ -254,6 +256,28 @@ def build(cfg: DictConfig, run_dir: Path, choices: Mapping[str, Any] | None = No
         logger=logger,
         hparams=hparams,
     )
+
+
+def compiled(
+    forward: Callable[[torch.Tensor], torch.Tensor] | None,
+    backend: bool | str,
+    data: Data | None,
+    batch_size: int | None,
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`trainer.compile`: the model's forward through torch.compile, compiled here, on a
+    batch of the loop's shape with gradients on, so a backend that fails is a config error
+    before any work, and the first step does not pay for the compile."""
+    if forward is None or data is None:
+        raise ConfigError(
+            "trainer.compile compiles the model, and an objective-only experiment "
+            "(dataset=none) has none; set trainer.compile=false"
+        )
+    fast = torch.compile(forward, backend="inductor" if backend is True else backend)
+    try:
+        fast(data.x[:batch_size] if batch_size is not None else data.x)
+    except Exception as e:
+        raise ConfigError(f"trainer.compile={backend!r}: torch.compile failed: {e}") from e
+    return fast
 
 
 def check_objective(loss_fn: Callable[[], torch.Tensor]) -> None:

@@ -44,6 +44,7 @@ class TrainerConfig:
     resume: str | None = None
     early_stop: dict[str, float] | None = None
     objective: str = "final_loss"
+    compile: bool | str = False  # true: torch.compile the model (inductor); or a backend's name
 
 
 @dataclass
@@ -148,6 +149,8 @@ def check_trainer(given: Mapping[str, Any]) -> TrainerConfig:
         raise ConfigError(
             f"trainer.objective={t.objective!r} is not allowed; use one of {', '.join(OBJECTIVES)}"
         )
+    if isinstance(t.compile, str):
+        check_backend(t.compile)
     if t.early_stop is not None:
         stop = _check_dataclass("trainer.early_stop", t.early_stop, EarlyStop)
         if stop.patience < 1:
@@ -157,6 +160,19 @@ def check_trainer(given: Mapping[str, Any]) -> TrainerConfig:
                 f"trainer.early_stop.min_delta={stop.min_delta} must be zero or positive"
             )
     return t
+
+
+def check_backend(name: str) -> None:
+    """A `trainer.compile` backend must be one torch.compile knows (imports torch._dynamo,
+    ~1.5 s, only when a backend is named)."""
+    from torch._dynamo import list_backends
+
+    known = [b for b in list_backends(exclude_tags=()) if not b.endswith("TESTING_ONLY")]
+    if name not in known:
+        raise ConfigError(
+            f"trainer.compile={name!r} is no torch.compile backend{did_you_mean(name, known)}; "
+            f"use true, false or one of: {', '.join(sorted(known))}"
+        )
 
 
 def refused_override(error: BaseException) -> str | None:

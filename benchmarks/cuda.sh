@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# What a lent GPU runs, by hand (CI has no GPU): the CUDA tests, the per-step benchmark
+# (with trainer.compile) and the large-data benchmark on the GPU, then the whole suite on a
+# machine where trainer.device=auto means cuda. Each part has its own time limit, so one
+# that hangs does not take the others with it. Logs go to $OUT, or ./cuda-logs.
+#
+#   bash benchmarks/cuda.sh            # PYTHON=... to pick the interpreter
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-cuda-logs}
+mkdir -p "$out"
+export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+py=${PYTHON:-python3}
+xdist=$($py -c "import xdist" 2>/dev/null && echo "-n 8")
+
+nvidia-smi -L
+$py -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
+timeout 150 $py -m pytest -q -p no:cacheprovider -m cuda -rs 2>&1 | tee "$out/cuda_tests.log"
+(cd benchmarks && timeout 130 $py per_step.py --device cuda --compile --epochs 600 --repeats 3) \
+    2>&1 | tee "$out/per_step.log"
+(cd benchmarks && timeout 100 $py large_data.py --device cuda --repeats 2) 2>&1 \
+    | tee "$out/large_data.log"
+# the sweep plugins (optuna, joblib, submitit) are left out of a GPU image's packages
+timeout 170 $py -m pytest -q -p no:cacheprovider $xdist -m "not cuda" --ignore=tests/test_sweep.py \
+    2>&1 | tee "$out/suite.log"
