@@ -4,7 +4,7 @@
 # machine where trainer.device=auto means cuda. Each part has its own time limit, so one
 # that hangs does not take the others with it. Logs go to $OUT, or ./cuda-logs.
 #
-#   bash benchmarks/cuda.sh            # PYTHON=... to pick the interpreter
+#   bash benchmarks/cuda.sh     # PYTHON=... picks the interpreter; SKIP=large skips large data
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-cuda-logs}
@@ -16,10 +16,26 @@ xdist=$($py -c "import xdist" 2>/dev/null && echo "-n 8")
 nvidia-smi -L
 $py -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
 timeout 150 $py -m pytest -q -p no:cacheprovider -m cuda -rs 2>&1 | tee "$out/cuda_tests.log"
-(cd benchmarks && timeout 130 $py per_step.py --device cuda --compile --epochs 600 --repeats 3) \
-    2>&1 | tee "$out/per_step.log"
-(cd benchmarks && timeout 100 $py large_data.py --device cuda --repeats 2) 2>&1 \
-    | tee "$out/large_data.log"
+(cd benchmarks && timeout 200 $py per_step.py --device cuda --compile --wide --epochs 600 \
+    --repeats 3) 2>&1 | tee "$out/per_step.log"
+[[ ${SKIP:-} == *large* ]] ||
+    (cd benchmarks && timeout 100 $py large_data.py --device cuda --repeats 2) 2>&1 \
+        | tee "$out/large_data.log"
+# the whole process on this machine: the same run with trainer.device=cuda and =cpu
+(cd benchmarks && timeout 120 $py - <<'PY'
+from common import PYTHON, median, timed_process
+import tempfile
+
+times = {"cuda": [], "cpu": []}
+for _ in range(4):
+    for device, values in times.items():
+        run_dir = tempfile.mkdtemp()
+        args = ["experiment=linear_fit", f"trainer.device={device}", f"hydra.run.dir={run_dir}"]
+        values.append(timed_process([PYTHON, "-m", "runner", *args])[0])
+for device, values in times.items():
+    print(f"whole process, trainer.device={device}: median {median(values[1:]):.2f} s of 3")
+PY
+) 2>&1 | tee "$out/whole.log"
 # the sweep plugins (optuna, joblib, submitit) are left out of a GPU image's packages
 timeout 170 $py -m pytest -q -p no:cacheprovider $xdist -m "not cuda" --ignore=tests/test_sweep.py \
     2>&1 | tee "$out/suite.log"

@@ -23,6 +23,7 @@ its one-off time includes the compile, which happens while the experiment is bui
 from __future__ import annotations
 
 import argparse
+import math
 import tempfile
 import time
 from collections.abc import Callable
@@ -42,6 +43,10 @@ DEVICE = torch.device("cpu")  # --device
 clock = time.process_time  # --device cuda: time.perf_counter
 SINE = ("experiment=sine_mlp", "dataset.val_fraction=0.0", "trainer.batch_size=64")
 SINE_STEPS = 16  # ceil(1000 / 64) steps an epoch
+# --wide: where a step has real work (on a GPU), so compiling it can pay for its overhead
+WIDE = ("experiment=sine_mlp", "dataset.val_fraction=0.0", "dataset.n=32768")
+WIDE += ("trainer.batch_size=8192", "model.hidden=[1024,1024]")
+WIDE_STEPS = 4
 
 
 def post(epochs: int) -> tuple[float, float]:
@@ -70,14 +75,14 @@ def post(epochs: int) -> tuple[float, float]:
     return (end - first) / (epochs - 1), end - start
 
 
-def sine(epochs: int) -> tuple[float, float]:
+def sine(epochs: int, n: int = 1000, batch: int = 64, width: int = 64) -> tuple[float, float]:
     """sine_mlp as a plain loop: index slices of a randperm, the same MLP and Adam."""
     torch.manual_seed(0)
-    x = torch.rand(1000)
-    y = torch.sin(2 * torch.pi * x) + 0.1 * torch.randn(1000)
+    x = torch.rand(n)
+    y = torch.sin(2 * torch.pi * x) + 0.1 * torch.randn(n)
     x, y = x.to(DEVICE), y.to(DEVICE)
     model = nn.Sequential(
-        nn.Linear(1, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 1)
+        nn.Linear(1, width), nn.Tanh(), nn.Linear(width, width), nn.Tanh(), nn.Linear(width, 1)
     ).to(DEVICE)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
     start = clock()
@@ -85,13 +90,13 @@ def sine(epochs: int) -> tuple[float, float]:
     for epoch in range(epochs):
         if epoch == 1:
             first = clock()
-        for idx in torch.randperm(1000, device=DEVICE).split(64):
+        for idx in torch.randperm(n, device=DEVICE).split(batch):
             optimizer.zero_grad()
             loss = ((model(x[idx].unsqueeze(-1)).squeeze(-1) - y[idx]) ** 2).mean()
             loss.backward()
             optimizer.step()
     end = finished()
-    return (end - first) / (epochs - 1) / SINE_STEPS, end - start
+    return (end - first) / (epochs - 1) / math.ceil(n / batch), end - start
 
 
 def finished() -> float:
@@ -132,6 +137,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (wall time on cuda)")
     parser.add_argument("--compile", action="store_true", help="add trainer.compile=true")
+    parser.add_argument("--wide", action="store_true", help="add an MLP of width 1024 (GPU)")
     args = parser.parse_args()
     global DEVICE, clock
     DEVICE = torch.device(args.device)
@@ -155,6 +161,15 @@ def main() -> None:
             "runner, logger=none": lambda: runner(m, SINE_STEPS, *SINE, "logger=none"),
         },
     }
+    steps = {"linear_fit": n, "sine_mlp": m * SINE_STEPS}
+    if args.wide:
+        w = max(n // 4 // WIDE_STEPS, 3)
+        workloads["sine_mlp, width 1024, batch 8192"] = {
+            "plain loop (index slices)": lambda: sine(w, 32768, 8192, 1024),
+            "runner, default logging": lambda: runner(w, WIDE_STEPS, *WIDE),
+            "runner, logger=none": lambda: runner(w, WIDE_STEPS, *WIDE, "logger=none"),
+        }
+        steps["sine_mlp, width 1024, batch 8192"] = w * WIDE_STEPS
     if args.compile:
         workloads["linear_fit"]["runner, trainer.compile=true"] = lambda: runner(
             n, 1, *lin, "trainer.log_every_n_steps=50", "trainer.compile=true"
@@ -162,6 +177,11 @@ def main() -> None:
         workloads["sine_mlp"]["runner, trainer.compile=true"] = lambda: runner(
             m, SINE_STEPS, *SINE, "trainer.compile=true"
         )
+        if args.wide:
+            wide = workloads["sine_mlp, width 1024, batch 8192"]
+            wide["runner, trainer.compile=true"] = lambda: runner(
+                w, WIDE_STEPS, *WIDE, "trainer.compile=true"
+            )
     results: dict[tuple[str, str], list[tuple[float, float]]] = {}
     for r in range(args.repeats + 1):  # round 0 warms up and is dropped
         for workload, loops in workloads.items():
@@ -182,8 +202,7 @@ def main() -> None:
             runs = results[workload, name]
             per_step = median([s for s, _ in runs])
             ratio = median([s / p for (s, _), (p, _) in zip(runs, plain, strict=True)])
-            steps = n if workload == "linear_fit" else m * SINE_STEPS
-            once = median([total - s * steps for s, total in runs])
+            once = median([total - s * steps[workload] for s, total in runs])
             rows.append(
                 [workload, name, f"{per_step * 1e6:.0f}", f"{ratio:.2f}x", f"{once * 1e3:.0f}"]
             )

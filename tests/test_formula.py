@@ -185,7 +185,7 @@ def test_leading_whitespace_is_fine_and_columns_count_it():
         ("(" * 10000, "syntax error"),
         ("-" * 100000 + "1", "too long"),
         ("-" * 5000 + "1", "nested too deeply"),
-        ("x+" * 300 + "x", "nested more than 200 levels"),
+        ("x+" * 300 + "x", "nested too deeply: more than 200 levels"),
         ("\ud800", "cannot be parsed"),
     ],
 )

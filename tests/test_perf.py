@@ -110,7 +110,7 @@ def test_no_host_sync_between_log_steps(overrides: tuple[str, ...], tmp_path: Pa
     [
         ("experiment=linear_fit", "trainer.epochs=35"),
         ("experiment=sine_mlp", "trainer.epochs=3", "logger.histogram_every_n_steps=10"),
-        ("experiment=mlp_classify", "trainer.epochs=3"),
+        ("experiment=mlp_classify", "trainer.epochs=8"),  # 4 steps an epoch
     ],
     ids=["linear_fit", "sine_mlp", "mlp_classify"],
 )

@@ -147,7 +147,7 @@ def _describe(source: str, node: ast.AST) -> str:
 def _compile(node: ast.expr, source: str, names: set[str], depth: int = 0) -> Compiled:
     """Check one node against the whitelist and return a closure that evaluates it."""
     if depth > MAX_DEPTH:
-        raise _error(source, f"nested more than {MAX_DEPTH} levels deep")
+        raise _error(source, f"nested too deeply: more than {MAX_DEPTH} levels")
 
     def sub(child: ast.expr) -> Compiled:
         return _compile(child, source, names, depth + 1)
