@@ -168,6 +168,9 @@ def main() -> None:
             "plain loop (index slices)": lambda: sine(w, 32768, 8192, 1024),
             "runner, default logging": lambda: runner(w, WIDE_STEPS, *WIDE),
             "runner, logger=none": lambda: runner(w, WIDE_STEPS, *WIDE, "logger=none"),
+            "runner, no histograms": lambda: runner(
+                w, WIDE_STEPS, *WIDE, "logger.histogram_every_n_steps=null"
+            ),
         }
         steps["sine_mlp, width 1024, batch 8192"] = w * WIDE_STEPS
     if args.compile:

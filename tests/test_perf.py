@@ -201,7 +201,14 @@ def test_hand_encoded_summaries_are_byte_identical_to_torch_utils_tensorboard() 
     assert events.layout(layout) == reference.custom_scalars(layout).value[0].SerializeToString()
 
 
-def test_histogram_counts_are_numpys_at_and_beyond_every_edge() -> None:
+def on_the_device(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """The counts `histogram_stats` works out where a tensor is (here: the CPU)."""
+    stats = events.histogram_stats(torch.from_numpy(values), torch.from_numpy(edges))
+    return stats[5:].numpy()
+
+
+@pytest.mark.parametrize("binned", [events._histogram, on_the_device], ids=["numpy", "torch"])
+def test_histogram_counts_are_numpys_at_and_beyond_every_edge(binned) -> None:
     """events bins by searching each value; np.histogram (what torch's make_histogram uses)
     searches each edge. Values on edges, the last edge, outside them, inf and NaN."""
     edges = np.array(events.default_bins())
@@ -213,10 +220,44 @@ def test_histogram_counts_are_numpys_at_and_beyond_every_edge() -> None:
         if trial % 3 == 2:
             values[:4] = [edges[0], edges[-1], math.inf, -math.inf][: values.size]
         expected, _ = np.histogram(values, bins=edges)
-        assert np.array_equal(events._histogram(values, edges), expected), trial
+        assert np.array_equal(binned(values, edges), expected), trial
     with_nan = np.array([0.5, math.nan, edges[-1]])
-    counts = events._histogram(with_nan, edges)
+    counts = binned(with_nan, edges)
     assert counts.sum() == 2 and counts[-1] == 1  # NaN not counted; the last edge is in
+
+
+def test_a_histogram_binned_where_the_tensor_is_reads_as_tensorboards() -> None:
+    """The device path's Summary.Value parses to torch.utils.tensorboard's: the same limits,
+    counts, min, max and count; the sums equal but for the order torch adds in."""
+    from torch.utils.tensorboard import summary as reference
+
+    bins = np.array(events.default_bins())
+    rng = np.random.default_rng(0)
+    for array in (rng.normal(size=300), np.zeros(4), np.array([2.0]), rng.normal(size=(8, 8))):
+        stats = events.histogram_stats(torch.from_numpy(array), torch.from_numpy(bins)).numpy()
+        ours = value(events.histogram_from_stats("param/w", stats[:5], stats[5:], bins)).histo
+        theirs = reference.histogram("param/w", array, bins.tolist()).value[0].histo
+        assert list(ours.bucket_limit) == list(theirs.bucket_limit)
+        assert list(ours.bucket) == list(theirs.bucket)
+        assert (ours.min, ours.max, ours.num) == (theirs.min, theirs.max, theirs.num)
+        assert ours.sum == pytest.approx(theirs.sum, rel=1e-12, abs=1e-300)
+        assert ours.sum_squares == pytest.approx(theirs.sum_squares, rel=1e-12)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_cuda_histogram_is_the_cpu_ones(tmp_path: Path) -> None:
+    values = torch.randn(1000, 100, generator=torch.Generator().manual_seed(0))
+    values[0, :3] = torch.tensor([math.nan, 1e-12, 0.0])
+    for device in ("cpu", "cuda"):
+        logger = TensorBoard(tmp_path / device)
+        logger.histogram(3, "param/w", values.to(device))
+        logger.close()
+    cpu, cuda = (event_accumulator(tmp_path / d).Histograms("param/w")[0] for d in ("cpu", "cuda"))
+    assert cuda.step == 3
+    assert cuda.histogram_value.bucket == cpu.histogram_value.bucket
+    assert cuda.histogram_value.bucket_limit == cpu.histogram_value.bucket_limit
+    assert cuda.histogram_value.num == cpu.histogram_value.num == 100_000
 
 
 def test_crc32c_matches_tensorboards_on_both_sides_of_the_numpy_path() -> None:

@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 
 # -- TFRecord framing: length, masked CRC-32C of the length, data, masked CRC-32C of data --
 
@@ -288,7 +289,33 @@ def histogram(tag: str, values: np.ndarray, bins: Sequence[float]) -> bytes:
     if values.size == 0:
         raise ValueError(f"histogram {tag!r}: the tensor has no elements")
     limits = np.asarray(bins, dtype=float)
-    counts = _histogram(values, limits)
+    stats = [values.min(), values.max(), len(values), values.sum(), values.dot(values)]
+    return histogram_from_stats(
+        tag, np.array(stats, dtype=float), _histogram(values, limits), limits
+    )
+
+
+def histogram_stats(values: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+    """What a histogram needs, worked out where the values are (a GPU's 1M-element weights
+    stay there): [min, max, count, sum, sum of squares, *bin counts] in float64, one tensor
+    for one small copy to the host. The bins are `_histogram`'s, the sums torch's (numpy
+    adds in another order, so they can differ in the last bits)."""
+    v = values.detach().reshape(-1).double()
+    if v.numel() == 0:
+        raise ValueError("histogram of a tensor with no elements")
+    slot = torch.bucketize(v, edges, right=True)  # edges[slot - 1] <= v < edges[slot]
+    slot = torch.where(v == edges[-1], len(edges) - 1, slot)  # the last edge is in the last bin
+    slot = torch.where(v.isnan(), 0, slot)  # NaN: counted nowhere, as by np.histogram
+    counts = torch.bincount(slot, minlength=len(edges) + 1)[1 : len(edges)]
+    head = torch.stack([v.min(), v.max(), v.new_tensor(float(v.numel())), v.sum(), v.dot(v)])
+    return torch.cat([head, counts.double()])
+
+
+def histogram_from_stats(
+    tag: str, stats: np.ndarray, counts: np.ndarray, limits: np.ndarray
+) -> bytes:
+    """The Summary.Value of a histogram from its [min, max, count, sum, sum of squares] and
+    its counts in the bins between `limits`."""
     # TensorBoard keeps right bin limits only: keep the non-empty support and one empty bin
     # on its left, so the leftmost limit is kept too.
     cum_counts = np.cumsum(np.greater(counts, 0))
@@ -296,15 +323,8 @@ def histogram(tag: str, values: np.ndarray, bins: Sequence[float]) -> bytes:
     start, end = int(start), int(end) + 1
     counts = counts[start - 1 : end] if start > 0 else np.concatenate([[0], counts[:end]])
     limits = limits[start : end + 1]
-    body = (
-        _plain_double(1, float(values.min()))
-        + _plain_double(2, float(values.max()))
-        + _plain_double(3, float(len(values)))
-        + _plain_double(4, float(values.sum()))
-        + _plain_double(5, float(values.dot(values)))
-        + _packed_doubles(6, limits)
-        + _packed_doubles(7, counts)
-    )
+    body = b"".join(_plain_double(field, float(x)) for field, x in enumerate(stats[:5], 1))
+    body += _packed_doubles(6, limits) + _packed_doubles(7, counts)
     return _value(tag, _message(5, body))
 
 
