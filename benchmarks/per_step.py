@@ -75,8 +75,11 @@ def post(epochs: int) -> tuple[float, float]:
     return (end - first) / (epochs - 1), end - start
 
 
-def sine(epochs: int, n: int = 1000, batch: int = 64, width: int = 64) -> tuple[float, float]:
-    """sine_mlp as a plain loop: index slices of a randperm, the same MLP and Adam."""
+def sine(
+    epochs: int, n: int = 1000, batch: int = 64, width: int = 64, compiled: bool = False
+) -> tuple[float, float]:
+    """sine_mlp as a plain loop: index slices of a randperm, the same MLP and Adam
+    (`compiled`: the model through torch.compile, as a plain loop would do it)."""
     torch.manual_seed(0)
     x = torch.rand(n)
     y = torch.sin(2 * torch.pi * x) + 0.1 * torch.randn(n)
@@ -85,6 +88,8 @@ def sine(epochs: int, n: int = 1000, batch: int = 64, width: int = 64) -> tuple[
         nn.Linear(1, width), nn.Tanh(), nn.Linear(width, width), nn.Tanh(), nn.Linear(width, 1)
     ).to(DEVICE)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    if compiled:
+        model = torch.compile(model)
     start = clock()
     first = start
     for epoch in range(epochs):
@@ -180,11 +185,13 @@ def main() -> None:
         workloads["sine_mlp"]["runner, trainer.compile=true"] = lambda: runner(
             m, SINE_STEPS, *SINE, "trainer.compile=true"
         )
+        workloads["sine_mlp"]["plain loop, torch.compile(model)"] = lambda: sine(m, compiled=True)
         if args.wide:
             wide = workloads["sine_mlp, width 1024, batch 8192"]
             wide["runner, trainer.compile=true"] = lambda: runner(
                 w, WIDE_STEPS, *WIDE, "trainer.compile=true"
             )
+            wide["plain loop, torch.compile(model)"] = lambda: sine(w, 32768, 8192, 1024, True)
     results: dict[tuple[str, str], list[tuple[float, float]]] = {}
     for r in range(args.repeats + 1):  # round 0 warms up and is dropped
         for workload, loops in workloads.items():
