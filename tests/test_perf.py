@@ -5,8 +5,10 @@ events are what `torch.utils.tensorboard` writes. Timings live in benchmarks/.""
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -325,6 +327,45 @@ def test_the_event_file_reads_back_and_close_is_safe_twice(tmp_path: Path) -> No
     image = acc.Images("figure/fit")[0]
     assert (image.step, image.width, image.height) == (7, 5, 4)
     assert len(list(tmp_path.glob("events.out.tfevents.*"))) == 1
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
+def test_the_writer_thread_runs_only_in_spare_time(tmp_path: Path) -> None:
+    logger = TensorBoard(tmp_path)
+    try:
+        assert logger._thread is not None
+        assert os.sched_getscheduler(logger._thread.native_id) == os.SCHED_IDLE
+        assert os.sched_getscheduler(0) != os.SCHED_IDLE  # the training thread is untouched
+    finally:
+        logger.close()
+
+
+def test_a_writer_with_no_spare_time_is_caught_up_by_the_logging_thread(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Every core busy: the writer thread never runs. A call that finds the oldest item
+    queued over flush_secs ago writes the queue itself, in order, so the file stays at most
+    that far behind; close writes the rest."""
+
+    def starved(self: TensorBoard) -> None:  # only ever takes the end, which close adds
+        with self._ready:
+            self._ready.wait_for(lambda: any(item is None for _, item in self._items))
+        with self._write_lock:
+            self._write_next(end_ok=True)
+
+    monkeypatch.setattr(TensorBoard, "_write_all", starved)
+    logger = TensorBoard(tmp_path, flush_secs=0.2)
+    logger.scalars(0, {"loss/train": 1.0})
+    assert len(logger._items) == 1  # queued: nobody has written it
+    time.sleep(0.3)
+    logger.scalars(1, {"loss/train": 0.5})  # the first waited over 0.2 s: both are written
+    assert not logger._items
+    # step 0 was flushed with it (flush_secs had passed); step 1 waits for the next flush,
+    # unless this machine paused for flush_secs in between
+    assert [e.step for e in event_accumulator(tmp_path).Scalars("loss/train")] in ([0], [0, 1])
+    logger.scalars(2, {"loss/train": 0.25})
+    logger.close()
+    assert [e.step for e in event_accumulator(tmp_path).Scalars("loss/train")] == [0, 1, 2]
 
 
 def _mlp(seed: int) -> torch.nn.Module:

@@ -21,7 +21,7 @@ import pytest
 from conftest import ROOT, cli, compose_config, event_accumulator
 
 from runner import cli as runner_cli
-from runner import plotter
+from runner import plotter, priority
 from runner.plotter import Plotter
 
 RNG = np.random.default_rng(0)
@@ -114,6 +114,34 @@ def test_fit_snapshots_drawn_ahead_give_the_pictures_of_one_drawing_at_the_end(
     later = plotter._limits(np.concatenate([FIT["y"], FIT["y_val"]]), curves)
     assert (later == canvas.limits) != escapes
     assert len(drawn) == (3 if escapes else 1)  # only the end's, unless all are redrawn
+
+
+def test_snapshots_not_drawn_ahead_wait_for_the_next_chance_or_the_end():
+    """Without a spare core the worker keeps a snapshot for later (`now=False`): nothing is
+    drawn then; the next `add` with `now`, or the draw at the end, draws what waited."""
+    data = {k: v for k, v in FIT.items() if k != "curves"}
+    ahead = plotter.FitAhead()
+    ahead.add(FIT["curves"][:1], WHENS[:1], now=False, **data)
+    assert ahead.prepared() == {}
+    assert plotter.fit_images(**FIT, whens=WHENS, **ahead.prepared()) == plotter.fit_images(
+        **FIT, whens=WHENS
+    )
+    ahead.add(FIT["curves"][1:2], WHENS[1:2], now=True)
+    assert len(ahead.prepared()["prepared"].drawn) == 2  # the one that waited, and this one
+
+
+def test_idle_cores_are_the_share_of_idle_clock_ticks(monkeypatch):
+    """/proc/stat's first line counts every core's ticks; idle and iowait are the idle ones."""
+    ticks = iter([(100, 1000), (160, 1100), (160, 1105)])  # 60 of 100 idle, then 5 ticks
+    monkeypatch.setattr(priority, "_cpu_times", lambda: next(ticks))
+    monkeypatch.setattr(priority.os, "cpu_count", lambda: 4)
+    idle = priority.IdleCores()
+    assert idle.since_last() == pytest.approx(2.4)  # 4 cores * 60 / 100
+    assert idle.since_last() is None  # under MIN_JIFFIES: too short to say
+    if Path("/proc/stat").exists():
+        monkeypatch.undo()
+        idle_ticks, all_ticks = priority._cpu_times()
+        assert 0 <= idle_ticks <= all_ticks
 
 
 def test_worker_does_not_import_torch(tmp_path):

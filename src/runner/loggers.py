@@ -8,9 +8,9 @@ put; `torch.utils.tensorboard` is imported only for the model graph (`graph`).
 
 from __future__ import annotations
 
+import collections
 import functools
 import logging
-import queue
 import sys
 import threading
 import time
@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from . import events
+from .priority import spare_time_only
 
 HParam = int | float | str | bool
 log = logging.getLogger(__name__)
@@ -90,6 +91,7 @@ class Null:
 
 
 Encode = Callable[[], bytes | tuple[bytes, ...]]  # builds an Event (or a few); on the writer thread
+Item = Encode | threading.Event | None  # an event to write, a flush to confirm, or the end
 
 
 class TensorBoard:
@@ -97,17 +99,25 @@ class TensorBoard:
 
     Every method takes what it needs from its arguments at once (a histogram copies the
     tensor, a figure is rendered) and queues the rest: encoding, framing and file writes
-    happen on one writer thread, in call order. `flush` waits for that thread; `close`
-    drains and joins it, and is safe to call twice. Values logged after `close` are dropped.
+    happen on one writer thread, in call order, in the cores' spare time
+    (`runner.priority`). Where there is none (every core busy with training), the queue
+    would only grow, so a call that finds its oldest item queued over `flush_secs` ago
+    writes the queue itself: the file is never further behind than its flushes allow.
+    `flush` waits until everything is written; `close` drains and joins the thread, and is
+    safe to call twice. Values logged after `close` are dropped.
     """
 
-    def __init__(self, log_dir: str | Path, flush_secs: int = 10) -> None:
+    def __init__(self, log_dir: str | Path, flush_secs: float = 10.0) -> None:
         directory = Path(log_dir)
         directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / events.file_name()
         self._file = self.path.open("wb")
         self._flush_secs = flush_secs
-        self._queue: queue.SimpleQueue[Encode | threading.Event | None] = queue.SimpleQueue()
+        self._last_flush = time.monotonic()
+        self._items: collections.deque[tuple[float, Item]] = collections.deque()  # (put at, item)
+        self._ready = threading.Condition()  # guards _items; notified on each put
+        self._write_lock = threading.Lock()  # one writer at a time: items go out in order
+        self._ended = False  # the writer thread took the end (None)
         self._error: BaseException | None = None
         self._bins: np.ndarray | None = None
         self._edges: dict[torch.device, torch.Tensor] = {}  # the bins on each device used
@@ -115,6 +125,7 @@ class TensorBoard:
             target=self._write_all, name="runner-tensorboard", daemon=True
         )
         self._thread.start()
+        spare_time_only(self._thread.native_id)  # never stall the training's parallel ops
         wall = time.time()
         self._put(lambda: events.file_version(wall))
         self.flush()  # like SummaryWriter: a readable (empty) run exists from the start
@@ -257,6 +268,7 @@ class TensorBoard:
         """Wait until everything logged so far is in the file."""
         done = threading.Event()
         if self._put(done):
+            self._catch_up()  # the writer thread may have no spare time to do it
             while not done.wait(0.1) and self._thread is not None and self._thread.is_alive():
                 pass
 
@@ -265,7 +277,10 @@ class TensorBoard:
         thread, self._thread = self._thread, None
         if thread is None:
             return
-        self._queue.put(None)
+        self._catch_up()
+        with self._ready:
+            self._items.append((time.monotonic(), None))
+            self._ready.notify()
         thread.join()
         self._file.close()
         if self._error is not None:
@@ -276,8 +291,21 @@ class TensorBoard:
     def _put(self, item: Encode | threading.Event) -> bool:
         if self._thread is None:
             return False
-        self._queue.put(item)
+        now = time.monotonic()
+        with self._ready:
+            self._items.append((now, item))
+            behind = now - self._items[0][0] > self._flush_secs
+            self._ready.notify()
+        if behind:
+            self._catch_up()
         return True
+
+    def _catch_up(self) -> None:
+        """Write everything queued on the calling thread. A writer thread caught in the middle
+        of an item holds the lock: waiting for it leaves a core idle, where it finishes."""
+        with self._write_lock:
+            while self._write_next(end_ok=False):
+                pass
 
     def _summary(self, wall: float, step: int, values: list[bytes]) -> bytes:
         return events.event(wall, step, events.summary(values))
@@ -293,33 +321,47 @@ class TensorBoard:
         return self._bins
 
     def _write_all(self) -> None:
-        """Encode and write queued events in order; flush when idle or every flush_secs."""
-        last_flush = time.monotonic()
-        while True:
-            try:
-                item = self._queue.get(timeout=self._flush_secs)
-            except queue.Empty:
-                item = threading.Event()  # idle: flush what was written
-            if item is None:
-                break
-            if isinstance(item, threading.Event):
-                try:
-                    self._file.flush()
-                except OSError as e:
-                    self._error = self._error or e
-                last_flush = time.monotonic()
-                item.set()
-                continue
-            try:
-                encoded = item()  # one Event, or a few in a tuple
-                for event in encoded if isinstance(encoded, tuple) else (encoded,):
-                    self._file.write(events.record(event))
-                if time.monotonic() - last_flush > self._flush_secs:
-                    self._file.flush()
-                    last_flush = time.monotonic()
-            except Exception as e:  # a full disk or a bad value must not stop training
-                self._error = self._error or e
+        """The writer thread: write queued items in order until the end; flush the file
+        when idle and every flush_secs."""
+        while not self._ended:
+            with self._ready:
+                if not self._items:
+                    self._ready.wait(self._flush_secs)
+                idle = not self._items
+            with self._write_lock:
+                if idle:
+                    self._flush_file()
+                else:
+                    self._write_next(end_ok=True)
+        self._flush_file()
+
+    def _write_next(self, end_ok: bool) -> bool:
+        """Under the write lock: write the oldest item. False when none is queued or the next
+        is the end, which only the writer thread takes (`end_ok`)."""
+        with self._ready:
+            if not self._items or (self._items[0][1] is None and not end_ok):
+                return False
+            _, item = self._items.popleft()
+        if item is None:
+            self._ended = True
+            return False
+        if isinstance(item, threading.Event):
+            self._flush_file()
+            item.set()
+            return True
+        try:
+            encoded = item()  # one Event, or a few in a tuple
+            for event in encoded if isinstance(encoded, tuple) else (encoded,):
+                self._file.write(events.record(event))
+        except Exception as e:  # a full disk or a bad value must not stop training
+            self._error = self._error or e
+        if time.monotonic() - self._last_flush > self._flush_secs:
+            self._flush_file()
+        return True
+
+    def _flush_file(self) -> None:
         try:
             self._file.flush()
         except OSError as e:
             self._error = self._error or e
+        self._last_flush = time.monotonic()

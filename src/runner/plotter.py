@@ -40,12 +40,13 @@ from typing import IO, Any, NamedTuple
 
 import numpy as np
 
+from .priority import NICE, IdleCores
+
 log = logging.getLogger(__name__)
 
 COMMAND = [sys.executable, "-m", "runner.plotter"]
 SRC = str(Path(__file__).resolve().parents[1])  # the worker imports this same runner
 TIMEOUT_S = 60.0  # a worker slower than this is stuck: killed, and the picture drawn here
-NICE = 10  # the worker's scheduling priority below the training process's (Unix)
 SAFE_KINDS = "biuf"  # the array dtypes a message may hold: bool, integers, floats
 
 
@@ -204,8 +205,9 @@ DRAW: dict[str, Callable[..., list[Png]]] = {
 
 class FitAhead:
     """The worker's side of `Plotter.prepare("fit", ...)`: the data come once, at the start,
-    then the snapshots one by one as the run takes them; each is drawn (and the background
-    again, if a curve leaves the limits so far) while the run trains."""
+    then the snapshots one by one as the run takes them. With `now`, everything so far is
+    drawn at once (and the background again, if a curve leaves the limits so far); else
+    it waits for the next `add` with `now`, or for the draw at the end."""
 
     def __init__(self) -> None:
         self.data: dict[str, np.ndarray] = {}
@@ -213,13 +215,16 @@ class FitAhead:
         self.whens: list[str] = []
         self.canvas: FitCanvas | None = None
 
-    def add(self, curves: np.ndarray, whens: list[str], **data: np.ndarray) -> None:
+    def add(self, curves: np.ndarray, whens: list[str], now: bool = True, **data: Any) -> None:
         self.data |= data
         self.curves += list(curves)
         self.whens += whens
-        self.canvas = fit_canvas(**self.data, curves=np.stack(self.curves), prepared=self.canvas)
-        for curve, when in zip(self.curves, self.whens, strict=True):
-            self.canvas.picture(curve, when)
+        if now and self.curves:
+            self.canvas = fit_canvas(
+                **self.data, curves=np.stack(self.curves), prepared=self.canvas
+            )
+            for curve, when in zip(self.curves, self.whens, strict=True):
+                self.canvas.picture(curve, when)
 
     def prepared(self) -> dict[str, Any]:
         """What `DRAW["fit"]` takes from it."""
@@ -408,21 +413,29 @@ atexit.register(PLOTTER.close)
 def serve() -> None:
     """Warm up, then answer requests until stdin closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the run's; this ends with stdin
-    if hasattr(os, "nice"):
-        # below the training process: while it trains (with as many torch threads as cores)
-        # this draws in the gaps; when it waits for the pictures, the cores are this one's
+    # below the training process: while it trains (with as many torch threads as cores)
+    # this draws in the gaps; when it waits for the pictures, the cores are this one's
+    with contextlib.suppress(AttributeError, OSError):
         os.nice(NICE)
     answers = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # a stray print goes to stderr, never into an answer
     warm_up()
     ahead: dict[str, Any] = {}  # kind: what PREPARE keeps for the next draw of that kind
+    # Drawing ahead pays only on a core the training process leaves idle: with as many torch
+    # threads as cores, a time slice taken from one stalls every parallel op at its barrier
+    # (sine_mlp on 2 cores trained ~20% slower), so then the snapshots wait for the end.
+    idle = IdleCores()
     with contextlib.suppress(EOFError, BrokenPipeError):  # the training process is gone
         while True:
             request, arrays = receive(sys.stdin.buffer)
             kind = request["kind"]
             if request.get("prepare"):  # no answer: the training process does not wait
+                spare = idle.since_last()
+                now = spare is None or spare >= 1.0
                 try:
-                    ahead.setdefault(kind, PREPARE[kind]()).add(**arrays, **request["options"])
+                    ahead.setdefault(kind, PREPARE[kind]()).add(
+                        **arrays, **request["options"], now=now
+                    )
                 except Exception as e:  # the draw at the end will draw it all
                     print(f"plotter: drawing {kind!r} ahead failed: {e}", file=sys.stderr)
                 continue
