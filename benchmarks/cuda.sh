@@ -4,7 +4,7 @@
 # machine where trainer.device=auto means cuda. Each part has its own time limit, so one
 # that hangs does not take the others with it. Logs go to $OUT, or ./cuda-logs.
 #
-#   bash benchmarks/cuda.sh     # PYTHON=... picks the interpreter; SKIP=large,whole skips those
+#   bash benchmarks/cuda.sh     # PYTHON=... picks the interpreter; SKIP=step,large,whole skips those
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-cuda-logs}
@@ -16,7 +16,7 @@ xdist=$($py -c "import xdist" 2>/dev/null && echo "-n 8")
 nvidia-smi -L
 $py -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
 timeout 150 $py -m pytest -q -p no:cacheprovider -m cuda -rs 2>&1 | tee "$out/cuda_tests.log"
-(cd benchmarks && timeout 200 $py per_step.py --device cuda --compile --wide --epochs 600 \
+[[ ${SKIP:-} == *step* ]] || (cd benchmarks && timeout 200 $py per_step.py --device cuda --compile --wide --epochs 600 \
     --repeats 3) 2>&1 | tee "$out/per_step.log"
 [[ ${SKIP:-} == *large* ]] ||
     (cd benchmarks && timeout 100 $py large_data.py --device cuda --repeats 2) 2>&1 \

@@ -333,6 +333,8 @@ def test_the_event_file_reads_back_and_close_is_safe_twice(tmp_path: Path) -> No
 def test_the_writer_thread_runs_only_in_spare_time(tmp_path: Path) -> None:
     logger = TensorBoard(tmp_path)
     try:
+        if not logger.spare_time:
+            pytest.skip("this system refuses SCHED_IDLE")
         assert logger._thread is not None
         assert os.sched_getscheduler(logger._thread.native_id) == os.SCHED_IDLE
         assert os.sched_getscheduler(0) != os.SCHED_IDLE  # the training thread is untouched

@@ -125,7 +125,8 @@ class TensorBoard:
             target=self._write_all, name="runner-tensorboard", daemon=True
         )
         self._thread.start()
-        spare_time_only(self._thread.native_id)  # never stall the training's parallel ops
+        # never stall the training's parallel ops; False where the system has no SCHED_IDLE
+        self.spare_time = spare_time_only(self._thread.native_id)
         wall = time.time()
         self._put(lambda: events.file_version(wall))
         self.flush()  # like SummaryWriter: a readable (empty) run exists from the start
