@@ -8,11 +8,12 @@ Two workloads, each against the loop a person would write for it:
   - sine_mlp: 1000 points in minibatches of 64, an MLP (64, 64, tanh) with Adam; the plain
     loop batches by index slices of a randperm, as the runner does.
 The runner is timed by its scheduler's once-an-epoch `step`, so the one-off work before
-the first step and after the last (the first figure, the model graph, the end figures) is
-left out; each workload prints it as "one-off ms". Logging runs at the trainer's default
-cadence (`log_every_n_steps=50`; sine_mlp's own 25), as linear_fit is configured (every
-step), and off (`logger=none`). Times are CPU seconds of the whole process (the TensorBoard
-writer thread included), which a shared machine's load moves far less than wall time.
+the first step and after the last (building the experiment, the first figure, the model
+graph, the end figures) is left out; each workload prints it as "one-off ms". Logging
+runs at the trainer's default cadence (`log_every_n_steps=50`; sine_mlp's own 25), as
+linear_fit is configured (every step), and off (`logger=none`). Times are CPU seconds of
+the whole process (the TensorBoard writer thread included), which a shared machine's load
+moves far less than wall time.
 
 `--device cuda` runs every loop on the GPU and times wall seconds instead (CPU time means
 little when the CPU waits for the GPU), with a `torch.cuda.synchronize()` before each end

@@ -274,7 +274,7 @@ def compiled(
         )
     fast = torch.compile(forward, backend="inductor" if backend is True else backend)
     try:
-        fast(data.x[:batch_size] if batch_size is not None else data.x)
+        fast(data.x[:batch_size])  # None: the whole batch
     except Exception as e:
         raise ConfigError(f"trainer.compile={backend!r}: torch.compile failed: {e}") from e
     return fast
