@@ -10,7 +10,8 @@ another core while the training process imports torch and trains; at the end
 The drawing functions take numpy arrays, numbers and strings only; the worker and the
 training process call the same ones, and the same PNG encoding, so a picture is the same
 bytes wherever it was drawn. At the start of a run the worker is sent the fit's data
-(`prepare`), and draws its background while the run trains.
+(`prepare`), then snapshots; it draws them while the run trains only when a core is spare
+(`runner.priority.IdleCores`), else at the end.
 If the worker cannot start, dies or answers with an error, the picture is drawn in the
 training process instead: a picture is never worth a failed run.
 
@@ -349,10 +350,10 @@ class Plotter:
     def prepare(self, kind: str, arrays: dict[str, np.ndarray | None], **options: Any) -> None:
         """Send part of what a later `draw` of `kind` will need (`PREPARE[kind]`: for the
         fit, the data first, then snapshots as they are taken), for the worker to draw
-        while this process trains. Nothing is waited for: callers keep the messages small
-        (tens of kB in all, as figures sample large data), so they fit in the pipe's buffer
-        even while the worker is busy. Without a worker, or if this fails, `draw` simply
-        draws everything."""
+        while this process trains, when a core is spare. Nothing is waited for: callers
+        keep the messages small (tens of kB in all, as figures sample large data), so they
+        fit in the pipe's buffer even while the worker is busy. Without a worker, or if this
+        fails, `draw` simply draws everything."""
         if self.process is None or self.process.stdin is None:
             return
         try:

@@ -42,7 +42,7 @@ class IdleCores:
         return (os.cpu_count() or 1) * (now[0] - last[0]) / (now[1] - last[1])
 
 
-MIN_JIFFIES = 10  # ~0.1 s of one core's clock ticks: less says little
+MIN_JIFFIES = 10  # clock ticks summed over all cores (~0.1 s of CPU time): less says little
 
 
 def _cpu_times() -> tuple[int, int] | None:
