@@ -10,11 +10,13 @@ from omegaconf import DictConfig
 
 from .cli import explain_refused_overrides
 from .compose_once import compose_once
+from .workers import start_if_asked
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 sys.path.insert(0, os.getcwd())  # experiments/ is importable from the repo root, as with -m
 explain_refused_overrides()  # `trainer.epoch=5` gets a did-you-mean, like other config errors
 compose_once()  # Hydra composes the config twice per run; the first one is kept for the run
+start_if_asked(sys.argv[1:])  # a joblib sweep's workers: their imports start at once
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIGS), config_name="config")

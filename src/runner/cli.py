@@ -14,10 +14,12 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from .config import ConfigError, refused_override
+from .workers import in_worker, settle
 
 log = logging.getLogger("runner")
 
@@ -25,7 +27,10 @@ log = logging.getLogger("runner")
 def run_job(
     cfg: DictConfig, run_dir: Path, mode: RunMode | None, choices: Mapping[str, Any]
 ) -> float:
-    start_plotter(cfg)  # first: matplotlib loads on another core while torch is imported
+    if in_worker():  # a joblib worker, forked with torch and matplotlib loaded
+        settle(HydraConfig.get().launcher.get("n_jobs", -1))
+    else:
+        start_plotter(cfg)  # first: matplotlib loads on another core while torch is imported
     from .run import run  # torch is imported here, not for `--help` or `--cfg job`
 
     # What is alive now (torch, Hydra: ~200k objects) lives as long as the process: frozen,
@@ -97,8 +102,6 @@ def sweep_job(cfg: DictConfig, run_dir: Path, choices: Mapping[str, Any]) -> flo
 def in_sweep_process() -> bool:
     """Whether this job runs in the process that started the sweep (Hydra's basic launcher),
     not in a joblib worker or a submitit job of its own, whose exit would fail the sweep."""
-    from hydra.core.hydra_config import HydraConfig
-
     return str(HydraConfig.get().launcher._target_).endswith(".BasicLauncher")
 
 

@@ -1,0 +1,22 @@
+"""What a joblib sweep's worker needs before its first job, imported once by the forkserver
+its workers fork from (`runner.workers`): torch and the runner, the protobufs TensorBoard
+logging writes, tqdm, and matplotlib with its fonts and caches warmed by a small figure
+drawn and thrown away. Importing this module does that work; nothing else imports it.
+"""
+
+import gc
+import importlib.util
+
+import torch  # noqa: F401
+import tqdm.auto  # noqa: F401
+from tensorboard.compat.proto import config_pb2, graph_pb2, step_stats_pb2, versions_pb2  # noqa: F401
+from torch.utils.tensorboard import _pytorch_graph  # noqa: F401
+
+from . import loggers, optim, run  # noqa: F401
+
+if importlib.util.find_spec("matplotlib") is not None:
+    from .plotter import warm_up
+
+    warm_up()
+
+gc.freeze()  # as `runner.cli.run_job` does: the collector stops walking what lives forever
