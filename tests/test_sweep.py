@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import importlib.util
 import io
 import json
 import logging
@@ -17,9 +18,25 @@ from typing import Any
 import pytest
 from conftest import event_accumulator, read_metrics
 
+from runner import workers
 from runner.__main__ import main
 from runner.sweep import COLUMNS
+from runner.workers import threads_per_worker
 
+
+def plugin(name: str) -> pytest.MarkDecorator:
+    """A sweeper or launcher of the `sweep` extra: its tests skip where it is not installed
+    (`pip install -e ".[dev]"`), as the CUDA tests do without a GPU."""
+    try:
+        missing = importlib.util.find_spec(f"hydra_plugins.hydra_{name}") is None
+    except ModuleNotFoundError:  # no plugin at all: not even the namespace
+        missing = True
+    return pytest.mark.skipif(missing, reason=f"needs the sweep extra (hydra_{name})")
+
+
+OPTUNA = plugin("optuna_sweeper")
+JOBLIB = plugin("joblib_launcher")
+SUBMITIT = plugin("submitit_launcher")
 TINY = "trainer.epochs=5"  # a sweep here checks the plumbing, not the fit
 GRID = ("experiment=linear_fit", "optimizer.lr=0.01,0.1,1.0", "seed=1,2,3", TINY)
 
@@ -133,6 +150,7 @@ def optuna_search(tmp_path: Path, name: str):
 
 
 @pytest.mark.slow
+@OPTUNA
 def test_optuna_search_is_reproducible_and_beats_the_default_lr(tmp_path: Path, run_experiment):
     best, rows = optuna_search(tmp_path, "a")
     again, rows_again = optuna_search(tmp_path, "b")
@@ -144,7 +162,10 @@ def test_optuna_search_is_reproducible_and_beats_the_default_lr(tmp_path: Path, 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
+@pytest.mark.parametrize(
+    "launcher",
+    [pytest.param("joblib", marks=JOBLIB), pytest.param("submitit_local", marks=SUBMITIT)],
+)
 def test_parallel_launchers_give_the_basic_launchers_results(tmp_path: Path, grid, launcher):
     extra = ["hydra.launcher.n_jobs=2"] if launcher == "joblib" else []  # this machine's cores
     args = ("experiment=linear_fit", "optimizer.lr=0.01,0.1", "seed=1,2", TINY, "logger=none")
@@ -156,6 +177,60 @@ def test_parallel_launchers_give_the_basic_launchers_results(tmp_path: Path, gri
     basic = results(grid[2])
     for overrides, outcome in results(sweep_dir).items():
         assert basic[overrides] == outcome  # the same numbers, to the last bit
+    if launcher == "joblib":  # forked warm, each worker still takes its share of the cores
+        from joblib import cpu_count
+
+        threads = {read_metrics(Path(row["run_dir"]))["threads"] for row in rows}
+        assert threads == {threads_per_worker(2, cpu_count())}
+
+
+@JOBLIB
+def test_joblib_workers_fork_from_the_preloading_server():
+    from joblib import Parallel, delayed
+
+    assert workers.start()
+    assert workers.start()  # a second sweep in the same process: the same server
+    # in_worker: runner.preload (torch, TensorBoard, matplotlib) was imported, and fully
+    assert Parallel(n_jobs=2)(delayed(workers.in_worker)() for _ in range(2)) == [True, True]
+    assert not workers.in_worker()  # the sweep's own process never imports it
+
+
+@pytest.mark.parametrize(
+    ("n_jobs", "cpus", "threads"),
+    [(-1, 2, 1), (2, 2, 1), (1, 2, 2), (4, 16, 4), (3, 16, 5), (-2, 16, 1), (32, 16, 1)],
+)
+def test_threads_per_worker_are_lokys(n_jobs, cpus, threads):
+    assert threads_per_worker(n_jobs, cpus) == threads
+
+
+@JOBLIB
+def test_settle_gives_torch_a_workers_share_unless_omp_num_threads_is_set(monkeypatch):
+    import torch
+    from joblib import cpu_count
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        torch.set_num_threads(cpu_count() + 1)
+        assert workers.settle(-1) == threads_per_worker(-1, cpu_count())
+        assert torch.get_num_threads() == threads_per_worker(-1, cpu_count())
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")  # torch read it when it loaded: it stands
+        torch.set_num_threads(3)
+        assert workers.settle(-1) == 3
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_the_server_starts_early_only_for_a_joblib_sweep_named_on_the_command_line(
+    monkeypatch,
+):
+    started = []
+    monkeypatch.setattr(workers, "start", lambda: started.append(True) or True)
+    assert not workers.start_if_asked(["experiment=linear_fit", "hydra/launcher=joblib"])
+    assert not workers.start_if_asked(["-m", "experiment=linear_fit", "optimizer.lr=0.1,1"])
+    assert not started
+    assert workers.start_if_asked(["--multirun", "optimizer.lr=0.1,1", "hydra/launcher=joblib"])
+    assert started == [True]
 
 
 def fake_job(sweep_dir: Path, num: int, metrics: dict[str, Any] | None) -> None:
@@ -219,6 +294,7 @@ def test_summary_ranks_failures_last():
 
 
 @pytest.mark.slow
+@SUBMITIT
 def test_slurm_launcher_writes_a_job_array_for_our_sweep(tmp_path: Path, monkeypatch, capsys):
     """No cluster here: a stand-in `sbatch` keeps the script submitit hands it, and fails."""
     bin_dir = tmp_path / "bin"
@@ -255,6 +331,7 @@ def test_slurm_launcher_writes_a_job_array_for_our_sweep(tmp_path: Path, monkeyp
         ("sine_mlp", {"optimizer.lr", "trainer.batch_size", "model.activation"}, "val_loss"),
     ],
 )
+@OPTUNA
 def test_hparams_search_configs(experiment, searched, objective):
     from hydra import compose, initialize_config_dir
 

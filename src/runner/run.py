@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from . import checkpoint
@@ -78,6 +79,7 @@ def summarise(result: Result, built: Built, duration: float) -> dict[str, Any]:
         "steps": result.steps,
         "epochs": result.epochs,
         "device": str(built.device),
+        "threads": torch.get_num_threads(),  # CPU threads: a sweep's workers share the cores
         "duration_s": round(duration, 4),
     }
     if result.diverged_step is not None:

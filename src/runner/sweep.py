@@ -1,5 +1,7 @@
-"""The end of a sweep: `summary.csv` in the sweep directory, the same table printed best
-first, and an exit status that says whether every job worked.
+"""The start and end of a sweep. At the start, with the joblib launcher, the server its
+workers fork from begins loading (`runner.workers`). At the end: `summary.csv` in the
+sweep directory, the same table printed best first, and an exit status that says whether
+every job worked.
 
 It reads what each job left in its own directory (`.hydra/` and `metrics.json`), so it
 works the same whichever launcher ran the jobs: in this process, in joblib workers, or
@@ -19,6 +21,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from .config import ConfigError
+from .workers import JOBLIB, start
 
 COLUMNS = (
     "job",
@@ -35,6 +38,16 @@ COLUMNS = (
 )
 ORDER = {"completed": 0, "interrupted": 1, "diverged": 2, "failed": 3}  # ties: lower objective
 FAIL_ON = ("any", "all")
+
+
+class Preload(Callback):
+    """`hydra.callbacks.preload`: at the start of a sweep with the joblib launcher, start the
+    forkserver its workers will fork from (`runner.workers.start`). Remove it
+    (`~hydra.callbacks.preload`) for loky's own fresh workers."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if config.hydra.launcher.get("_target_") == JOBLIB:
+            start()
 
 
 class Summary(Callback):

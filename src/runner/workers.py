@@ -4,7 +4,7 @@ imported torch, TensorBoard and matplotlib, instead of each importing them.
 Hydra's joblib launcher runs jobs in loky worker processes, and loky starts each one as a
 fresh Python that imports everything before its first job: ~4-5 s of CPU a worker, as
 much as several short jobs. So when the launcher is joblib, the sweep process starts one
-`multiprocessing` forkserver at the start of the sweep, which imports all of that once
+`multiprocessing` forkserver at the start of the sweep (`start`), which imports all of that once
 (`runner.preload`) while the sweep process composes and checks the jobs' configs, and
 tells loky to fork its workers from it. Everything else stays joblib's and loky's: the
 launcher's keys, cloudpickle, a worker that dies reported as an error.
@@ -20,29 +20,16 @@ from __future__ import annotations
 import multiprocessing
 import os
 import sys
-from typing import Any
-
-from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
 
 PRELOAD = "runner.preload"  # what the forkserver imports; in a worker, it is in sys.modules
 JOBLIB = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
 
 
-class Preload(Callback):
-    """`hydra.callbacks.preload`: at the start of a sweep with the joblib launcher, start
-    the forkserver its workers will fork from. Remove it (`~hydra.callbacks.preload`) for
-    loky's own fresh workers."""
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if config.hydra.launcher.get("_target_") == JOBLIB:
-            start()
-
-
 def start_if_asked(argv: list[str]) -> bool:
     """Start the forkserver now if the command line asks for a joblib sweep: ~0.5 s sooner
-    than the callback can (Hydra composes the config first), and its imports take longer
-    than the sweep process's checks. A launcher chosen in a config file starts it there."""
+    than the callback can (after Hydra's import and a first composition), and its imports
+    take longer than the sweep process's checks. A launcher chosen in a config file is
+    started for by the callback (`runner.sweep.Preload`)."""
     if ("-m" in argv or "--multirun" in argv) and "hydra/launcher=joblib" in argv:
         return start()
     return False
