@@ -9,6 +9,7 @@ job of a shipped experiment loads (`linear_fit`'s model graph, too, goes through
 `torch.utils.tensorboard`), no more.
 """
 
+import contextlib
 import gc
 import importlib.util
 
@@ -22,6 +23,9 @@ from . import loggers, optim, run  # noqa: F401
 if importlib.util.find_spec("matplotlib") is not None:
     from .plotter import warm_up
 
-    warm_up()
+    # an error here would stop the server, and the sweep with it: a job's first figure
+    # warms up instead
+    with contextlib.suppress(Exception):
+        warm_up()
 
 gc.freeze()  # as `runner.cli.run_job` does: the collector stops walking what lives forever

@@ -30,7 +30,8 @@ def start_if_asked(argv: list[str]) -> bool:
     than the callback can (after Hydra's import and a first composition), and its imports
     take longer than the sweep process's checks. A launcher chosen in a config file is
     started for by the callback (`runner.sweep.Preload`)."""
-    if ("-m" in argv or "--multirun" in argv) and "hydra/launcher=joblib" in argv:
+    sweep = "-m" in argv or "--multirun" in argv
+    if sweep and "hydra/launcher=joblib" in argv and "~hydra.callbacks.preload" not in argv:
         return start()
     return False
 
