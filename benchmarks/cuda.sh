@@ -4,7 +4,7 @@
 # machine where trainer.device=auto means cuda. Each part has its own time limit, so one
 # that hangs does not take the others with it. Logs go to $OUT, or ./cuda-logs.
 #
-#   bash benchmarks/cuda.sh     # PYTHON=... picks the interpreter; SKIP=step,large,whole skips those
+#   bash benchmarks/cuda.sh     # PYTHON=... picks the interpreter; SKIP=step,large,whole,sweep,suite skips those
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-cuda-logs}
@@ -36,6 +36,17 @@ for device, values in times.items():
     print(f"whole process, trainer.device={device}: median {median(values[1:]):.2f} s of 3")
 PY
 ) 2>&1 | tee "$out/whole.log"
-# the sweep plugins (optuna, joblib, submitit) are left out of a GPU image's packages
-timeout 170 $py -m pytest -q -p no:cacheprovider $xdist -m "not cuda" --ignore=tests/test_sweep.py \
-    2>&1 | tee "$out/suite.log"
+# a joblib sweep on cuda, where the plugin is installed: the workers fork from a server that
+# imported torch without starting CUDA, so each starts CUDA itself; then the sweep tests
+if [[ ${SKIP:-} != *sweep* ]] && $py -c "import hydra_plugins.hydra_joblib_launcher" 2>/dev/null; then
+    timeout 120 $py -m runner -m experiment=sine_mlp trainer.device=cuda trainer.epochs=20 \
+        optimizer.lr=0.01,0.03 hydra/launcher=joblib hydra.launcher.n_jobs=2 \
+        hydra.sweep.dir="$out/sweep" 2>&1 | tail -4 | tee "$out/sweep.log"
+    grep -h '"status"\|"device"\|"threads"' "$out"/sweep/*/metrics.json | tee -a "$out/sweep.log"
+    timeout 150 $py -m pytest -q -p no:cacheprovider tests/test_sweep.py -rs 2>&1 | tail -8 \
+        | tee -a "$out/sweep.log"
+fi
+# the other sweep plugins (optuna, submitit) are left out of a GPU image's packages
+[[ ${SKIP:-} == *suite* ]] ||
+    timeout 170 $py -m pytest -q -p no:cacheprovider $xdist -m "not cuda" --ignore=tests/test_sweep.py \
+        2>&1 | tee "$out/suite.log"
