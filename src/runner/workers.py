@@ -4,15 +4,16 @@ imported torch, TensorBoard and matplotlib, instead of each importing them.
 Hydra's joblib launcher runs jobs in loky worker processes, and loky starts each one as a
 fresh Python that imports everything before its first job: ~4-5 s of CPU a worker, as
 much as several short jobs. So when the launcher is joblib, the sweep process starts one
-`multiprocessing` forkserver at the start of the sweep (`start`), which imports all of that once
+`multiprocessing` forkserver as early as it can (`start`), which imports all of that once
 (`runner.preload`) while the sweep process composes and checks the jobs' configs, and
 tells loky to fork its workers from it. Everything else stays joblib's and loky's: the
 launcher's keys, cloudpickle, a worker that dies reported as an error.
 
 A forked worker then differs from a spawned one in two ways, both settled in the job
-(`settle`): torch is already loaded, so the thread count loky would set in a fresh
-worker's environment (cores // workers) is set here; and figures are drawn in the worker
-itself, as matplotlib is loaded and the cores are busy with the other workers' jobs.
+(`runner.cli.run_job`): torch is already loaded, so the thread count loky would put in a
+fresh worker's environment (cores // workers) is set on torch (`settle`); and figures are
+drawn in the worker itself, as matplotlib is loaded and the other workers' jobs keep the
+other cores busy.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def start_if_asked(argv: list[str]) -> bool:
     """Start the forkserver now if the command line asks for a joblib sweep: ~0.5 s sooner
     than the callback can (after Hydra's import and a first composition), and its imports
     take longer than the sweep process's checks. A launcher chosen in a config file is
-    started for by the callback (`runner.sweep.Preload`)."""
+    seen by the callback instead (`runner.sweep.Preload`)."""
     sweep = "-m" in argv or "--multirun" in argv
     if sweep and "hydra/launcher=joblib" in argv and "~hydra.callbacks.preload" not in argv:
         return start()
