@@ -132,12 +132,15 @@ def test_snapshots_not_drawn_ahead_wait_for_the_next_chance_or_the_end():
 
 def test_idle_cores_are_the_share_of_idle_clock_ticks(monkeypatch):
     """/proc/stat's first line counts every core's ticks; idle and iowait are the idle ones."""
-    ticks = iter([(100, 1000), (160, 1100), (160, 1105)])  # 60 of 100 idle, then 5 ticks
+    ticks = iter([(100, 1000), (100, 1005), (160, 1100), (160, 1105), (160, 1110), (165, 1200)])
     monkeypatch.setattr(priority, "_cpu_times", lambda: next(ticks))
     monkeypatch.setattr(priority.os, "cpu_count", lambda: 4)
     idle = priority.IdleCores()
-    assert idle.since_last() == pytest.approx(2.4)  # 4 cores * 60 / 100
-    assert idle.since_last() is None  # under MIN_JIFFIES: too short to say
+    assert idle.since_last() is None  # 5 ticks, under MIN_JIFFIES, and nothing known yet
+    assert idle.since_last() == pytest.approx(2.4)  # from the first look: 4 cores * 60 / 100
+    assert idle.since_last() == pytest.approx(2.4)  # too short again: the last answer stands
+    assert idle.since_last() == pytest.approx(2.4)
+    assert idle.since_last() == pytest.approx(0.2)  # from (160, 1100), kept open: 4 * 5 / 100
     if Path("/proc/stat").exists():
         monkeypatch.undo()
         idle_ticks, all_ticks = priority._cpu_times()

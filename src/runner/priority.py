@@ -29,17 +29,25 @@ def spare_time_only(thread_id: int) -> bool:
 
 class IdleCores:
     """How many cores sat idle between two looks, from Linux's /proc/stat: the plotter draws
-    ahead only when the training process leaves a core to it. None where it cannot tell."""
+    ahead only when the training process leaves a core to it. None where it cannot tell.
+
+    A look too soon after the last one (under MIN_JIFFIES) says little: it gives the last
+    answer again and leaves the span open, so the next look measures from the same point.
+    """
 
     def __init__(self) -> None:
         self.last = _cpu_times()
+        self.answer: float | None = None  # until a span long enough to tell has passed
 
     def since_last(self) -> float | None:
         now, last = _cpu_times(), self.last
-        self.last = now
-        if now is None or last is None or now[1] - last[1] < MIN_JIFFIES:
+        if now is None or last is None:
             return None
-        return (os.cpu_count() or 1) * (now[0] - last[0]) / (now[1] - last[1])
+        if now[1] - last[1] < MIN_JIFFIES:
+            return self.answer
+        self.last = now
+        self.answer = (os.cpu_count() or 1) * (now[0] - last[0]) / (now[1] - last[1])
+        return self.answer
 
 
 MIN_JIFFIES = 10  # clock ticks summed over all cores (~0.1 s of CPU time): less says little
