@@ -132,7 +132,7 @@ def test_snapshots_not_drawn_ahead_wait_for_the_next_chance_or_the_end():
 
 def test_idle_cores_are_the_share_of_idle_clock_ticks(monkeypatch):
     """/proc/stat's first line counts every core's ticks; idle and iowait are the idle ones."""
-    ticks = iter([(100, 1000), (100, 1005), (160, 1100), (160, 1105), (160, 1110), (165, 1200)])
+    ticks = iter([(100, 1000), (100, 1005), (160, 1100), (160, 1105), (160, 1108), (165, 1200)])
     monkeypatch.setattr(priority, "_cpu_times", lambda: next(ticks))
     monkeypatch.setattr(priority.os, "cpu_count", lambda: 4)
     idle = priority.IdleCores()
