@@ -11,7 +11,10 @@ import json
 import logging
 import math
 import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +23,7 @@ from conftest import event_accumulator, read_metrics
 
 from runner import workers
 from runner.__main__ import main
-from runner.sweep import COLUMNS
+from runner.sweep import COLUMNS, STOP
 from runner.workers import threads_per_worker
 
 
@@ -194,6 +197,47 @@ def test_joblib_workers_fork_from_the_preloading_server():
     # in_worker: runner.preload (torch, TensorBoard, matplotlib) was imported, and fully
     assert Parallel(n_jobs=2)(delayed(workers.in_worker)() for _ in range(2)) == [True, True]
     assert not workers.in_worker()  # the sweep's own process never imports it
+
+
+@pytest.mark.slow
+@JOBLIB
+def test_ctrl_c_stops_a_joblib_sweep_and_keeps_what_its_jobs_did(tmp_path: Path):
+    """Ctrl-C at a terminal reaches the sweep and its workers (one process group): running
+    jobs stop after their step and write their metrics, queued ones do not start, the
+    summary is written, and the exit status is 130, without a traceback."""
+    sweep_dir = tmp_path / "sweep"
+    command = [sys.executable, "-m", "runner", "-m", "experiment=linear_fit", "logger=none"]
+    command += ["optimizer.lr=0.01,0.02,0.03,0.04", "trainer.epochs=1000000"]
+    command += ["trainer.checkpoint_every=100", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+    process = subprocess.Popen(
+        [*command, f"hydra.sweep.dir={sweep_dir}"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # even from `cmd &`
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while not all((sweep_dir / j / "checkpoints" / "last.pt").exists() for j in "01"):
+            assert process.poll() is None and time.monotonic() < deadline, "jobs never trained"
+            time.sleep(0.1)
+        os.killpg(process.pid, signal.SIGINT)
+        out, _ = process.communicate(timeout=90)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 130, out[-3000:]
+    assert "Traceback" not in out and "Interrupted: running jobs stop" in out
+    rows = {r["job"]: r for r in csv.DictReader((sweep_dir / "summary.csv").open())}
+    assert sorted(rows) == ["0", "1", "2", "3"]
+    assert {r["status"] for r in rows.values()} == {"interrupted"}
+    for job in "01":  # stopped mid-run, with their metrics and a checkpoint to resume from
+        assert 100 <= int(rows[job]["steps"]) < 1_000_000
+    for job in "23":
+        assert rows[job]["error"] == "not started: the sweep was interrupted"
+    assert not (sweep_dir / STOP).exists()
 
 
 @pytest.mark.parametrize(

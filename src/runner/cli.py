@@ -19,6 +19,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from .config import ConfigError, refused_override
+from .sweep import STOP
 from .workers import in_worker, settle
 
 log = logging.getLogger("runner")
@@ -79,6 +80,11 @@ def sweep_job(cfg: DictConfig, run_dir: Path, choices: Mapping[str, Any]) -> flo
     """
     from .run import run, write_json
 
+    if (Path(HydraConfig.get().sweep.dir).absolute() / STOP).exists():
+        # Ctrl-C reached the sweep (joblib's; `runner.sweep.Summary`): a queued job stays so
+        error = "not started: the sweep was interrupted"
+        write_json(run_dir / "metrics.json", {"status": "interrupted", "error": error})
+        return math.inf
     try:
         metrics = run(cfg, run_dir, choices)
     except Exception as e:

@@ -12,6 +12,7 @@ job of a shipped experiment loads (`linear_fit`'s model graph, too, goes through
 import contextlib
 import gc
 import importlib.util
+import signal
 
 import torch  # noqa: F401
 import tqdm.auto  # noqa: F401
@@ -27,5 +28,11 @@ if importlib.util.find_spec("matplotlib") is not None:
     # warms up instead
     with contextlib.suppress(Exception):
         warm_up()
+
+# A worker ignores Ctrl-C but while a run trains, whose own handler stops it after its step
+# (`runner.loop.stop_on_signals`): one that came between two jobs would be the worker's
+# error, and joblib would end the sweep at once. The sweep process sees it too
+# (`runner.sweep.Summary`) and starts no more jobs. The server itself ignores it anyway.
+signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 gc.freeze()  # as `runner.cli.run_job` does: the collector stops walking what lives forever

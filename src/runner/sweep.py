@@ -1,7 +1,7 @@
 """The start and end of a sweep. At the start, with the joblib launcher, the server its
-workers fork from begins loading (`runner.workers`). At the end: `summary.csv` in the
-sweep directory, the same table printed best first, and an exit status that says whether
-every job worked.
+workers fork from begins loading (`runner.workers`), and Ctrl-C is made to stop the sweep
+cleanly. At the end: `summary.csv` in the sweep directory, the same table printed best
+first, and an exit status that says whether every job worked.
 
 It reads what each job left in its own directory (`.hydra/` and `metrics.json`), so it
 works the same whichever launcher ran the jobs: in this process, in joblib workers, or
@@ -13,6 +13,8 @@ from __future__ import annotations
 import csv
 import json
 import math
+import signal
+import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,7 @@ COLUMNS = (
     "run_dir",
     "error",
 )
+STOP = ".interrupted"  # in the sweep directory once Ctrl-C reached a joblib sweep
 ORDER = {"completed": 0, "interrupted": 1, "diverged": 2, "failed": 3}  # ties: lower objective
 FAIL_ON = ("any", "all")
 
@@ -65,11 +68,42 @@ class Summary(Callback):
             )
         self.fail_on = fail_on
 
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """With joblib, Ctrl-C stops the sweep as it stops the basic launcher's: each running
+        job stops after its step and keeps what it did, the queued ones do not start, and
+        the summary is written; exit status 130. Left to joblib, the first Ctrl-C ended the
+        workers before their jobs wrote anything, and the sweep with a traceback. A second
+        Ctrl-C still stops everything at once."""
+        self.stop, self.previous = None, None
+        if config.hydra.launcher.get("_target_") == JOBLIB:
+            self.stop = Path(config.hydra.sweep.dir).absolute() / STOP
+            self.stop.unlink(missing_ok=True)
+            self.previous = signal.signal(signal.SIGINT, self._interrupted)
+
+    def _interrupted(self, signum: int, frame: Any) -> None:
+        assert self.stop is not None
+        if self.stop.exists():
+            raise KeyboardInterrupt
+        self.stop.parent.mkdir(parents=True, exist_ok=True)
+        self.stop.touch()  # the workers' jobs see it (`runner.cli.sweep_job`)
+        print(
+            "Interrupted: running jobs stop after their step, the others do not start "
+            "(Ctrl-C again to stop at once)",
+            file=sys.stderr,
+        )
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        interrupted = False
+        if getattr(self, "stop", None) is not None:
+            signal.signal(signal.SIGINT, self.previous)
+            interrupted = self.stop.exists()
+            self.stop.unlink(missing_ok=True)
         sweep_dir = Path(config.hydra.sweep.dir).absolute()  # run dirs print absolute too
         rows = collect(sweep_dir)
         write_csv(sweep_dir / "summary.csv", rows)
         print(table(rows, sweep_dir))
+        if interrupted:  # the shell's convention for SIGINT, as the basic launcher's sweep
+            raise SystemExit(130)
         completed = sum(r["status"] == "completed" for r in rows)
         if completed == 0 or (self.fail_on == "any" and completed < len(rows)):
             # SystemExit passes through Hydra (it catches Exception): the sweep's exit status.
