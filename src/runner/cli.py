@@ -81,7 +81,7 @@ def sweep_job(cfg: DictConfig, run_dir: Path, choices: Mapping[str, Any]) -> flo
     from .run import run, write_json
 
     if (Path(HydraConfig.get().sweep.dir).absolute() / STOP).exists():
-        # Ctrl-C reached the sweep (joblib's; `runner.sweep.Summary`): a queued job stays so
+        # Ctrl-C reached the sweep (joblib's; `runner.sweep.Summary`): no job starts after it
         error = "not started: the sweep was interrupted"
         write_json(run_dir / "metrics.json", {"status": "interrupted", "error": error})
         return math.inf

@@ -29,7 +29,7 @@ if importlib.util.find_spec("matplotlib") is not None:
     with contextlib.suppress(Exception):
         warm_up()
 
-# A worker ignores Ctrl-C but while a run trains, whose own handler stops it after its step
+# A worker ignores Ctrl-C except while a run trains, whose handler stops it after its step
 # (`runner.loop.stop_on_signals`): one that came between two jobs would be the worker's
 # error, and joblib would end the sweep at once. The sweep process sees it too
 # (`runner.sweep.Summary`) and starts no more jobs. The server itself ignores it anyway.

@@ -15,6 +15,7 @@ import json
 import math
 import signal
 import sys
+import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,7 @@ class Summary(Callback):
 
     `fail_on: any` (a grid) exits 1 when any job did not complete (it diverged, failed or
     was stopped); `fail_on: all` (a search, where a diverged trial is simply a bad +inf
-    one) only when none completed.
+    one) only when none completed. A joblib sweep stopped by Ctrl-C exits 130.
     """
 
     def __init__(self, fail_on: str = "any") -> None:
@@ -67,6 +68,8 @@ class Summary(Callback):
                 f"hydra.callbacks.summary.fail_on={fail_on!r} is not allowed; use any or all"
             )
         self.fail_on = fail_on
+        self.stop: Path | None = None  # the stop file, while a joblib sweep runs
+        self.previous: Any = None  # the SIGINT handler before it
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """With joblib, Ctrl-C stops the sweep as it stops the basic launcher's: each running
@@ -74,8 +77,8 @@ class Summary(Callback):
         the summary is written; exit status 130. Left to joblib, the first Ctrl-C ended the
         workers before their jobs wrote anything, and the sweep with a traceback. A second
         Ctrl-C still stops everything at once."""
-        self.stop, self.previous = None, None
-        if config.hydra.launcher.get("_target_") == JOBLIB:
+        main_thread = threading.current_thread() is threading.main_thread()  # signals' own
+        if config.hydra.launcher.get("_target_") == JOBLIB and main_thread:
             self.stop = Path(config.hydra.sweep.dir).absolute() / STOP
             self.stop.unlink(missing_ok=True)
             self.previous = signal.signal(signal.SIGINT, self._interrupted)
@@ -94,10 +97,11 @@ class Summary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         interrupted = False
-        if getattr(self, "stop", None) is not None:
+        if self.stop is not None:
             signal.signal(signal.SIGINT, self.previous)
             interrupted = self.stop.exists()
             self.stop.unlink(missing_ok=True)
+            self.stop = None
         sweep_dir = Path(config.hydra.sweep.dir).absolute()  # run dirs print absolute too
         rows = collect(sweep_dir)
         write_csv(sweep_dir / "summary.csv", rows)
