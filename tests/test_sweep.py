@@ -201,10 +201,12 @@ def test_joblib_workers_fork_from_the_preloading_server():
 
 @pytest.mark.slow
 @JOBLIB
-def test_ctrl_c_stops_a_joblib_sweep_and_keeps_what_its_jobs_did(tmp_path: Path):
+@pytest.mark.parametrize("presses", [1, 2])
+def test_ctrl_c_stops_a_joblib_sweep_and_keeps_what_its_jobs_did(tmp_path: Path, presses):
     """Ctrl-C at a terminal reaches the sweep and its workers (one process group): running
     jobs stop after their step and write their metrics, queued ones do not start, the
-    summary is written, and the exit status is 130, without a traceback."""
+    summary is written, and the exit status is 130, without a traceback. A second Ctrl-C
+    stops it at once, with the same status."""
     sweep_dir = tmp_path / "sweep"
     command = [sys.executable, "-m", "runner", "-m", "experiment=linear_fit", "logger=none"]
     command += ["optimizer.lr=0.01,0.02,0.03,0.04", "trainer.epochs=1000000"]
@@ -223,13 +225,18 @@ def test_ctrl_c_stops_a_joblib_sweep_and_keeps_what_its_jobs_did(tmp_path: Path)
         while not all((sweep_dir / j / "checkpoints" / "last.pt").exists() for j in "01"):
             assert process.poll() is None and time.monotonic() < deadline, "jobs never trained"
             time.sleep(0.1)
-        os.killpg(process.pid, signal.SIGINT)
+        for _ in range(presses):
+            os.killpg(process.pid, signal.SIGINT)
+            time.sleep(0.05)
         out, _ = process.communicate(timeout=90)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
     assert process.returncode == 130, out[-3000:]
     assert "Traceback" not in out and "Interrupted: running jobs stop" in out
+    if presses == 2:
+        assert "Interrupted again: stopped at once" in out
+        return
     rows = {r["job"]: r for r in csv.DictReader((sweep_dir / "summary.csv").open())}
     assert sorted(rows) == ["0", "1", "2", "3"]
     assert {r["status"] for r in rows.values()} == {"interrupted"}

@@ -76,7 +76,7 @@ class Summary(Callback):
         job stops after its step and keeps what it did, the queued ones do not start, and
         the summary is written; exit status 130. Left to joblib, the first Ctrl-C ended the
         workers before their jobs wrote anything, and the sweep with a traceback. A second
-        Ctrl-C still stops everything at once."""
+        Ctrl-C stops everything at once, with the same exit status."""
         main_thread = threading.current_thread() is threading.main_thread()  # signals' own
         if config.hydra.launcher.get("_target_") == JOBLIB and main_thread:
             self.stop = Path(config.hydra.sweep.dir).absolute() / STOP
@@ -85,8 +85,9 @@ class Summary(Callback):
 
     def _interrupted(self, signum: int, frame: Any) -> None:
         assert self.stop is not None
-        if self.stop.exists():
-            raise KeyboardInterrupt
+        if self.stop.exists():  # the second: joblib ends its workers, and the sweep ends here
+            print("Interrupted again: stopped at once", file=sys.stderr)
+            raise SystemExit(130)  # no traceback, as with the basic launcher
         self.stop.parent.mkdir(parents=True, exist_ok=True)
         self.stop.touch()  # the workers' jobs see it (`runner.cli.sweep_job`)
         print(
