@@ -334,6 +334,26 @@ def test_summary_exit_status(tmp_path: Path, capsys, statuses, fail_on, exit_sta
         assert rows[-1]["status"] == "failed" and "no metrics.json" in rows[-1]["error"]
 
 
+def test_summary_reads_the_overrides_hydra_saved(tmp_path: Path):
+    """Hydra saves a job's overrides with OmegaConf; the summary reads them with libyaml."""
+    from omegaconf import OmegaConf
+
+    from runner.sweep import job_row
+
+    overrides = [
+        'model.formula="sin(x) * w"',
+        "optimizer.lr=1e-3",
+        "+trainer.note='a: b, c'",
+        "dataset.path=data/ümlaut #1.csv",
+        "seed=null",
+    ]
+    fake_job(tmp_path, 7, {"status": "completed", "objective": 0.5})
+    OmegaConf.save(OmegaConf.create(overrides), tmp_path / "7" / ".hydra" / "overrides.yaml")
+    row = job_row(tmp_path / "7")
+    assert row["job"] == 7
+    assert row["overrides"] == " ".join(overrides)
+
+
 def test_summary_ranks_failures_last():
     from runner.sweep import rank
 

@@ -20,8 +20,9 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import yaml
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from .config import ConfigError
 from .workers import JOBLIB, start
@@ -122,14 +123,14 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
 
 
 def job_row(run_dir: Path) -> dict[str, Any]:
-    hydra_cfg = OmegaConf.load(run_dir / ".hydra" / "hydra.yaml")
-    overrides = OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")
+    hydra_cfg = read_yaml(run_dir / ".hydra" / "hydra.yaml")["hydra"]
+    overrides = read_yaml(run_dir / ".hydra" / "overrides.yaml")
     metrics = read_metrics(run_dir)
     status = metrics.get("status", "failed")
     objective = metrics.get("objective")
     row = {key: metrics.get(key) for key in COLUMNS}
     row |= {
-        "job": int(hydra_cfg.hydra.job.num),
+        "job": int(hydra_cfg["job"]["num"]),
         "overrides": " ".join(str(o) for o in overrides),
         "status": status,
         # as the sweeper saw it: +inf for a job that did not complete (runner.cli.sweep_job)
@@ -137,6 +138,13 @@ def job_row(run_dir: Path) -> dict[str, Any]:
         "run_dir": str(run_dir),
     }
     return row
+
+
+def read_yaml(path: Path) -> Any:
+    """A file Hydra wrote, as plain data: libyaml's parser where PyYAML has it, ~15x faster
+    than OmegaConf's loader, which made a 100-job summary take seconds."""
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return yaml.load(path.read_text(), Loader=loader)
 
 
 def read_metrics(run_dir: Path) -> dict[str, Any]:
