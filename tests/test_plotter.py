@@ -3,6 +3,7 @@ fallback when it is dead or missing, and no worker left behind."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -11,8 +12,9 @@ import signal
 import struct
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -21,7 +23,7 @@ import pytest
 from conftest import ROOT, cli, compose_config, event_accumulator
 
 from runner import cli as runner_cli
-from runner import plotter, priority
+from runner import plotter, priority, workers
 from runner.plotter import Plotter
 
 RNG = np.random.default_rng(0)
@@ -207,6 +209,76 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return state not in ("Z", "X")
+
+
+def children(pid: int) -> set[int]:
+    """The live processes whose parent is `pid`."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid and fields[0] not in ("Z", "X"):
+                found.add(int(stat.parent.name))
+    return found
+
+
+def wait_until(condition: Callable[[], bool], seconds: float = 20) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return condition()
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads process states from /proc")
+def test_shared_plotter_draws_for_each_worker_in_a_copy_of_its_own(monkeypatch, caplog):
+    """A joblib sweep's plotter: the same pictures as drawn here, for two workers at once,
+    each served by a copy forked for it, which ends with its worker's connection; the
+    plotter itself ends when the sweep process closes it, and leaves no socket behind."""
+    shared = workers.SharedPlotter()
+    try:
+        monkeypatch.setenv(workers.PLOTTER_ADDRESS, shared.address)
+        first, second = Plotter(), Plotter()
+        first.start()
+        second.start()
+        assert isinstance(first.process, plotter.Connection)
+        assert isinstance(second.process, plotter.Connection)
+        drawn: dict[str, list[plotter.Png]] = {}
+        names = ["b", "w"]
+        asks = [
+            threading.Thread(target=lambda: drawn.update(fit=first.draw("fit", FIT, whens=WHENS))),
+            threading.Thread(
+                target=lambda: drawn.update(land=second.draw("landscape", LANDSCAPE, names=names))
+            ),
+        ]
+        for ask in asks:
+            ask.start()
+        for ask in asks:
+            ask.join(timeout=60)
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]  # no fallback
+        assert drawn["fit"] == plotter.fit_images(**FIT, whens=WHENS)  # the same PNG bytes
+        assert drawn["land"] == [plotter.png(plotter.landscape_image(**LANDSCAPE, names=names))]
+        assert len(children(shared.process.pid)) == 2  # a copy for each
+        first.close()
+        assert wait_until(lambda: len(children(shared.process.pid)) == 1)
+        second.close()
+        assert wait_until(lambda: not children(shared.process.pid))
+    finally:
+        shared.close()
+    assert shared.process.returncode == 0  # it ended by itself when its stdin closed
+    assert not Path(shared.folder).exists()
+
+
+def test_a_worker_without_its_shared_plotter_draws_itself(fresh, monkeypatch, tmp_path, caplog):
+    monkeypatch.setattr(plotter, "in_worker", lambda: True)  # a joblib sweep's forked worker
+    monkeypatch.setenv(workers.PLOTTER_ADDRESS, str(tmp_path / "gone"))  # the plotter died
+    fresh.start()
+    assert fresh.process is None
+    assert [r.message for r in caplog.records if r.message.startswith(FAILED)]
+    assert fresh.draw("fit", FIT, whens=WHENS) == plotter.fit_images(**FIT, whens=WHENS)
+    monkeypatch.delenv(workers.PLOTTER_ADDRESS)  # a sweep with no shared plotter at all:
+    again = Plotter()  # its workers loaded matplotlib (`runner.preload`) and draw themselves
+    again.start()
+    assert again.process is None and again.tried
 
 
 @pytest.mark.parametrize("failure", ["dead", "unstartable"])

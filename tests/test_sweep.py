@@ -192,11 +192,43 @@ def test_parallel_launchers_give_the_basic_launchers_results(tmp_path: Path, gri
 def test_joblib_workers_fork_from_the_preloading_server():
     from joblib import Parallel, delayed
 
+    def worker() -> tuple[bool, bool, bool]:
+        return (
+            workers.in_worker(),
+            "matplotlib" in sys.modules,
+            workers.PLOTTER_ADDRESS in os.environ,
+        )
+
     assert workers.start()
     assert workers.start()  # a second sweep in the same process: the same server
-    # in_worker: runner.preload (torch, TensorBoard, matplotlib) was imported, and fully
-    assert Parallel(n_jobs=2)(delayed(workers.in_worker)() for _ in range(2)) == [True, True]
+    # in_worker: runner.preload (torch, TensorBoard) was imported, and fully; matplotlib is
+    # the shared plotter's, which the workers know and nothing else this process starts
+    assert Parallel(n_jobs=2)(delayed(worker)() for _ in range(2)) == [(True, False, True)] * 2
     assert not workers.in_worker()  # the sweep's own process never imports it
+    assert workers.PLOTTER_ADDRESS not in os.environ
+
+
+@pytest.mark.slow
+@JOBLIB
+def test_joblib_workers_draw_with_the_shared_plotter(tmp_path: Path, run_experiment):
+    """The figures of a joblib sweep's jobs: drawn by the plotter the workers share, the
+    same pictures as a run drawing them itself."""
+    args = ("experiment=linear_fit", "optimizer.lr=0.05,0.1", TINY, "hydra/launcher=joblib")
+    status, out, sweep_dir, rows = sweep(tmp_path, "joblib", *args, "hydra.launcher.n_jobs=2")
+    assert status == 0, out[-2000:]
+    assert len(rows) == 2
+    for row in rows:
+        run_dir = Path(row["run_dir"])
+        assert "figures are drawn in this process" not in (run_dir / "runner.log").read_text()
+        _, alone = run_experiment("experiment=linear_fit", *row["overrides"].split())
+        for tag in ("figure/fit", "figure/landscape"):
+            pictures = images(run_dir, tag)
+            assert pictures, tag
+            assert pictures == images(alone, tag)
+
+
+def images(run_dir: Path, tag: str) -> list[bytes]:
+    return [e.encoded_image_string for e in event_accumulator(run_dir).Images(tag)]
 
 
 @pytest.mark.slow

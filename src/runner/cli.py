@@ -28,10 +28,11 @@ log = logging.getLogger("runner")
 def run_job(
     cfg: DictConfig, run_dir: Path, mode: RunMode | None, choices: Mapping[str, Any]
 ) -> float:
-    if in_worker():  # a joblib worker, forked with torch and matplotlib loaded
+    if in_worker():  # a joblib worker, forked with torch loaded
         settle(HydraConfig.get().launcher.get("n_jobs", -1))
-    else:
-        start_plotter(cfg)  # first: matplotlib loads on another core while torch is imported
+    # first: matplotlib loads on another core while torch is imported (in a joblib worker:
+    # the sweep's shared plotter, when it has one)
+    start_plotter(cfg)
     from .run import run  # torch is imported here, not for `--help` or `--cfg job`
 
     # What is alive now (torch, Hydra: ~200k objects) lives as long as the process: frozen,

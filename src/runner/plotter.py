@@ -5,7 +5,9 @@ Importing matplotlib and drawing a run's figures take about a second of one CPU 
 thing, before torch is imported, so matplotlib's import and a warm-up drawing happen on
 another core while the training process imports torch and trains; at the end
 `Figures.finish` sends the numbers and gets pictures back. Runs started another way
-(`runner.run.run` called in a process, as the tests do) draw in their own process.
+(`runner.run.run` called in a process, as the tests do) draw in their own process. The
+workers of a joblib sweep share one plotter instead (`serve_shared`, started by
+`runner.workers.SharedPlotter`), which forks a copy of itself for each worker.
 
 The drawing functions take numpy arrays, numbers and strings only; the worker and the
 training process call the same ones, and the same PNG encoding, so a picture is the same
@@ -30,7 +32,9 @@ import json
 import logging
 import math
 import os
+import selectors
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -42,6 +46,7 @@ from typing import IO, Any, NamedTuple
 import numpy as np
 
 from .priority import NICE, IdleCores
+from .workers import PLOTTER_ADDRESS, in_worker
 
 log = logging.getLogger(__name__)
 
@@ -309,22 +314,33 @@ class Plotter:
     pictures; whatever goes wrong with it, `draw` draws them here instead."""
 
     def __init__(self) -> None:
-        self.process: subprocess.Popen[bytes] | None = None
+        self.process: subprocess.Popen[bytes] | Connection | None = None
         self.tried = False
 
     def start(self) -> None:
         """Start the worker and return at once (a few milliseconds): it loads matplotlib
-        while this process goes on. Without matplotlib there are no figures to draw."""
+        while this process goes on. Without matplotlib there are no figures to draw.
+
+        In a joblib sweep's worker (`runner.workers`), connect to the plotter the sweep
+        shares among its workers instead; where the sweep has none, draw here, where the
+        worker's preloading imported matplotlib."""
         if self.tried or importlib.util.find_spec("matplotlib") is None:
             return
         self.tried = True
+        address = os.environ.get(PLOTTER_ADDRESS)
+        if address is None and in_worker():
+            return
         path = os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p)
         try:
-            self.process = subprocess.Popen(
-                COMMAND,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                env=os.environ | {"PYTHONPATH": path},
+            self.process = (
+                Connection(address)
+                if address is not None
+                else subprocess.Popen(
+                    COMMAND,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    env=os.environ | {"PYTHONPATH": path},
+                )
             )
         except OSError as e:
             log.warning(f"figures are drawn in this process: the plotter did not start ({e})")
@@ -365,7 +381,7 @@ class Plotter:
 
     def _ask(
         self,
-        process: subprocess.Popen[bytes],
+        process: subprocess.Popen[bytes] | Connection,
         kind: str,
         arrays: dict[str, np.ndarray],
         options: dict[str, Any],
@@ -399,6 +415,29 @@ class Plotter:
             process.wait()
 
 
+class Connection:
+    """A joblib sweep's shared plotter, as `Plotter` uses a plotter process of its own: a
+    stream each way, `kill` (which ends a read in progress) and `wait`."""
+
+    def __init__(self, address: str) -> None:
+        self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.socket.connect(address)
+        except OSError:
+            self.socket.close()
+            raise
+        self.stdin = self.socket.makefile("wb")
+        self.stdout = self.socket.makefile("rb")
+
+    def kill(self) -> None:
+        with contextlib.suppress(OSError):
+            self.socket.shutdown(socket.SHUT_RDWR)
+
+    def wait(self, timeout: float | None = None) -> int:
+        self.socket.close()
+        return 0
+
+
 def _present(arrays: dict[str, np.ndarray | None]) -> dict[str, np.ndarray]:
     """The arrays given (None: left out, as the drawing functions' defaults), contiguous."""
     return {name: np.ascontiguousarray(a) for name, a in arrays.items() if a is not None}
@@ -408,11 +447,11 @@ PLOTTER = Plotter()  # one worker per process, shared by every run of a sweep
 atexit.register(PLOTTER.close)
 
 
-# -- the worker's side: `python -m runner.plotter` --
+# -- the worker's side: `python -m runner.plotter [--shared FD]` --
 
 
 def serve() -> None:
-    """Warm up, then answer requests until stdin closes."""
+    """A run's own plotter: warm up, then answer requests until stdin closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the run's; this ends with stdin
     # below the training process: while it trains (with as many torch threads as cores)
     # this draws in the gaps; when it waits for the pictures, the cores are this one's
@@ -421,14 +460,58 @@ def serve() -> None:
     answers = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # a stray print goes to stderr, never into an answer
     warm_up()
+    answer(sys.stdin.buffer, answers)
+    sys.stderr.flush()
+    os._exit(0)  # nothing to clean up: skips matplotlib's teardown, which the parent waits for
+
+
+def serve_shared(listener: socket.socket) -> None:
+    """A joblib sweep's plotter (`runner.workers.share_plotter`): warm up, then fork a copy
+    for each worker that connects, which answers that worker's requests for as long as it
+    lives, so that workers drawing at once draw in parallel, each copy with matplotlib
+    loaded. Ends when its stdin closes: the sweep process is gone. It runs at a lower
+    priority from its start (`runner.workers.SharedPlotter`)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the sweep's
+    os.dup2(2, 1)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the copies
+    warm_up()
+    stdin = sys.stdin.fileno()
+    with selectors.DefaultSelector() as selector:
+        selector.register(listener, selectors.EVENT_READ)
+        selector.register(stdin, selectors.EVENT_READ)
+        while True:
+            for key, _ in selector.select():
+                if key.fileobj != listener:
+                    if not os.read(stdin, 4096):
+                        sys.stderr.flush()
+                        os._exit(0)
+                    continue
+                try:
+                    connection, _ = listener.accept()
+                except OSError:  # the worker gave up already
+                    continue
+                if os.fork() == 0:
+                    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                    selector.close()
+                    listener.close()
+                    os.close(stdin)
+                    with connection, connection.makefile("rb") as r, connection.makefile("wb") as w:
+                        answer(r, w)
+                    sys.stderr.flush()
+                    os._exit(0)
+                connection.close()
+
+
+def answer(requests: IO[bytes], answers: IO[bytes]) -> None:
+    """Answer one training process's requests until it closes its end."""
     ahead: dict[str, Any] = {}  # kind: what PREPARE keeps for the next draw of that kind
     # Drawing ahead pays only on a core the training process leaves idle: with as many torch
     # threads as cores, a time slice taken from one stalls every parallel op at its barrier
     # (sine_mlp on 2 cores trained ~20% slower), so then the snapshots wait for the end.
     idle = IdleCores()
-    with contextlib.suppress(EOFError, BrokenPipeError):  # the training process is gone
+    with contextlib.suppress(EOFError, BrokenPipeError, ConnectionResetError):  # it is gone
         while True:
-            request, arrays = receive(sys.stdin.buffer)
+            request, arrays = receive(requests)
             kind = request["kind"]
             if request.get("prepare"):  # no answer: the training process does not wait
                 spare = idle.since_last()
@@ -443,13 +526,11 @@ def serve() -> None:
             try:
                 extra = ahead.pop(kind).prepared() if kind in ahead else {}
                 pictures = DRAW[kind](**arrays, **request["options"], **extra)
-                answer: dict[str, Any] = {"sizes": [[p.height, p.width] for p in pictures]}
+                reply: dict[str, Any] = {"sizes": [[p.height, p.width] for p in pictures]}
             except Exception as e:
-                pictures, answer = [], {"error": f"{type(e).__name__}: {e}"}
+                pictures, reply = [], {"error": f"{type(e).__name__}: {e}"}
             encoded = {str(i): np.frombuffer(p.data, np.uint8) for i, p in enumerate(pictures)}
-            send(answers, answer, encoded)
-    sys.stderr.flush()
-    os._exit(0)  # nothing to clean up: skips matplotlib's teardown, which the parent waits for
+            send(answers, reply, encoded)
 
 
 def warm_up() -> None:
@@ -462,4 +543,7 @@ def warm_up() -> None:
 
 
 if __name__ == "__main__":
-    serve()
+    if sys.argv[1:2] == ["--shared"]:
+        serve_shared(socket.socket(fileno=int(sys.argv[2])))
+    else:
+        serve()

@@ -1,17 +1,19 @@
 """What a joblib sweep's worker needs before its first job, imported once by the forkserver
 its workers fork from (`runner.workers`): torch and the runner, the protobufs TensorBoard
-logging writes, tqdm, and matplotlib with its fonts and caches warmed by a small figure
-drawn and thrown away. Importing this module does that work; nothing else imports it.
+logging writes, and tqdm. Importing this module does that work; nothing else imports it.
 
-It is the sweep's critical path, ~3.5 s of CPU (two thirds of it torch) that the workers
-wait for while the sweep process checks the jobs' configs: what it loads is what every
-job of a shipped experiment loads (`linear_fit`'s model graph, too, goes through
-`torch.utils.tensorboard`), no more.
+It is the sweep's critical path, ~2.5 s of CPU (most of it torch) that the workers wait
+for while the sweep process checks the jobs' configs: what it loads is what every job of
+a shipped experiment loads (`linear_fit`'s model graph, too, goes through
+`torch.utils.tensorboard`), no more. Matplotlib is the sweep's shared plotter's to load;
+where there is none (it could not start), it is loaded here, with its fonts and caches
+warmed by a small figure drawn and thrown away, and the workers draw their own figures.
 """
 
 import contextlib
 import gc
 import importlib.util
+import os
 import signal
 
 import torch  # noqa: F401
@@ -20,8 +22,9 @@ from tensorboard.compat.proto import config_pb2, graph_pb2, step_stats_pb2, vers
 from torch.utils.tensorboard import _pytorch_graph  # noqa: F401
 
 from . import loggers, optim, run  # noqa: F401
+from .workers import PLOTTER_ADDRESS
 
-if importlib.util.find_spec("matplotlib") is not None:
+if PLOTTER_ADDRESS not in os.environ and importlib.util.find_spec("matplotlib") is not None:
     from .plotter import warm_up
 
     # an error here would stop the server, and the sweep with it: a job's first figure

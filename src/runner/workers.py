@@ -1,29 +1,39 @@
 """Sweep workers that start warm: joblib's workers fork from a process that has already
-imported torch, TensorBoard and matplotlib, instead of each importing them.
+imported torch and TensorBoard, and draw their figures with one plotter the sweep shares,
+instead of each importing all of that.
 
 Hydra's joblib launcher runs jobs in loky worker processes, and loky starts each one as a
 fresh Python that imports everything before its first job: ~4-5 s of CPU a worker, as
 much as several short jobs. So when the launcher is joblib, the sweep process starts one
-`multiprocessing` forkserver as early as it can (`start`), which imports all of that once
-(`runner.preload`) while the sweep process composes and checks the jobs' configs, and
-tells loky to fork its workers from it. Everything else stays joblib's and loky's: the
-launcher's keys, cloudpickle, a worker that dies reported as an error.
+`multiprocessing` forkserver as early as it can (`start`), which imports torch and the
+runner once (`runner.preload`) while the sweep process composes and checks the jobs'
+configs, and tells loky to fork its workers from it. Everything else stays joblib's and
+loky's: the launcher's keys, cloudpickle, a worker that dies reported as an error.
 
-A forked worker then differs from a spawned one in two ways, both settled in the job
-(`runner.cli.run_job`): torch is already loaded, so the thread count loky would put in a
-fresh worker's environment (cores // workers) is set on torch (`settle`); and figures are
-drawn in the worker itself, as matplotlib is loaded and the other workers' jobs keep the
-other cores busy.
+Matplotlib is loaded by neither: a plotter process shared by the sweep's workers
+(`SharedPlotter`) loads it at a lower priority, on the core the sweep process leaves idle
+once its checks are done, so the first jobs do not wait for it; it then forks a copy of
+itself for each worker, which draws that worker's figures as a run's own plotter does.
+
+A forked worker also differs from a spawned one in its threads: torch is already loaded,
+so the thread count loky would put in a fresh worker's environment (cores // workers) is
+set on torch in the job (`settle`, from `runner.cli.run_job`).
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import importlib.util
 import multiprocessing
 import os
 import sys
 
+from .priority import NICE
+
 PRELOAD = "runner.preload"  # what the forkserver imports; in a worker, it is in sys.modules
 JOBLIB = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
+PLOTTER_ADDRESS = "RUNNER_PLOTTER"  # in the forkserver's environment: the shared plotter's socket
 
 
 def start_if_asked(argv: list[str]) -> bool:
@@ -50,9 +60,93 @@ def start() -> bool:
     if get_start_method() not in (None, "forkserver"):
         return False
     multiprocessing.set_forkserver_preload([PRELOAD])  # no effect once the server runs
-    forkserver.ensure_running()  # returns at once: the server imports on its own
+    address = share_plotter()
+    if address is not None:
+        os.environ[PLOTTER_ADDRESS] = address
+    try:
+        forkserver.ensure_running()  # returns at once: the server imports on its own
+    finally:
+        # the server was started with it, and its workers inherit it; nothing else is
+        os.environ.pop(PLOTTER_ADDRESS, None)
     set_start_method("forkserver", force=True)
     return True
+
+
+class SharedPlotter:
+    """One plotter for all the workers of a joblib sweep (`runner.plotter.serve_shared`),
+    listening on a unix socket in a folder of its own, from the start of the sweep to the
+    end of this process.
+
+    It imports matplotlib and warms up on the core the sweep process leaves idle once it
+    has checked the jobs' configs (it runs at a lower priority), instead of in the
+    forkserver, whose imports the first jobs wait for: that took ~1 s off their start on
+    2 cores. Then it draws what the workers ask, in a copy forked for each worker.
+    """
+
+    def __init__(self) -> None:
+        import shutil
+        import socket
+        import subprocess
+        import tempfile
+        from pathlib import Path
+
+        self.folder = tempfile.mkdtemp(prefix="runner-plotter-")
+        self.address = os.path.join(self.folder, "socket")
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        src = str(Path(__file__).resolve().parents[1])  # the plotter imports this runner
+        path = os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p)
+        try:
+            listener.bind(self.address)
+            listener.listen(64)  # a worker that connects before the plotter is warm waits
+            command = [sys.executable, "-m", "runner.plotter", "--shared", str(listener.fileno())]
+            self.process = subprocess.Popen(
+                command,
+                stdin=subprocess.PIPE,  # closed when this process ends: the plotter ends too
+                pass_fds=[listener.fileno()],
+                env=os.environ | {"PYTHONPATH": path},
+            )
+        except OSError:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            raise
+        finally:
+            listener.close()
+        with contextlib.suppress(AttributeError, OSError):  # lower at once: even its imports
+            priority = os.getpriority(os.PRIO_PROCESS, 0) + NICE  # wait for an idle core
+            os.setpriority(os.PRIO_PROCESS, self.process.pid, min(priority, 19))
+        atexit.register(self.close)
+
+    def close(self) -> None:
+        import shutil
+        import subprocess
+
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+_shared: SharedPlotter | None = None
+
+
+def share_plotter() -> str | None:
+    """Start the sweep's shared plotter, once, and return the address its workers connect
+    to; None where there is nothing to draw with (no matplotlib) or no unix sockets."""
+    import socket
+
+    global _shared
+    if importlib.util.find_spec("matplotlib") is None or not hasattr(socket, "AF_UNIX"):
+        return None
+    if _shared is None or _shared.process.poll() is not None:
+        try:
+            _shared = SharedPlotter()
+        except OSError as e:
+            print(f"runner: each worker draws its own figures ({e})", file=sys.stderr)
+            return None
+    return _shared.address
 
 
 def in_worker() -> bool:
