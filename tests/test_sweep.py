@@ -39,6 +39,7 @@ def plugin(name: str) -> pytest.MarkDecorator:
 
 OPTUNA = plugin("optuna_sweeper")
 JOBLIB = plugin("joblib_launcher")
+JOBLIB_INSTALLED = not JOBLIB.args[0]  # skipif(condition, ...)
 SUBMITIT = plugin("submitit_launcher")
 TINY = "trainer.epochs=5"  # a sweep here checks the plumbing, not the fit
 GRID = ("experiment=linear_fit", "optimizer.lr=0.01,0.1,1.0", "seed=1,2,3", TINY)
@@ -452,3 +453,75 @@ def test_hparams_search_configs(experiment, searched, objective):
     assert sweeper.n_trials == 10 and set(sweeper.params) == searched
     assert sweeper.params["optimizer.lr"].startswith("tag(log,")
     assert cfg.trainer.objective == objective and cfg.hydra.callbacks.summary.fail_on == "all"
+
+
+def test_a_grid_sweep_composes_each_job_once_as_hydra_would(tmp_path: Path, monkeypatch):
+    """Hydra composes each job's config twice: to check the batch, then to run it. The
+    check's is kept for the job, in this process (the basic launcher) and sent to joblib's
+    workers (here n_jobs=1: joblib runs them in this process); Hydra's own way gives the
+    same files."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra.plugins.sweeper import Sweeper
+
+    compositions = []
+    composing = ConfigLoaderImpl._load_configuration_impl
+    monkeypatch.setattr(
+        ConfigLoaderImpl,
+        "_load_configuration_impl",
+        lambda *a, **k: compositions.append(1) or composing(*a, **k),
+    )
+    args = ("experiment=linear_fit", "optimizer.lr=0.1,0.2,0.3", "seed=4", TINY, "logger=none")
+    joblib = ("hydra/launcher=joblib", "hydra.launcher.n_jobs=1")
+    counts = {}
+    for name, extra in [("basic", ()), ("joblib", joblib if JOBLIB_INSTALLED else ())]:
+        compositions.clear()
+        status, out, _, rows = sweep(tmp_path, name, *args, *extra)
+        assert status == 0 and len(rows) == 3, out[-2000:]
+        counts[name] = len(compositions)
+    monkeypatch.setattr(
+        ConfigLoaderImpl, "load_sweep_config", ConfigLoaderImpl.load_sweep_config.composes_twice
+    )
+    monkeypatch.setattr(
+        Sweeper, "validate_batch_is_legal", Sweeper.validate_batch_is_legal.keeps_nothing
+    )
+    compositions.clear()
+    assert sweep(tmp_path, "hydras", *args)[0] == 0
+    # two for the sweep itself (its mode, its config), then one per job, not two
+    assert counts == {"basic": 2 + 3, "joblib": 2 + 3}
+    assert len(compositions) == 2 + 2 * 3
+    for job in "012":
+        for saved in ("config.yaml", "hydra.yaml", "overrides.yaml"):
+            ours = (tmp_path / "basic" / job / ".hydra" / saved).read_text()
+            hydras = (tmp_path / "hydras" / job / ".hydra" / saved).read_text()
+            assert ours.replace("/basic", "/hydras") == hydras
+
+
+def test_a_kept_job_config_takes_the_sweeps_resolver_cache_when_the_job_starts():
+    """Hydra copies the sweep's cache (its `${now:...}` values) into a job's config when it
+    composes it for the job; a config kept from the check gets it then too."""
+    from omegaconf import OmegaConf
+
+    from runner.compose_once import Checked
+
+    master = OmegaConf.create({"t": "${now:%H%M%S%f}"})
+    job = OmegaConf.create({"t": "${now:%H%M%S%f}"})
+    checked = Checked()
+    checked.keep(master, ["a=1"], job)
+    time.sleep(0.01)
+    resolved = master.t  # the sweep resolves it after the check: the launcher reads its dir
+    time.sleep(0.01)
+    assert checked.take(OmegaConf.create({}), ["a=1"]) is None  # another sweep's: not its
+    assert checked.take(master, ["a=1"]) is job and job.t == resolved
+    assert checked.take(master, ["a=1"]) is None  # taken once
+
+
+def test_a_composed_job_reaches_a_worker_with_its_config():
+    import pickle
+
+    from omegaconf import OmegaConf
+
+    from runner.compose_once import Composed
+
+    job = Composed(["optimizer.lr=0.1"], OmegaConf.create({"optimizer": {"lr": 0.1}}))
+    back = pickle.loads(pickle.dumps(job))  # as loky sends a job's arguments
+    assert back == ["optimizer.lr=0.1"] and back.config == job.config
