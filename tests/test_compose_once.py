@@ -10,7 +10,7 @@ from hydra._internal.config_loader_impl import ConfigLoaderImpl
 from hydra._internal.utils import create_config_search_path
 from hydra.errors import ConfigCompositionException
 from hydra.types import RunMode
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 from runner.__main__ import CONFIGS
 from runner.compose_once import RUN_OVERRIDE, compose_once
@@ -58,3 +58,34 @@ def test_a_mandatory_group_left_out_is_still_refused(tmp_path: Path) -> None:
     (tmp_path / "model" / "a.yaml").write_text("x: 1\n")
     with pytest.raises(ConfigCompositionException, match="You must specify 'model'"):
         as_hydra_runs([], tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("launcher", "kept"),
+    [
+        ("hydra._internal.core_plugins.basic_launcher.BasicLauncher", 1),
+        ("hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", 1),
+        ("hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher", 0),
+    ],
+)
+def test_a_sweeps_checked_job_configs_are_kept_for_launchers_that_take_them(
+    launcher: str, kept: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from types import SimpleNamespace
+
+    from hydra.plugins.sweeper import Sweeper
+
+    from runner import compose_once as module
+
+    configs = loader()
+    master = configs.load_configuration("config", ["experiment=linear_fit"], RunMode.MULTIRUN)
+    with open_dict(master):
+        master.hydra.launcher = {"_target_": launcher}
+    monkeypatch.setattr(module, "CHECKED", module.Checked())
+    monkeypatch.setattr(module, "_send_configs_to_joblib", lambda: None)  # no plugin needed
+    sweeper = SimpleNamespace(config=master, hydra_context=SimpleNamespace(config_loader=configs))
+    Sweeper.validate_batch_is_legal(sweeper, [["optimizer.lr=0.3"]])  # type: ignore[arg-type]
+    assert len(module.CHECKED.configs) == kept
+    taken = configs.load_sweep_config(master, ["optimizer.lr=0.3"])  # the job's own
+    assert taken.optimizer.lr == 0.3
+    assert module.CHECKED.configs == {}

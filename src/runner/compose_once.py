@@ -126,12 +126,14 @@ def _compose_jobs_once() -> None:
     validate = Sweeper.validate_batch_is_legal
 
     def validate_batch_is_legal(self: Sweeper, batch: Sequence[Sequence[str]]) -> None:
-        CHECKED.checking = True
+        launcher = self.config.hydra.launcher.get("_target_") if self.config else None
+        # only launchers that take them keep them (submitit's jobs compose their own)
+        CHECKED.checking = launcher == JOBLIB or str(launcher).endswith(".BasicLauncher")
         try:
             validate(self, batch)
         finally:
             CHECKED.checking = False
-        if self.config is not None and self.config.hydra.launcher.get("_target_") == JOBLIB:
+        if launcher == JOBLIB:
             _send_configs_to_joblib()
 
     def load_job_config(
