@@ -126,7 +126,7 @@ def _compose_jobs_once() -> None:
     validate = Sweeper.validate_batch_is_legal
 
     def validate_batch_is_legal(self: Sweeper, batch: Sequence[Sequence[str]]) -> None:
-        launcher = self.config.hydra.launcher.get("_target_") if self.config else None
+        launcher = None if self.config is None else self.config.hydra.launcher.get("_target_")
         # only launchers that take them keep them (submitit's jobs compose their own)
         CHECKED.checking = launcher == JOBLIB or str(launcher).endswith(".BasicLauncher")
         try:
