@@ -7,7 +7,6 @@ import contextlib
 import io
 import json
 import logging
-import os
 import signal
 import struct
 import subprocess
@@ -49,7 +48,7 @@ FAILED = "figures are drawn in this process: the plotter"
 
 
 def worker_env() -> dict[str, str]:
-    return os.environ | {"PYTHONPATH": plotter.SRC}
+    return workers.runner_env()
 
 
 @pytest.fixture(scope="module")

@@ -40,18 +40,16 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
-from pathlib import Path
 from typing import IO, Any, NamedTuple
 
 import numpy as np
 
 from .priority import NICE, IdleCores
-from .workers import PLOTTER_ADDRESS, in_worker
+from .workers import PLOTTER_ADDRESS, in_worker, runner_env
 
 log = logging.getLogger(__name__)
 
 COMMAND = [sys.executable, "-m", "runner.plotter"]
-SRC = str(Path(__file__).resolve().parents[1])  # the worker imports this same runner
 TIMEOUT_S = 60.0  # a worker slower than this is stuck: killed, and the picture drawn here
 SAFE_KINDS = "biuf"  # the array dtypes a message may hold: bool, integers, floats
 
@@ -330,7 +328,6 @@ class Plotter:
         address = os.environ.get(PLOTTER_ADDRESS)
         if address is None and in_worker():
             return
-        path = os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p)
         try:
             self.process = (
                 Connection(address)
@@ -339,7 +336,7 @@ class Plotter:
                     COMMAND,
                     stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE,
-                    env=os.environ | {"PYTHONPATH": path},
+                    env=runner_env(),
                 )
             )
         except OSError as e:

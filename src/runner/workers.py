@@ -28,12 +28,21 @@ import importlib.util
 import multiprocessing
 import os
 import sys
+from pathlib import Path
 
 from .priority import NICE
 
 PRELOAD = "runner.preload"  # what the forkserver imports; in a worker, it is in sys.modules
 JOBLIB = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
 PLOTTER_ADDRESS = "RUNNER_PLOTTER"  # in the forkserver's environment: the shared plotter's socket
+SRC = str(Path(__file__).resolve().parents[1])  # a plotter process imports this same runner
+
+
+def runner_env() -> dict[str, str]:
+    """This process's environment with this runner importable first: for the plotter
+    processes it starts (`runner.plotter`, `SharedPlotter`)."""
+    path = os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p)
+    return os.environ | {"PYTHONPATH": path}
 
 
 def start_if_asked(argv: list[str]) -> bool:
@@ -89,13 +98,10 @@ class SharedPlotter:
         import socket
         import subprocess
         import tempfile
-        from pathlib import Path
 
         self.folder = tempfile.mkdtemp(prefix="runner-plotter-")
         self.address = os.path.join(self.folder, "socket")
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        src = str(Path(__file__).resolve().parents[1])  # the plotter imports this runner
-        path = os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p)
         try:
             listener.bind(self.address)
             listener.listen(64)  # a worker that connects before the plotter is warm waits
@@ -104,7 +110,7 @@ class SharedPlotter:
                 command,
                 stdin=subprocess.PIPE,  # closed when this process ends: the plotter ends too
                 pass_fds=[listener.fileno()],
-                env=os.environ | {"PYTHONPATH": path},
+                env=runner_env(),
             )
         except OSError:
             shutil.rmtree(self.folder, ignore_errors=True)
