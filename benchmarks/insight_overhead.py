@@ -35,8 +35,8 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from runner.__main__ import CONFIGS
-from runner.loop import Loop
-from runner.plotter import PLOTTER
+from runner.train.loop import Loop
+from runner.observe.plotter import PLOTTER
 from runner.run import run
 
 LIMIT = 1.10

@@ -4,7 +4,7 @@
 
 Three loops do the same work, an epoch of shuffled minibatches through the same MLP
 (1 -> 64 -> 64 -> 1, tanh) with Adam (lr 0.01) on the same data:
-  - the runner: `runner.loop.train` on `experiment=sine_mlp` with its default logging
+  - the runner: `runner.train.loop.train` on `experiment=sine_mlp` with its default logging
     (TensorBoard, a log step every 25 steps, histograms every 100);
   - a plain loop over `DataLoader(TensorDataset(x, y), batch_size=1024, shuffle=True)`;
   - a plain loop over index slices of a `randperm`, as the runner batches.
@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from runner.__main__ import CONFIGS
 from runner.build import build
-from runner.loop import train
+from runner.train.loop import train
 
 BATCH = 1024
 DATALOADER_SPEEDUP = 3.0  # at 1M points the runner's epoch at least this much faster

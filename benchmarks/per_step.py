@@ -1,4 +1,4 @@
-"""Per step, in one process: `runner.loop.train` on a built experiment against a plain loop.
+"""Per step, in one process: `runner.train.loop.train` on a built experiment against a plain loop.
 
     python benchmarks/per_step.py [--epochs 1500] [--repeats 7] [--device cuda] [--compile]
 
@@ -37,7 +37,7 @@ from torch import nn
 
 from runner.__main__ import CONFIGS
 from runner.build import build
-from runner.loop import train
+from runner.train.loop import train
 
 TARGET = 1.15  # per step with default logging: at most this times the plain loop
 DEVICE = torch.device("cpu")  # --device

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from runner.__main__ import CONFIGS
 from runner.run import run
 
-ROOT = CONFIGS.parent
+ROOT = Path(__file__).resolve().parents[1]  # the repository
 
 
 def compose_config(*overrides: str, config_dir: Path = CONFIGS) -> DictConfig:

@@ -19,10 +19,10 @@ import pytest
 import torch
 from conftest import compose_config, read_metrics, scalars
 
-import runner.loop
-from runner.checkpoint import LAST
-from runner.config import ConfigError
-from runner.loggers import TensorBoard
+import runner.train.loop
+from runner.train.checkpoint import LAST
+from runner.config.check import ConfigError
+from runner.log.tensorboard import TensorBoard
 from runner.run import run
 
 ARGS = (
@@ -126,7 +126,7 @@ def test_a_resumed_run_shows_each_step_once_in_tensorboard(tmp_path):
 
 def press_ctrl_c_at_a_log_step(monkeypatch: pytest.MonkeyPatch, after: int) -> None:
     """Ctrl-C from inside the loop, once, at the first log step after `after`."""
-    add = runner.loop.Recorder.add
+    add = runner.train.loop.Recorder.add
     sent: list[int] = []
 
     def add_then_interrupt(self, step, keys, values, host):  # noqa: ANN001, ANN202
@@ -135,7 +135,7 @@ def press_ctrl_c_at_a_log_step(monkeypatch: pytest.MonkeyPatch, after: int) -> N
             sent.append(step)
             os.kill(os.getpid(), signal.SIGINT)
 
-    monkeypatch.setattr(runner.loop.Recorder, "add", add_then_interrupt)
+    monkeypatch.setattr(runner.train.loop.Recorder, "add", add_then_interrupt)
 
 
 def test_ctrl_c_mid_epoch_writes_a_checkpoint_that_resumes_exactly(

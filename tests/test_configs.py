@@ -9,7 +9,7 @@ from conftest import CONFIGS, compose_config
 from omegaconf import OmegaConf
 
 from runner.build import build
-from runner.config import ConfigError, check_target
+from runner.config.check import ConfigError, check_target
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
 TARGET_GROUPS = ("dataset", "model", "loss", "optimizer", "scheduler", "logger")
@@ -53,7 +53,7 @@ def test_the_root_config_defaults_are_the_post():
     assert cfg.seed == 42
     assert cfg.dataset.formula == "2*x + 1" and cfg.dataset.n == 50
     assert cfg.model.formula == "w * x + b" and cfg.model.params == {}
-    assert cfg.optimizer._target_ == "runner.optim.GD"
+    assert cfg.optimizer._target_ == "runner.build.optim.GD"
 
 
 def test_an_unknown_option_key_is_named_with_a_hint():
@@ -64,5 +64,5 @@ def test_an_unknown_option_key_is_named_with_a_hint():
 def test_a_wrong_type_is_named():
     with pytest.raises(ConfigError, match=r"dataset.n='abc' is not an integer"):
         check_target(
-            "dataset", {"_target_": "runner.data.synthetic", "formula": "x", "n": "abc"}, ("dtype",)
+            "dataset", {"_target_": "runner.build.data.synthetic", "formula": "x", "n": "abc"}, ("dtype",)
         )

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runner import formula
-from runner.formula import CONSTANTS, FUNCTIONS, Formula, FormulaError, parse
+from runner.config import formula
+from runner.config.formula import CONSTANTS, FUNCTIONS, Formula, FormulaError, parse
 
 # The same table written out again, so a wrong mapping in the module cannot pass by agreeing
 # with itself.

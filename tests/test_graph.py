@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from runner.graph import (
+from runner.observe.graph import (
     grad_fn_names,
     graph_chain,
     graph_dot,

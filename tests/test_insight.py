@@ -13,10 +13,13 @@ import pytest
 import torch
 from conftest import ROOT, cli, compose_config, event_accumulator, read_metrics, scalars
 
-from runner import data as datasets
-from runner import figures, gradcheck, insight, loop
+from runner.build import data as datasets
+from runner.observe import figures
+from runner.observe import gradcheck
+from runner.observe import insight
+from runner.train import loop
 from runner.build import build
-from runner.gradcheck import GradCheckError, check_grads, sample_elements
+from runner.observe.gradcheck import GradCheckError, check_grads, sample_elements
 from runner.run import run
 
 POST_NODES = [
@@ -222,7 +225,7 @@ def graph_nodes(graph_def) -> list[tuple[str, str, list[str], list[tuple[str, st
 def test_model_graph_traces_in_eval_mode_and_leaves_the_mode_alone(tmp_path):
     from torch.utils.tensorboard._pytorch_graph import graph, parse
 
-    from runner.loggers import TensorBoard
+    from runner.log.tensorboard import TensorBoard
 
     model = torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.Dropout(0.5))
     logger = TensorBoard(tmp_path)
@@ -260,7 +263,7 @@ def test_accumulated_gradients_are_checked(run_experiment, no_figures, monkeypat
     assert [s for s, _ in check] == [0, 1] and all(v < 1e-5 for _, v in check)
 
     # an optimizer that forgets to zero: the second update carries the first one's gradients
-    monkeypatch.setattr("runner.optim.GD.zero_grad", lambda self, set_to_none=False: None)
+    monkeypatch.setattr("runner.build.optim.GD.zero_grad", lambda self, set_to_none=False: None)
     _, run_dir = run_experiment(*common, "trainer.epochs=1")
     (_, first), (_, second) = scalars(run_dir, "grad/accumulate_check")
     assert first < 1e-5 and second > 0.1

@@ -19,10 +19,10 @@ import pytest
 import torch
 from conftest import ROOT, compose_config, event_accumulator
 
-from runner import events
+from runner.log import events
 from runner.build import Built, build
-from runner.loggers import TensorBoard
-from runner.loop import Loop, train
+from runner.log.tensorboard import TensorBoard
+from runner.train.loop import Loop, train
 
 # What moves a value from the device to the host: on a GPU each one waits for the device.
 SYNCS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__")

@@ -22,8 +22,10 @@ import pytest
 from conftest import ROOT, cli, compose_config, event_accumulator
 
 from runner import cli as runner_cli
-from runner import plotter, priority, workers
-from runner.plotter import Plotter
+from runner.observe import plotter
+from runner import priority
+from runner import workers
+from runner.observe.plotter import Plotter
 
 RNG = np.random.default_rng(0)
 X = np.linspace(0, 1, 50, dtype=np.float32)

@@ -16,9 +16,9 @@ import pytest
 import torch
 from conftest import CONFIGS, cli, event_accumulator, read_metrics, scalars
 
-import runner.loggers
-import runner.loop
-from runner.config import ConfigError
+import runner.log.tensorboard
+import runner.train.loop
+from runner.config.check import ConfigError
 
 # the post's numbers, section by section
 DERIVATIVE_LINES = ["x = 3.0", "y = x**2 + 2*x + 1 = 16.0", "dy/dx = 8.0"]
@@ -174,7 +174,7 @@ def test_every_experiment_file_opens_with_its_command():
 # --- section 4: detach / no_grad: what the runner logs is outside the graph ----------------
 
 
-class Probe(runner.loggers.Null):
+class Probe(runner.log.tensorboard.Null):
     """logger=none that checks everything it is handed is a plain number or a detached tensor."""
 
     histograms = 0
@@ -194,7 +194,7 @@ def _rss_bytes() -> int:
 
 def _checked_add(samples: dict[int, dict[str, int]], at: tuple[int, ...]) -> Any:
     """Recorder.add that refuses a tensor still on the graph, and samples memory at `at`."""
-    add = runner.loop.Recorder.add
+    add = runner.train.loop.Recorder.add
 
     def checked(self, step, keys, values, host):  # noqa: ANN001, ANN202
         if values is not None:
@@ -214,8 +214,8 @@ def _checked_add(samples: dict[int, dict[str, int]], at: tuple[int, ...]) -> Any
 
 def test_logged_tensors_are_detached(run_experiment, monkeypatch):
     """Short run with a tensor parameter, so the histograms are checked too."""
-    monkeypatch.setattr(runner.loggers, "Null", Probe)
-    monkeypatch.setattr(runner.loop.Recorder, "add", _checked_add({}, ()))
+    monkeypatch.setattr(runner.log.tensorboard, "Null", Probe)
+    monkeypatch.setattr(runner.train.loop.Recorder, "add", _checked_add({}, ()))
     Probe.histograms = 0
     metrics, _ = run_experiment(
         "experiment=vector_grad",
@@ -237,8 +237,8 @@ def test_20000_steps_keep_no_graph_and_no_memory(run_experiment, monkeypatch):
     count and the heap would grow with the steps. Between step 5,000 and step 20,000 they
     must not."""
     samples: dict[int, dict[str, int]] = {}
-    monkeypatch.setattr(runner.loggers, "Null", Probe)
-    monkeypatch.setattr(runner.loop.Recorder, "add", _checked_add(samples, (5_000, 19_999)))
+    monkeypatch.setattr(runner.log.tensorboard, "Null", Probe)
+    monkeypatch.setattr(runner.train.loop.Recorder, "add", _checked_add(samples, (5_000, 19_999)))
     metrics, _ = run_experiment(
         "experiment=derivative",
         "trainer.epochs=20000",

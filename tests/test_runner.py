@@ -98,7 +98,7 @@ def test_log_every_n_steps_and_validation_split(run_experiment):
 
 
 def test_the_post_data_is_generated_in_the_post_order():
-    from runner.data import synthetic
+    from runner.build.data import synthetic
 
     torch.manual_seed(42)
     data = synthetic("2*x + 1", n=50, low=0, high=1, noise=0.1)
@@ -109,7 +109,7 @@ def test_the_post_data_is_generated_in_the_post_order():
 
 
 def test_uniform_sampling_and_val_split_are_seeded():
-    from runner.data import synthetic
+    from runner.build.data import synthetic
 
     runs = []
     for _ in range(2):
@@ -170,7 +170,7 @@ def test_each_model_learns(run_experiment, overrides):
 
 
 def test_expression_parameter_initialisers():
-    from runner.models import Expression
+    from runner.build.models import Expression
 
     torch.manual_seed(0)
     m = Expression(
@@ -204,7 +204,7 @@ def test_each_optimizer_reduces_the_loss(run_experiment, optimizer):
 
 
 def test_gd_is_the_posts_update_and_zeroes_in_place():
-    from runner.optim import GD
+    from runner.build.optim import GD
 
     w = torch.nn.Parameter(torch.tensor(1.0))
     opt = GD([w], lr=0.5)
@@ -465,7 +465,7 @@ def test_an_experiment_written_only_in_yaml_converges(tmp_path: Path):
 def test_gd_updates_bit_for_bit_as_the_posts_line_for_any_shape_and_lr(dtype):
     """GD multiplies by a cached lr tensor in two foreach calls; each element must still be
     exactly `p -= lr * p.grad`, also after a scheduler changes lr."""
-    from runner.optim import GD
+    from runner.build.optim import GD
 
     gen = torch.Generator().manual_seed(0)
     shapes = [(), (7,), (3, 4)]

@@ -24,8 +24,8 @@ from omegaconf import OmegaConf
 
 import runner.run
 from runner.cli import run_job
-from runner.config import ConfigError
-from runner.loop import stop_on_signals
+from runner.config.check import ConfigError
+from runner.train.loop import stop_on_signals
 from runner.run import objective, run
 
 

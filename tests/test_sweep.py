@@ -23,7 +23,7 @@ from conftest import event_accumulator, read_metrics
 
 from runner import workers
 from runner.__main__ import main
-from runner.sweep import COLUMNS, STOP
+from runner.sweep.summary import COLUMNS, STOP
 from runner.workers import threads_per_worker
 
 
@@ -333,7 +333,7 @@ def fake_job(sweep_dir: Path, num: int, metrics: dict[str, Any] | None) -> None:
 def end_of_sweep(sweep_dir: Path, fail_on: str) -> int:
     from omegaconf import OmegaConf
 
-    from runner.sweep import Summary
+    from runner.sweep.summary import Summary
 
     config = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep_dir)}}})
     try:
@@ -371,7 +371,7 @@ def test_summary_reads_the_overrides_hydra_saved(tmp_path: Path):
     """Hydra saves a job's overrides with OmegaConf; the summary reads them with libyaml."""
     from omegaconf import OmegaConf
 
-    from runner.sweep import job_row
+    from runner.sweep.summary import job_row
 
     overrides = [
         'model.formula="sin(x) * w"',
@@ -388,7 +388,7 @@ def test_summary_reads_the_overrides_hydra_saved(tmp_path: Path):
 
 
 def test_summary_ranks_failures_last():
-    from runner.sweep import rank
+    from runner.sweep.summary import rank
 
     rows = [
         {"job": 0, "status": "failed", "objective": math.inf},

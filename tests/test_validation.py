@@ -20,7 +20,7 @@ from hydra.types import RunMode
 
 from runner.__main__ import main
 from runner.cli import run_job
-from runner.config import ConfigError, refused_override
+from runner.config.check import ConfigError, refused_override
 
 BASE = ("experiment=linear_fit", "logger=none", "trainer.epochs=2")
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")

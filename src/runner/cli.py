@@ -18,9 +18,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from .config import ConfigError, refused_override
-from .sweep import STOP
-from .workers import in_worker, settle
+from runner.config.check import ConfigError, refused_override
+from runner.sweep.summary import STOP
+from runner.workers import in_worker, settle
 
 log = logging.getLogger("runner")
 
@@ -33,7 +33,7 @@ def run_job(
     # first: matplotlib loads on another core while torch is imported (in a joblib worker:
     # the sweep's shared plotter, when it has one)
     start_plotter(cfg)
-    from .run import run  # torch is imported here, not for `--help` or `--cfg job`
+    from runner.run import run  # torch is imported here, not for `--help` or `--cfg job`
 
     # What is alive now (torch, Hydra: ~200k objects) lives as long as the process: frozen,
     # the garbage collector stops walking it, in the loop and at exit, where the walk took
@@ -66,7 +66,7 @@ def start_plotter(cfg: DictConfig) -> None:
     so that its matplotlib import and warm-up overlap this process's torch import and
     training; it costs this process a few milliseconds, and every job of a sweep shares it."""
     if str(cfg.logger.get("_target_", "")).endswith("loggers.TensorBoard"):
-        from .plotter import PLOTTER
+        from runner.observe.plotter import PLOTTER
 
         PLOTTER.start()
 
@@ -76,13 +76,13 @@ def sweep_job(cfg: DictConfig, run_dir: Path, choices: Mapping[str, Any]) -> flo
 
     Hydra's sweepers stop at a failed job (the basic one re-raises the first failure after
     its batch, before the end-of-sweep callback), so a failure goes into the job's
-    metrics.json instead, its objective is +inf, and `runner.sweep.Summary` turns it into
+    metrics.json instead, its objective is +inf, and `runner.sweep.summary.Summary` turns it into
     the sweep's exit status.
     """
-    from .run import run, write_json
+    from runner.run import run, write_json
 
     if (Path(HydraConfig.get().sweep.dir).absolute() / STOP).exists():
-        # Ctrl-C reached the sweep (joblib's; `runner.sweep.Summary`): no job starts after it
+        # Ctrl-C reached the sweep (joblib's; `runner.sweep.summary.Summary`): no job starts after it
         error = "not started: the sweep was interrupted"
         write_json(run_dir / "metrics.json", {"status": "interrupted", "error": error})
         return math.inf

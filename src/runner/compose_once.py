@@ -28,7 +28,7 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from .workers import JOBLIB
+from runner.workers import JOBLIB
 
 RUN_OVERRIDE = "hydra.mode=RUN"  # what Hydra appends to the overrides for a plain run
 KEPT = 256  # checked job configs kept for their jobs, at most (~150 kB each for linear_fit)

@@ -21,11 +21,15 @@ import tqdm.auto  # noqa: F401
 from tensorboard.compat.proto import config_pb2, graph_pb2, step_stats_pb2, versions_pb2  # noqa: F401
 from torch.utils.tensorboard import _pytorch_graph  # noqa: F401
 
-from . import loggers, optim, run  # noqa: F401
-from .workers import PLOTTER_ADDRESS
+from runner.log import tensorboard as loggers
+
+from runner.build import optim
+
+from runner import run  # noqa: F401
+from runner.workers import PLOTTER_ADDRESS
 
 if PLOTTER_ADDRESS not in os.environ and importlib.util.find_spec("matplotlib") is not None:
-    from .plotter import warm_up
+    from runner.observe.plotter import warm_up
 
     # an error here would stop the server, and the sweep with it: a job's first figure
     # warms up instead
@@ -33,9 +37,9 @@ if PLOTTER_ADDRESS not in os.environ and importlib.util.find_spec("matplotlib") 
         warm_up()
 
 # A worker ignores Ctrl-C except while a run trains, whose handler stops it after its step
-# (`runner.loop.stop_on_signals`): one that came between two jobs would be the worker's
+# (`runner.train.loop.stop_on_signals`): one that came between two jobs would be the worker's
 # error, and joblib would end the sweep at once. The sweep process sees it too
-# (`runner.sweep.Summary`) and starts no more jobs. The server itself ignores it anyway.
+# (`runner.sweep.summary.Summary`) and starts no more jobs. The server itself ignores it anyway.
 signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 gc.freeze()  # as `runner.cli.run_job` does: the collector stops walking what lives forever

@@ -14,11 +14,11 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from . import checkpoint
-from .build import Built, build
-from .gradcheck import check_grads
-from .loop import Result, train
-from .walkthrough import lines as first_step_lines
+from runner.train import checkpoint
+from runner.build import Built, build
+from runner.observe.gradcheck import check_grads
+from runner.train.loop import Result, train
+from runner.observe.walkthrough import lines as first_step_lines
 
 log = logging.getLogger(__name__)
 MAX_PARAM_ELEMENTS = 1000  # metrics.json lists parameter values for models up to this size

@@ -30,7 +30,7 @@ import os
 import sys
 from pathlib import Path
 
-from .priority import NICE
+from runner.priority import NICE
 
 PRELOAD = "runner.preload"  # what the forkserver imports; in a worker, it is in sys.modules
 JOBLIB = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"

@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ConfigError
-from .formula import FormulaError
-from .models import formula_parameters, parse_formula, register
+from runner.config.check import ConfigError
+from runner.config.formula import FormulaError
+from runner.build.models import formula_parameters, parse_formula, register
 
 REDUCTIONS = ("sum", "mean")
 

@@ -211,7 +211,7 @@ def event(wall_time: float, step: int, *fields: bytes) -> bytes:
 
 def file_version(wall_time: float) -> bytes:
     """The first Event of every file: `brain.Event:2`, and which writer wrote it."""
-    source = _string(1, "runner.loggers")
+    source = _string(1, "runner.log.tensorboard")
     return event(wall_time, 0, _string(3, "brain.Event:2"), _message(10, source))
 
 

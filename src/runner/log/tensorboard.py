@@ -21,8 +21,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from . import events
-from .priority import spare_time_only
+from runner.log import events
+from runner.priority import spare_time_only
 
 HParam = int | float | str | bool
 log = logging.getLogger(__name__)
@@ -185,7 +185,7 @@ class TensorBoard:
         wall = time.time()
 
         def encode() -> bytes:
-            from .plotter import png
+            from runner.observe.plotter import png
 
             picture = png(rgb)
             return self._png(wall, step, tag, picture.data, picture.height, picture.width)

@@ -18,14 +18,16 @@ from typing import Any
 
 import torch
 
-from . import gradcheck, insight
-from .backward import backward
-from .build import Built
-from .config import EarlyStop
-from .figures import Figures
-from .graph import graph_chain, graph_dot, graph_stats, graph_tree, saved_bytes
-from .loggers import Logger
-from .walkthrough import grad_fns
+from runner.observe import gradcheck
+
+from runner.observe import insight
+from runner.backward import backward
+from runner.build import Built
+from runner.config.check import EarlyStop
+from runner.observe.figures import Figures
+from runner.observe.graph import graph_chain, graph_dot, graph_stats, graph_tree, saved_bytes
+from runner.log.tensorboard import Logger
+from runner.observe.walkthrough import grad_fns
 
 
 @dataclass

@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from .build import Built
-from .config import ConfigError
+from runner.build import Built
+from runner.config.check import ConfigError
 
 log = logging.getLogger(__name__)
 

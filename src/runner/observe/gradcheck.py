@@ -16,9 +16,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .build import Built, named_parameters
-from .config import ConfigError
-from .models import forward_fn
+from runner.build import Built, named_parameters
+from runner.config.check import ConfigError
+from runner.build.models import forward_fn
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from . import losses
-from .build import Built
+from runner.build import losses
+from runner.build import Built
 
 TINY = 1e-12  # keeps the ratio finite for a parameter that is exactly zero
 

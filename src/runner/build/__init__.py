@@ -18,10 +18,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from . import losses, models
-from .config import Checked, ConfigError, check, locate
-from .data import Data
-from .loggers import Logger
+from runner.build import losses
+
+from runner.build import models
+from runner.config.check import Checked, ConfigError, check, locate
+from runner.build.data import Data
+from runner.log.tensorboard import Logger
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -188,7 +190,7 @@ def build(cfg: DictConfig, run_dir: Path, choices: Mapping[str, Any] | None = No
     if data is not None and not isinstance(data, Data):
         raise ConfigError(
             f"dataset._target_={opts['dataset']['_target_']!r} returned "
-            f"{type(data).__name__}; it must return runner.data.Data (x, y tensors) or None"
+            f"{type(data).__name__}; it must return runner.build.data.Data (x, y tensors) or None"
         )
 
     model_cfg = dict(opts["model"])

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from .config import ConfigError
-from .formula import FormulaError, parse
+from runner.config.check import ConfigError
+from runner.config.formula import FormulaError, parse
 
 SAMPLINGS = ("linspace", "uniform")
 

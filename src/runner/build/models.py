@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import ConfigError
-from .formula import Formula, FormulaError, parse
+from runner.config.check import ConfigError
+from runner.config.formula import Formula, FormulaError, parse
 
 INPUT_NAME = re.compile(r"x\d*")
 INITS = ("zeros", "normal", "uniform")

@@ -44,8 +44,8 @@ from typing import IO, Any, NamedTuple
 
 import numpy as np
 
-from .priority import NICE, IdleCores
-from .workers import PLOTTER_ADDRESS, in_worker, runner_env
+from runner.priority import NICE, IdleCores
+from runner.workers import PLOTTER_ADDRESS, in_worker, runner_env
 
 log = logging.getLogger(__name__)
 

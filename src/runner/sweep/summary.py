@@ -24,8 +24,8 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from .config import ConfigError
-from .workers import JOBLIB, start
+from runner.config.check import ConfigError
+from runner.workers import JOBLIB, start
 
 COLUMNS = (
     "job",

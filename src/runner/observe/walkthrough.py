@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 
-from . import losses
-from .formula import FUNCTIONS, parse
+from runner.build import losses
+from runner.config.formula import FUNCTIONS, parse
 
 MAX_PIECES = 60  # sub-expressions listed one per line; a longer formula lists leaves and loss only
 MAX_ELEMENTS = 10  # tensor elements printed in full; bigger tensors print their shape and norm

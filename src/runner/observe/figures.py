@@ -23,11 +23,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import models, plotter
-from .build import Built
-from .gradcheck import Objective
-from .insight import accuracy_fn
-from .loggers import Null
+from runner.build import models
+
+from runner.observe import plotter
+from runner.build import Built
+from runner.observe.gradcheck import Objective
+from runner.observe.insight import accuracy_fn
+from runner.log.tensorboard import Null
 
 log = logging.getLogger(__name__)
 
