@@ -19,11 +19,11 @@ import pytest
 import torch
 from conftest import compose_config, read_metrics, scalars
 
-import runner.train.loop
-from runner.train.checkpoint import LAST
 from runner.config.check import ConfigError
 from runner.log.tensorboard import TensorBoard
+from runner.observe.scalars import Scalars
 from runner.run import run
+from runner.train.checkpoint import LAST
 
 ARGS = (
     "experiment=linear_fit",
@@ -60,7 +60,7 @@ def wait_for_checkpoint(proc: subprocess.Popen, path: Path, step: int) -> None:
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         assert proc.poll() is None, f"the run ended before it was stopped: {proc.stderr.read()}"
-        if path.is_file() and torch.load(path, weights_only=True)["loop"]["step"] >= step:
+        if path.is_file() and torch.load(path, weights_only=True)["state"]["step"] >= step:
             return
         time.sleep(0.02)
     proc.kill()
@@ -83,7 +83,7 @@ def test_checkpoint_is_weights_only_and_written_atomically(tmp_path):
     run_dir = tmp_path / "run"
     run_in(run_dir, "trainer.epochs=3", "trainer.checkpoint_every=2", "logger=none")
     state = torch.load(run_dir / LAST, weights_only=True)
-    assert state["loop"]["step"] == 15 and state["loop"]["epoch"] == 3  # the end of the run
+    assert state["state"]["step"] == 15 and state["state"]["epoch"] == 3  # the end of the run
     assert set(state["rng"]) >= {"torch", "python", "numpy"}
     assert set(state["modules"]["model"]) == {"w", "b"}
     assert state["optimizer"]["param_groups"][0]["lr"] == 0.05
@@ -115,7 +115,7 @@ def test_a_resumed_run_shows_each_step_once_in_tensorboard(tmp_path):
     every_5 = (EVERY, "trainer.log_every_n_steps=5")
     with pytest.raises(RuntimeError, match="went down"):
         run_in(run_dir, *every_5, f"logger._target_={__name__}.Crashing")
-    at = torch.load(run_dir / LAST, weights_only=True)["loop"]["step"]
+    at = torch.load(run_dir / LAST, weights_only=True)["state"]["step"]
     assert at == 280 and 280 in dict(scalars(run_dir, "graph/nodes"))  # logged after it
     metrics = run_in(run_dir, *every_5, "trainer.resume=auto")
     assert metrics["resumed_from"]["step"] == at and metrics["steps"] == 400
@@ -126,16 +126,16 @@ def test_a_resumed_run_shows_each_step_once_in_tensorboard(tmp_path):
 
 def press_ctrl_c_at_a_log_step(monkeypatch: pytest.MonkeyPatch, after: int) -> None:
     """Ctrl-C from inside the loop, once, at the first log step after `after`."""
-    add = runner.train.loop.Recorder.add
+    log = Scalars.log
     sent: list[int] = []
 
-    def add_then_interrupt(self, step, keys, values, host):  # noqa: ANN001, ANN202
-        add(self, step, keys, values, host)
-        if step > after and not sent:
-            sent.append(step)
+    def log_then_interrupt(self, look):  # noqa: ANN001, ANN202
+        log(self, look)
+        if look.step > after and not sent:
+            sent.append(look.step)
             os.kill(os.getpid(), signal.SIGINT)
 
-    monkeypatch.setattr(runner.train.loop.Recorder, "add", add_then_interrupt)
+    monkeypatch.setattr(Scalars, "log", log_then_interrupt)
 
 
 def test_ctrl_c_mid_epoch_writes_a_checkpoint_that_resumes_exactly(
@@ -146,7 +146,7 @@ def test_ctrl_c_mid_epoch_writes_a_checkpoint_that_resumes_exactly(
     metrics = run_in(stopped, EVERY, "logger=none")
     monkeypatch.undo()
     assert metrics["status"] == "interrupted" and metrics["signal"] == "SIGINT"
-    loop = torch.load(stopped / LAST, weights_only=True)["loop"]
+    loop = torch.load(stopped / LAST, weights_only=True)["state"]
     assert loop["step"] == metrics["steps"] < 400 and loop["position"] % 5 != 0  # mid-epoch
     resumed = run_in(tmp_path / "resumed", f"trainer.resume={stopped}", "logger=none")
     assert resumed["status"] == "completed" and resumed["steps"] == 400
@@ -161,7 +161,7 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, reference):
     proc.kill()  # SIGKILL: no handler, no finally; only what is on disk survives
     proc.wait()
     assert not (killed / "metrics.json").exists()
-    at = torch.load(killed / LAST, weights_only=True)["loop"]["step"]
+    at = torch.load(killed / LAST, weights_only=True)["state"]["step"]
     assert 60 <= at < 400
 
     metrics = run_in(tmp_path / "resumed", EVERY, f"trainer.resume={killed}")
@@ -183,7 +183,7 @@ def test_sigterm_stops_after_the_step_checkpoints_and_exits_143(tmp_path, refere
     assert metrics["status"] == "interrupted" and metrics["signal"] == "SIGTERM"
     assert "Traceback" not in err
     assert f"Interrupted by SIGTERM at step {metrics['steps']}" in out
-    at = torch.load(stopped / LAST, weights_only=True)["loop"]["step"]
+    at = torch.load(stopped / LAST, weights_only=True)["state"]["step"]
     assert at == metrics["steps"]  # the checkpoint is the stopping point itself
 
     resumed = run_in(tmp_path / "resumed", f"trainer.resume={stopped}")

@@ -64,5 +64,7 @@ def test_an_unknown_option_key_is_named_with_a_hint():
 def test_a_wrong_type_is_named():
     with pytest.raises(ConfigError, match=r"dataset.n='abc' is not an integer"):
         check_target(
-            "dataset", {"_target_": "runner.build.data.synthetic", "formula": "x", "n": "abc"}, ("dtype",)
+            "dataset",
+            {"_target_": "runner.build.data.synthetic", "formula": "x", "n": "abc"},
+            ("dtype",),
         )

@@ -3,22 +3,16 @@ update ratios, the accumulation check, accuracy, figures and the Custom Scalars 
 
 from __future__ import annotations
 
-import logging
 import re
-import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 from conftest import ROOT, cli, compose_config, event_accumulator, read_metrics, scalars
 
-from runner.build import data as datasets
-from runner.observe import figures
-from runner.observe import gradcheck
-from runner.observe import insight
-from runner.train import loop
 from runner.build import build
+from runner.build import data as datasets
+from runner.observe import draw, gradcheck
 from runner.observe.gradcheck import GradCheckError, check_grads, sample_elements
 from runner.run import run
 
@@ -38,7 +32,7 @@ EXPERIMENTS = sorted(p.stem for p in (ROOT / "configs" / "experiment").glob("*.y
 @pytest.fixture
 def no_figures(monkeypatch: pytest.MonkeyPatch) -> None:
     """Runs whose figures are not the point skip drawing them (~0.3 s a figure)."""
-    monkeypatch.setattr(figures, "_matplotlib_available", lambda: False)
+    monkeypatch.setattr(draw, "available", lambda: False)
 
 
 @pytest.fixture(scope="module")
@@ -150,23 +144,19 @@ def test_update_ratio_per_parameter(linear_run):
     assert 0 < w[3][1] < w[1][1] < 1  # then the updates shrink next to the parameter
 
 
-def test_numbers_worked_out_on_the_host_equal_the_device_views(tmp_path):
-    """Formula parameters log their raw numbers and the host derives the total gradient norm
-    and the update ratios; tensor parameters take the device path. Both must agree."""
-    b = build(compose_config("experiment=linear_fit", "logger=none"), tmp_path)
-    steps = loop.Loop(b, None, None)
-    assert steps.on_host
-    params = list(b.params.values())
-    for _ in range(3):
-        before = insight.snapshot(params)
-        loss = b.optimizer.step(steps._closure)
-    on_device = dict(zip(steps.keys, loop._log_row(loss, params).tolist(), strict=True))
-    on_device |= dict(zip(steps.view_keys, insight.row(b, before).tolist(), strict=True))
-    raw = loop._host_row(loss, params, before).tolist()
-    on_host = steps.rec.derive(dict(zip(steps.host_keys, raw, strict=True)))
-    assert on_host.keys() == on_device.keys()
-    assert on_host == pytest.approx(on_device, rel=1e-6)
-    assert 0 < on_host["ratio/w"] < 1 and on_host["grad/total_norm"] > 0
+def test_first_step_gradients_are_the_closed_form(linear_run):
+    """At w = b = 0 the MSE's gradients are -2 mean(x y) and -2 mean(y): the logged numbers
+    must be those, worked out here from the post's data without autograd."""
+    _, run_dir = linear_run
+    torch.manual_seed(42)
+    x = torch.linspace(0, 1, 50)
+    y = 2 * x + 1 + 0.1 * torch.randn(50)
+    grad_w, grad_b = (-2 * (x * y).mean()).item(), (-2 * y.mean()).item()
+    logged = {tag: scalars(run_dir, tag)[0][1] for tag in ("grad/w", "grad/b", "grad/total_norm")}
+    assert logged["grad/w"] == pytest.approx(grad_w, rel=1e-6)
+    assert logged["grad/b"] == pytest.approx(grad_b, rel=1e-6)
+    assert logged["grad/total_norm"] == pytest.approx((grad_w**2 + grad_b**2) ** 0.5, rel=1e-6)
+    assert scalars(run_dir, "param/w")[0][1] == pytest.approx(-0.1 * grad_w, rel=1e-6)
 
 
 def test_figures_are_images_in_the_event_file(linear_run):
@@ -189,9 +179,10 @@ def test_custom_scalars_layout(linear_run):
     layout = layout_pb2.Layout.FromString(event.tensor_proto.string_val[0])
     charts = {c.title: [list(ch.multiline.tag) for ch in c.chart] for c in layout.category}
     assert set(charts) == {"loss", "gradients", "parameters", "autograd graph"}
-    assert ["loss/train", "loss/val"] in charts["loss"]
-    assert ["grad/.*"] in charts["gradients"] and ["ratio/.*"] in charts["gradients"]
-    assert charts["parameters"] == [["param/.*"]]
+    tags = set(event_accumulator(run_dir).Tags()["scalars"])
+    for category, regexes in charts.items():  # every chart shows at least one logged tag
+        for chart in regexes:
+            assert any(re.match(r, t) for r in chart for t in tags), (category, chart)
 
 
 def test_model_graph_for_modules(linear_run):
@@ -199,74 +190,22 @@ def test_model_graph_for_modules(linear_run):
     assert event_accumulator(run_dir).Tags()["graph"]  # the Expression module traced
 
 
-def test_model_graph_is_add_graphs(run_experiment, no_figures, tmp_path):
-    """The Graphs tab shows what `SummaryWriter.add_graph` would write for the MLP: the same
-    nodes (names, ops, inputs, output shapes), traced in eval mode, and its run metadata."""
-    from torch.utils.tensorboard._pytorch_graph import graph
-
-    _, run_dir = run_experiment("experiment=sine_mlp", "trainer.epochs=1")
-    acc = event_accumulator(run_dir)
-    ours = acc.Graph()
-    assert acc.Tags()["run_metadata"] == ["step1"]
-    b = build(compose_config("experiment=sine_mlp", "logger=none"), tmp_path)
-    reference, _ = graph(b.model, b.data.x[:2].unsqueeze(-1))
-    assert graph_nodes(ours) == graph_nodes(reference)
-    assert any(op == "aten::tanh" for _, op, _, _ in graph_nodes(ours))
+def test_model_graph_shows_the_mlp_and_leaves_its_mode_alone(run_experiment, no_figures):
+    metrics, run_dir = run_experiment("experiment=sine_mlp", "trainer.epochs=1")
+    ops = {node.op for node in event_accumulator(run_dir).Graph().node}
+    assert {"aten::linear", "aten::tanh"} <= ops
+    assert metrics["status"] == "completed"
 
 
-def graph_nodes(graph_def) -> list[tuple[str, str, list[str], list[tuple[str, str]]]]:
-    """Each node's name, op, inputs and attributes (a proto map: in no fixed order)."""
-    return [
-        (n.name, n.op, list(n.input), sorted((k, str(v)) for k, v in n.attr.items()))
-        for n in graph_def.node
-    ]
-
-
-def test_model_graph_traces_in_eval_mode_and_leaves_the_mode_alone(tmp_path):
-    from torch.utils.tensorboard._pytorch_graph import graph, parse
-
-    from runner.log.tensorboard import TensorBoard
-
-    model = torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.Dropout(0.5))
-    logger = TensorBoard(tmp_path)
-    logger.graph(model, torch.ones(3, 2))
-    logger.close()
-    assert model.training
-    reference, _ = graph(model, torch.ones(3, 2))  # add_graph's: eval mode, dropout off
-    assert graph_nodes(event_accumulator(tmp_path).Graph()) == graph_nodes(reference)
-    traced = torch.jit.trace(model, torch.ones(3, 2), check_trace=False)  # in train mode
-    torch._C._jit_pass_inline(traced.graph)
-    in_training = SimpleNamespace(node=parse(traced.graph, traced, torch.ones(3, 2)))
-    assert graph_nodes(in_training) != graph_nodes(reference)  # the mode shows in the graph
-
-
-def test_loss_landscape_matches_the_loss(tmp_path):
-    b = build(compose_config("experiment=linear_fit", "logger=none"), tmp_path)
-    assert list(b.params) == ["b", "w"]
-    first, second = torch.tensor([0.0, 1.0, 0.5]), torch.tensor([0.0, 2.0, -1.0])
-    surface = figures.loss_surface(b, first, second)
-    x, y = b.data.x.double(), b.data.y.double()
-    expected = [((w * x + c - y) ** 2).mean().item() for c, w in zip(first, second, strict=True)]
-    assert surface.tolist() == pytest.approx(expected, rel=1e-5)
-
-
-def test_rosenbrock_landscape_surface(tmp_path):
-    b = build(compose_config("experiment=rosenbrock", "logger=none"), tmp_path)
-    surface = figures.loss_surface(b, torch.tensor([1.0, 0.0]), torch.tensor([1.0, 1.0]))
-    assert surface.tolist() == pytest.approx([0.0, 101.0])
-
-
-def test_accumulated_gradients_are_checked(run_experiment, no_figures, monkeypatch):
-    common = ("experiment=linear_fit", "trainer.batch_size=10", "trainer.accumulate=3")
-    _, run_dir = run_experiment(*common, "trainer.epochs=1")
-    check = scalars(run_dir, "grad/accumulate_check")
-    assert [s for s, _ in check] == [0, 1] and all(v < 1e-5 for _, v in check)
-
-    # an optimizer that forgets to zero: the second update carries the first one's gradients
-    monkeypatch.setattr("runner.build.optim.GD.zero_grad", lambda self, set_to_none=False: None)
-    _, run_dir = run_experiment(*common, "trainer.epochs=1")
-    (_, first), (_, second) = scalars(run_dir, "grad/accumulate_check")
-    assert first < 1e-5 and second > 0.1
+def test_accumulated_micro_batches_make_the_full_batch_update(run_experiment, no_figures):
+    """Five micro-batches of 10 points, one update an epoch, give the full batch's update:
+    the gradients add up across micro-batches and are zeroed between updates."""
+    common = ("experiment=linear_fit", "trainer.epochs=20", "logger=none")
+    full, _ = run_experiment(*common)
+    accumulated, _ = run_experiment(*common, "trainer.batch_size=10", "trainer.accumulate=5")
+    assert accumulated["steps"] == full["steps"] == 20
+    for name in ("w", "b"):
+        assert accumulated["params"][name] == pytest.approx(full["params"][name], rel=1e-5)
 
 
 def test_logistic_blobs_logs_accuracy(run_experiment, no_figures):
@@ -302,13 +241,3 @@ def test_blobs_dataset():
     assert one.x.shape == (10,) and one.features == 1
     with pytest.raises(ValueError, match="dataset.classes"):
         datasets.blobs(classes=1)
-
-
-def test_no_matplotlib_no_figures(run_experiment, monkeypatch, caplog):
-    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
-    with caplog.at_level(logging.INFO, logger="runner.figures"):
-        _, run_dir = run_experiment("experiment=linear_fit", "trainer.epochs=2")
-    assert not event_accumulator(run_dir).Tags()["images"]
-    lines = [r.message for r in caplog.records if "matplotlib" in r.message]
-    assert lines == ["matplotlib is not installed: no figures (pip install 'runner[plots]')"]
-    assert scalars(run_dir, "ratio/w")  # everything else is still logged

@@ -17,8 +17,8 @@ import torch
 from conftest import CONFIGS, cli, event_accumulator, read_metrics, scalars
 
 import runner.log.tensorboard
-import runner.train.loop
 from runner.config.check import ConfigError
+from runner.observe.scalars import Scalars
 
 # the post's numbers, section by section
 DERIVATIVE_LINES = ["x = 3.0", "y = x**2 + 2*x + 1 = 16.0", "dy/dx = 8.0"]
@@ -192,16 +192,17 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def _checked_add(samples: dict[int, dict[str, int]], at: tuple[int, ...]) -> Any:
-    """Recorder.add that refuses a tensor still on the graph, and samples memory at `at`."""
-    add = runner.train.loop.Recorder.add
+def _checked_log(samples: dict[int, dict[str, int]], at: tuple[int, ...]) -> Any:
+    """Scalars.log that refuses losses handed over still on the graph, and samples memory
+    at `at`."""
+    log = Scalars.log
 
-    def checked(self, step, keys, values, host):  # noqa: ANN001, ANN202
-        if values is not None:
-            assert values.grad_fn is None and not values.requires_grad, (step, keys)
-        add(self, step, keys, values, host)
+    def checked(self, look):  # noqa: ANN001, ANN202
+        for tensor in (look.loss, look.losses, *look.before):
+            assert tensor.grad_fn is None and not tensor.requires_grad, look.step
+        log(self, look)
+        step = look.step
         if step in at:
-            self.flush()  # pending rows are not a leak: write them before counting
             gc.collect()
             samples[step] = {
                 "tensors": sum(issubclass(type(o), torch.Tensor) for o in gc.get_objects()),
@@ -215,7 +216,7 @@ def _checked_add(samples: dict[int, dict[str, int]], at: tuple[int, ...]) -> Any
 def test_logged_tensors_are_detached(run_experiment, monkeypatch):
     """Short run with a tensor parameter, so the histograms are checked too."""
     monkeypatch.setattr(runner.log.tensorboard, "Null", Probe)
-    monkeypatch.setattr(runner.train.loop.Recorder, "add", _checked_add({}, ()))
+    monkeypatch.setattr(Scalars, "log", _checked_log({}, ()))
     Probe.histograms = 0
     metrics, _ = run_experiment(
         "experiment=vector_grad",
@@ -227,7 +228,7 @@ def test_logged_tensors_are_detached(run_experiment, monkeypatch):
         "logger.histogram_every_n_steps=5",
     )
     assert metrics["status"] == "completed"
-    assert Probe.histograms == 8  # param/x and grad/x at steps 0, 5, 10, 15
+    assert Probe.histograms == 10  # param_hist/x and grad_hist/x at steps 0, 5, 10, 15, 19
 
 
 @pytest.mark.slow
@@ -238,7 +239,7 @@ def test_20000_steps_keep_no_graph_and_no_memory(run_experiment, monkeypatch):
     must not."""
     samples: dict[int, dict[str, int]] = {}
     monkeypatch.setattr(runner.log.tensorboard, "Null", Probe)
-    monkeypatch.setattr(runner.train.loop.Recorder, "add", _checked_add(samples, (5_000, 19_999)))
+    monkeypatch.setattr(Scalars, "log", _checked_log(samples, (5_000, 19_999)))
     metrics, _ = run_experiment(
         "experiment=derivative",
         "trainer.epochs=20000",

@@ -253,7 +253,8 @@ def test_classification_losses(run_experiment, tmp_path: Path):
     csv.write_text(
         "u,v,label\n" + "".join(f"{a},{b},{int(c)}\n" for (a, b), c in zip(x.tolist(), labels))
     )
-    common = [f"dataset.path={csv}", "dataset.x=[u,v]", "dataset.y=label", "trainer.epochs=30"]
+    common = [f"dataset.path={csv}", "dataset.x=[u,v]", "dataset.y=label"]
+    common += ["dataset.task=classification", "trainer.epochs=30"]
     bce, _ = run_experiment(
         "dataset=csv",
         *common,

@@ -4,29 +4,27 @@ import os
 import sys
 from pathlib import Path
 
-from runner.workers import start_if_asked
+import hydra
+from omegaconf import DictConfig
 
-sys.path.insert(0, os.getcwd())  # experiments/ is importable from the repo root, as with -m
-start_if_asked(sys.argv[1:])  # a joblib sweep's workers: their imports start before Hydra's
+from runner import cli
 
-import hydra  # noqa: E402
-from hydra.core.hydra_config import HydraConfig  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-
-from runner.cli import explain_refused_overrides  # noqa: E402
-from runner.compose_once import compose_once  # noqa: E402
-
-CONFIGS = Path(__file__).parent / "configs"  # a link to the top-level configs/; copied into a wheel
-explain_refused_overrides()  # `trainer.epoch=5` gets a did-you-mean, like other config errors
-compose_once()  # Hydra composes the config twice per run; the first one is kept for the run
+# A link to the top-level configs/, copied into the wheel. An absolute path: a relative one
+# becomes `pkg://runner.configs` for the `runner` script, which Hydra finds only in a package
+# with an __init__.py.
+CONFIGS = Path(__file__).parent / "configs"
+sys.path.insert(0, os.getcwd())  # experiments/ imports from the repo root, for `runner` too
+# Hydra 1.3 takes 1.1's defaults without version_base; 1.4 has 1.3's and deprecates it
+BASE = {"version_base": "1.3"} if hydra.__version__.startswith("1.3.") else {}
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIGS), config_name="config")
-def main(cfg: DictConfig) -> float:
-    from runner.cli import run_job
+@hydra.main(config_path=str(CONFIGS), config_name="config", **BASE)
+def app(cfg: DictConfig) -> float:
+    return cli.job(cfg)
 
-    hc = HydraConfig.get()
-    return run_job(cfg, Path(hc.runtime.output_dir), hc.mode, dict(hc.runtime.choices))
+
+def main() -> None:
+    cli.main(app)  # Hydra's errors, told the runner's way
 
 
 if __name__ == "__main__":

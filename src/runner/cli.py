@@ -3,53 +3,150 @@ whether the run worked, and an objective for sweepers."""
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import math
 import os
 import signal
 import sys
-from collections.abc import Callable, Mapping
+import traceback
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import CompactHydraException, ConfigCompositionException, MissingConfigException
 from hydra.types import RunMode
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
-from runner.config.check import ConfigError, refused_override
+from runner.config.check import GROUPS, ConfigError, refused_override
 from runner.sweep.summary import STOP
-from runner.workers import in_worker, settle
 
 log = logging.getLogger("runner")
 
+FULL_ERROR = "HYDRA_FULL_ERROR"  # Hydra's documented switch: errors propagate as tracebacks
+ASKED = "RUNNER_FULL_ERROR"  # the user's own HYDRA_FULL_ERROR, while `main` sets Hydra's
+CONFIG_ERROR = 2  # the exit status of a bad config
+PLUGINS = {  # a hydra/ option whose config a plugin brings: the package that holds it
+    "hydra/launcher/joblib": "hydra-joblib-launcher",
+    "hydra/launcher/submitit_local": "hydra-submitit-launcher",
+    "hydra/launcher/submitit_slurm": "hydra-submitit-launcher",
+    "hydra/sweeper/optuna": "hydra-optuna-sweeper",
+}
 
-def run_job(
-    cfg: DictConfig, run_dir: Path, mode: RunMode | None, choices: Mapping[str, Any]
-) -> float:
-    if in_worker():  # a joblib worker, forked with torch loaded
-        settle(HydraConfig.get().launcher.get("n_jobs", -1))
-    # first: matplotlib loads on another core while torch is imported (in a joblib worker:
-    # the sweep's shared plotter, when it has one)
-    start_plotter(cfg)
+
+def main(app: Callable[[], Any]) -> Any:
+    """Run the `@hydra.main` app; a config Hydra refuses ends in one `Config error:` line.
+
+    Hydra prints the errors it catches itself, and only its documented HYDRA_FULL_ERROR=1
+    lets them through as exceptions (its error reporter is internal, and a Hydra callback
+    starts only once a config has composed, too late for `trainer.epoch=5`). So the app
+    runs with it set, and its errors come here, typed by the public `hydra.errors`: an
+    unknown key or a launcher whose plugin is missing becomes one line (exit 2), anything
+    else prints as Hydra prints it (exit 1), and a user who set HYDRA_FULL_ERROR=1 gets the
+    traceback. The user's own setting stays in RUNNER_FULL_ERROR, for the jobs
+    (`full_error`), which may run in processes that inherit this one's environment.
+    """
+    asked = full_error()
+    saved = {key: os.environ.get(key) for key in (FULL_ERROR, ASKED)}
+    os.environ.update({ASKED: "1" if asked else "0", FULL_ERROR: "1"})
+    try:
+        return app()
+    except Exception as error:
+        if asked:
+            raise
+        sys.exit(report(error))
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def full_error() -> bool:
+    """Whether the user asked for tracebacks (HYDRA_FULL_ERROR=1)."""
+    return os.environ.get(ASKED, os.environ.get(FULL_ERROR)) == "1"
+
+
+def report(error: Exception) -> int:
+    """Print an error that stopped Hydra; returns the exit status."""
+    message = explain(error, sys.argv[1:])
+    if message is not None:
+        print(f"Config error: {message}", file=sys.stderr)
+        return CONFIG_ERROR
+    if isinstance(error, CompactHydraException):  # as Hydra prints it: no traceback
+        print(error, file=sys.stderr)
+        if isinstance(error.__cause__, OmegaConfBaseException):
+            print(error.__cause__, file=sys.stderr)
+    else:  # an error in a job: its traceback from the task function on, as Hydra shows it
+        traceback.print_exception(type(error), error, _below_hydra(error.__traceback__))
+    print(f"\nSet the environment variable {FULL_ERROR}=1 for a complete stack trace.", file=sys.stderr)
+    return 1
+
+
+def explain(error: Exception, args: Sequence[str]) -> str | None:
+    """The runner's one line for an error Hydra raised before the run, or None."""
+    if isinstance(error, MissingConfigException) and error.missing_cfg_file in PLUGINS:
+        group, _, option = str(error.missing_cfg_file).rpartition("/")
+        searches = [a for a in args if a.startswith("hparams_search=")]
+        by = f" (chosen by {searches[-1]})" if searches and group.endswith("sweeper") else ""
+        return (
+            f"{group}={option}{by} needs the {PLUGINS[error.missing_cfg_file]} plugin, which "
+            "is not installed; pip install 'runner[sweep]' brings it "
+            "(pip install -e '.[sweep]' in a checkout)"
+        )
+    if isinstance(error, ConfigCompositionException):
+        return refused_override(error, chosen_options(args))
+    if isinstance(error, ConfigError):
+        return str(error)
+    return None
+
+
+def chosen_options(args: Sequence[str]) -> dict[str, str]:
+    """The group options the command line picked (`optimizer=adam`), the last one winning."""
+    options = {}
+    for arg in args:
+        key, equals, value = arg.lstrip("+").partition("=")
+        if equals and key in GROUPS:
+            options[key] = value
+    return options
+
+
+def _below_hydra(tb: TracebackType | None) -> TracebackType | None:
+    """The traceback from the first frame after Hydra's own (the task function), or all of
+    it where there is none."""
+    first, seen_hydra = tb, False
+    while tb is not None:
+        module = str(tb.tb_frame.f_globals.get("__name__", ""))
+        if module.partition(".")[0] == "hydra":
+            seen_hydra = True
+        elif seen_hydra:
+            return tb
+        tb = tb.tb_next
+    return first
+
+
+def job(cfg: DictConfig) -> float:
+    """The task function's work, with what Hydra knows of this job."""
+    hc = HydraConfig.get()
+    return run_job(cfg, Path(hc.runtime.output_dir), hc.mode, list(hc.overrides.task))
+
+
+def run_job(cfg: DictConfig, run_dir: Path, mode: RunMode | None, overrides: Sequence[str]) -> float:
     from runner.run import run  # torch is imported here, not for `--help` or `--cfg job`
 
-    # What is alive now (torch, Hydra: ~200k objects) lives as long as the process: frozen,
-    # the garbage collector stops walking it, in the loop and at exit, where the walk took
-    # ~0.7 s of a small run's ~3 s. Once a process: a sweep's later jobs are collected as usual.
-    if gc.get_freeze_count() == 0:
-        gc.freeze()
-
     if mode == RunMode.MULTIRUN:
-        return sweep_job(cfg, run_dir, choices)
+        return sweep_job(cfg, run_dir, overrides)
     try:
-        metrics = run(cfg, run_dir, choices)
+        metrics = run(cfg, run_dir, overrides)
     except ConfigError as e:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        if full_error():
             raise
         print(f"Config error: {e}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(CONFIG_ERROR)
     except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, metrics.json says so
         print("Interrupted", file=sys.stderr)
         sys.exit(128 + signal.SIGINT)
@@ -61,36 +158,26 @@ def run_job(
     return value if math.isfinite(value) else math.inf
 
 
-def start_plotter(cfg: DictConfig) -> None:
-    """With TensorBoard on, start the process that draws the figures (`runner.plotter`) now,
-    so that its matplotlib import and warm-up overlap this process's torch import and
-    training; it costs this process a few milliseconds, and every job of a sweep shares it."""
-    if str(cfg.logger.get("_target_", "")).endswith("loggers.TensorBoard"):
-        from runner.observe.plotter import PLOTTER
-
-        PLOTTER.start()
-
-
-def sweep_job(cfg: DictConfig, run_dir: Path, choices: Mapping[str, Any]) -> float:
+def sweep_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> float:
     """One job of a sweep: it never raises, so the other jobs still run and are summarised.
 
     Hydra's sweepers stop at a failed job (the basic one re-raises the first failure after
     its batch, before the end-of-sweep callback), so a failure goes into the job's
-    metrics.json instead, its objective is +inf, and `runner.sweep.summary.Summary` turns it into
-    the sweep's exit status.
+    metrics.json instead, its objective is +inf, and `runner.sweep.summary.Summary` turns it
+    into the sweep's exit status.
     """
     from runner.run import run, write_json
 
     if (Path(HydraConfig.get().sweep.dir).absolute() / STOP).exists():
-        # Ctrl-C reached the sweep (joblib's; `runner.sweep.summary.Summary`): no job starts after it
+        # Ctrl-C reached a joblib sweep (`runner.sweep.summary.Summary`): no job starts after it
         error = "not started: the sweep was interrupted"
         write_json(run_dir / "metrics.json", {"status": "interrupted", "error": error})
         return math.inf
     try:
-        metrics = run(cfg, run_dir, choices)
+        metrics = run(cfg, run_dir, overrides)
     except Exception as e:
         error = f"{type(e).__name__}: {e}"
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        if full_error():
             log.exception(f"Failed: {error}")
         else:
             log.error(f"Failed: {error}")
@@ -110,36 +197,3 @@ def in_sweep_process() -> bool:
     """Whether this job runs in the process that started the sweep (Hydra's basic launcher),
     not in a joblib worker or a submitit job of its own, whose exit would fail the sweep."""
     return str(HydraConfig.get().launcher._target_).endswith(".BasicLauncher")
-
-
-def explain_refused_overrides() -> None:
-    """Let `trainer.epoch=5` end like every other config error: key, value, a did-you-mean.
-
-    Hydra refuses an override of a key the composed config lacks while composing, before
-    any runner code runs, with its own message and no hint. Its error reporter (internal to
-    Hydra 1.3, and the one place such errors pass) is wrapped once, so that this refusal
-    prints one `Config error:` line and exits 2; every other error passes unchanged, and
-    HYDRA_FULL_ERROR=1 still shows Hydra's traceback.
-    """
-    from hydra._internal import utils as hydra_utils
-    from hydra.errors import ConfigCompositionException
-
-    report = hydra_utils.run_and_report
-    if getattr(report, "explains_overrides", False):
-        return
-
-    def run_and_report(func: Callable[[], Any]) -> Any:
-        def explained() -> Any:
-            try:
-                return func()
-            except ConfigCompositionException as e:
-                message = refused_override(e)
-                if message is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
-                    raise
-                print(f"Config error: {message}", file=sys.stderr)
-                sys.exit(2)
-
-        return report(explained)
-
-    run_and_report.explains_overrides = True  # type: ignore[attr-defined]
-    hydra_utils.run_and_report = run_and_report

@@ -1,100 +1,157 @@
-"""run(cfg): seed and build, train, write results, close; returns what a sweeper optimises."""
+"""run(cfg): build, train, write the results, close; returns what a sweeper optimises."""
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
-from runner.train import checkpoint
 from runner.build import Built, build
+from runner.config.check import EarlyStop
+from runner.observe import Look, Observer, dashboard
+from runner.observe.divergence import Divergence
+from runner.observe.figures import Figures
 from runner.observe.gradcheck import check_grads
-from runner.train.loop import Result, train
+from runner.observe.graph import GraphStats, saved_bytes
+from runner.observe.histograms import Histograms
+from runner.observe.progress import Progress
+from runner.observe.scalars import Scalars
+from runner.observe.validation import Validation
+from runner.observe.walkthrough import grad_fns
 from runner.observe.walkthrough import lines as first_step_lines
+from runner.train import checkpoint
+from runner.train.loop import total_steps, train
+from runner.train.state import State, number
 
 log = logging.getLogger(__name__)
 MAX_PARAM_ELEMENTS = 1000  # metrics.json lists parameter values for models up to this size
 
 
-def run(cfg: DictConfig, run_dir: Path, choices: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """1. build (checks the config first)  2. train  3. write metrics.json  4. close."""
+def run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """1. check and build  2. resume  3. train  4. write metrics.json  5. close the logs."""
     started = time.perf_counter()
     run_dir.mkdir(parents=True, exist_ok=True)
     source = checkpoint.locate(OmegaConf.select(cfg, "trainer.resume"), run_dir)
     checkpoint.claim(run_dir, source)  # never write over another run's results
-    built = build(cfg, run_dir, choices)
-    start = checkpoint.load(source, built) if source is not None else None
-    if start is not None:
-        built.logger.resumed(start["step"])  # TensorBoard shows each step once
+    b = build(cfg, run_dir)
+    state = checkpoint.load(source, b) if source is not None else State()
+    resumed_at = state.step
+    if source is not None:
+        b.logger.resumed(state.step)  # TensorBoard shows each step once
+    t = b.checked.trainer
     save = None
-    if built.checked.trainer.checkpoint_every is not None:
-        save = functools.partial(checkpoint.save, run_dir / checkpoint.LAST, built)
-    result: Result | None = None
+    if t.checkpoint_every is not None:
+        save = partial(checkpoint.save, run_dir / checkpoint.LAST, b)
+    watching = observers(b, state.step)
+    graph = next(o for o in watching if isinstance(o, GraphStats))
+    figures = next(o for o in watching if isinstance(o, Figures))
     metrics: dict[str, Any] = {"status": "failed"}
     first_step: list[str] = []
     try:
-        checked = check_grads(built) if built.checked.trainer.check_grads else None
-        result = train(built, save, start)
-        metrics = summarise(result, built, time.perf_counter() - started)
-        if start is not None:
-            metrics["resumed_from"] = {"checkpoint": str(source), "step": start["step"]}
+        checked = check_grads(b) if t.check_grads else None
+        b.logger.layout(dashboard.layout(b))  # the Custom Scalars dashboard
+        dashboard.add_model_graph(b, b.logger)  # the Graphs dashboard
+        if state.step == 0:  # a resumed run drew its start already
+            figures.start()
+        if t.epochs == 0:  # one forward and backward pass to look at, no update
+            state, pieces = look_once(b, watching)
+        else:
+            state = train(b, state, watching, save)
+        metrics = summarise(state, b, time.perf_counter() - started)
+        if source is not None:
+            metrics["resumed_from"] = {"checkpoint": str(source), "step": resumed_at}
         if checked is not None:
             metrics["gradcheck"] = checked
-        write_graph(result, run_dir)
-        if built.checked.trainer.epochs == 0:  # the post's prints, kept in TensorBoard too
-            first_step = first_step_lines(
-                metrics["final_loss"],
-                built.loss_fn,
-                built.params,
-                result.grad_fns,
-                result.graph.get("tree"),
-            )
-            built.logger.text(0, "autograd/first_step", "\n".join(first_step))
+        if graph.first:
+            (run_dir / "graph.txt").write_text(f"{graph.first['chain']}\n\n{graph.first['tree']}\n")
+            (run_dir / "graph.dot").write_text(graph.first["dot"])
+        if t.epochs == 0:  # the post's prints, kept in TensorBoard too
+            metrics["grad_fn"] = pieces
+            tree = graph.first.get("tree")
+            first_step = first_step_lines(metrics["final_loss"], b.loss_fn, b.params, pieces, tree)
+            b.logger.text(0, "autograd/first_step", "\n".join(first_step))
     except BaseException as e:
         metrics["error"] = f"{type(e).__name__}: {e}"
         metrics["status"] = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+        metrics["steps"] = state.step
         raise
     finally:
         write_json(run_dir / "metrics.json", metrics)
-        built.logger.hparams(built.hparams, hparam_metrics(metrics), metrics["status"])
-        built.logger.close()
-    report(metrics, built, run_dir, first_step)
+        columns = hparams(cfg, overrides)
+        b.logger.hparams(
+            columns, hparam_metrics(metrics), max(state.step - 1, 0), metrics["status"]
+        )
+        b.logger.close()
+    report(metrics, run_dir, first_step)
     return metrics
 
 
-def summarise(result: Result, built: Built, duration: float) -> dict[str, Any]:
+def observers(b: Built, start: int) -> list[Observer]:
+    """The fixed list of observers, in the order they look at a log step: divergence first,
+    so a run knows it diverged before anything is written."""
+    cadence, last = b.checked.cadence, total_steps(b) - 1
+    scalars = Scalars(b, b.logger)
+    return [
+        Divergence(),
+        scalars,
+        GraphStats(b.params, b.logger, cadence.graph_every_n_steps),
+        Histograms(b, b.logger, cadence.histogram_every_n_steps, last),
+        Validation(b, b.logger, early_stop(b.checked.trainer.early_stop)),
+        Figures(b, b.logger, cadence.figure_every_n_epochs),
+        Progress(last + 1, start, scalars),
+    ]
+
+
+def early_stop(given: Mapping[str, Any] | None) -> EarlyStop | None:
+    return None if given is None else EarlyStop(**given)
+
+
+def look_once(b: Built, observers: Sequence[Observer]) -> tuple[State, dict[str, str | None]]:
+    """`trainer.epochs=0`: the forward and backward pass of the post's sections, logged as
+    step 0, and each intermediate result's grad_fn; nothing is updated."""
+    before = [p.detach().clone() for p in b.params.values()]
+    with saved_bytes() as saved:
+        loss = b.loss_on(None)
+    loss.backward()
+    state = State(step=1, epoch_loss=loss.detach(), best=loss.detach())
+    look = Look(state, loss.detach(), loss.detach().reshape(1), before, loss, saved.total)
+    for o in observers:
+        o.log(look)
+    state.step, state.status = 0, "completed"
+    for o in observers:
+        o.end(state)
+    return state, grad_fns(b.loss_fn, b.params, loss)
+
+
+def summarise(state: State, b: Built, duration: float) -> dict[str, Any]:
+    t = b.checked.trainer
     metrics: dict[str, Any] = {
-        "status": result.status,
-        "final_loss": result.final_loss,
-        "best_loss": result.best_loss,
-        "val_loss": result.val_loss,
-        "steps": result.steps,
-        "epochs": result.epochs,
-        "device": str(built.device),
-        "threads": torch.get_num_threads(),  # CPU threads: a sweep's workers share the cores
+        "status": state.status,
+        "final_loss": None if state.status == "diverged" else number(state.epoch_loss),
+        "best_loss": number(state.best),
+        "val_loss": number(state.val_loss),
+        "steps": state.step,
+        "epochs": state.epoch,
+        "device": str(b.device),
         "duration_s": round(duration, 4),
     }
-    if result.diverged_step is not None:
-        metrics["diverged_step"] = result.diverged_step
-    if result.early_stopped_epoch is not None:
-        metrics["early_stopped_epoch"] = result.early_stopped_epoch
-    if result.signal is not None:
-        metrics["signal"] = result.signal
-    if result.grad_fns:
-        metrics["grad_fn"] = result.grad_fns
-    if sum(p.numel() for p in built.params.values()) <= MAX_PARAM_ELEMENTS:
-        metrics["params"] = {n: p.detach().cpu().tolist() for n, p in built.params.items()}
-        metrics["grads"] = result.grads
-    metrics["learned"] = built.describe()
-    metrics["objective"] = objective(metrics, built.checked.trainer.objective)
+    for key in ("diverged_step", "early_stopped_epoch", "signal"):
+        if getattr(state, key) is not None:
+            metrics[key] = getattr(state, key)
+    if sum(p.numel() for p in b.params.values()) <= MAX_PARAM_ELEMENTS:
+        metrics["params"] = {n: p.detach().cpu().tolist() for n, p in b.params.items()}
+        metrics["grads"] = {
+            n: p.grad.detach().cpu().tolist() for n, p in b.params.items() if p.grad is not None
+        }
+    metrics["learned"] = b.describe()
+    metrics["objective"] = objective(metrics, t.objective)
     return metrics
 
 
@@ -104,6 +161,20 @@ def objective(metrics: Mapping[str, Any], key: str) -> float:
     if metrics.get("status") == "diverged" or value is None or not math.isfinite(value):
         return math.inf
     return float(value)
+
+
+def hparams(cfg: DictConfig, overrides: Sequence[str]) -> dict[str, Any]:
+    """The HParams columns: the keys the command line set or the sweep varied, with the value
+    this run used (a group's chosen option, or the config value); Hydra's own are left out."""
+    columns: dict[str, Any] = {}
+    for override in overrides:
+        key, _, text = override.lstrip("+").partition("=")
+        if key.startswith(("~", "hydra")) or "/" in key:
+            continue
+        value = OmegaConf.select(cfg, key, default=None)
+        # a group's option (`optimizer=adam`), or a value HParams cannot show as it is
+        columns[key] = value if isinstance(value, bool | int | float | str) else text
+    return columns
 
 
 def hparam_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -119,9 +190,8 @@ def hparam_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
 
 def write_json(path: Path, data: Mapping[str, Any]) -> None:
     """Strict JSON (no NaN/Infinity), written whole or not at all."""
-    clean = _strict(data)
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(clean, indent=2, allow_nan=False) + "\n")
+    tmp.write_text(json.dumps(_strict(data), indent=2, allow_nan=False) + "\n")
     tmp.replace(path)
 
 
@@ -135,33 +205,18 @@ def _strict(value: Any) -> Any:
     return value
 
 
-def write_graph(result: Result, run_dir: Path) -> None:
-    if result.graph:
-        text = result.graph["chain"] + "\n\n" + result.graph["tree"] + "\n"
-        (run_dir / "graph.txt").write_text(text)
-        (run_dir / "graph.dot").write_text(result.graph["dot"])
-
-
-def report(
-    metrics: Mapping[str, Any], built: Built, run_dir: Path, first_step: list[str] | None = None
-) -> None:
+def report(metrics: Mapping[str, Any], run_dir: Path, first_step: list[str]) -> None:
     """The end-of-run summary, led by the post's line: `Learned: y = 1.924x + 1.050`;
     for trainer.epochs=0, the pass itself: `y = 16.0`, `a.grad_fn = None`, `dy/dx = 8.0`."""
-    if first_step:
-        for line in first_step:
-            log.info(line)
-    else:
-        log.info(f"Learned: {metrics['learned']}")
+    for line in first_step or [f"Learned: {metrics['learned']}"]:
+        log.info(line)
     if metrics["status"] == "diverged":
         log.info(
             f"Diverged: the loss became NaN or infinite at step {metrics['diverged_step']}; "
             "try a lower optimizer.lr (or set trainer.grad_clip)"
         )
     elif not first_step:
-        loss = metrics["final_loss"]
-        shown = "n/a" if loss is None else f"{loss:.6g}"
-        best = metrics["best_loss"]
-        line = f"Final loss: {shown} (best {'n/a' if best is None else f'{best:.6g}'})"
+        line = f"Final loss: {_shown(metrics['final_loss'])} (best {_shown(metrics['best_loss'])})"
         if metrics.get("val_loss") is not None:
             line += f", validation {metrics['val_loss']:.6g}"
         log.info(line)
@@ -186,3 +241,7 @@ def report(
         by = metrics.get("signal", "a signal")
         log.info(f"Interrupted by {by} at step {metrics['steps']}; {resume}")
     log.info(f"Run directory: {run_dir}")
+
+
+def _shown(loss: float | None) -> str:
+    return "n/a" if loss is None else f"{loss:.6g}"

@@ -18,11 +18,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from runner.build import losses
-
-from runner.build import models
-from runner.config.check import Checked, ConfigError, check, locate
+from runner.build import losses, models
 from runner.build.data import Data
+from runner.build.optim import GD, Constant
+from runner.config.check import Checked, ConfigError, check, locate
 from runner.log.tensorboard import Logger
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -40,10 +39,18 @@ class Built:
     forward: Callable[[torch.Tensor], torch.Tensor] | None
     loss_fn: Callable[..., torch.Tensor]
     params: dict[str, nn.Parameter]
-    optimizer: torch.optim.Optimizer
+    optimizer: torch.optim.Optimizer | GD
     scheduler: Any
     logger: Logger
     hparams: dict[str, Any]
+
+    def loss_on(self, idx: torch.Tensor | None) -> torch.Tensor:
+        """Forward and loss on the points `idx` (None: all of them), or the objective."""
+        if self.data is None or self.forward is None:
+            return self.loss_fn()
+        if idx is None:
+            return self.loss_fn(self.forward(self.data.x), self.data.y)
+        return self.loss_fn(self.forward(self.data.x[idx]), self.data.y[idx])
 
     def describe(self) -> str:
         """What was learned, as the post prints it: `y = 1.924x + 1.050`."""
@@ -133,6 +140,11 @@ def _accepts(group: str, node: Mapping[str, Any], name: str) -> bool:
         return name in inspect.signature(target).parameters
     except (TypeError, ValueError):
         return False
+
+
+def _returns(factory: Any, cls: type) -> bool:
+    """Whether a (partial) factory from the config builds `cls`."""
+    return getattr(factory, "func", factory) is cls
 
 
 def plain_partial(fn: Any) -> Any:
@@ -228,7 +240,7 @@ def build(cfg: DictConfig, run_dir: Path, choices: Mapping[str, Any] | None = No
         raise ConfigError("the experiment has no parameters to learn")
     forward = models.forward_fn(model) if model is not None else None
     if data is not None and forward is not None:
-        check_shapes(forward, loss_fn, data)
+        check_shapes(forward, loss_fn, data, model_cfg)
     if data is None:
         check_objective(loss_fn)
     if trainer.compile is not False:
@@ -237,7 +249,10 @@ def build(cfg: DictConfig, run_dir: Path, choices: Mapping[str, Any] | None = No
     optimizer = _instantiate("optimizer", opts["optimizer"])(list(params.values()))
     if trainer.accumulate > 1 and isinstance(optimizer, torch.optim.LBFGS):
         raise ConfigError("optimizer=lbfgs re-evaluates the loss itself; set trainer.accumulate=1")
-    scheduler = _instantiate("scheduler", opts["scheduler"])(optimizer)
+    make_scheduler = _instantiate("scheduler", opts["scheduler"])
+    if isinstance(optimizer, GD) and not _returns(make_scheduler, Constant):
+        optimizer = optimizer.as_torch()  # torch's schedulers take only torch's optimizers
+    scheduler = make_scheduler(optimizer)
     logger = _instantiate("logger", opts["logger"])(log_dir=run_dir)
 
     hparams = flatten("", {k: plain[k] for k in ("seed", "trainer", *opts)}, {})
@@ -300,8 +315,18 @@ def check_objective(loss_fn: Callable[[], torch.Tensor]) -> None:
         )
 
 
-def check_shapes(forward: Callable[[torch.Tensor], torch.Tensor], loss_fn: Any, data: Data) -> None:
-    """One forward pass on two points, so a shape mismatch is a config error, not a broadcast."""
+def check_shapes(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    loss_fn: Any,
+    data: Data,
+    model_cfg: Mapping[str, Any],
+) -> None:
+    """One forward pass on two points, so a shape mismatch is a config error, not a broadcast.
+
+    What the output must be comes from `dataset.task`, never from which loss was picked:
+    one value per point for regression; for classification one logit per class, or one
+    logit per point (a binary logit) for two classes.
+    """
     x, y = data.x[:2], data.y[:2]
     try:
         with torch.no_grad():
@@ -310,15 +335,44 @@ def check_shapes(forward: Callable[[torch.Tensor], torch.Tensor], loss_fn: Any, 
         raise
     except Exception as e:
         raise ConfigError(f"model: the first forward pass failed: {e}") from e
-    target = getattr(loss_fn, "func", loss_fn)
-    classes = target in (losses.cross_entropy, torch.nn.functional.cross_entropy)
-    expected = (y.shape[0],) if classes else tuple(y.shape)
-    got = tuple(pred.shape[:1]) if classes else tuple(pred.shape)
-    if got != expected:
+    # a user's module may name its width otherwise: then the message says what to return
+    has_key = "out_features" in model_cfg
+    hint = ""
+    if data.task == "classification":
+        classes = data.classes
+        width = 1 if pred.dim() == 1 else pred.shape[-1]
+        fits = width == classes or (width == 1 and classes == 2)
+        if pred.dim() > 2 or pred.shape[0] != y.shape[0] or not fits:
+            if has_key:
+                fix = f"set model.out_features={classes} (one logit per class)"
+                binary = " or model.out_features=1 (one binary logit, for loss=bce)"
+            else:
+                fix = f"make the model return {classes} logits per point (one per class)"
+                binary = " or one (a binary logit, for loss=bce)"
+            raise ConfigError(
+                f"model output has shape {tuple(pred.shape)} for {y.shape[0]} points, but "
+                f"dataset.task=classification has {classes} classes; {fix}"
+                + (binary if classes == 2 else "")
+            )
+        key = "model.out_features" if has_key else "the model's output width"
+        if width == 1:  # say what the other kind of loss would need
+            other = f"; a loss over class logits (cross_entropy) needs {key}={classes}"
+        elif classes == 2:
+            other = f"; a loss of one binary logit (bce) needs {key}=1"
+        else:
+            other = ""
+        hint = (
+            " (dataset.task=classification: the targets are class indices, torch.long, and "
+            f"the model gives {'one binary logit' if width == 1 else f'{width} logits'} a point"
+            f"{other})"
+        )
+    elif tuple(pred.shape) != tuple(y.shape):
+        maybe_classes = pred.dim() == 2 and y.dim() == 1  # logits for class indices?
         raise ConfigError(
             f"model output has shape {tuple(pred.shape)} for {y.shape[0]} points but the "
             f"target has shape {tuple(y.shape)}; make the model return one value per point"
-            " (model.out_features=1)"
+            + (" (model.out_features=1)" if has_key else "")
+            + (", or set dataset.task=classification if y holds classes" if maybe_classes else "")
         )
     try:
         with torch.no_grad():
@@ -326,6 +380,6 @@ def check_shapes(forward: Callable[[torch.Tensor], torch.Tensor], loss_fn: Any, 
     except ConfigError:
         raise
     except Exception as e:
-        raise ConfigError(f"loss: computing it on the first batch failed: {e}") from e
+        raise ConfigError(f"loss: computing it on the first batch failed: {e}{hint}") from e
     if not isinstance(value, torch.Tensor) or value.dim() != 0:
         raise ConfigError("loss: it must return a scalar tensor (.backward() needs one)")

@@ -1,7 +1,8 @@
 """Datasets as whole tensors: generated from a formula, read from a CSV file, or none.
 
 Data lives on the device as tensors and is batched by index slices, so there is no
-per-sample Python and no DataLoader in the loop.
+per-sample Python and no DataLoader in the loop. What the targets are is declared by the
+dataset (`task`), never guessed from the loss that will read them.
 """
 
 from __future__ import annotations
@@ -13,20 +14,44 @@ from pathlib import Path
 
 import torch
 
-from runner.config.check import ConfigError
+from runner.config.check import ConfigError, did_you_mean
 from runner.config.formula import FormulaError, parse
 
 SAMPLINGS = ("linspace", "uniform")
+TASKS = ("regression", "classification")
 
 
 @dataclass(frozen=True)
 class Data:
-    """Training (and optional validation) tensors; `x` is (n,) for one input, (n, k) for k."""
+    """Training (and optional validation) tensors; `x` is (n,) for one input, (n, k) for k.
+
+    `task` says what `y` holds: values to fit (`regression`), or class indices
+    (`classification`), which are kept as torch.long whatever the trainer's dtype, with
+    `classes` their number (given by the dataset, or the largest label + 1). A dataset
+    `_target_` of your own returns `Data(x, y, task="classification")`.
+    """
 
     x: torch.Tensor
     y: torch.Tensor
     x_val: torch.Tensor | None = None
     y_val: torch.Tensor | None = None
+    task: str = "regression"
+    classes: int | None = None
+
+    def __post_init__(self) -> None:
+        # here rather than in each builder, so a dataset of the user's own gets the same checks
+        if self.task not in TASKS:
+            raise ConfigError(
+                f"dataset.task={self.task!r} is not allowed; use regression or classification"
+                + did_you_mean(str(self.task), TASKS)
+            )
+        if self.task == "classification":
+            classes = class_count(self.y, self.y_val, self.classes)
+            # frozen: the labels are set once, here, as the integers they are
+            object.__setattr__(self, "y", self.y.long())
+            if self.y_val is not None:
+                object.__setattr__(self, "y_val", self.y_val.long())
+            object.__setattr__(self, "classes", classes)
 
     @property
     def n(self) -> int:
@@ -50,12 +75,55 @@ class Data:
         )
 
 
-def split(x: torch.Tensor, y: torch.Tensor, val_fraction: float, key: str) -> Data:
+def class_count(y: torch.Tensor, y_val: torch.Tensor | None, classes: int | None) -> int:
+    """The number of classes of integer labels 0..classes-1 (floats holding integers pass)."""
+    if y.dim() != 1 or (y_val is not None and y_val.dim() != 1):
+        raise ConfigError(
+            f"dataset.task=classification needs one class index per point (targets of shape "
+            f"(n,)), but they have shape {tuple(y.shape)}; set dataset.task=regression"
+        )
+    labels = y if y_val is None else torch.cat([y, y_val])
+    if labels.is_floating_point():
+        bad = ~torch.isfinite(labels) | (labels != labels.round())
+        if bool(bad.any()):
+            raise ConfigError(
+                "dataset.task=classification needs class indices 0, 1, 2, ... as targets, "
+                f"but one is {labels[bad][0].item()}; set dataset.task=regression to fit values"
+            )
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0:
+        raise ConfigError(
+            "dataset.task=classification needs class indices 0, 1, 2, ... as targets, "
+            f"but one is {low}"
+        )
+    if classes is None:
+        classes = high + 1
+    elif high >= classes:
+        raise ConfigError(
+            f"dataset.classes={classes} but a target is class {high}; "
+            "labels must be below the number of classes"
+        )
+    if classes < 2:
+        raise ConfigError(
+            f"dataset.task=classification found {classes} class (every target is 0); "
+            "it needs labels of at least two classes"
+        )
+    return classes
+
+
+def split(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    val_fraction: float,
+    key: str,
+    task: str = "regression",
+    classes: int | None = None,
+) -> Data:
     """Hold out a seeded random share of the points for validation."""
     if not 0.0 <= val_fraction < 1.0:
         raise ConfigError(f"{key}.val_fraction={val_fraction} must be in [0, 1)")
     if val_fraction == 0.0:
-        return Data(x, y)
+        return Data(x, y, task=task, classes=classes)
     n_val = round(x.shape[0] * val_fraction)
     if n_val == 0 or n_val == x.shape[0]:
         raise ConfigError(
@@ -64,7 +132,7 @@ def split(x: torch.Tensor, y: torch.Tensor, val_fraction: float, key: str) -> Da
         )
     perm = torch.randperm(x.shape[0])
     val, train = perm[:n_val], perm[n_val:]
-    return Data(x[train], y[train], x[val], y[val])
+    return Data(x[train], y[train], x[val], y[val], task=task, classes=classes)
 
 
 def synthetic(
@@ -116,10 +184,13 @@ def csv(
     x: str | list[str] = "x",
     y: str = "y",
     val_fraction: float = 0.0,
+    task: str = "regression",
     *,
     dtype: torch.dtype = torch.float32,
 ) -> Data:
-    """Columns of a CSV file with a header row; several x columns become x1..xk."""
+    """Columns of a CSV file with a header row; several x columns become x1..xk.
+
+    With `task=classification` the y column holds class indices (0, 1, 2, ...)."""
     file = Path(path)
     if not file.is_file():
         raise ConfigError(
@@ -161,7 +232,7 @@ def csv(
         raise ConfigError(f"dataset.path={path!r} has a header but no rows")
     table = torch.tensor(rows, dtype=dtype)
     xs = table[:, 0] if len(columns) == 1 else table[:, : len(columns)]
-    return split(xs.contiguous(), table[:, -1].contiguous(), val_fraction, "dataset")
+    return split(xs.contiguous(), table[:, -1].contiguous(), val_fraction, "dataset", task)
 
 
 def none(*, dtype: torch.dtype = torch.float32) -> None:
@@ -176,14 +247,15 @@ def blobs(
     spread: float = 1.0,
     distance: float = 4.0,
     val_fraction: float = 0.0,
+    task: str = "classification",
     *,
     dtype: torch.dtype = torch.float32,
 ) -> Data:
-    """Gaussian blobs, one per class, for classification: y holds class indices as floats.
+    """Gaussian blobs, one per class, for classification: y holds the class indices.
 
     Centres sit evenly on a circle of diameter `distance` (in the first two features; on a
     line for one feature), so `spread / distance` says how much the classes overlap.
-    Floats suit `bce` (0 or 1) as they are; `cross_entropy` reads them as indices.
+    With `task=regression` the labels become float values to fit instead.
     """
     if n < classes:
         raise ConfigError(f"dataset.n={n} must be at least dataset.classes={classes}")
@@ -205,4 +277,6 @@ def blobs(
     labels = torch.arange(n) % classes  # balanced classes, interleaved
     x = centres[labels] + spread * torch.randn(n, features, dtype=dtype)
     x = x[:, 0].contiguous() if features == 1 else x
-    return split(x, labels.to(dtype), val_fraction, "dataset")
+    if task == "classification":  # the blobs know their number of classes
+        return split(x, labels, val_fraction, "dataset", task, classes)
+    return split(x, labels.to(dtype), val_fraction, "dataset", task)

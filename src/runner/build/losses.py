@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from runner.build.models import formula_parameters, parse_formula, register
 from runner.config.check import ConfigError
 from runner.config.formula import FormulaError
-from runner.build.models import formula_parameters, parse_formula, register
 
 REDUCTIONS = ("sum", "mean")
 
@@ -29,8 +29,16 @@ def mae(input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def cross_entropy(input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Class logits (n, classes) against class indices stored as floats in the data."""
+    """Class logits (n, classes) against class indices, which classification data holds as
+    torch.long already; `.long()` keeps float copies of them working too."""
     return F.cross_entropy(input, target.long())
+
+
+def bce(input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy on one logit per point. Classification data holds its labels as
+    class indices (torch.long); this loss needs them as floats 0.0 and 1.0 of the logit's
+    dtype, so the conversion lives here, beside the one loss that needs it."""
+    return F.binary_cross_entropy_with_logits(input, target.to(input.dtype))
 
 
 class Expression(nn.Module):

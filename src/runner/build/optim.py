@@ -8,74 +8,55 @@ from typing import Any
 import torch
 
 
-class GD(torch.optim.Optimizer):
+class GD:
     """`p -= lr * p.grad` under `no_grad`, then `p.grad.zero_()`: the post's loop, verbatim.
 
-    Being a `torch.optim.Optimizer` lets schedulers, checkpoints and clipping treat it like
-    any other; the arithmetic is kept literal so the post's numbers come out to the last digit.
+    A small object with the optimizer methods the loop, clipping and checkpoints call, not a
+    `torch.optim.Optimizer`: constructing one imports `torch._dynamo`, which the post's
+    update never needs. torch's learning-rate schedulers take only a `torch.optim.Optimizer`,
+    so with one the update runs as `torch.optim.SGD` without momentum (`as_torch`): the same
+    multiply and subtract, so the same numbers.
     """
 
     def __init__(self, params: Iterable[torch.Tensor], lr: float = 0.1) -> None:
         if not lr > 0:
             raise ValueError(f"lr must be positive, got {lr}")
-        super().__init__(params, {"lr": lr})
-        self._lr_cache: tuple[tuple[float, torch.dtype, torch.device], torch.Tensor] | None = None
+        self.param_groups: list[dict[str, Any]] = [{"params": list(params), "lr": lr}]
 
+    @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
-        loss = None if closure is None else closure()
-        with torch.no_grad():
-            for group in self.param_groups:
-                params = [p for p in group["params"] if p.grad is not None]
-                lr = self._lr_tensor(group["lr"], params)
-                if lr is None:
-                    for p in params:
-                        p -= group["lr"] * p.grad
-                else:  # the same multiply and subtract per tensor, so the same bits
-                    torch._foreach_sub_(params, torch._foreach_mul([p.grad for p in params], lr))
+        with torch.enable_grad():
+            loss = None if closure is None else closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p -= group["lr"] * p.grad
         return loss
-
-    def _lr_tensor(self, lr: float, params: list[torch.Tensor]) -> torch.Tensor | None:
-        """lr as a 0-d tensor of the parameters' dtype, cached: multiplying by a Python
-        number costs a tensor made for it each time (~2.5 µs). float32 and float64 only,
-        where `lr * g` already rounds lr to the dtype first; None: one tensor at a time."""
-        if not params:
-            return None
-        dtype, device = params[0].dtype, params[0].device
-        if dtype not in (torch.float32, torch.float64):
-            return None
-        if any(p.dtype != dtype or p.device != device for p in params):
-            return None
-        key = (lr, dtype, device)
-        if self._lr_cache is None or self._lr_cache[0] != key:
-            self._lr_cache = (key, torch.full((), lr, dtype=dtype, device=device))  # no copy
-        return self._lr_cache[1]
-
-    # torch.optim wraps every subclass's `step` in a profiler label and hook calls (~30 µs a
-    # step here, more than the update itself); marked as wrapped, the post's step stays plain.
-    step.hooked = True  # type: ignore[attr-defined]
-
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        # torch wraps this in a lazy `torch._dynamo` import (~3 s on a small CPU); the post's
-        # update never needs dynamo, so call the plain function underneath when there is one.
-        plain = getattr(torch.optim.Optimizer.add_param_group, "__wrapped__", None)
-        if plain is None:
-            super().add_param_group(param_group)
-        else:
-            plain(self, param_group)
 
     def zero_grad(self, set_to_none: bool = False) -> None:
         """The post zeroes in place (`w.grad.zero_()`), so gradients are visibly reset."""
-        grads = [p.grad for group in self.param_groups for p in group["params"]]
-        grads = [g for g in grads if g is not None]
-        if grads:  # none before the first backward
-            torch._foreach_zero_(grads)  # one call for all of them
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:  # none before the first backward
+                    p.grad.zero_()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"lr": [group["lr"] for group in self.param_groups]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for group, lr in zip(self.param_groups, state["lr"], strict=True):
+            group["lr"] = lr
+
+    def as_torch(self) -> torch.optim.SGD:
+        group = self.param_groups[0]
+        return torch.optim.SGD(group["params"], lr=group["lr"])
 
 
 class Constant:
     """`scheduler=none`: optimizer.lr for the whole run, with the scheduler methods the loop
-    and checkpoints call (a LambdaLR would cost a torch._dynamo import at start-up)."""
+    and checkpoints call (a LambdaLR would need a `torch.optim.Optimizer`)."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+    def __init__(self, optimizer: Any) -> None:
         self.optimizer = optimizer
         self.last_epoch = 0
 

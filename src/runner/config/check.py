@@ -175,25 +175,55 @@ def check_backend(name: str) -> None:
         )
 
 
-def refused_override(error: BaseException) -> str | None:
+def refused_override(error: BaseException, chosen: Mapping[str, str] | None = None) -> str | None:
     """Hydra's refusal of an override whose key the config lacks (`trainer.epoch=5`), said
     the runner's way: the override, the keys there are, a did-you-mean. None for any other
-    error. Reads the OmegaConf error Hydra chains as the cause, which names the node."""
+    error. Reads the OmegaConf error Hydra chains as the cause, which names the node.
+
+    `chosen` maps a group to the option the command line picked (`optimizer: adam`).
+    `+key` is suggested only where the runner would then accept the key.
+    """
     cause = error.__cause__
     parent, key = getattr(cause, "parent_node", None), getattr(cause, "key", None)
-    full_key = getattr(cause, "full_key", None) or key
+    full_key = str(getattr(cause, "full_key", None) or key)
     if not str(error).startswith("Could not override") or parent is None or key is None:
         return None
-    line = str(error).partition("use +")[2].strip() or str(full_key)
-    where = str(full_key).rpartition(".")[0]
+    line = str(error).partition("use +")[2].strip() or full_key
+    where = full_key.rpartition(".")[0]
     keys = [str(k) for k in parent if k != "hydra" and k not in HYDRA_KEYS]
     if not keys:
         return f"{line}: {where} is null or empty here; add the key with +{line}"
+    if where in RUNTIME_ARGS and "_target_" in parent:
+        return _not_taken(line, where, str(key), parent, (chosen or {}).get(where))
     message = f"{line}: unknown key '{full_key}'{did_you_mean(str(key), keys)}; "
-    message += f"{where or 'the config'} has: {', '.join(keys)}"
-    if where and not did_you_mean(str(key), keys):
-        message += f"; a key its option file does not set is added with +{line}"
-    return message
+    return message + f"{where or 'the config'} has: {', '.join(keys)}"
+
+
+def _not_taken(
+    line: str, group: str, key: str, option: Mapping[str, Any], name: str | None
+) -> str:
+    """A key the group's chosen option does not set: what that option takes (its file's keys
+    and the arguments of its `_target_`), and `+key` where its `_target_` takes the key."""
+    target = option["_target_"]
+    takes, open_ended = [], False
+    try:
+        parameters = inspect.signature(locate(group, target)).parameters.values()
+    except (ConfigError, TypeError, ValueError):  # no importable target or no signature
+        parameters = []
+    for p in parameters:
+        if p.kind is inspect.Parameter.VAR_KEYWORD:
+            open_ended = True
+        elif p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY):
+            if p.name not in RUNTIME_ARGS[group] and p.name != "self":
+                takes.append(p.name)
+    takes += [str(k) for k in option if k not in HYDRA_KEYS and k not in takes]
+    which = f"the {group} option {name} ({target})" if name else f"the chosen {group} ({target})"
+    if key in takes or open_ended:
+        return f"{line}: {which} does not set '{key}', which it takes; add it with +{line}"
+    return (
+        f"{line}: {which} has no key '{key}'{did_you_mean(key, takes)}; "
+        f"it takes: {', '.join(takes)}"
+    )
 
 
 def check_cadence(given: Mapping[str, Any]) -> LoggerCadence:

@@ -1,0 +1,37 @@
+"""Read-only views of training: the loop hands each observer what happened, at log steps,
+at epoch ends and at the end; an observer reads the model and the state and writes logs.
+
+An observer never changes the model, the optimizer or the data. The two that end a run
+early (divergence, early stop) do it by setting `state.status`, which the loop reads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from runner.train.state import State
+
+
+@dataclass
+class Look:
+    """What a log step hands the observers."""
+
+    state: State  # already advanced: `state.step - 1` is the step just taken
+    loss: torch.Tensor  # that step's loss, on the device
+    losses: torch.Tensor  # 1-D: the loss of every step since the last log step, this one last
+    before: list[torch.Tensor]  # the parameters before the step (for update sizes)
+    root: torch.Tensor | None  # the step's loss with its autograd graph (the last micro-batch)
+    saved_bytes: int  # what autograd saved for backward in that step
+
+    @property
+    def step(self) -> int:
+        return self.state.step - 1
+
+
+class Observer(Protocol):
+    def log(self, look: Look) -> None: ...
+    def epoch(self, state: State) -> None: ...
+    def end(self, state: State) -> None: ...

@@ -124,7 +124,8 @@ def float64_objective(b: Built) -> Objective:
     if b.data is None:
         return Objective(model, loss_fn)
     size = b.checked.trainer.batch_size or b.data.n
-    return Objective(model, loss_fn, b.data.x[:size].double(), b.data.y[:size].double())
+    y = b.data.y[:size]  # class indices stay integers
+    return Objective(model, loss_fn, b.data.x[:size].double(), y.double() if y.is_floating_point() else y)
 
 
 def _float64(module: Any) -> Any:
@@ -211,47 +212,3 @@ def _unravel(index: int, shape: torch.Size) -> list[int]:
         coords.append(index % size)
         index //= size
     return list(reversed(coords))
-
-
-ACCUMULATE_TOL = 1e-4  # float32 sums in another order differ by ~1e-7 relative
-TINY_GRAD = 1e-30  # all-zero gradients: the error is then the absolute difference
-
-
-def accumulated_grads(b: Built, group: list[torch.Tensor | None]) -> list[torch.Tensor] | None:
-    """What the update's gradients must be when `trainer.accumulate > 1`: the sum over the
-    micro-batches of d(loss_i / k)/dp, each taken alone with `torch.autograd.grad` (which
-    leaves `.grad` alone), clipped as the loop clips. None when there is nothing to add up."""
-    if b.data is None or b.forward is None or len(group) < 2:
-        return None
-    params = list(b.params.values())
-    total = [torch.zeros_like(p) for p in params]
-    for idx in group:
-        x, y = (b.data.x, b.data.y) if idx is None else (b.data.x[idx], b.data.y[idx])
-        loss = b.loss_fn(b.forward(x), y) / len(group)
-        for t, g in zip(total, torch.autograd.grad(loss, params, allow_unused=True), strict=True):
-            if g is not None:
-                t += g
-    clip = b.checked.trainer.grad_clip
-    if clip is not None:  # as clip_grad_norm_ does it
-        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in total]))
-        total = [t * (clip / (norm + 1e-6)).clamp(max=1.0) for t in total]
-    return total
-
-
-def accumulate_error(b: Built, expected: list[torch.Tensor]) -> float:
-    """Largest |p.grad - expected| over the largest |expected| after an update: near 0 when
-    the micro-batch gradients added up and the previous update's were zeroed first."""
-    diff, scale = [], []
-    for p, e in zip(b.params.values(), expected, strict=True):
-        grad = p.grad if p.grad is not None else torch.zeros_like(p)
-        diff.append((grad - e).abs().max())
-        scale.append(e.abs().max())
-    # note: a host sync, paid on the first two updates only
-    error = (torch.stack(diff).max() / torch.stack(scale).max().clamp_min(TINY_GRAD)).item()
-    if error > ACCUMULATE_TOL:
-        log.warning(
-            f"trainer.accumulate={b.checked.trainer.accumulate}: the update's gradients differ "
-            f"from the sum of the micro-batch gradients by {error:.3g} (relative); they should "
-            "add up across micro-batches and be zeroed after each update"
-        )
-    return error

@@ -14,6 +14,7 @@ import contextlib
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch.autograd.graph import Node
@@ -239,3 +240,38 @@ def saved_bytes() -> Iterator[SavedBytes]:
             yield saved
     finally:
         saved._seen.clear()  # the keys are only needed while recording
+
+
+class GraphStats:
+    """The observer: graph statistics at log steps (every `every`-th step, default every log
+    step); the first graph also as text (`graph/tree`), kept for graph.txt and graph.dot."""
+
+    def __init__(self, params: Mapping[str, torch.Tensor], logger: Any, every: int | None):
+        self.params, self.logger, self.every = params, logger, every
+        self.first: dict[str, str] = {}  # tree, chain, dot of the first graph walked
+
+    def log(self, look: Any) -> None:
+        if look.root is None or (self.every is not None and look.step % self.every != 0):
+            return
+        stats = graph_stats(look.root) | {"graph/saved_bytes": float(look.saved_bytes)}
+        self.logger.scalars(look.step, stats)
+        if not self.first:
+            self.first = describe(look.root, self.params)
+            self.logger.text(
+                look.step, "graph/tree", self.first["chain"] + "\n\n" + self.first["tree"]
+            )
+
+    def epoch(self, state: Any) -> None:
+        pass
+
+    def end(self, state: Any) -> None:
+        pass
+
+
+def describe(root: Root, params: Mapping[str, torch.Tensor]) -> dict[str, str]:
+    """The graph three ways: a tree, one line, and Graphviz source."""
+    return {
+        "tree": graph_tree(root, params),
+        "chain": graph_chain(root, params),
+        "dot": graph_dot(root, params),
+    }

@@ -1,7 +1,6 @@
-"""The start and end of a sweep. At the start, with the joblib launcher, the server its
-workers fork from begins loading (`runner.workers`), and Ctrl-C is made to stop the sweep
-cleanly. At the end: `summary.csv` in the sweep directory, the same table printed best
-first, and an exit status that says whether every job worked.
+"""The start and end of a sweep. At the start, with the joblib launcher, Ctrl-C is made to
+stop the sweep cleanly. At the end: `summary.csv` in the sweep directory, the same table
+printed best first, and an exit status that says whether every job worked.
 
 It reads what each job left in its own directory (`.hydra/` and `metrics.json`), so it
 works the same whichever launcher ran the jobs: in this process, in joblib workers, or
@@ -25,7 +24,6 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from runner.config.check import ConfigError
-from runner.workers import JOBLIB, start
 
 COLUMNS = (
     "job",
@@ -40,19 +38,10 @@ COLUMNS = (
     "run_dir",
     "error",
 )
+JOBLIB = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"  # its _target_
 STOP = ".interrupted"  # in the sweep directory once Ctrl-C reached a joblib sweep
 ORDER = {"completed": 0, "interrupted": 1, "diverged": 2, "failed": 3}  # ties: lower objective
 FAIL_ON = ("any", "all")
-
-
-class Preload(Callback):
-    """`hydra.callbacks.preload`: at the start of a sweep with the joblib launcher, start the
-    forkserver its workers will fork from (`runner.workers.start`). Remove it
-    (`~hydra.callbacks.preload`) for loky's own fresh workers."""
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if config.hydra.launcher.get("_target_") == JOBLIB:
-            start()
 
 
 class Summary(Callback):
@@ -141,8 +130,8 @@ def job_row(run_dir: Path) -> dict[str, Any]:
 
 
 def read_yaml(path: Path) -> Any:
-    """A file Hydra wrote, as plain data: libyaml's parser where PyYAML has it, ~15x faster
-    than OmegaConf's loader, which made a 100-job summary take seconds."""
+    """A file Hydra wrote, as plain data, read with libyaml's parser where PyYAML has it:
+    OmegaConf's loader is slow enough that a summary of many jobs waited on it."""
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     return yaml.load(path.read_text(), Loader=loader)
 

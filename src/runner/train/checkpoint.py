@@ -1,9 +1,10 @@
 """Checkpoints: everything a run needs to continue exactly, written atomically, read safely.
 
-`checkpoints/last.pt` holds the modules' state (parameters and buffers), the gradients, the
-optimizer and scheduler state, every random generator's state and the loop's own position
-and device-side tallies. It is written to a temporary file that is renamed over the old one,
-so a run killed at any moment leaves the previous checkpoint whole. It is read with
+`checkpoints/last.pt` holds the modules' state (parameters and buffers), the gradients,
+the optimizer and scheduler state, and the run's `State` (its position, its device-side
+tallies and every random generator's state). It is written to a temporary file that is
+renamed over the old one, so a run killed at any moment leaves the previous checkpoint
+whole. It is read with
 `torch.load(weights_only=True)`: like a formula, a checkpoint cannot run code.
 """
 
@@ -20,11 +21,12 @@ import torch
 
 from runner.build import Built
 from runner.config.check import ConfigError
+from runner.train.state import State
 
 log = logging.getLogger(__name__)
 
 LAST = Path("checkpoints") / "last.pt"
-FORMAT = 1  # bumped when the layout changes, so an old file is refused with a clear message
+FORMAT = 2  # bumped when the layout changes, so an old file is refused with a clear message
 
 
 def locate(resume: Any, run_dir: Path) -> Path | None:
@@ -57,16 +59,16 @@ def claim(run_dir: Path, source: Path | None) -> None:
             )
 
 
-def save(path: Path, b: Built, loop: Mapping[str, Any]) -> None:
+def save(path: Path, b: Built, run: State) -> None:
     """Write a checkpoint whole or not at all: a temporary file, then an atomic rename."""
+    run.rng = _rng_state(b.device)
     state = {
         "format": FORMAT,
         "modules": _modules_state(b),
         "grads": {n: p.grad for n, p in b.params.items() if p.grad is not None},
-        "optimizer": _undecorated(type(b.optimizer).state_dict)(b.optimizer),
+        "optimizer": b.optimizer.state_dict(),
         "scheduler": b.scheduler.state_dict(),
-        "rng": _rng_state(b.device),
-        "loop": dict(loop),
+        "state": run.to_dict(),
         "hparams": dict(b.hparams),  # to name what a resumed run changed
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -77,8 +79,8 @@ def save(path: Path, b: Built, loop: Mapping[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def load(path: Path, b: Built) -> dict[str, Any]:
-    """Restore `b` in place from a checkpoint; returns the loop's state to start from."""
+def load(path: Path, b: Built) -> State:
+    """Restore `b` in place from a checkpoint; returns the run's state to start from."""
     try:
         # map to the CPU: generator states must stay there; the rest is copied onto the device
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -100,16 +102,17 @@ def load(path: Path, b: Built) -> dict[str, Any]:
             for name, p in b.params.items():
                 grad = state["grads"].get(name)
                 p.grad = None if grad is None else grad.to(p.device, p.dtype).clone()
-        _undecorated(type(b.optimizer).load_state_dict)(b.optimizer, state["optimizer"])
+        b.optimizer.load_state_dict(state["optimizer"])
         b.scheduler.load_state_dict(state["scheduler"])
-        loop = {k: _to(v, b.device) for k, v in state["loop"].items()}
+        run = State.from_dict(state["state"], b.device)
     except (KeyError, RuntimeError, ValueError, TypeError) as e:
         raise ConfigError(
             f"trainer.resume: {path} does not fit this experiment ({_reason(e)}); resume with the "
             "experiment and model the checkpoint was written with"
         ) from e
-    _set_rng_state(state["rng"], b.device)
-    log.info(f"Resuming from {path} at step {loop['step']} (epoch {loop['epoch']})")
+    _set_rng_state(run.rng, b.device)
+    run.status = "running"
+    log.info(f"Resuming from {path} at step {run.step} (epoch {run.epoch})")
     saved = state.get("hparams") or {}
     how = ("trainer.", "logger.", "choice.logger")  # how the run goes on, not what it learns
     changed = [k for k, v in b.hparams.items() if not k.startswith(how) and saved.get(k) != v]
@@ -119,20 +122,13 @@ def load(path: Path, b: Built) -> dict[str, Any]:
             "(the parameters and the optimizer's state, learning rate included, are the "
             "checkpoint's)"
         )
-    return loop
+    return run
 
 
 def _reason(e: BaseException, limit: int = 160) -> str:
     """An exception's message on one short line."""
     text = " ".join(str(e).split()) or type(e).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _undecorated(method: Any) -> Any:
-    """torch wraps Optimizer.state_dict and load_state_dict in a lazy `torch._dynamo` import
-    (~3 s on a small CPU, paid at the first checkpoint); they never need dynamo here, so the
-    plain function underneath is called when there is one (as optim.GD does)."""
-    return getattr(method, "__wrapped__", method)
 
 
 def _modules(b: Built) -> dict[str, torch.nn.Module]:
@@ -143,10 +139,6 @@ def _modules(b: Built) -> dict[str, torch.nn.Module]:
 
 def _modules_state(b: Built) -> dict[str, dict[str, torch.Tensor]]:
     return {name: module.state_dict() for name, module in _modules(b).items()}
-
-
-def _to(value: Any, device: torch.device) -> Any:
-    return value.to(device) if isinstance(value, torch.Tensor) else value
 
 
 def _rng_state(device: torch.device) -> dict[str, Any]:

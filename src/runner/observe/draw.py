@@ -1,0 +1,118 @@
+"""The figures' drawing: numpy arrays in, RGB pixels (height, width, 3) uint8 out.
+
+matplotlib is the optional `plots` extra, imported inside the functions, so a run that
+draws nothing never loads it. No pyplot: a `Figure` on its own Agg canvas needs no GUI
+backend and keeps no global state from one run to the next.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+import numpy as np
+
+
+def available() -> bool:
+    """Whether matplotlib can be imported, without importing it."""
+    return importlib.util.find_spec("matplotlib") is not None
+
+
+def fit_images(
+    x: np.ndarray,
+    y: np.ndarray,
+    grid: np.ndarray,
+    curves: np.ndarray,
+    whens: list[str],
+    x_val: np.ndarray | None = None,
+    y_val: np.ndarray | None = None,
+) -> list[np.ndarray]:
+    """The data as dots and one picture per snapshot: its curve (a row of `curves`, the
+    model on `grid`) and its name (`whens`) in the title.
+
+    Every picture has the same axes, set from all the curves at once, so flipping through
+    them in TensorBoard shows only the curve move. The data are drawn once as a background
+    and each curve on a copy of it (matplotlib's blitting), as only the curve changes.
+    """
+    figure = _figure(6.0, 4.0)
+    ax = figure.add_subplot()
+    for xs, ys, label, colour in (
+        (x, y, "train", "tab:blue"),
+        (x_val, y_val, "validation", "tab:orange"),
+    ):
+        if xs is not None and ys is not None:
+            # plot's markers draw several times faster than scatter's
+            ax.plot(xs, ys, ".", ms=4, alpha=0.6, color=colour, label=label)
+    # animated: left out of the background, drawn per snapshot
+    (line,) = ax.plot(grid, curves[0], color="black", lw=2, label="model", animated=True)
+    ax.set_ylim(*_limits(y if y_val is None else np.concatenate([y, y_val]), curves))
+    ax.set_xlabel("x")
+    ax.set_ylabel("y")
+    ax.set_title("data and fitted curve", loc="left")
+    when = ax.set_title("", loc="right", animated=True)
+    ax.legend(loc="upper left")  # "best" would test every data point for overlap
+    canvas = figure.canvas
+    canvas.draw()
+    background = canvas.copy_from_bbox(figure.bbox)
+    pictures = []
+    for curve, name in zip(curves, whens, strict=True):
+        canvas.restore_region(background)
+        line.set_ydata(curve)
+        when.set_text(name)
+        ax.draw_artist(line)
+        ax.draw_artist(when)
+        pictures.append(_pixels(canvas))
+    return pictures
+
+
+def _limits(data_y: np.ndarray, curves: np.ndarray) -> tuple[float, float]:
+    """y limits that show the data and the curves, but never let a wild curve (an untrained
+    model far off) squash the data into a line."""
+    low, high = float(data_y.min()), float(data_y.max())
+    span = max(high - low, 1e-6)
+    finite = curves[np.isfinite(curves)]
+    c_low, c_high = (float(finite.min()), float(finite.max())) if finite.size else (low, high)
+    low, high = max(min(low, c_low), low - span), min(max(high, c_high), high + span)
+    margin = 0.05 * (high - low)
+    return low - margin, high + margin
+
+
+def landscape_image(
+    first: np.ndarray, second: np.ndarray, surface: np.ndarray, path: np.ndarray, names: list[str]
+) -> np.ndarray:
+    """Contours of the loss (`surface[i, j]` at `first[j], second[i]`) with the optimizer's
+    path (one row per point, first parameter then second) on top."""
+    finite = surface[np.isfinite(surface)]
+    figure = _figure(6.0, 5.0)
+    ax = figure.add_subplot()
+    if finite.size and float(finite.min()) > 0:  # a log scale shows the valley's floor
+        shown, label = np.log10(np.maximum(surface, finite.min())), "log10 loss"
+    else:
+        shown, label = surface, "loss"
+    filled = ax.contourf(first, second, shown, levels=30, cmap="viridis")
+    figure.colorbar(filled, ax=ax, label=label)
+    ax.plot(path[:, 0], path[:, 1], color="white", linewidth=1.5, marker=".", markersize=3)
+    ax.plot(*path[0], marker="o", color="white", markeredgecolor="black", label="start")
+    ax.plot(*path[-1], marker="*", markersize=12, color="red", markeredgecolor="black", label="end")
+    ax.set_xlabel(names[0])
+    ax.set_ylabel(names[1])
+    ax.set_title("loss landscape and the optimizer's path")
+    ax.legend(loc="upper right")
+    figure.canvas.draw()
+    return _pixels(figure.canvas)
+
+
+def _figure(width: float, height: float) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=100)
+    # fixed margins: tight_layout would measure every label of every figure
+    figure.subplots_adjust(left=0.12, right=0.95, bottom=0.12, top=0.92)
+    FigureCanvasAgg(figure)  # attaches itself as figure.canvas
+    return figure
+
+
+def _pixels(canvas: Any) -> np.ndarray:
+    # a copy: the canvas reuses its buffer for the next picture
+    return np.asarray(canvas.buffer_rgba())[:, :, :3].copy()

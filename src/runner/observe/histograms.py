@@ -1,0 +1,33 @@
+"""Histograms of tensor parameters and their gradients (`param_hist/<name>`,
+`grad_hist/<name>`), every `histogram_every_n_steps` log step and at the last step."""
+
+from __future__ import annotations
+
+from runner.build import Built
+from runner.log.tensorboard import Logger
+from runner.observe import Look
+from runner.train.state import State
+
+
+class Histograms:
+    def __init__(self, b: Built, logger: Logger, every: int | None, last: int) -> None:
+        self.logger, self.every, self.last = logger, every, last
+        self.tensors = {n: p for n, p in b.params.items() if p.numel() > 1}
+
+    def log(self, look: Look) -> None:
+        if not self.tensors or self.every is None:
+            return
+        if look.step % self.every == 0 or look.step == self.last:
+            self.write(look.step)
+
+    def write(self, step: int) -> None:
+        for name, p in self.tensors.items():
+            self.logger.histogram(step, f"param_hist/{name}", p.detach())
+            if p.grad is not None:
+                self.logger.histogram(step, f"grad_hist/{name}", p.grad.detach())
+
+    def epoch(self, state: State) -> None:
+        pass
+
+    def end(self, state: State) -> None:
+        pass

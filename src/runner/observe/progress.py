@@ -1,0 +1,29 @@
+"""The progress bar: shown on a terminal only, moved at log steps so the steps between them
+pay nothing for it."""
+
+from __future__ import annotations
+
+from tqdm.auto import tqdm
+
+from runner.observe import Look
+from runner.observe.scalars import Scalars
+from runner.train.state import State
+
+
+class Progress:
+    def __init__(self, total: int, start: int, scalars: Scalars) -> None:
+        self.scalars = scalars  # the loss shown beside the bar
+        self.bar = tqdm(total=total, initial=start, disable=None, unit="step", leave=False)
+
+    def log(self, look: Look) -> None:
+        self.bar.update(look.state.step - self.bar.n)
+        loss = self.scalars.latest.get("loss/train")
+        if loss is not None and not self.bar.disable:
+            self.bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
+
+    def epoch(self, state: State) -> None:
+        pass
+
+    def end(self, state: State) -> None:
+        self.bar.update(state.step - self.bar.n)
+        self.bar.close()

@@ -1,0 +1,63 @@
+"""The numbers of a log step: loss, each parameter and gradient (the value of a one-element
+tensor, the L2 norm of a larger one), the total gradient norm, the learning rate, how big the
+update was next to its parameter, and the accuracy for classification. One tensor is built
+on the device and moved to the host in one go: the log step's one sync."""
+
+from __future__ import annotations
+
+import torch
+
+from runner.build import Built
+from runner.log.tensorboard import Logger
+from runner.observe import Look
+from runner.observe.accuracy import accuracy_fn
+from runner.train.state import State
+
+TINY = 1e-12  # keeps the update ratio finite for a parameter that is exactly zero
+
+
+class Scalars:
+    def __init__(self, b: Built, logger: Logger) -> None:
+        self.b, self.logger = b, logger
+        self.params = list(b.params.values())
+        self.accuracy = accuracy_fn(b)
+        names = list(b.params)
+        self.keys = ["loss/train", *(f"param/{n}" for n in names), *(f"grad/{n}" for n in names)]
+        self.keys += ["grad/total_norm", *(f"ratio/{n}" for n in names)]
+        if self.accuracy is not None:
+            self.keys.append("acc/train")
+            if b.data is not None and b.data.x_val is not None:
+                self.keys.append("acc/val")
+        self.latest: dict[str, float] = {}
+
+    @torch.no_grad()
+    def log(self, look: Look) -> None:
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        norms = [torch.linalg.vector_norm(g) for g in grads]
+        row = [look.loss.reshape(()), *map(one_number, self.params), *map(one_number, grads)]
+        row.append(torch.linalg.vector_norm(torch.stack(norms)))
+        for p, old in zip(self.params, look.before):  # update size / parameter size
+            size = torch.linalg.vector_norm(p).clamp_min(TINY)
+            row.append(torch.linalg.vector_norm(p - old) / size)
+        if self.accuracy is not None:
+            data, forward = self.b.data, self.b.forward
+            row.append(self.accuracy(forward(data.x), data.y))
+            if data.x_val is not None:
+                row.append(self.accuracy(forward(data.x_val), data.y_val))
+        values = torch.stack([v.float() for v in row]).tolist()  # note: the host sync
+        self.latest = dict(zip(self.keys, values)) | {"lr": self.lr()}
+        self.logger.scalars(look.step, self.latest)
+
+    def lr(self) -> float:
+        return float(self.b.optimizer.param_groups[0]["lr"])
+
+    def epoch(self, state: State) -> None:
+        pass
+
+    def end(self, state: State) -> None:
+        pass
+
+
+def one_number(t: torch.Tensor) -> torch.Tensor:
+    """A one-element tensor's value (its sign kept), a larger tensor's L2 norm."""
+    return t.reshape(()) if t.numel() == 1 else torch.linalg.vector_norm(t)

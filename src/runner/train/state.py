@@ -1,0 +1,68 @@
+"""Where a run is and what it has seen: one small dataclass that checkpoints save and load.
+
+Everything the loop carries from one step to the next lives here, so a checkpoint of the
+model, the optimizer, the scheduler and this state continues a run bit for bit. Losses stay
+on the device as tensors: reading them is a host sync, paid only at log steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+STATUSES = ("running", "completed", "diverged", "interrupted", "pruned")
+
+
+@dataclass
+class State:
+    step: int = 0  # updates done
+    epoch: int = 0  # epochs finished
+    position: int = 0  # the next batch of the current epoch
+    perm: torch.Tensor | None = None  # the current epoch's order; None: the whole batch
+    epoch_sum: torch.Tensor | None = None  # the current epoch's loss so far, on the device
+    epoch_loss: torch.Tensor | None = None  # the last finished epoch's loss
+    best: torch.Tensor | None = None  # the lowest epoch loss so far (NaN never wins)
+    val_loss: torch.Tensor | None = None  # the last validation loss
+    status: str = "running"  # see STATUSES; "running" until the loop ends
+    diverged_step: int | None = None  # the first step whose loss was NaN or infinite
+    early_stop: tuple[float, int] | None = None  # (best watched loss, epochs without gain)
+    early_stopped_epoch: int | None = None
+    signal: str | None = None  # SIGINT or SIGTERM for an interrupted run
+    rng: dict[str, Any] = field(default_factory=dict)  # every generator, at the last save
+
+    def end_epoch(self) -> None:
+        """Close the epoch: its loss, the best so far, the next epoch starts at batch 0."""
+        self.epoch += 1
+        self.position = 0
+        self.epoch_loss = self.epoch_sum
+        if self.epoch_sum is not None:
+            best = self.epoch_sum if self.best is None else self.best
+            self.best = torch.fmin(best, self.epoch_sum)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values and tensors only, so `torch.load(weights_only=True)` reads them back."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], device: torch.device) -> State:
+        names = {f.name for f in dataclasses.fields(cls)}
+        moved = {
+            k: v.to(device) if isinstance(v, torch.Tensor) and k != "rng" else v
+            for k, v in values.items()
+            if k in names
+        }
+        if isinstance(moved.get("early_stop"), list):
+            moved["early_stop"] = tuple(moved["early_stop"])
+        return cls(**moved)
+
+
+def number(value: torch.Tensor | None) -> float | None:
+    """A device loss as a finite float for metrics.json, or None (a host sync)."""
+    if value is None:
+        return None
+    x = float(value.item())
+    return x if math.isfinite(x) else None

@@ -1,0 +1,173 @@
+"""dataset.task: classification is declared by the dataset, never guessed from the loss."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from conftest import compose_config, scalars
+
+from runner.build import build
+from runner.build.data import Data
+from runner.config.check import ConfigError
+from runner.observe import draw
+from runner.observe.accuracy import accuracy_fn
+
+TORCH_CE = "loss._target_=torch.nn.functional.cross_entropy"
+
+
+@pytest.fixture
+def no_figures(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(draw, "available", lambda: False)
+
+
+def test_torchs_own_cross_entropy_builds_and_its_loss_computes(tmp_path: Path):
+    b = build(compose_config("experiment=mlp_classify", TORCH_CE, "logger=none"), tmp_path)
+    assert b.data.task == "classification" and b.data.classes == 3
+    assert b.data.y.dtype == b.data.y_val.dtype == torch.long
+    logits = b.forward(b.data.x)
+    assert logits.shape == (b.data.n, 3)
+    # the same number as torch computes by hand from the log-softmax of the right class
+    expected = -torch.log_softmax(logits, -1).gather(1, b.data.y[:, None]).mean()
+    assert b.loss_on(None).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert accuracy_fn(b) is not None
+
+
+def test_torchs_own_cross_entropy_trains_and_logs_accuracy(tmp_path: Path, no_figures):
+    from runner.run import run
+
+    run_dir = tmp_path / "r"
+    cfg = compose_config("experiment=mlp_classify", TORCH_CE, "trainer.epochs=3")
+    metrics = run(cfg, run_dir)
+    assert metrics["status"] == "completed"
+    acc = scalars(run_dir, "acc/train")
+    assert acc and acc[-1][1] > 0.7  # three classes: chance is 1/3
+    assert scalars(run_dir, "acc/val")
+
+
+def test_bce_takes_the_integer_labels_of_a_binary_logit(tmp_path: Path):
+    b = build(compose_config("experiment=logistic_blobs", "logger=none"), tmp_path)
+    assert b.data.y.dtype == torch.long and b.data.classes == 2
+    logit = b.forward(b.data.x)
+    assert logit.shape == (b.data.n,)
+    p = torch.sigmoid(logit)
+    y = b.data.y.float()
+    expected = -(y * p.log() + (1 - y) * (1 - p).log()).mean()
+    assert b.loss_on(None).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_mse_keeps_the_posts_graph_for_regression(tmp_path: Path):
+    b = build(compose_config("experiment=linear_fit", "logger=none"), tmp_path)
+    assert b.data.task == "regression" and b.data.y.dtype == torch.float32
+    assert accuracy_fn(b) is None
+    assert type(b.loss_on(None).grad_fn).__name__ == "MeanBackward0"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ("experiment=mlp_classify", "model.out_features=2"),
+            r"has 3 classes; set model\.out_features=3 \(one logit per class\)$",
+        ),
+        (
+            ("experiment=logistic_blobs", "model.out_features=3"),
+            r"has 2 classes; set model\.out_features=2 .* or model\.out_features=1 ",
+        ),
+    ],
+    ids=["three_classes", "two_classes"],
+)
+def test_a_width_that_does_not_fit_the_classes_is_one_config_line(
+    tmp_path: Path, overrides: tuple[str, ...], message: str
+):
+    with pytest.raises(ConfigError, match=message) as info:
+        build(compose_config(*overrides, "logger=none"), tmp_path)
+    assert "\n" not in str(info.value)
+
+
+def write_csv(path: Path, labels: list[str]) -> Path:
+    path.write_text("a,label\n" + "".join(f"{i * 0.5},{c}\n" for i, c in enumerate(labels)))
+    return path
+
+
+def test_csv_classification_reads_integer_labels(tmp_path: Path):
+    csv = write_csv(tmp_path / "c.csv", ["0", "2", "1", "2", "0", "1"])
+    common = ("dataset=csv", f"dataset.path={csv}", "dataset.x=a", "dataset.y=label")
+    b = build(
+        compose_config(
+            *common,
+            "dataset.task=classification",
+            "model=linear",
+            "model.out_features=3",
+            "loss=cross_entropy",
+            "logger=none",
+        ),
+        tmp_path,
+    )
+    assert b.data.y.dtype == torch.long
+    assert b.data.y.tolist() == [0, 2, 1, 2, 0, 1]
+    assert b.data.classes == 3  # the largest label + 1
+    # the same file as a regression target stays float, as every regression target
+    regression = build(compose_config(*common, "model=linear", "logger=none"), tmp_path)
+    assert regression.data.task == "regression"
+    assert regression.data.y.dtype == torch.float32
+
+
+def test_csv_classification_refuses_a_label_that_is_no_class_index(tmp_path: Path):
+    csv = write_csv(tmp_path / "c.csv", ["0", "1.5", "1"])
+    with pytest.raises(ConfigError, match=r"class indices 0, 1, 2, .* but one is 1\.5"):
+        build(
+            compose_config(
+                "dataset=csv",
+                f"dataset.path={csv}",
+                "dataset.x=a",
+                "dataset.y=label",
+                "dataset.task=classification",
+                "model=linear",
+                "loss=bce",
+                "logger=none",
+            ),
+            tmp_path,
+        )
+
+
+def test_an_unknown_task_is_refused(tmp_path: Path):
+    with pytest.raises(
+        ConfigError,
+        match=r"dataset\.task='clasification' is not allowed; use regression or classification",
+    ):
+        build(compose_config("experiment=mlp_classify", "dataset.task=clasification"), tmp_path)
+
+
+def test_a_user_dataset_declares_the_task_itself():
+    d = Data(torch.zeros(4), torch.tensor([0.0, 1.0, 1.0, 0.0]), task="classification")
+    assert d.y.dtype == torch.long and d.classes == 2
+    with pytest.raises(ConfigError, match="dataset.task='labels' is not allowed"):
+        Data(torch.zeros(2), torch.zeros(2), task="labels")
+
+
+def fake_built(y: list[int]) -> SimpleNamespace:
+    """Just what accuracy_fn reads: the data and a forward."""
+    data = Data(torch.zeros(len(y)), torch.tensor(y), task="classification", classes=3)
+    return SimpleNamespace(data=data, forward=lambda x: x)
+
+
+def test_accuracy_of_one_binary_logit_a_point():
+    acc = accuracy_fn(fake_built([1, 1, 0, 0, 1]))
+    logits = torch.tensor([2.0, -1.0, 0.5, -0.2, 0.1])  # guesses 1, 0, 1, 0, 1
+    assert acc(logits, torch.tensor([1, 1, 0, 0, 1])).item() == pytest.approx(3 / 5)
+
+
+def test_accuracy_of_class_logits():
+    acc = accuracy_fn(fake_built([0, 1, 2, 2]))
+    logits = torch.tensor(
+        [[3.0, 1.0, 0.0], [0.0, 2.0, 5.0], [0.1, 0.2, 0.3], [9.0, 0.0, 1.0]]
+    )  # guesses 0, 2, 2, 0
+    assert acc(logits, torch.tensor([0, 1, 2, 2])).item() == pytest.approx(2 / 4)
+
+
+def test_no_accuracy_for_regression():
+    data = Data(torch.zeros(3), torch.tensor([0.0, 1.0, 2.0]))
+    assert accuracy_fn(SimpleNamespace(data=data, forward=lambda x: x)) is None
