@@ -84,7 +84,7 @@ def test_checkpoint_is_weights_only_and_written_atomically(tmp_path):
     run_in(run_dir, "trainer.epochs=3", "trainer.checkpoint_every=2", "logger=none")
     state = torch.load(run_dir / LAST, weights_only=True)
     assert state["state"]["step"] == 15 and state["state"]["epoch"] == 3  # the end of the run
-    assert set(state["rng"]) >= {"torch", "python", "numpy"}
+    assert set(state["state"]["rng"]) >= {"torch", "python", "numpy"}
     assert set(state["modules"]["model"]) == {"w", "b"}
     assert state["optimizer"]["param_groups"][0]["lr"] == 0.05
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.pt"]  # no temp

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -41,6 +42,8 @@ def counted_syncs(built: Built) -> Iterator[Counter[int]]:
         return optimizer_step(*args, **kwargs)
 
     def by_runner() -> bool:
+        if threading.current_thread() is not threading.main_thread():
+            return False  # the TensorBoard writer: it holds CPU copies only
         frame = sys._getframe(2)
         while frame is not None:
             name = frame.f_globals.get("__name__", "")

@@ -104,7 +104,7 @@ def test_vector_grad(run_experiment, info_logs):
     assert "dy/dx = [3.0, 12.0, 27.0]" in text_summary(run_dir, "autograd/first_step")
     # a tensor's scalar tag is its L2 norm; the histogram holds the elements
     assert scalars(run_dir, "grad/x")[0][1] == pytest.approx(math.sqrt(9 + 144 + 729))
-    hist = event_accumulator(run_dir).Histograms("grad/x")[0].histogram_value
+    hist = event_accumulator(run_dir).Histograms("grad_hist/x")[0].histogram_value
     assert (hist.min, hist.max, hist.sum, hist.num) == (3.0, 27.0, 42.0, 3.0)
 
 

@@ -63,12 +63,12 @@ def test_divergence_stops_at_the_first_bad_step_and_exits_1(tmp_path, caplog, lo
 
 def test_a_signal_asks_to_stop_and_a_second_one_stops_at_once():
     before = signal.getsignal(signal.SIGTERM)
-    with stop_on_signals() as flag:
+    with stop_on_signals() as stop:
         os.kill(os.getpid(), signal.SIGTERM)
         deadline = time.monotonic() + 5
-        while not flag["stop"] and time.monotonic() < deadline:
+        while stop.signal is None and time.monotonic() < deadline:
             time.sleep(0.001)
-        assert flag == {"stop": True, "signal": "SIGTERM"}
+        assert stop.signal == "SIGTERM"
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(1)

@@ -21,10 +21,8 @@ from typing import Any
 import pytest
 from conftest import event_accumulator, read_metrics
 
-from runner import workers
 from runner.__main__ import main
 from runner.sweep.summary import COLUMNS, STOP
-from runner.workers import threads_per_worker
 
 
 def plugin(name: str) -> pytest.MarkDecorator:
@@ -39,7 +37,6 @@ def plugin(name: str) -> pytest.MarkDecorator:
 
 OPTUNA = plugin("optuna_sweeper")
 JOBLIB = plugin("joblib_launcher")
-JOBLIB_INSTALLED = not JOBLIB.args[0]  # skipif(condition, ...)
 SUBMITIT = plugin("submitit_launcher")
 TINY = "trainer.epochs=5"  # a sweep here checks the plumbing, not the fit
 GRID = ("experiment=linear_fit", "optimizer.lr=0.01,0.1,1.0", "seed=1,2,3", TINY)
@@ -87,7 +84,7 @@ def session_hparams(run_dir: Path) -> dict[str, Any]:
     from tensorboard.plugins.hparams import metadata, plugin_data_pb2
 
     content = event_accumulator(run_dir).PluginTagToContent(metadata.PLUGIN_NAME)
-    assert set(content) == {metadata.SESSION_START_INFO_TAG, metadata.SESSION_END_INFO_TAG}
+    assert {metadata.SESSION_START_INFO_TAG, metadata.SESSION_END_INFO_TAG} <= set(content)
     data = plugin_data_pb2.HParamsPluginData.FromString(content[metadata.SESSION_START_INFO_TAG])
     values = data.session_start_info.hparams
     return {k: getattr(v, v.WhichOneof("kind")) for k, v in values.items()}
@@ -121,7 +118,9 @@ def test_grid_sweep_writes_one_directory_hparams_row_and_csv_row_per_job(grid):
         swept = dict(o.split("=") for o in row["overrides"].split())
         assert hparams["optimizer.lr"] == float(swept["optimizer.lr"])
         assert hparams["seed"] == int(swept["seed"])
-        assert hparams["trainer.epochs"] == 5 and hparams["choice.optimizer"] == "gd"
+        assert hparams["trainer.epochs"] == 5
+        # the keys the command line set or the sweep varied, not every value of the config
+        assert set(hparams) == {"experiment", "optimizer.lr", "seed", "trainer.epochs"}
         final = event_accumulator(run_dir).Scalars("hparam/final_loss")
         assert [e.value for e in final] == [pytest.approx(metrics["final_loss"], rel=1e-6)]
     assert "Sweep summary (9 jobs, best first)" in out
@@ -181,55 +180,6 @@ def test_parallel_launchers_give_the_basic_launchers_results(tmp_path: Path, gri
     basic = results(grid[2])
     for overrides, outcome in results(sweep_dir).items():
         assert basic[overrides] == outcome  # the same numbers, to the last bit
-    if launcher == "joblib":  # forked warm, each worker still takes its share of the cores
-        from joblib import cpu_count
-
-        threads = {read_metrics(Path(row["run_dir"]))["threads"] for row in rows}
-        omp = os.environ.get("OMP_NUM_THREADS")  # yours, where set, wins
-        assert threads == {int(omp) if omp else threads_per_worker(2, cpu_count())}
-
-
-@JOBLIB
-def test_joblib_workers_fork_from_the_preloading_server():
-    from joblib import Parallel, delayed
-
-    def worker() -> tuple[bool, bool, bool]:
-        return (
-            workers.in_worker(),
-            "matplotlib" in sys.modules,
-            workers.PLOTTER_ADDRESS in os.environ,
-        )
-
-    assert workers.start()
-    assert workers.start()  # a second sweep in the same process: the same server
-    # in_worker: runner.preload (torch, TensorBoard) was imported, and fully; matplotlib is
-    # the shared plotter's, which the workers know and nothing else this process starts
-    assert Parallel(n_jobs=2)(delayed(worker)() for _ in range(2)) == [(True, False, True)] * 2
-    assert not workers.in_worker()  # the sweep's own process never imports it
-    assert workers.PLOTTER_ADDRESS not in os.environ
-
-
-@pytest.mark.slow
-@JOBLIB
-def test_joblib_workers_draw_with_the_shared_plotter(tmp_path: Path, run_experiment):
-    """The figures of a joblib sweep's jobs: drawn by the plotter the workers share, the
-    same pictures as a run drawing them itself."""
-    args = ("experiment=linear_fit", "optimizer.lr=0.05,0.1", TINY, "hydra/launcher=joblib")
-    status, out, sweep_dir, rows = sweep(tmp_path, "joblib", *args, "hydra.launcher.n_jobs=2")
-    assert status == 0, out[-2000:]
-    assert len(rows) == 2
-    for row in rows:
-        run_dir = Path(row["run_dir"])
-        assert "figures are drawn in this process" not in (run_dir / "runner.log").read_text()
-        _, alone = run_experiment("experiment=linear_fit", *row["overrides"].split())
-        for tag in ("figure/fit", "figure/landscape"):
-            pictures = images(run_dir, tag)
-            assert pictures, tag
-            assert pictures == images(alone, tag)
-
-
-def images(run_dir: Path, tag: str) -> list[bytes]:
-    return [e.encoded_image_string for e in event_accumulator(run_dir).Images(tag)]
 
 
 @pytest.mark.slow
@@ -278,46 +228,6 @@ def test_ctrl_c_stops_a_joblib_sweep_and_keeps_what_its_jobs_did(tmp_path: Path,
     for job in "23":
         assert rows[job]["error"] == "not started: the sweep was interrupted"
     assert not (sweep_dir / STOP).exists()
-
-
-@pytest.mark.parametrize(
-    ("n_jobs", "cpus", "threads"),
-    [(-1, 2, 1), (2, 2, 1), (1, 2, 2), (4, 16, 4), (3, 16, 5), (-2, 16, 1), (32, 16, 1)],
-)
-def test_threads_per_worker_are_lokys(n_jobs, cpus, threads):
-    assert threads_per_worker(n_jobs, cpus) == threads
-
-
-@JOBLIB
-def test_settle_gives_torch_a_workers_share_unless_omp_num_threads_is_set(monkeypatch):
-    import torch
-    from joblib import cpu_count
-
-    before = torch.get_num_threads()
-    try:
-        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-        torch.set_num_threads(cpu_count() + 1)
-        assert workers.settle(-1) == threads_per_worker(-1, cpu_count())
-        assert torch.get_num_threads() == threads_per_worker(-1, cpu_count())
-        monkeypatch.setenv("OMP_NUM_THREADS", "3")  # torch read it when it loaded: it stands
-        torch.set_num_threads(3)
-        assert workers.settle(-1) == 3
-    finally:
-        torch.set_num_threads(before)
-
-
-def test_the_server_starts_early_only_for_a_joblib_sweep_named_on_the_command_line(
-    monkeypatch,
-):
-    started = []
-    monkeypatch.setattr(workers, "start", lambda: started.append(True) or True)
-    assert not workers.start_if_asked(["experiment=linear_fit", "hydra/launcher=joblib"])
-    assert not workers.start_if_asked(["-m", "experiment=linear_fit", "optimizer.lr=0.1,1"])
-    assert not started
-    assert not workers.start_if_asked(["-m", "hydra/launcher=joblib", "~hydra.callbacks.preload"])
-    assert not started
-    assert workers.start_if_asked(["--multirun", "optimizer.lr=0.1,1", "hydra/launcher=joblib"])
-    assert started == [True]
 
 
 def fake_job(sweep_dir: Path, num: int, metrics: dict[str, Any] | None) -> None:
@@ -453,75 +363,3 @@ def test_hparams_search_configs(experiment, searched, objective):
     assert sweeper.n_trials == 10 and set(sweeper.params) == searched
     assert sweeper.params["optimizer.lr"].startswith("tag(log,")
     assert cfg.trainer.objective == objective and cfg.hydra.callbacks.summary.fail_on == "all"
-
-
-def test_a_grid_sweep_composes_each_job_once_as_hydra_would(tmp_path: Path, monkeypatch):
-    """Hydra composes each job's config twice: to check the batch, then to run it. The
-    check's is kept for the job, in this process (the basic launcher) and sent to joblib's
-    workers (here n_jobs=1: joblib runs them in this process); Hydra's own way gives the
-    same files."""
-    from hydra._internal.config_loader_impl import ConfigLoaderImpl
-    from hydra.plugins.sweeper import Sweeper
-
-    compositions = []
-    composing = ConfigLoaderImpl._load_configuration_impl
-    monkeypatch.setattr(
-        ConfigLoaderImpl,
-        "_load_configuration_impl",
-        lambda *a, **k: compositions.append(1) or composing(*a, **k),
-    )
-    args = ("experiment=linear_fit", "optimizer.lr=0.1,0.2,0.3", "seed=4", TINY, "logger=none")
-    joblib = ("hydra/launcher=joblib", "hydra.launcher.n_jobs=1")
-    counts = {}
-    for name, extra in [("basic", ()), ("joblib", joblib if JOBLIB_INSTALLED else ())]:
-        compositions.clear()
-        status, out, _, rows = sweep(tmp_path, name, *args, *extra)
-        assert status == 0 and len(rows) == 3, out[-2000:]
-        counts[name] = len(compositions)
-    monkeypatch.setattr(
-        ConfigLoaderImpl, "load_sweep_config", ConfigLoaderImpl.load_sweep_config.composes_twice
-    )
-    monkeypatch.setattr(
-        Sweeper, "validate_batch_is_legal", Sweeper.validate_batch_is_legal.keeps_nothing
-    )
-    compositions.clear()
-    assert sweep(tmp_path, "hydras", *args)[0] == 0
-    # two for the sweep itself (its mode, its config), then one per job, not two
-    assert counts == {"basic": 2 + 3, "joblib": 2 + 3}
-    assert len(compositions) == 2 + 2 * 3
-    for job in "012":
-        for saved in ("config.yaml", "hydra.yaml", "overrides.yaml"):
-            ours = (tmp_path / "basic" / job / ".hydra" / saved).read_text()
-            hydras = (tmp_path / "hydras" / job / ".hydra" / saved).read_text()
-            assert ours.replace("/basic", "/hydras") == hydras
-
-
-def test_a_kept_job_config_takes_the_sweeps_resolver_cache_when_the_job_starts():
-    """Hydra copies the sweep's cache (its `${now:...}` values) into a job's config when it
-    composes it for the job; a config kept from the check gets it then too."""
-    from omegaconf import OmegaConf
-
-    from runner.compose_once import Checked
-
-    master = OmegaConf.create({"t": "${now:%H%M%S%f}"})
-    job = OmegaConf.create({"t": "${now:%H%M%S%f}"})
-    checked = Checked()
-    checked.keep(master, ["a=1"], job)
-    time.sleep(0.01)
-    resolved = master.t  # the sweep resolves it after the check: the launcher reads its dir
-    time.sleep(0.01)
-    assert checked.take(OmegaConf.create({}), ["a=1"]) is None  # another sweep's: not its
-    assert checked.take(master, ["a=1"]) is job and job.t == resolved
-    assert checked.take(master, ["a=1"]) is None  # taken once
-
-
-def test_a_composed_job_reaches_a_worker_with_its_config():
-    import pickle
-
-    from omegaconf import OmegaConf
-
-    from runner.compose_once import Composed
-
-    job = Composed(["optimizer.lr=0.1"], OmegaConf.create({"optimizer": {"lr": 0.1}}))
-    back = pickle.loads(pickle.dumps(job))  # as loky sends a job's arguments
-    assert back == ["optimizer.lr=0.1"] and back.config == job.config

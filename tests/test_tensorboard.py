@@ -228,10 +228,11 @@ def test_files_appear_at_the_first_write_and_flush_waits_for_them(tmp_path: Path
     tb = TensorBoard(tmp_path / "run")
     tb.resumed(3)
     assert not (tmp_path / "run").exists()  # the writer is made lazily, with the purge step
-    for step in range(3, 6):
-        tb.scalars(step, {"loss/train": float(step)})
+    steps = range(3, 2000)  # enough that some would still be queued without the flush
+    for step in steps:
+        tb.scalars(step, {"loss/train": float(step), "lr": 0.1})
     tb.flush()
-    assert [e.step for e in accumulator(tmp_path / "run").Scalars("loss/train")] == [3, 4, 5]
+    assert [e.step for e in accumulator(tmp_path / "run").Scalars("lr")] == list(steps)
     tb.close()
 
 

@@ -3,12 +3,15 @@
 The table runs in this process (a subprocess per row would take minutes here): the rows that
 Hydra itself refuses go through the real entry point (`runner.__main__.main`), the others
 through `cli.run_job` from the composed config, which is where `python -m runner` hands over.
-A few cases run as real subprocesses to pin the exit status and the terminal text end to end.
+A few cases run as real subprocesses to pin the exit status and the terminal text end to end,
+and one hides the sweep plugins from Hydra to see what a user without the `sweep` extra sees.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -16,11 +19,13 @@ import pytest
 import torch
 from conftest import cli, compose_config
 from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import ConfigCompositionException
 from hydra.types import RunMode
+from omegaconf import OmegaConf
 
 from runner.__main__ import main
-from runner.cli import run_job
-from runner.config.check import ConfigError, refused_override
+from runner.cli import ASKED, chosen_options, run_job
+from runner.config.check import ConfigError, check, refused_override
 
 BASE = ("experiment=linear_fit", "logger=none", "trainer.epochs=2")
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
@@ -34,6 +39,14 @@ CASES = [
     ("unknown key", ["trainer.epoch=5"], ["trainer.epoch=5", "did you mean 'epochs'"]),
     ("added unknown key", ["+trainer.epoch=5"], ["'trainer.epoch'", "did you mean 'epochs'"]),
     ("unknown top-level key", ["seedd=1"], ["seedd=1", "did you mean 'seed'"]),
+    (
+        "key the optimizer lacks",
+        ["optimizer=adam", "optimizer.momentum=0.9"],
+        [
+            "optimizer.momentum=0.9: the optimizer option adam (torch.optim.Adam) has no key "
+            "'momentum'; it takes: lr, betas, eps, weight_decay, amsgrad, "
+        ],
+    ),
     ("wrong type", ["trainer.epochs=abc"], ["trainer.epochs='abc'", "an integer"]),
     ("zero lr", ["optimizer.lr=0"], ["optimizer.lr=0", "positive"]),
     ("negative lr", ["optimizer.lr=-1"], ["optimizer.lr=-1", "positive"]),
@@ -137,6 +150,7 @@ def main_in_process(
                 handler.close()
         root.handlers[:] = handlers
         root.setLevel(level)
+    assert "HYDRA_FULL_ERROR" not in os.environ and ASKED not in os.environ  # as it found them
     out = capsys.readouterr()
     return stopped.value.code, out.out, out.err
 
@@ -162,7 +176,8 @@ def job_in_process(
     ],
 )
 def test_bad_input_stops_with_one_clear_message(overrides, fragments, workdir, monkeypatch, capsys):
-    hydra_refuses = any(o.split("=")[0] in ("trainer.epoch", "seedd") for o in overrides)
+    refused = ("trainer.epoch", "seedd", "optimizer.momentum")
+    hydra_refuses = any(o.split("=")[0] in refused for o in overrides)
     run_it = main_in_process if hydra_refuses else job_in_process
     status, out, err = run_it([*BASE, *overrides], workdir, monkeypatch, capsys)
     assert status == 2, (out, err)
@@ -175,9 +190,119 @@ def test_bad_input_stops_with_one_clear_message(overrides, fragments, workdir, m
     assert not (workdir / "pwned").exists()
 
 
-def test_refused_override_leaves_other_errors_to_hydra():
-    assert refused_override(ValueError("Could not override 'x'")) is None
-    assert refused_override(ValueError("something else")) is None
+def refused(*overrides: str) -> ConfigCompositionException:
+    """The error Hydra raises composing these overrides after BASE."""
+    with pytest.raises(ConfigCompositionException) as raised:
+        compose_config(*BASE, *overrides)
+    return raised.value
+
+
+def test_refused_override_reads_hydras_error_and_leaves_the_others_to_hydra():
+    """Hydra's refusal of an unknown key is told from its other composition errors by its
+    message and the OmegaConf error it chains: this fails if a Hydra release changes them."""
+    assert refused_override(refused("trainer.epoch=5")).startswith("trainer.epoch=5: unknown key")
+    assert refused_override(refused("optimizer=nope")) is None  # no such option
+    assert refused_override(refused("+trainer.epochs=5")) is None  # a key that is there
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["trainer.epoch=5"],
+        ["seedd=1"],
+        ["optimizer=adam", "optimizer.momentum=0.9"],
+        ["optimizer=adam", "optimizer.foreach=false"],
+        ["optimizer=sgd", "optimizer.nesterov=true"],
+        ["dataset.foo=1"],
+        ["model.params.w=0.5"],
+        ["trainer.early_stop.patience=3"],
+    ],
+)
+def test_plus_is_suggested_exactly_where_the_key_would_then_be_accepted(overrides):
+    message = refused_override(refused(*overrides), chosen_options(overrides))
+    assert message is not None
+    plus = [*overrides[:-1], f"+{overrides[-1]}"]
+    try:
+        check(OmegaConf.to_container(compose_config(*BASE, *plus), resolve=True))
+        accepted = True
+    except (ConfigError, ConfigCompositionException):
+        accepted = False
+    assert (f"+{overrides[-1]}" in message) == accepted, message
+
+
+def test_a_hydra_error_it_does_not_explain_is_hydras_message(workdir, monkeypatch, capsys):
+    status, out, err = main_in_process([*BASE, "optimizer=nope"], workdir, monkeypatch, capsys)
+    assert status == 1
+    assert "Could not find 'optimizer/nope'" in err and "Available options in 'optimizer'" in err
+    assert "Traceback" not in out + err and "Config error" not in err
+
+
+@pytest.mark.parametrize("asked", [False, True])
+def test_a_failed_sweep_job_shows_its_traceback_only_when_asked(tmp_path, monkeypatch, asked):
+    """The entry point sets HYDRA_FULL_ERROR=1 for Hydra; a job (here, or in a worker that
+    inherits the environment) still does what the user asked."""
+    sweep_dir = tmp_path / "sweep"
+    args = ["runner", "-m", *BASE, "optimizer.lr=-1", f"hydra.sweep.dir={sweep_dir}"]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", args)
+    if asked:
+        monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    else:
+        monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    GlobalHydra.instance().clear()
+    try:
+        with pytest.raises(SystemExit) as stopped:  # the summary: a job failed
+            main()
+    finally:
+        GlobalHydra.instance().clear()
+        for handler in root.handlers:
+            if handler not in handlers:
+                handler.close()
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    assert stopped.value.code == 1
+    log = (sweep_dir / "0" / "runner.log").read_text()
+    assert "Failed: ConfigError: optimizer.lr=-1 must be a positive number" in log
+    assert ("Traceback" in log) == asked
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "option, package",
+    [
+        ("hydra/launcher=joblib", "hydra-joblib-launcher"),
+        ("hydra/launcher=submitit_slurm", "hydra-submitit-launcher"),
+        ("hparams_search=linear_fit_optuna", "hydra-optuna-sweeper"),
+    ],
+)
+def test_a_sweep_plugin_that_is_not_installed_names_the_pip_install(tmp_path, option, package):
+    """Hydra lists a plugin's options only where it imported it: hidden from the import
+    system here (sys.modules[name] = None), each is as good as not installed. (Hydra's
+    plugin scanner warns that it cannot import them: those warnings are left out.)"""
+    hidden = [f"hydra_plugins.{p}" for p in ("hydra_joblib_launcher", "hydra_submitit_launcher")]
+    hidden.append("hydra_plugins.hydra_optuna_sweeper")
+    code = (
+        f"import sys; sys.modules.update(dict.fromkeys({hidden!r})); sys.argv[0] = 'runner'; "
+        "from runner.__main__ import main; main()"
+    )
+    args = ["-m", *BASE, "optimizer.lr=0.1,0.2", option, f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    proc = subprocess.run(
+        [sys.executable, "-W", "ignore::UserWarning:hydra.core.plugins", "-c", code, *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Config error: "), proc.stderr
+    assert package in lines[0] and "pip install 'runner[sweep]'" in lines[0]
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert not (tmp_path / "sweep").exists()  # stopped before any job
 
 
 @pytest.mark.slow

@@ -9,9 +9,8 @@ from omegaconf import DictConfig
 
 from runner import cli
 
-# A link to the top-level configs/, copied into the wheel. An absolute path: a relative one
-# becomes `pkg://runner.configs` for the `runner` script, which Hydra finds only in a package
-# with an __init__.py.
+# The top-level configs/ through a link, copied into the wheel. Absolute: for the `runner`
+# script a relative path is `pkg://runner.configs`, which Hydra reads only with an __init__.py
 CONFIGS = Path(__file__).parent / "configs"
 sys.path.insert(0, os.getcwd())  # experiments/ imports from the repo root, for `runner` too
 # Hydra 1.3 takes 1.1's defaults without version_base; 1.4 has 1.3's and deprecates it

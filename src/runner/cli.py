@@ -83,7 +83,7 @@ def report(error: Exception) -> int:
             print(error.__cause__, file=sys.stderr)
     else:  # an error in a job: its traceback from the task function on, as Hydra shows it
         traceback.print_exception(type(error), error, _below_hydra(error.__traceback__))
-    print(f"\nSet the environment variable {FULL_ERROR}=1 for a complete stack trace.", file=sys.stderr)
+    print(f"\nSet the environment variable {FULL_ERROR}=1 for a full stack trace.", file=sys.stderr)
     return 1
 
 
@@ -135,7 +135,9 @@ def job(cfg: DictConfig) -> float:
     return run_job(cfg, Path(hc.runtime.output_dir), hc.mode, list(hc.overrides.task))
 
 
-def run_job(cfg: DictConfig, run_dir: Path, mode: RunMode | None, overrides: Sequence[str]) -> float:
+def run_job(
+    cfg: DictConfig, run_dir: Path, mode: RunMode | None, overrides: Sequence[str]
+) -> float:
     from runner.run import run  # torch is imported here, not for `--help` or `--cfg job`
 
     if mode == RunMode.MULTIRUN:

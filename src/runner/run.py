@@ -48,7 +48,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> dict[s
     t = b.checked.trainer
     save = None
     if t.checkpoint_every is not None:
-        save = partial(checkpoint.save, run_dir / checkpoint.LAST, b)
+        save = partial(save_with_logs, run_dir / checkpoint.LAST, b)
     watching = observers(b, state.step)
     graph = next(o for o in watching if isinstance(o, GraphStats))
     figures = next(o for o in watching if isinstance(o, Figures))
@@ -93,6 +93,13 @@ def run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> dict[s
     return metrics
 
 
+def save_with_logs(path: Path, b: Built, state: State) -> None:
+    """A checkpoint with the logs up to it on disk: after a SIGKILL, the run resumed from it
+    shows every step once."""
+    b.logger.flush()
+    checkpoint.save(path, b, state)
+
+
 def observers(b: Built, start: int) -> list[Observer]:
     """The fixed list of observers, in the order they look at a log step: divergence first,
     so a run knows it diverged before anything is written."""
@@ -101,7 +108,9 @@ def observers(b: Built, start: int) -> list[Observer]:
     return [
         Divergence(),
         scalars,
-        GraphStats(b.params, b.logger, cadence.graph_every_n_steps),
+        GraphStats(
+            b.params, b.logger, cadence.graph_every_n_steps or b.checked.trainer.log_every_n_steps
+        ),
         Histograms(b, b.logger, cadence.histogram_every_n_steps, last),
         Validation(b, b.logger, early_stop(b.checked.trainer.early_stop)),
         Figures(b, b.logger, cadence.figure_every_n_epochs),

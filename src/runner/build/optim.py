@@ -41,11 +41,17 @@ class GD:
                     p.grad.zero_()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"lr": [group["lr"] for group in self.param_groups]}
+        """As a torch optimizer's: no per-parameter state, the groups' settings."""
+        groups, first = [], 0
+        for group in self.param_groups:
+            ids = list(range(first, first + len(group["params"])))
+            groups.append({"lr": group["lr"], "params": ids})
+            first += len(ids)
+        return {"state": {}, "param_groups": groups}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for group, lr in zip(self.param_groups, state["lr"], strict=True):
-            group["lr"] = lr
+        for group, saved in zip(self.param_groups, state["param_groups"], strict=True):
+            group["lr"] = saved["lr"]
 
     def as_torch(self) -> torch.optim.SGD:
         group = self.param_groups[0]

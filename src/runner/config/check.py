@@ -199,9 +199,7 @@ def refused_override(error: BaseException, chosen: Mapping[str, str] | None = No
     return message + f"{where or 'the config'} has: {', '.join(keys)}"
 
 
-def _not_taken(
-    line: str, group: str, key: str, option: Mapping[str, Any], name: str | None
-) -> str:
+def _not_taken(line: str, group: str, key: str, option: Mapping[str, Any], name: str | None) -> str:
     """A key the group's chosen option does not set: what that option takes (its file's keys
     and the arguments of its `_target_`), and `+key` where its `_target_` takes the key."""
     target = option["_target_"]
@@ -210,12 +208,11 @@ def _not_taken(
         parameters = inspect.signature(locate(group, target)).parameters.values()
     except (ConfigError, TypeError, ValueError):  # no importable target or no signature
         parameters = []
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     for p in parameters:
-        if p.kind is inspect.Parameter.VAR_KEYWORD:
-            open_ended = True
-        elif p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY):
-            if p.name not in RUNTIME_ARGS[group] and p.name != "self":
-                takes.append(p.name)
+        open_ended = open_ended or p.kind is inspect.Parameter.VAR_KEYWORD
+        if p.kind in named and p.name not in RUNTIME_ARGS[group] and p.name != "self":
+            takes.append(p.name)
     takes += [str(k) for k in option if k not in HYDRA_KEYS and k not in takes]
     which = f"the {group} option {name} ({target})" if name else f"the chosen {group} ({target})"
     if key in takes or open_ended:

@@ -99,8 +99,8 @@ class TensorBoard:
         self.log_dir = Path(log_dir)
         self._flush_secs = flush_secs
         # Every file opens with a session start (SummaryWriter writes one for a purge_step):
-        # TensorBoard's Python loader takes the first start in a run as its beginning and only
-        # a later one as a restart that purges, so a fresh run starts one at step 0.
+        # TensorBoard's Python loader takes a run's first start as its beginning and only a
+        # later one as a restart that purges, so a fresh run starts one at step 0 too.
         self._purge_step = 0
         self._writer: Any = None  # the SummaryWriter, touched on the writer thread only
         self._error: Exception | None = None
@@ -111,7 +111,12 @@ class TensorBoard:
 
     def scalars(self, step: int, values: Mapping[str, float]) -> None:
         wall, items = time.time(), [(tag, float(v)) for tag, v in values.items()]
-        self._put(lambda w: [w.add_scalar(tag, v, step, wall) for tag, v in items])
+
+        def add(w: Any) -> None:
+            for tag, v in items:
+                w.add_scalar(tag, v, step, wall)
+
+        self._put(add)
 
     def histogram(self, step: int, tag: str, values: torch.Tensor) -> None:
         # A copy even on the CPU, where .cpu() would alias: the next update changes values.
@@ -174,11 +179,15 @@ class TensorBoard:
         values, wall = {tag: float(v) for tag, v in metrics.items()}, time.time()
 
         def add(w: Any) -> None:
+            from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
             from torch.utils.tensorboard.summary import hparams as summaries
 
             experiment, start, end = summaries(params, values)
-            if status != "completed":
-                end = session_end("STATUS_FAILURE", wall)
+            if status != "completed":  # torch's session end always says SUCCESS
+                plugin = end.value[0].metadata.plugin_data
+                data = plugin_data_pb2.HParamsPluginData.FromString(plugin.content)
+                data.session_end_info.status = api_pb2.STATUS_FAILURE
+                plugin.content = data.SerializeToString()
             for summary in (experiment, start, end):
                 w.file_writer.add_summary(summary, step, wall)
             for tag, v in values.items():
@@ -245,17 +254,3 @@ class TensorBoard:
                 job()
             except Exception as e:  # a full disk or an odd value must not stop training
                 self._error = self._error or e
-
-
-def session_end(status: str, wall: float) -> Any:
-    """The HParams session-end summary with `status` (a name of the plugin's `Status` enum);
-    `torch.utils.tensorboard.summary.hparams` only writes STATUS_SUCCESS."""
-    from tensorboard.compat.proto.summary_pb2 import Summary
-    from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
-
-    end = plugin_data_pb2.SessionEndInfo(status=api_pb2.Status.Value(status), end_time_secs=wall)
-    data = plugin_data_pb2.HParamsPluginData(session_end_info=end)
-    summary_metadata = metadata.create_summary_metadata(data)
-    return Summary(
-        value=[Summary.Value(tag=metadata.SESSION_END_INFO_TAG, metadata=summary_metadata)]
-    )

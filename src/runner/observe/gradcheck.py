@@ -125,7 +125,9 @@ def float64_objective(b: Built) -> Objective:
         return Objective(model, loss_fn)
     size = b.checked.trainer.batch_size or b.data.n
     y = b.data.y[:size]  # class indices stay integers
-    return Objective(model, loss_fn, b.data.x[:size].double(), y.double() if y.is_floating_point() else y)
+    return Objective(
+        model, loss_fn, b.data.x[:size].double(), y.double() if y.is_floating_point() else y
+    )
 
 
 def _float64(module: Any) -> Any:

@@ -243,15 +243,15 @@ def saved_bytes() -> Iterator[SavedBytes]:
 
 
 class GraphStats:
-    """The observer: graph statistics at log steps (every `every`-th step, default every log
-    step); the first graph also as text (`graph/tree`), kept for graph.txt and graph.dot."""
+    """The observer: graph statistics at the log steps that are multiples of `every`; the
+    first graph also as text (`graph/tree`), kept for graph.txt and graph.dot."""
 
-    def __init__(self, params: Mapping[str, torch.Tensor], logger: Any, every: int | None):
+    def __init__(self, params: Mapping[str, torch.Tensor], logger: Any, every: int):
         self.params, self.logger, self.every = params, logger, every
         self.first: dict[str, str] = {}  # tree, chain, dot of the first graph walked
 
     def log(self, look: Any) -> None:
-        if look.root is None or (self.every is not None and look.step % self.every != 0):
+        if look.root is None or look.step % self.every != 0:
             return
         stats = graph_stats(look.root) | {"graph/saved_bytes": float(look.saved_bytes)}
         self.logger.scalars(look.step, stats)
