@@ -33,11 +33,11 @@ from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
+from runner.observe.plotter import PLOTTER
 
 from runner.__main__ import CONFIGS
-from runner.train.loop import Loop
-from runner.observe.plotter import PLOTTER
 from runner.run import run
+from runner.train.loop import Loop
 
 LIMIT = 1.10
 OFF = (

@@ -25,8 +25,8 @@ from omegaconf import OmegaConf
 import runner.run
 from runner.cli import run_job
 from runner.config.check import ConfigError
-from runner.train.loop import stop_on_signals
 from runner.run import objective, run
+from runner.train.loop import stop_on_signals
 
 
 def strict_json(text: str) -> dict[str, Any]:

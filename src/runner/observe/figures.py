@@ -21,8 +21,8 @@ import torch
 from runner.build import Built
 from runner.log.tensorboard import Logger, Null
 from runner.observe import Look, draw
-from runner.observe.gradcheck import Objective
 from runner.observe.accuracy import accuracy_fn
+from runner.observe.gradcheck import Objective
 from runner.train.state import State
 
 log = logging.getLogger(__name__)

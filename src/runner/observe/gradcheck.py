@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from runner.build import Built, named_parameters
-from runner.config.check import ConfigError
 from runner.build.models import forward_fn
+from runner.config.check import ConfigError
 
 log = logging.getLogger(__name__)
 
