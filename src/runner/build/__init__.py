@@ -186,7 +186,7 @@ def flatten(prefix: str, value: Any, out: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def build(cfg: DictConfig, run_dir: Path, choices: Mapping[str, Any] | None = None) -> Built:
+def build(cfg: DictConfig, run_dir: Path) -> Built:
     """Check the config, then build data, model, loss, optimizer, scheduler and logger."""
     plain = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(plain, dict)
@@ -256,9 +256,6 @@ def build(cfg: DictConfig, run_dir: Path, choices: Mapping[str, Any] | None = No
     logger = _instantiate("logger", opts["logger"])(log_dir=run_dir)
 
     hparams = flatten("", {k: plain[k] for k in ("seed", "trainer", *opts)}, {})
-    for group, choice in (choices or {}).items():
-        if group in opts or group == "experiment":
-            hparams[f"choice.{group}"] = "null" if choice is None else str(choice)
     return Built(
         checked=checked,
         device=device,

@@ -114,7 +114,7 @@ def load(path: Path, b: Built) -> State:
     run.status = "running"
     log.info(f"Resuming from {path} at step {run.step} (epoch {run.epoch})")
     saved = state.get("hparams") or {}
-    how = ("trainer.", "logger.", "choice.logger")  # how the run goes on, not what it learns
+    how = ("trainer.", "logger.")  # how the run goes on, not what it learns
     changed = [k for k, v in b.hparams.items() if not k.startswith(how) and saved.get(k) != v]
     if saved and changed:
         log.warning(
