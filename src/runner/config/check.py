@@ -203,16 +203,10 @@ def _not_taken(line: str, group: str, key: str, option: Mapping[str, Any], name:
     """A key the group's chosen option does not set: what that option takes (its file's keys
     and the arguments of its `_target_`), and `+key` where its `_target_` takes the key."""
     target = option["_target_"]
-    takes, open_ended = [], False
     try:
-        parameters = inspect.signature(locate(group, target)).parameters.values()
-    except (ConfigError, TypeError, ValueError):  # no importable target or no signature
-        parameters = []
-    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    for p in parameters:
-        open_ended = open_ended or p.kind is inspect.Parameter.VAR_KEYWORD
-        if p.kind in named and p.name not in RUNTIME_ARGS[group] and p.name != "self":
-            takes.append(p.name)
+        takes, open_ended = arguments(locate(group, target), RUNTIME_ARGS[group]) or ([], False)
+    except ConfigError:  # a target that does not import
+        takes, open_ended = [], False
     takes += [str(k) for k in option if k not in HYDRA_KEYS and k not in takes]
     which = f"the {group} option {name} ({target})" if name else f"the chosen {group} ({target})"
     if key in takes or open_ended:
@@ -272,20 +266,11 @@ def check_target(group: str, given: Mapping[str, Any], runtime: typing.Iterable[
     the dataset's dtype), which the config must not need to give.
     """
     target = locate(group, given.get("_target_"))
-    try:
-        sig = inspect.signature(target)
-    except (TypeError, ValueError):
+    taken = arguments(target, runtime)
+    if taken is None:
         return  # a builtin without a signature: instantiate will tell
-    params = sig.parameters
-    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    named, accepts_any = taken
     keys = {k: v for k, v in given.items() if k not in HYDRA_KEYS}
-    named = [
-        n
-        for n, p in params.items()
-        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-        and n not in runtime
-        and n != "self"
-    ]
     if not accepts_any:
         check_keys(group, keys, named)
     try:
@@ -299,6 +284,18 @@ def check_target(group: str, given: Mapping[str, Any], runtime: typing.Iterable[
         check_value(f"{group}.lr", keys["lr"], float)
         if not keys["lr"] > 0:
             raise ConfigError(f"{group}.lr={keys['lr']} must be a positive number")
+
+
+def arguments(target: Any, runtime: typing.Iterable[str]) -> tuple[list[str], bool] | None:
+    """The keyword arguments a `_target_` takes from the config (not the `runtime` ones the
+    builder passes), and whether it takes any (`**kwargs`); None without a signature."""
+    try:
+        params = inspect.signature(target).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    names = [p.name for p in params if p.kind in named and p.name not in (*runtime, "self")]
+    return names, any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
 @dataclass
