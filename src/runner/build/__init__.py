@@ -148,7 +148,7 @@ def _returns(factory: Any, cls: type) -> bool:
 
 
 def plain_partial(fn: Any) -> Any:
-    """Hydra's partials re-check their target on every call (~ms each): the loss is called
+    """Hydra's partials re-check their target on every call: the loss is called
     every step, so it becomes a plain functools.partial of the already-checked target."""
     if isinstance(fn, functools.partial):
         return functools.partial(fn.func, *fn.args, **fn.keywords)

@@ -163,8 +163,8 @@ def check_trainer(given: Mapping[str, Any]) -> TrainerConfig:
 
 
 def check_backend(name: str) -> None:
-    """A `trainer.compile` backend must be one torch.compile knows (imports torch._dynamo,
-    ~1.5 s, only when a backend is named)."""
+    """A `trainer.compile` backend must be one torch.compile knows (this imports torch's
+    compiler, so only when a backend is named)."""
     from torch.compiler import list_backends
 
     known = [b for b in list_backends(exclude_tags=()) if not b.endswith("TESTING_ONLY")]

@@ -41,7 +41,7 @@ def fit_images(
         (x_val, y_val, "validation", "tab:orange"),
     ):
         if xs is not None and ys is not None:
-            # plot's markers draw several times faster than scatter's
+            # plot's markers draw faster than scatter's
             ax.plot(xs, ys, ".", ms=4, alpha=0.6, color=colour, label=label)
     # animated: left out of the background, drawn per snapshot
     (line,) = ax.plot(grid, curves[0], color="black", lw=2, label="model", animated=True)
