@@ -152,9 +152,9 @@ def test_the_commands_print_the_posts_numbers(tmp_path):
     out = jobs.stdout.split("Run directory:")  # the jobs run one after another
     for job, expected in enumerate([DERIVATIVE_LINES, GRAPH_WALK_LINES, VECTOR_GRAD_LINES]):
         assert in_order(expected, out[job].splitlines()), jobs.stdout
-    assert read_metrics(tmp_path / "0")["grads"] == {"x": 8.0}
-    assert read_metrics(tmp_path / "1")["grad_fn"]["a * 3"] == "MulBackward0"
-    assert read_metrics(tmp_path / "2")["grads"] == {"x": [3.0, 12.0, 27.0]}
+    assert read_metrics(tmp_path / "0_experiment=derivative")["grads"] == {"x": 8.0}
+    assert read_metrics(tmp_path / "1_experiment=graph_walk")["grad_fn"]["a * 3"] == "MulBackward0"
+    assert read_metrics(tmp_path / "2_experiment=vector_grad")["grads"] == {"x": [3.0, 12.0, 27.0]}
     assert failed.returncode == 2
     assert failed.stderr.strip().splitlines() == [
         "Config error: loss.formula='x**3' gives a tensor of shape (3,), and .backward() "

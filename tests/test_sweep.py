@@ -103,9 +103,11 @@ def test_grid_sweep_writes_one_directory_hparams_row_and_csv_row_per_job(grid):
     assert tuple(rows[0]) == COLUMNS
     assert len(rows) == 9 and {r["status"] for r in rows} == {"completed"}
     assert sorted(int(r["job"]) for r in rows) == list(range(9))
-    # nothing but the jobs and the sweep's own two files: no stray HParams folders
+    # nothing but the jobs, each named by its number and what varied, and the sweep's own
+    # two files: no stray HParams folders
+    grid = [f"optimizer.lr={lr},seed={seed}" for lr in ("0.01", "0.1", "1.0") for seed in "123"]
     assert sorted(p.name for p in sweep_dir.iterdir()) == sorted(
-        [*map(str, range(9)), "multirun.yaml", "summary.csv"]
+        [*(f"{job}_{varied}" for job, varied in enumerate(grid)), "multirun.yaml", "summary.csv"]
     )
     finals = [float(r["final_loss"]) for r in rows]
     assert finals == sorted(finals)  # best first; full precision, as metrics.json has it
@@ -148,6 +150,9 @@ def optuna_search(tmp_path: Path, name: str):
     args = ("experiment=linear_fit", "hparams_search=linear_fit_optuna", TINY, "logger=none")
     status, out, sweep_dir, rows = sweep(tmp_path, name, *args)
     assert status == 0, out[-2000:]
+    for row in rows:  # a trial's directory: its number and what Optuna chose
+        chosen = sorted(o for o in row["overrides"].split() if o.startswith("optimizer"))
+        assert Path(row["run_dir"]).name == f"{row['job']}_{','.join(chosen)}"
     best = (sweep_dir / "optimization_results.yaml").read_text()
     return best, rows
 
@@ -205,7 +210,8 @@ def test_ctrl_c_stops_a_joblib_sweep_and_keeps_what_its_jobs_did(tmp_path: Path,
     )
     try:
         deadline = time.monotonic() + 90
-        while not all((sweep_dir / j / "checkpoints" / "last.pt").exists() for j in "01"):
+        jobs = ["0_optimizer.lr=0.01", "1_optimizer.lr=0.02"]  # named by what varies
+        while not all((sweep_dir / j / "checkpoints" / "last.pt").exists() for j in jobs):
             assert process.poll() is None and time.monotonic() < deadline, "jobs never trained"
             time.sleep(0.1)
         for _ in range(presses):

@@ -263,7 +263,7 @@ def test_a_failed_sweep_job_shows_its_traceback_only_when_asked(tmp_path, monkey
         root.handlers[:] = handlers
         root.setLevel(level)
     assert stopped.value.code == 1
-    log = (sweep_dir / "0" / "runner.log").read_text()
+    log = (next(sweep_dir.glob("0_*")) / "runner.log").read_text()
     assert "Failed: ConfigError: optimizer.lr=-1 must be a positive number" in log
     assert ("Traceback" in log) == asked
 

@@ -1,6 +1,7 @@
-"""The start and end of a sweep. At the start, with the joblib launcher, Ctrl-C is made to
-stop the sweep cleanly. At the end: `summary.csv` in the sweep directory, the same table
-printed best first, and an exit status that says whether every job worked.
+"""The start and end of a sweep. At the start, the jobs' directories are named by what
+varies between them, and with the joblib launcher, Ctrl-C is made to stop the sweep
+cleanly. At the end: `summary.csv` in the sweep directory, the same table printed best
+first, and an exit status that says whether every job worked.
 
 It reads what each job left in its own directory (`.hydra/` and `metrics.json`), so it
 works the same whichever launcher ran the jobs: in this process, in joblib workers, or
@@ -21,7 +22,7 @@ from typing import Any
 
 import yaml
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, read_write
 
 from runner.config.check import ConfigError
 
@@ -42,6 +43,7 @@ JOBLIB = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"  #
 STOP = ".interrupted"  # in the sweep directory once Ctrl-C reached a joblib sweep
 ORDER = {"completed": 0, "interrupted": 1, "diverged": 2, "failed": 3}  # ties: lower objective
 FAIL_ON = ("any", "all")
+EXCLUDE = "hydra.job.config.override_dirname.exclude_keys"  # what the job names leave out
 
 
 class Summary(Callback):
@@ -62,6 +64,10 @@ class Summary(Callback):
         self.previous: Any = None  # the SIGINT handler before it
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        name_jobs_by_what_varies(config)
+        self._stop_joblib_cleanly(config)
+
+    def _stop_joblib_cleanly(self, config: DictConfig) -> None:
         """With joblib, Ctrl-C stops the sweep as it stops the basic launcher's: each running
         job stops after its step and keeps what it did, the queued ones do not start, and
         the summary is written; exit status 130. Left to joblib, the first Ctrl-C ended the
@@ -103,6 +109,39 @@ class Summary(Callback):
         if completed == 0 or (self.fail_on == "any" and completed < len(rows)):
             # SystemExit passes through Hydra (it catches Exception): the sweep's exit status.
             raise SystemExit(1)
+
+
+def name_jobs_by_what_varies(config: DictConfig) -> None:
+    """Job directories named by the overrides that differ between jobs:
+    `3_optimizer.lr=0.2,seed=2`, not `3_experiment=linear_fit,optimizer.lr=0.2,...`.
+
+    `hydra.sweep.subdir` is `${hydra.job.num}_${hydra.job.override_dirname}`, and each job's
+    config is composed afresh from the sweep's `hydra.overrides.hydra` plus the job's own
+    overrides; so one more Hydra override, `hydra.job.config.override_dirname.exclude_keys`,
+    listing the keys every job shares, names every job's directory, for any sweeper or
+    launcher. It is visible in each job's `.hydra/hydra.yaml`.
+    """
+    shared = shared_keys(config)
+    if not shared:
+        return
+    keys = [*config.hydra.job.config.override_dirname.exclude_keys, *shared]
+    quoted = ",".join("'" + k.replace("\\", "\\\\").replace("'", "\\'") + "'" for k in keys)
+    with read_write(config.hydra.overrides):
+        config.hydra.overrides.hydra.append(f"{EXCLUDE}=[{quoted}]")
+
+
+def shared_keys(config: DictConfig) -> list[str]:
+    """The keys the command line set alike for every job: neither a sweep (`a=1,2`,
+    `range(...)`, `interval(...)`) nor a sweeper's `params`. Empty when nothing varies (a
+    one-job sweep keeps every override in its name)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    overrides = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+    varied = {o.key_or_group for o in overrides if o.is_sweep_override()}
+    varied |= set(config.hydra.sweeper.get("params") or {})
+    if not varied:
+        return []
+    return [o.key_or_group for o in overrides if o.key_or_group not in varied]
 
 
 def collect(sweep_dir: Path) -> list[dict[str, Any]]:
