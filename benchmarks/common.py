@@ -7,7 +7,6 @@ prints ratios computed from medians measured in that same run.
 
 from __future__ import annotations
 
-import math
 import os
 import platform
 import resource
@@ -61,18 +60,6 @@ def timed_process(args: Sequence[str], cwd: Path = ROOT) -> tuple[float, float]:
         raise RuntimeError(f"{' '.join(args)} failed ({done.returncode}):\n{output}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return wall, cpu
-
-
-def busy_cpu_s() -> float:
-    """CPU seconds every core of the machine has spent busy since boot (Linux's /proc/stat;
-    NaN elsewhere): the difference over a run counts processes `RUSAGE_CHILDREN` does not,
-    such as workers forked from a server the run started."""
-    try:
-        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-    except OSError:
-        return math.nan
-    user, nice, system, _idle, _iowait, irq, softirq = (int(f) for f in fields[:7])
-    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
 def rounds(

@@ -5,14 +5,13 @@ against the same run with logging off. Run by hand from the repo root:
     python benchmarks/insight_overhead.py              # 5 repeats of each, alternating
     python benchmarks/insight_overhead.py --repeats 9 --threads 1
 
-As `python -m runner` does, the plotter process is started first, so the figures are
-drawn there while the run trains, and the run waits only for the last pictures. Each
-configuration runs once first to pay one-time imports (tensorboard, matplotlib), then the
-two alternate so that machine noise hits both alike.
+Each run is `runner.run.run`, in this process. Each configuration runs once first to pay
+one-time imports (tensorboard, matplotlib), then the two alternate so that machine noise
+hits both alike.
 
 Two spans of each run are timed, in wall clock (what the user waits for) and in CPU time
-of the training process (the training thread plus the TensorBoard writer thread; not the
-plotter's, which runs at `nice` 10):
+of the process (the training thread plus the TensorBoard writer thread; the figures are
+drawn in the training thread, at the end):
   - training: from the end of the first epoch to the end of the last, so every step's
     logging, the epochs' figures and validation, and the writer thread's work meanwhile;
   - the whole `run()`: build, the model graph and first figure, training, the last
@@ -33,11 +32,12 @@ from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
-from runner.observe.plotter import PLOTTER
 
+import runner.run
 from runner.__main__ import CONFIGS
-from runner.run import run
-from runner.train.loop import Loop
+from runner.build import Built
+from runner.observe import Look, Observer
+from runner.train.state import State
 
 LIMIT = 1.10
 OFF = (
@@ -48,15 +48,31 @@ OFF = (
 
 
 TICKS: list[tuple[float, float]] = []  # (wall, cpu) at the end of each epoch
-_end_epoch = Loop._end_epoch
 
 
-def _ticked_end_epoch(self: Loop) -> None:
-    _end_epoch(self)
-    TICKS.append((time.perf_counter(), time.process_time()))
+class Ticks:
+    """An observer that only reads the clocks at every epoch's end (after the others)."""
+
+    def log(self, look: Look) -> None:
+        pass
+
+    def epoch(self, state: State) -> None:
+        TICKS.append((time.perf_counter(), time.process_time()))
+
+    def end(self, state: State) -> None:
+        pass
 
 
-Loop._end_epoch = _ticked_end_epoch
+# run() takes its observers from runner.run.observers, a fixed list: a timing run adds one
+# at the end by wrapping that function here, in this process only.
+_observers = runner.run.observers
+
+
+def _ticked_observers(b: Built, start: int) -> list[Observer]:
+    return [*_observers(b, start), Ticks()]
+
+
+runner.run.observers = _ticked_observers
 
 
 def timed(overrides: list[str]) -> tuple[float, float, float, float]:
@@ -66,7 +82,7 @@ def timed(overrides: list[str]) -> tuple[float, float, float, float]:
     TICKS.clear()
     with tempfile.TemporaryDirectory() as run_dir:
         wall, cpu = time.perf_counter(), time.process_time()
-        metrics = run(cfg, Path(run_dir))
+        metrics = runner.run.run(cfg, Path(run_dir))
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     assert metrics["status"] == "completed", metrics
     assert len(TICKS) >= 3, "the experiment needs a few epochs"
@@ -85,7 +101,6 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     base = [f"experiment={args.experiment}", "trainer.device=cpu", *args.overrides]
     configs = {"insight (default)": base, "logging off": [*base, *OFF]}
-    PLOTTER.start()  # as runner.cli.run_job does before torch is imported
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in configs}
     for overrides in configs.values():
         timed(overrides)  # warm-up: one-time imports

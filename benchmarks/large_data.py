@@ -9,12 +9,12 @@ Three loops do the same work, an epoch of shuffled minibatches through the same 
   - a plain loop over `DataLoader(TensorDataset(x, y), batch_size=1024, shuffle=True)`;
   - a plain loop over index slices of a `randperm`, as the runner batches.
 `dataset.val_fraction=0` for all three, so an epoch is the same number of points. The
-first epoch of each run is a warm-up and is not counted (the DataLoader loop, minutes long
-at 1M points, is timed on one epoch).
+first epoch of each run is a warm-up and is not counted (at 1M points the DataLoader loop
+is timed on one epoch, long enough on its own).
 
 With `--device cuda` the runner and the slice loop keep the data on the GPU; the DataLoader
 loop keeps it on the host and moves each batch over, as such a loop does. Each plain epoch
-ends with a `torch.cuda.synchronize()`; the runner's log steps sync every 25 steps.
+ends with a `torch.cuda.synchronize()`, and so does each of the runner's, read by an observer.
 """
 
 from __future__ import annotations
@@ -32,7 +32,11 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from runner.__main__ import CONFIGS
 from runner.build import build
+from runner.observe import Look, dashboard
+from runner.observe.figures import Figures
+from runner.run import observers
 from runner.train.loop import train
+from runner.train.state import State
 
 BATCH = 1024
 DATALOADER_SPEEDUP = 3.0  # at 1M points the runner's epoch at least this much faster
@@ -94,8 +98,25 @@ def plain_dataloader(n: int, epochs: int) -> list[float]:
     return times
 
 
+class Ticks:
+    """An observer that only reads the clock at every epoch's end (after the others)."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def log(self, look: Look) -> None:
+        pass
+
+    def epoch(self, state: State) -> None:
+        synchronize()  # what the epoch queued on the device is done
+        self.times.append(time.perf_counter())
+
+    def end(self, state: State) -> None:
+        pass
+
+
 def runner(n: int, epochs: int) -> list[float]:
-    """Epoch times from the scheduler's once-an-epoch `step`, so the one-off work before
+    """Epoch times read by an extra observer at each epoch's end, so the one-off work before
     the first step and after the last (figures, the model graph) is not in them."""
     with initialize_config_dir(str(CONFIGS), version_base="1.3"):
         cfg = compose(
@@ -109,20 +130,16 @@ def runner(n: int, epochs: int) -> list[float]:
                 f"trainer.device={DEVICE}",
             ],
         )
-    built = build(cfg, Path(tempfile.mkdtemp(prefix="bench-large-")))
-    ticks: list[float] = []
-    scheduler_step = built.scheduler.step
-
-    def tick() -> None:
-        ticks.append(time.perf_counter())
-        scheduler_step()
-
-    built.scheduler.step = tick
-    try:
-        train(built)
+    b = build(cfg, Path(tempfile.mkdtemp(prefix="bench-large-")))
+    watching, ticks = observers(b, 0), Ticks()
+    try:  # as runner.run.run does around the loop
+        b.logger.layout(dashboard.layout(b))
+        dashboard.add_model_graph(b, b.logger)
+        next(o for o in watching if isinstance(o, Figures)).start()
+        train(b, State(), [*watching, ticks], None)
     finally:
-        built.logger.close()
-    return [b - a for a, b in zip(ticks, ticks[1:], strict=False)]
+        b.logger.close()
+    return [later - earlier for earlier, later in zip(ticks.times, ticks.times[1:])]
 
 
 def main() -> None:
@@ -138,6 +155,7 @@ def main() -> None:
         "plain, index slices": lambda n, e: plain_slices(n, e)[1:],
         "plain, DataLoader(TensorDataset)": lambda n, e: plain_dataloader(n, e)[1:],
     }
+    context = machine()  # the load average before the runs
     per_epoch: dict[tuple[str, int], float] = {}
     for n in args.sizes:
         epochs = 3 if n <= 100_000 else 2
@@ -161,7 +179,7 @@ def main() -> None:
             row.append(f"{per_epoch[name, n]:.3f}")
         row += [f"{per_epoch[name, n] / n * 1e6:.2f}" for n in (base, max(args.sizes))]
         rows.append(row)
-    print(f"\nLarge data on {DEVICE}: seconds per epoch (batch {BATCH}); {machine()}\n")
+    print(f"\nLarge data on {DEVICE}: seconds per epoch (batch {BATCH}); {context}\n")
     header = ["loop", *(f"n={n:,}" for n in args.sizes)]
     header += [f"µs/point n={base:,}", f"µs/point n={max(args.sizes):,}"]
     print(table(header, rows))

@@ -3,14 +3,14 @@
     python benchmarks/sweep.py [--repeats 3] [--epochs 3000 1000 200]
 
 Both are one `python -m runner -m ...` process over `optimizer.lr` (8 values). The basic
-launcher runs the jobs one after another in that process; joblib runs them in worker
-processes (as many as there are CPUs), forked from one server that imports torch, the
-runner and matplotlib once (`runner.workers`) while the sweep checks the jobs' configs.
-Each job length given runs both launchers: 200 epochs is `linear_fit` as shipped, 3000
-epochs (jobs of a few seconds) the one the target is judged on.
+launcher runs the jobs one after another in that process; joblib (hydra-joblib-launcher,
+as it ships) runs them in its loky worker processes, as many as there are CPUs, each of
+which imports torch and the runner itself. Each job length given runs both launchers:
+200 epochs is `linear_fit` as shipped, 3000 epochs (jobs of a few seconds) the one the
+target is judged on.
 
-CPU seconds are the whole machine's busy time during the run (/proc/stat), as forked
-workers are not the sweep process's children; on an idle machine that is the run's.
+CPU seconds are the sweep process's and its children's (the loky workers are its
+children and are reaped when the sweep ends).
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from common import PYTHON, busy_cpu_s, machine, median, rounds, table, timed_process, verdict
+from common import PYTHON, machine, median, rounds, table, timed_process, verdict
 
 SPEEDUP = 1.5  # joblib at least this much faster than basic on 2 cores, for 8 short jobs:
-SHORT = 3000  # epochs: jobs of a few seconds (~4.5 s each here); 200 is `linear_fit` as shipped
+SHORT = 3000  # epochs: jobs of a few seconds; 200 is `linear_fit` as shipped
 LRS = "0.01,0.02,0.05,0.1,0.15,0.2,0.3,0.4"  # 8 jobs, none diverges
 
 
@@ -36,13 +36,11 @@ def main() -> None:
     def sweep(epochs: int, *extra: str):
         def run(r: int) -> tuple[float, float]:
             sweep_dir = out / f"{len(list(out.iterdir()))}"  # a new one for every sweep
-            busy = busy_cpu_s()
-            wall, _ = timed_process(
+            return timed_process(
                 [PYTHON, "-m", "runner", "-m", "experiment=linear_fit"]
                 + [f"optimizer.lr={LRS}", f"trainer.epochs={epochs}"]
                 + [f"hydra.sweep.dir={sweep_dir}", *extra]
             )
-            return wall, busy_cpu_s() - busy
 
         return run
 
@@ -69,7 +67,7 @@ def main() -> None:
     print(f"\nSweep of 8 linear_fit jobs, median of {args.repeats}; {machine()}\n")
     print(table(["epochs", "launcher", "wall s", "speed-up vs basic", "CPU s"], rows))
     print(f"\nTarget: joblib >= {SPEEDUP}x faster than basic for jobs of a few seconds")
-    print("(start-up and each job's figures bound shorter ones; see benchmarks/README.md, 4):")
+    print("(each job's start-up and figures bound shorter ones):")
     print("\n".join(f"  {v}" for v in verdicts))
 
 
