@@ -5,7 +5,9 @@
 Three loops do the same work, an epoch of shuffled minibatches through the same MLP
 (1 -> 64 -> 64 -> 1, tanh) with Adam (lr 0.01) on the same data:
   - the runner: `runner.train.loop.train` on `experiment=sine_mlp` with its default logging
-    (TensorBoard, a log step every 25 steps, histograms every 100);
+    (TensorBoard, a log step every 25 steps, histograms every 100, the model graph), and,
+    to show what each costs, without the model graph, without the histograms too, and with
+    `logger=none`;
   - a plain loop over `DataLoader(TensorDataset(x, y), batch_size=1024, shuffle=True)`;
   - a plain loop over index slices of a `randperm`, as the runner batches.
 `dataset.val_fraction=0` for all three, so an epoch is the same number of points. The
@@ -115,9 +117,10 @@ class Ticks:
         pass
 
 
-def runner(n: int, epochs: int) -> list[float]:
+def runner(n: int, epochs: int, *overrides: str, graph: bool = True) -> list[float]:
     """Epoch times read by an extra observer at each epoch's end, so the one-off work before
-    the first step and after the last (figures, the model graph) is not in them."""
+    the first step and after the last (figures, the model graph) is not in them.
+    `graph=False` leaves out the model graph (`dashboard.add_model_graph`), to show its cost."""
     with initialize_config_dir(str(CONFIGS), version_base="1.3"):
         cfg = compose(
             "config",
@@ -128,13 +131,15 @@ def runner(n: int, epochs: int) -> list[float]:
                 f"trainer.batch_size={BATCH}",
                 f"trainer.epochs={epochs}",
                 f"trainer.device={DEVICE}",
+                *overrides,
             ],
         )
     b = build(cfg, Path(tempfile.mkdtemp(prefix="bench-large-")))
     watching, ticks = observers(b, 0), Ticks()
     try:  # as runner.run.run does around the loop
         b.logger.layout(dashboard.layout(b))
-        dashboard.add_model_graph(b, b.logger)
+        if graph:
+            dashboard.add_model_graph(b, b.logger)
         next(o for o in watching if isinstance(o, Figures)).start()
         train(b, State(), [*watching, ticks], None)
     finally:
@@ -152,6 +157,11 @@ def main() -> None:
     DEVICE = torch.device(args.device)
     loops = {
         "runner (default logging)": runner,
+        "runner, no model graph": lambda n, e: runner(n, e, graph=False),
+        "runner, no model graph, no histograms": lambda n, e: runner(
+            n, e, "logger.histogram_every_n_steps=null", graph=False
+        ),
+        "runner, logger=none": lambda n, e: runner(n, e, "logger=none"),
         "plain, index slices": lambda n, e: plain_slices(n, e)[1:],
         "plain, DataLoader(TensorDataset)": lambda n, e: plain_dataloader(n, e)[1:],
     }

@@ -1,6 +1,6 @@
 """Per step, in one process: `runner.train.loop.train` on a built experiment against a plain loop.
 
-    python benchmarks/per_step.py [--epochs 1500] [--repeats 7] [--device cuda] [--compile]
+    python benchmarks/per_step.py [--epochs 1500] [--repeats 7] [--wall] [--device cuda] [--compile]
 
 Two workloads, each against the loop a person would write for it:
   - linear_fit (the post): 50 points, full batch, the post's manual update. Its steps are a
@@ -16,7 +16,10 @@ workload prints it as "one-off ms". Logging
 runs at the trainer's default cadence (`log_every_n_steps=50`; sine_mlp's own 25), as
 linear_fit is configured (every step), and off (`logger=none`). Times are CPU seconds of
 the whole process (the TensorBoard writer thread included), which a shared machine's load
-moves far less than wall time.
+moves far less than wall time; `--wall` times wall seconds instead. The two can disagree:
+torch's OpenMP workers spin while they wait for the next parallel op, and that spinning is
+CPU time that anything which makes them sleep instead (a second thread that ran torch ops)
+removes from the CPU column while it adds wall time.
 
 `--device cuda` runs every loop on the GPU and times wall seconds instead (CPU time means
 little when the CPU waits for the GPU), with a `torch.cuda.synchronize()` before each end
@@ -48,7 +51,7 @@ from runner.train.state import State
 
 TARGET = 1.15  # per step with default logging: at most this times the plain loop
 DEVICE = torch.device("cpu")  # --device
-clock = time.process_time  # --device cuda: time.perf_counter
+clock = time.process_time  # --wall or --device cuda: time.perf_counter
 SINE = ("experiment=sine_mlp", "dataset.val_fraction=0.0", "trainer.batch_size=64")
 SINE_STEPS = 16  # ceil(1000 / 64) steps an epoch
 # --wide: where a step has real work (on a GPU), so compiling it can pay for its overhead
@@ -135,9 +138,12 @@ class Ticks:
         pass
 
 
-def runner(epochs: int, steps_per_epoch: int, *overrides: str) -> tuple[float, float]:
+def runner(
+    epochs: int, steps_per_epoch: int, *overrides: str, graph: bool = True
+) -> tuple[float, float]:
     """(seconds per step after the first epoch, seconds in all) of `run`'s work: build, the
-    one-off views, `train`, close; the steps are timed without a sync (the log steps sync)."""
+    one-off views, `train`, close; the steps are timed without a sync (the log steps sync).
+    `graph=False` leaves out the model graph (`dashboard.add_model_graph`), to show its cost."""
     with initialize_config_dir(str(CONFIGS), version_base="1.3"):
         cfg = compose(
             "config", [*overrides, f"trainer.epochs={epochs}", f"trainer.device={DEVICE}"]
@@ -147,7 +153,8 @@ def runner(epochs: int, steps_per_epoch: int, *overrides: str) -> tuple[float, f
     watching, ticks = observers(b, 0), Ticks()
     try:
         b.logger.layout(dashboard.layout(b))
-        dashboard.add_model_graph(b, b.logger)
+        if graph:
+            dashboard.add_model_graph(b, b.logger)
         next(o for o in watching if isinstance(o, Figures)).start()
         train(b, State(), [*watching, ticks], None)
     finally:
@@ -161,13 +168,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=1500, help="linear_fit epochs (= steps)")
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--wall", action="store_true", help="wall seconds instead of CPU")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (wall time on cuda)")
     parser.add_argument("--compile", action="store_true", help="add trainer.compile=true")
     parser.add_argument("--wide", action="store_true", help="add an MLP of width 1024 (GPU)")
     args = parser.parse_args()
     global DEVICE, clock
     DEVICE = torch.device(args.device)
-    if DEVICE.type == "cuda":
+    if DEVICE.type == "cuda" or args.wall:
         clock = time.perf_counter
     n = args.epochs
     m = max(n // 40, 3)  # sine_mlp epochs: about as many steps as linear_fit's
@@ -176,6 +184,9 @@ def main() -> None:
         "linear_fit": {
             "plain loop (the post)": lambda: post(n),
             "runner, default logging": lambda: runner(n, 1, *lin, "trainer.log_every_n_steps=50"),
+            "runner, default logging, no model graph": lambda: runner(
+                n, 1, *lin, "trainer.log_every_n_steps=50", graph=False
+            ),
             "runner, as configured (logs every step)": lambda: runner(n, 1, *lin),
             "runner, logger=none": lambda: runner(
                 n, 1, *lin, "logger=none", "trainer.log_every_n_steps=50"
@@ -184,6 +195,12 @@ def main() -> None:
         "sine_mlp": {
             "plain loop (index slices)": lambda: sine(m),
             "runner, default logging": lambda: runner(m, SINE_STEPS, *SINE),
+            "runner, default logging, no model graph": lambda: runner(
+                m, SINE_STEPS, *SINE, graph=False
+            ),
+            "runner, no model graph, no histograms": lambda: runner(
+                m, SINE_STEPS, *SINE, "logger.histogram_every_n_steps=null", graph=False
+            ),
             "runner, logger=none": lambda: runner(m, SINE_STEPS, *SINE, "logger=none"),
         },
     }
@@ -223,7 +240,7 @@ def main() -> None:
                     results.setdefault((workload, name), []).append(value)
         print(f"  round {r + 1}/{args.repeats + 1} done", flush=True)
 
-    kind = "wall time" if DEVICE.type == "cuda" else "CPU time"
+    kind = "wall time" if clock is time.perf_counter else "CPU time"
     print(f"\nPer step on {DEVICE}, {kind}, median of {args.repeats}; {context}\n")
     rows = []
     verdicts = []
