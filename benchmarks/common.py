@@ -84,3 +84,20 @@ def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 def verdict(ok: bool) -> str:
     return "met" if ok else "NOT met"
+
+
+class Ticks:
+    """An observer that only reads `clock` at every epoch's end (after the others), so the
+    one-off work before the first step and after the last is not in the epoch times."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock, self.times = clock, []
+
+    def log(self, look: object) -> None:
+        pass
+
+    def epoch(self, state: object) -> None:
+        self.times.append(self.clock())
+
+    def end(self, state: object) -> None:
+        pass

@@ -27,14 +27,14 @@ import time
 from pathlib import Path
 
 import torch
-from common import machine, median, table, verdict
+from common import Ticks, machine, median, table, verdict
 from hydra import compose, initialize_config_dir
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from runner.__main__ import CONFIGS
 from runner.build import build
-from runner.observe import Look, dashboard
+from runner.observe import dashboard
 from runner.observe.figures import Figures
 from runner.run import observers
 from runner.train.loop import train
@@ -62,6 +62,11 @@ def mlp() -> nn.Module:
 def synchronize() -> None:
     if DEVICE.type == "cuda":
         torch.cuda.synchronize()
+
+
+def wall_after_sync() -> float:
+    synchronize()  # what the epoch queued on the device is done
+    return time.perf_counter()
 
 
 def plain_slices(n: int, epochs: int) -> list[float]:
@@ -100,23 +105,6 @@ def plain_dataloader(n: int, epochs: int) -> list[float]:
     return times
 
 
-class Ticks:
-    """An observer that only reads the clock at every epoch's end (after the others)."""
-
-    def __init__(self) -> None:
-        self.times: list[float] = []
-
-    def log(self, look: Look) -> None:
-        pass
-
-    def epoch(self, state: State) -> None:
-        synchronize()  # what the epoch queued on the device is done
-        self.times.append(time.perf_counter())
-
-    def end(self, state: State) -> None:
-        pass
-
-
 def runner(n: int, epochs: int, *overrides: str, graph: bool = True) -> list[float]:
     """Epoch times read by an extra observer at each epoch's end, so the one-off work before
     the first step and after the last (figures, the model graph) is not in them.
@@ -135,7 +123,7 @@ def runner(n: int, epochs: int, *overrides: str, graph: bool = True) -> list[flo
             ],
         )
     b = build(cfg, Path(tempfile.mkdtemp(prefix="bench-large-")))
-    watching, ticks = observers(b, 0), Ticks()
+    watching, ticks = observers(b, 0), Ticks(wall_after_sync)
     try:  # as runner.run.run does around the loop
         b.logger.layout(dashboard.layout(b))
         if graph:

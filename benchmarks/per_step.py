@@ -37,13 +37,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from common import machine, median, table, verdict
+from common import Ticks, machine, median, table, verdict
 from hydra import compose, initialize_config_dir
 from torch import nn
 
 from runner.__main__ import CONFIGS
 from runner.build import build
-from runner.observe import Look, dashboard
+from runner.observe import dashboard
 from runner.observe.figures import Figures
 from runner.run import observers
 from runner.train.loop import train
@@ -122,22 +122,6 @@ def finished() -> float:
     return clock()
 
 
-class Ticks:
-    """An observer that only reads the clock at every epoch's end (after the others)."""
-
-    def __init__(self) -> None:
-        self.times: list[float] = []
-
-    def log(self, look: Look) -> None:
-        pass
-
-    def epoch(self, state: State) -> None:
-        self.times.append(clock())
-
-    def end(self, state: State) -> None:
-        pass
-
-
 def runner(
     epochs: int, steps_per_epoch: int, *overrides: str, graph: bool = True
 ) -> tuple[float, float]:
@@ -150,7 +134,7 @@ def runner(
         )
     start = clock()
     b = build(cfg, Path(tempfile.mkdtemp(prefix="bench-step-")))
-    watching, ticks = observers(b, 0), Ticks()
+    watching, ticks = observers(b, 0), Ticks(clock)
     try:
         b.logger.layout(dashboard.layout(b))
         if graph:
