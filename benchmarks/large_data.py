@@ -5,9 +5,8 @@
 Three loops do the same work, an epoch of shuffled minibatches through the same MLP
 (1 -> 64 -> 64 -> 1, tanh) with Adam (lr 0.01) on the same data:
   - the runner: `runner.train.loop.train` on `experiment=sine_mlp` with its default logging
-    (TensorBoard, a log step every 25 steps, histograms every 100, the model graph), and,
-    to show what each costs, without the model graph, without the histograms too, and with
-    `logger=none`;
+    (TensorBoard, a log step every 25 steps, histograms every 100, the model graph after the
+    last step), and, to show what they cost, without the histograms and with `logger=none`;
   - a plain loop over `DataLoader(TensorDataset(x, y), batch_size=1024, shuffle=True)`;
   - a plain loop over index slices of a `randperm`, as the runner batches.
 `dataset.val_fraction=0` for all three, so an epoch is the same number of points. The
@@ -105,10 +104,9 @@ def plain_dataloader(n: int, epochs: int) -> list[float]:
     return times
 
 
-def runner(n: int, epochs: int, *overrides: str, graph: bool = True) -> list[float]:
+def runner(n: int, epochs: int, *overrides: str) -> list[float]:
     """Epoch times read by an extra observer at each epoch's end, so the one-off work before
-    the first step and after the last (figures, the model graph) is not in them.
-    `graph=False` leaves out the model graph (`dashboard.add_model_graph`), to show its cost."""
+    the first step and after the last (figures, the model graph) is not in them."""
     with initialize_config_dir(str(CONFIGS), version_base="1.3"):
         cfg = compose(
             "config",
@@ -126,10 +124,9 @@ def runner(n: int, epochs: int, *overrides: str, graph: bool = True) -> list[flo
     watching, ticks = observers(b, 0), Ticks(wall_after_sync)
     try:  # as runner.run.run does around the loop
         b.logger.layout(dashboard.layout(b))
-        if graph:
-            dashboard.add_model_graph(b, b.logger)
         next(o for o in watching if isinstance(o, Figures)).start()
         train(b, State(), [*watching, ticks], None)
+        dashboard.add_model_graph(b, b.logger)  # as run does: after the last step
     finally:
         b.logger.close()
     return [later - earlier for earlier, later in zip(ticks.times, ticks.times[1:])]
@@ -145,10 +142,7 @@ def main() -> None:
     DEVICE = torch.device(args.device)
     loops = {
         "runner (default logging)": runner,
-        "runner, no model graph": lambda n, e: runner(n, e, graph=False),
-        "runner, no model graph, no histograms": lambda n, e: runner(
-            n, e, "logger.histogram_every_n_steps=null", graph=False
-        ),
+        "runner, no histograms": lambda n, e: runner(n, e, "logger.histogram_every_n_steps=null"),
         "runner, logger=none": lambda n, e: runner(n, e, "logger=none"),
         "plain, index slices": lambda n, e: plain_slices(n, e)[1:],
         "plain, DataLoader(TensorDataset)": lambda n, e: plain_dataloader(n, e)[1:],

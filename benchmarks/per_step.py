@@ -122,12 +122,9 @@ def finished() -> float:
     return clock()
 
 
-def runner(
-    epochs: int, steps_per_epoch: int, *overrides: str, graph: bool = True
-) -> tuple[float, float]:
+def runner(epochs: int, steps_per_epoch: int, *overrides: str) -> tuple[float, float]:
     """(seconds per step after the first epoch, seconds in all) of `run`'s work: build, the
-    one-off views, `train`, close; the steps are timed without a sync (the log steps sync).
-    `graph=False` leaves out the model graph (`dashboard.add_model_graph`), to show its cost."""
+    one-off views, `train`, close; the steps are timed without a sync (the log steps sync)."""
     with initialize_config_dir(str(CONFIGS), version_base="1.3"):
         cfg = compose(
             "config", [*overrides, f"trainer.epochs={epochs}", f"trainer.device={DEVICE}"]
@@ -137,10 +134,9 @@ def runner(
     watching, ticks = observers(b, 0), Ticks(clock)
     try:
         b.logger.layout(dashboard.layout(b))
-        if graph:
-            dashboard.add_model_graph(b, b.logger)
         next(o for o in watching if isinstance(o, Figures)).start()
         train(b, State(), [*watching, ticks], None)
+        dashboard.add_model_graph(b, b.logger)  # as run does: after the last step
     finally:
         b.logger.close()
     end = finished()
@@ -168,9 +164,6 @@ def main() -> None:
         "linear_fit": {
             "plain loop (the post)": lambda: post(n),
             "runner, default logging": lambda: runner(n, 1, *lin, "trainer.log_every_n_steps=50"),
-            "runner, default logging, no model graph": lambda: runner(
-                n, 1, *lin, "trainer.log_every_n_steps=50", graph=False
-            ),
             "runner, as configured (logs every step)": lambda: runner(n, 1, *lin),
             "runner, logger=none": lambda: runner(
                 n, 1, *lin, "logger=none", "trainer.log_every_n_steps=50"
@@ -179,11 +172,8 @@ def main() -> None:
         "sine_mlp": {
             "plain loop (index slices)": lambda: sine(m),
             "runner, default logging": lambda: runner(m, SINE_STEPS, *SINE),
-            "runner, default logging, no model graph": lambda: runner(
-                m, SINE_STEPS, *SINE, graph=False
-            ),
-            "runner, no model graph, no histograms": lambda: runner(
-                m, SINE_STEPS, *SINE, "logger.histogram_every_n_steps=null", graph=False
+            "runner, no histograms": lambda: runner(
+                m, SINE_STEPS, *SINE, "logger.histogram_every_n_steps=null"
             ),
             "runner, logger=none": lambda: runner(m, SINE_STEPS, *SINE, "logger=none"),
         },

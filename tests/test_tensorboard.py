@@ -61,7 +61,7 @@ def logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tb.image(0, "figure/fit", pixels)
     pixels[:] = 0  # a canvas reuses its buffer
     tb.layout(LAYOUT)
-    tb.hparams(HPARAMS, METRICS, step=N - 1)
+    tb.hparams(HPARAMS, METRICS, step=N - 1, status="completed")
     tb.close()
     tb.close()
     tb.scalars(N, {"loss/train": 99.0})  # after close: dropped
@@ -244,7 +244,7 @@ def test_null_logs_nothing(tmp_path: Path) -> None:
     null.image(0, "i", picture())
     null.layout(LAYOUT)
     null.graph(torch.nn.Linear(1, 1), torch.ones(1, 1))
-    null.hparams(HPARAMS, METRICS, 0)
+    null.hparams(HPARAMS, METRICS, 0, "completed")
     null.resumed(0)
     null.flush()
     null.close()

@@ -57,13 +57,13 @@ def run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> dict[s
     try:
         checked = check_grads(b) if t.check_grads else None
         b.logger.layout(dashboard.layout(b))  # the Custom Scalars dashboard
-        dashboard.add_model_graph(b, b.logger)  # the Graphs dashboard
         if state.step == 0:  # a resumed run drew its start already
             figures.start()
         if t.epochs == 0:  # one forward and backward pass to look at, no update
             state, pieces = look_once(b, watching)
         else:
             state = train(b, state, watching, save)
+        dashboard.add_model_graph(b, b.logger)  # the Graphs dashboard
         metrics = summarise(state, b, time.perf_counter() - started)
         if source is not None:
             metrics["resumed_from"] = {"checkpoint": str(source), "step": resumed_at}

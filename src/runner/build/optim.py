@@ -23,14 +23,13 @@ class GD:
             raise ValueError(f"lr must be positive, got {lr}")
         self.param_groups: list[dict[str, Any]] = [{"params": list(params), "lr": lr}]
 
-    @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
-        with torch.enable_grad():
-            loss = None if closure is None else closure()
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    p -= group["lr"] * p.grad
+        loss = None if closure is None else closure()
+        with torch.no_grad():
+            for group in self.param_groups:
+                for p in group["params"]:
+                    if p.grad is not None:
+                        p -= group["lr"] * p.grad
         return loss
 
     def zero_grad(self, set_to_none: bool = False) -> None:

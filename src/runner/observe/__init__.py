@@ -8,7 +8,6 @@ early (divergence, early stop) do it by setting `state.status`, which the loop r
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
 
 import torch
 
@@ -31,7 +30,14 @@ class Look:
         return self.state.step - 1
 
 
-class Observer(Protocol):
-    def log(self, look: Look) -> None: ...
-    def epoch(self, state: State) -> None: ...
-    def end(self, state: State) -> None: ...
+class Observer:
+    """The three moments the loop shows an observer; each one overrides those it needs."""
+
+    def log(self, look: Look) -> None:
+        """A log step, right after its update."""
+
+    def epoch(self, state: State) -> None:
+        """An epoch's end."""
+
+    def end(self, state: State) -> None:
+        """The run's end: after the last step, or the one that stopped it."""

@@ -46,8 +46,9 @@ def layout(b: Built) -> dict[str, dict[str, list[Any]]]:
 
 
 def add_model_graph(b: Built, logger: Logger) -> None:
-    """The model for the Graphs dashboard; tracing fails for some models, which costs the
-    Graphs dashboard only, never the run."""
+    """The model for the Graphs dashboard, added after training: tracing runs the model on
+    the writer thread, which would slow the steps it overlaps. Tracing fails for some
+    models, which costs the Graphs dashboard only, never the run."""
     if b.model is None or b.data is None:
         return
     x = b.data.x[:2]

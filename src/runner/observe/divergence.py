@@ -5,20 +5,13 @@ from __future__ import annotations
 
 import torch
 
-from runner.observe import Look
-from runner.train.state import State
+from runner.observe import Look, Observer
 
 
-class Divergence:
+class Divergence(Observer):
     def log(self, look: Look) -> None:
         bad = ~torch.isfinite(look.losses)
         if bool(bad.any()):  # note: a host sync, at log steps only
             first = int(bad.to(torch.uint8).argmax())
             look.state.diverged_step = look.step - len(look.losses) + 1 + first
             look.state.status = "diverged"
-
-    def epoch(self, state: State) -> None:
-        pass
-
-    def end(self, state: State) -> None:
-        pass

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from runner.build import Built
-from runner.log.tensorboard import Logger, Null
-from runner.observe import Look, draw
+from runner.log.tensorboard import Logger
+from runner.observe import Look, Observer, draw
 from runner.observe.accuracy import accuracy_fn
 from runner.observe.gradcheck import Objective
 from runner.train.state import State
@@ -33,14 +33,14 @@ GRID = 60  # landscape resolution per axis
 GRID_ELEMENTS = 2**22  # grid points x data points per vmap chunk: bounds the memory
 
 
-class Figures:
+class Figures(Observer):
     """What to draw for this run, decided once; the loop calls start, log, epoch and end."""
 
     def __init__(self, b: Built, logger: Logger, every_n_epochs: int | None) -> None:
         self.b, self.logger, self.every = b, logger, every_n_epochs
         params = list(b.params.values())
         # logger=none: nothing at all; no matplotlib: one line, then nothing
-        on = not isinstance(logger, Null) and _matplotlib_available()
+        on = logger.writes and _matplotlib_available()
         self.grid = curve_grid(b) if on and _is_1d_regression(b) else None
         self.landscape = on and len(params) == 2 and all(p.numel() == 1 for p in params)
         self.curves: list[tuple[int, str, torch.Tensor]] = []  # (step, title, curve on grid)

@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from torch.autograd.graph import Node
 
+from runner.observe import Look, Observer
+
 Root = torch.Tensor | Node | None
 
 LEAF = "AccumulateGrad"  # the node that writes .grad into a leaf tensor
@@ -242,7 +244,7 @@ def saved_bytes() -> Iterator[SavedBytes]:
         saved._seen.clear()  # the keys are only needed while recording
 
 
-class GraphStats:
+class GraphStats(Observer):
     """The observer: graph statistics at the log steps that are multiples of `every`; the
     first graph also as text (`graph/tree`), kept for graph.txt and graph.dot."""
 
@@ -250,7 +252,7 @@ class GraphStats:
         self.params, self.logger, self.every = params, logger, every
         self.first: dict[str, str] = {}  # tree, chain, dot of the first graph walked
 
-    def log(self, look: Any) -> None:
+    def log(self, look: Look) -> None:
         if look.root is None or look.step % self.every != 0:
             return
         stats = graph_stats(look.root) | {"graph/saved_bytes": float(look.saved_bytes)}
@@ -260,12 +262,6 @@ class GraphStats:
             self.logger.text(
                 look.step, "graph/tree", self.first["chain"] + "\n\n" + self.first["tree"]
             )
-
-    def epoch(self, state: Any) -> None:
-        pass
-
-    def end(self, state: Any) -> None:
-        pass
 
 
 def describe(root: Root, params: Mapping[str, torch.Tensor]) -> dict[str, str]:

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from runner.build import Built
 from runner.log.tensorboard import Logger
-from runner.observe import Look
-from runner.train.state import State
+from runner.observe import Look, Observer
 
 
-class Histograms:
+class Histograms(Observer):
     def __init__(self, b: Built, logger: Logger, every: int | None, last: int) -> None:
         self.logger, self.every, self.last = logger, every, last
         self.tensors = {n: p for n, p in b.params.items() if p.numel() > 1}
@@ -25,9 +24,3 @@ class Histograms:
             self.logger.histogram(step, f"param_hist/{name}", p.detach())
             if p.grad is not None:
                 self.logger.histogram(step, f"grad_hist/{name}", p.grad.detach())
-
-    def epoch(self, state: State) -> None:
-        pass
-
-    def end(self, state: State) -> None:
-        pass

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from tqdm.auto import tqdm
 
-from runner.observe import Look
+from runner.observe import Look, Observer
 from runner.observe.scalars import Scalars
 from runner.train.state import State
 
 
-class Progress:
+class Progress(Observer):
     def __init__(self, total: int, start: int, scalars: Scalars) -> None:
         self.scalars = scalars  # the loss shown beside the bar
         self.bar = tqdm(total=total, initial=start, disable=None, unit="step", leave=False)
@@ -20,9 +20,6 @@ class Progress:
         loss = self.scalars.latest.get("loss/train")
         if loss is not None and not self.bar.disable:
             self.bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
-
-    def epoch(self, state: State) -> None:
-        pass
 
     def end(self, state: State) -> None:
         self.bar.update(state.step - self.bar.n)

@@ -9,14 +9,13 @@ import torch
 
 from runner.build import Built
 from runner.log.tensorboard import Logger
-from runner.observe import Look
+from runner.observe import Look, Observer
 from runner.observe.accuracy import accuracy_fn
-from runner.train.state import State
 
 TINY = 1e-12  # keeps the update ratio finite for a parameter that is exactly zero
 
 
-class Scalars:
+class Scalars(Observer):
     def __init__(self, b: Built, logger: Logger) -> None:
         self.b, self.logger = b, logger
         self.params = list(b.params.values())
@@ -50,12 +49,6 @@ class Scalars:
 
     def lr(self) -> float:
         return float(self.b.optimizer.param_groups[0]["lr"])
-
-    def epoch(self, state: State) -> None:
-        pass
-
-    def end(self, state: State) -> None:
-        pass
 
 
 def one_number(t: torch.Tensor) -> torch.Tensor:

@@ -11,11 +11,11 @@ import torch
 from runner.build import Built
 from runner.config.check import EarlyStop
 from runner.log.tensorboard import Logger
-from runner.observe import Look
+from runner.observe import Look, Observer
 from runner.train.state import State
 
 
-class Validation:
+class Validation(Observer):
     """The validation losses wait on the device and are written at the next log step, so an
     epoch's end costs no host sync (early stopping needs one: it must decide now)."""
 

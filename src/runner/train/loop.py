@@ -112,21 +112,25 @@ class Recent:
     FOLD = 1024
 
     def __init__(self) -> None:
-        self.losses: list[torch.Tensor] = []
+        self.losses: list[torch.Tensor] = []  # 0-d, one per update
+        self.folded: list[torch.Tensor] = []  # at most one 1-D tensor
 
     def add(self, loss: torch.Tensor) -> None:
-        self.losses.append(loss.reshape(1))
+        self.losses.append(loss)
         if len(self.losses) >= self.FOLD:
-            self.losses = [torch.cat(self.losses)]
+            self.folded = [self.take()]
 
     def take(self) -> torch.Tensor:
-        out = torch.cat(self.losses)
-        self.losses = []
+        out = self.all()
+        self.losses, self.folded = [], []
         return out
+
+    def all(self) -> torch.Tensor:
+        return torch.cat([*self.folded, *([torch.stack(self.losses)] if self.losses else [])])
 
     def finite(self) -> bool:
         """Whether every loss since the last log step is finite (a host sync)."""
-        return not self.losses or bool(torch.isfinite(torch.cat(self.losses)).all())
+        return not (self.losses or self.folded) or bool(torch.isfinite(self.all()).all())
 
 
 class Stop:
