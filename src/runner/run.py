@@ -144,7 +144,7 @@ def summarise(state: State, b: Built, duration: float) -> dict[str, Any]:
     metrics: dict[str, Any] = {
         "status": state.status,
         "final_loss": None if state.status == "diverged" else number(state.epoch_loss),
-        "best_loss": number(state.best),
+        "best_loss": number(state.fold()),
         "val_loss": number(state.val_loss),
         "steps": state.step,
         "epochs": state.epoch,

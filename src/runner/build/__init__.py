@@ -66,42 +66,27 @@ class Built:
 
 def resolve_device(name: str) -> torch.device:
     """`auto` takes cuda, then mps, then cpu; asking for what is absent is a config error."""
+    mps = getattr(torch.backends, "mps", None)
+    present = {"cuda": torch.cuda.is_available(), "mps": bool(mps and mps.is_available())}
     if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if _mps_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cpu":
-        return torch.device("cpu")
-    if re.fullmatch(r"cuda(:\d+)?", name):
-        if not torch.cuda.is_available():
-            raise ConfigError(
-                f"trainer.device={name!r} but no CUDA device is available here "
-                "(torch.cuda.is_available() is False); use trainer.device=cpu or auto"
-            )
-        index = int(name.split(":")[1]) if ":" in name else 0
-        if index >= torch.cuda.device_count():
-            raise ConfigError(
-                f"trainer.device={name!r} but this machine has {torch.cuda.device_count()} "
-                f"CUDA device(s); use cuda:0 .. cuda:{torch.cuda.device_count() - 1}"
-            )
-        return torch.device(name)
-    if name == "mps":
-        if not _mps_available():
-            raise ConfigError(
-                "trainer.device='mps' but no Apple MPS device is available here; "
-                "use trainer.device=cpu or auto"
-            )
-        return torch.device("mps")
-    raise ConfigError(
-        f"unknown device {name!r}; set trainer.device to auto, cpu, cuda, cuda:N or mps"
-    )
-
-
-def _mps_available() -> bool:
-    backend = getattr(torch.backends, "mps", None)
-    return bool(backend and backend.is_available())
+        return torch.device(next((d for d, there in present.items() if there), "cpu"))
+    if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", name):
+        raise ConfigError(
+            f"unknown device {name!r}; set trainer.device to auto, cpu, cuda, cuda:N or mps"
+        )
+    device = torch.device(name)
+    if device.type != "cpu" and not present[device.type]:
+        what = {"cuda": "CUDA", "mps": "Apple MPS"}
+        raise ConfigError(
+            f"trainer.device={name!r} but no {what[device.type]} device is available here; "
+            "use trainer.device=cpu or auto"
+        )
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(
+            f"trainer.device={name!r} but this machine has {torch.cuda.device_count()} "
+            f"CUDA device(s); use cuda:0 .. cuda:{torch.cuda.device_count() - 1}"
+        )
+    return device
 
 
 def seed_everything(seed: int) -> None:
@@ -340,28 +325,20 @@ def check_shapes(
         width = 1 if pred.dim() == 1 else pred.shape[-1]
         fits = width == classes or (width == 1 and classes == 2)
         if pred.dim() > 2 or pred.shape[0] != y.shape[0] or not fits:
-            if has_key:
-                fix = f"set model.out_features={classes} (one logit per class)"
-                binary = " or model.out_features=1 (one binary logit, for loss=bce)"
-            else:
-                fix = f"make the model return {classes} logits per point (one per class)"
-                binary = " or one (a binary logit, for loss=bce)"
+            fix, binary = (
+                (f"set model.out_features={classes} (one logit per class)", "model.out_features=1")
+                if has_key
+                else (f"make the model return {classes} logits per point", "one")
+            )
             raise ConfigError(
                 f"model output has shape {tuple(pred.shape)} for {y.shape[0]} points, but "
                 f"dataset.task=classification has {classes} classes; {fix}"
-                + (binary if classes == 2 else "")
+                + (f" or {binary} (one binary logit, for loss=bce)" if classes == 2 else "")
             )
-        key = "model.out_features" if has_key else "the model's output width"
-        if width == 1:  # say what the other kind of loss would need
-            other = f"; a loss over class logits (cross_entropy) needs {key}={classes}"
-        elif classes == 2:
-            other = f"; a loss of one binary logit (bce) needs {key}=1"
-        else:
-            other = ""
         hint = (
-            " (dataset.task=classification: the targets are class indices, torch.long, and "
-            f"the model gives {'one binary logit' if width == 1 else f'{width} logits'} a point"
-            f"{other})"
+            " (dataset.task=classification: the targets are class indices, and the model "
+            f"gives {'one binary logit' if width == 1 else f'{width} logits'} a point: "
+            f"{'bce' if width == 1 else 'cross_entropy'} reads that)"
         )
     elif tuple(pred.shape) != tuple(y.shape):
         maybe_classes = pred.dim() == 2 and y.dim() == 1  # logits for class indices?

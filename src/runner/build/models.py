@@ -92,11 +92,9 @@ class Expression(nn.Module):
     def __init__(self, formula: str, params: Mapping[str, Any] | None = None) -> None:
         super().__init__()
         self.formula = parse_formula("model", formula)
-        register(
-            self,
-            "model",
-            formula_parameters("model", self.formula, INPUT_NAME.fullmatch, params or {}),
-        )
+        named = formula_parameters("model", self.formula, INPUT_NAME.fullmatch, params or {})
+        register(self, "model", named)
+        self.names = tuple(named)
         if not any(INPUT_NAME.fullmatch(n) for n in self.formula.names):
             raise ConfigError(
                 f"model.formula={formula!r} does not use the input x; "
@@ -104,10 +102,9 @@ class Expression(nn.Module):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # the module's own dict, not named_parameters(): that generator walks submodules
-        # (none here) and costs more than the post's whole forward; functional_call swaps
-        # entries in this same dict, so the landscape and gradcheck still see their values
-        env: dict[str, Any] = dict(self._parameters)
+        # attribute lookups, not named_parameters(): that generator walks submodules (none
+        # here); functional_call swaps the attributes, so the landscape sees its values
+        env: dict[str, Any] = {name: getattr(self, name) for name in self.names}
         if x.dim() == 1:
             env["x"] = x
         else:

@@ -33,11 +33,11 @@ class Validation(Observer):
                 self.logger.scalars(step, {"loss/val": value})
             self.pending = []
 
-    @torch.no_grad()
     def epoch(self, state: State) -> None:
         data = self.b.data
         if data is not None and data.x_val is not None and self.b.forward is not None:
-            state.val_loss = self.b.loss_fn(self.b.forward(data.x_val), data.y_val).detach()
+            with torch.no_grad():
+                state.val_loss = self.b.loss_fn(self.b.forward(data.x_val), data.y_val)
             self.pending.append((state.step - 1, state.val_loss.float()))
         if self.early_stop is not None:
             watched = state.epoch_loss if state.val_loss is None else state.val_loss

@@ -22,6 +22,7 @@ from runner.observe.graph import saved_bytes
 from runner.train.state import State
 
 Save = Callable[[State], None]
+UNCOUNTED = nullcontext()  # the steps between log steps: no count of saved bytes
 
 
 def train(b: Built, state: State, observers: Sequence[Observer], save: Save | None) -> State:
@@ -29,6 +30,7 @@ def train(b: Built, state: State, observers: Sequence[Observer], save: Save | No
     t, params = b.checked.trainer, list(b.params.values())
     last = total_steps(b) - 1
     recent = Recent()  # each update's loss since the last log step
+    at_epochs = [o for o in observers if type(o).epoch is not Observer.epoch]
     with stop_on_signals() as stop:
         while state.epoch < t.epochs and state.status == "running":
             if state.position == 0:  # a new epoch, in a new order
@@ -53,7 +55,7 @@ def train(b: Built, state: State, observers: Sequence[Observer], save: Save | No
                     roots.append(loss)  # the graph the observers walk
                     return losses[0] if len(losses) == 1 else torch.stack(losses).mean()
 
-                with saved_bytes() if log_now else nullcontext() as saved:
+                with saved_bytes() if log_now else UNCOUNTED as saved:
                     loss = b.optimizer.step(closure)
                 share = None if group[0] is None else sum(len(g) for g in group) / b.data.n
                 state.epoch_sum = add(state.epoch_sum, loss, share)
@@ -70,7 +72,7 @@ def train(b: Built, state: State, observers: Sequence[Observer], save: Save | No
             else:  # the epoch ran to its end
                 state.end_epoch()
                 b.scheduler.step()
-                for o in observers:
+                for o in at_epochs:
                     o.epoch(state)
             if stop.signal and state.status == "running":
                 state.status, state.signal = "interrupted", stop.signal

@@ -33,18 +33,32 @@ class State:
     early_stopped_epoch: int | None = None
     signal: str | None = None  # SIGINT or SIGTERM for an interrupted run
     rng: dict[str, Any] = field(default_factory=dict)  # every generator, at the last save
+    unfolded: list[torch.Tensor] = field(default_factory=list)  # epoch losses not in `best` yet
 
     def end_epoch(self) -> None:
-        """Close the epoch: its loss, the best so far, the next epoch starts at batch 0."""
+        """Close the epoch: its loss is kept for `best`, the next epoch starts at batch 0."""
         self.epoch += 1
         self.position = 0
         self.epoch_loss = self.epoch_sum
         if self.epoch_sum is not None:
-            best = self.epoch_sum if self.best is None else self.best
-            self.best = torch.fmin(best, self.epoch_sum)
+            self.unfolded.append(self.epoch_sum)
+            if len(self.unfolded) >= 1024:  # bounded memory between distant reads
+                self.fold()
+
+    def fold(self) -> torch.Tensor | None:
+        """The lowest epoch loss so far, NaN never winning (`torch.fmin`), brought up to
+        date in one reduction for many epochs rather than one op per epoch."""
+        if self.unfolded:
+            losses = torch.stack(self.unfolded)
+            nan = torch.isnan(losses)
+            low = torch.where(nan.all(), math.nan, losses.masked_fill(nan, math.inf).min())
+            self.best = low if self.best is None else torch.fmin(self.best, low)
+            self.unfolded = []
+        return self.best
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values and tensors only, so `torch.load(weights_only=True)` reads them back."""
+        self.fold()
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     @classmethod
