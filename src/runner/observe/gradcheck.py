@@ -59,9 +59,8 @@ def check_grads(b: Built) -> dict[str, Any]:
     if bad.any():
         worst = int((abs_err - RTOL * n.abs()).argmax())
         name, index = picks[worst]
-        where = (
-            name if params[name].numel() == 1 else f"{name}{_unravel(index, params[name].shape)}"
-        )
+        at = [int(i) for i in torch.unravel_index(torch.tensor(index), params[name].shape)]
+        where = name if params[name].numel() == 1 else f"{name}{at}"
         raise GradCheckError(
             f"trainer.check_grads=true: autograd and finite differences disagree on "
             f"{int(bad.sum())} of {len(picks)} checked gradient elements. Worst: d loss / d "
@@ -180,11 +179,3 @@ def _grads_at(
         )
     device = next(iter(params.values())).device
     return torch.stack([g.to(device) for g in out])
-
-
-def _unravel(index: int, shape: torch.Size) -> list[int]:
-    coords = []
-    for size in reversed(shape):
-        coords.append(index % size)
-        index //= size
-    return list(reversed(coords))

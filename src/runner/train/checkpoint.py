@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from runner.build import Built
@@ -151,15 +152,10 @@ def _rng_state(device: torch.device) -> dict[str, Any]:
         state["cuda"] = torch.cuda.get_rng_state_all()
     if device.type == "mps":
         state["mps"] = torch.mps.get_rng_state()
-    try:
-        import numpy as np
-
-        name, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
-        # weights_only loads tensors but not NumPy arrays: the key table travels as a tensor
-        keys = torch.from_numpy(keys.astype(np.int64))
-        state["numpy"] = (str(name), keys, int(pos), int(has_gauss), float(gauss))
-    except ImportError:
-        pass
+    name, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
+    # weights_only loads tensors but not NumPy arrays: the key table travels as a tensor
+    keys = torch.from_numpy(keys.astype(np.int64))
+    state["numpy"] = (str(name), keys, int(pos), int(has_gauss), float(gauss))
     return state
 
 
@@ -172,7 +168,5 @@ def _set_rng_state(state: Mapping[str, Any], device: torch.device) -> None:
     if device.type == "mps" and "mps" in state:
         torch.mps.set_rng_state(state["mps"])
     if "numpy" in state:
-        import numpy as np
-
         name, keys, pos, has_gauss, gauss = state["numpy"]
         np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
