@@ -147,9 +147,12 @@ class TensorBoard(Null):
             # Tracer warnings are about tracing, not the run (a filter, as catch_warnings
             # is not thread-safe).
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+            warnings.filterwarnings("ignore", message="The input to trace is already a Script")
             try:
-                torch.jit.trace(twin, x, check_trace=False)  # add_graph prints its failures
-                w.add_graph(twin, x)
+                # traced here without add_graph's check, which compares outputs with
+                # torch.testing and so imports much of torch; add_graph takes the traced
+                # module as it is (tracing a ScriptModule returns it) and gives the same graph
+                w.add_graph(torch.jit.trace(twin, x, check_trace=False), x)
             except Exception as e:
                 log.debug(f"no model graph for TensorBoard (tracing failed: {e})")
 
