@@ -1,5 +1,6 @@
 """Sweeps: one directory per job, an HParams row in each, summary.csv best first, failures
-that do not lose the other jobs, Optuna searches, and the parallel and SLURM launchers."""
+that do not lose the other jobs, and the parallel and SLURM launchers (Optuna searches:
+test_optuna.py)."""
 
 from __future__ import annotations
 
@@ -35,7 +36,6 @@ def plugin(name: str) -> pytest.MarkDecorator:
     return pytest.mark.skipif(missing, reason=f"needs the sweep extra (hydra_{name})")
 
 
-OPTUNA = plugin("optuna_sweeper")
 JOBLIB = plugin("joblib_launcher")
 SUBMITIT = plugin("submitit_launcher")
 TINY = "trainer.epochs=5"  # a sweep here checks the plumbing, not the fit
@@ -144,29 +144,6 @@ def test_a_diverged_and_a_failed_job_do_not_lose_the_healthy_one(tmp_path: Path)
     assert "optimizer.lr=-1" in rows[2]["error"] and "positive" in rows[2]["error"]
     assert read_metrics(Path(rows[2]["run_dir"]))["status"] == "failed"
     assert "1 completed, 1 diverged, 1 failed" in out
-
-
-def optuna_search(tmp_path: Path, name: str):
-    args = ("experiment=linear_fit", "hparams_search=linear_fit_optuna", TINY, "logger=none")
-    status, out, sweep_dir, rows = sweep(tmp_path, name, *args)
-    assert status == 0, out[-2000:]
-    for row in rows:  # a trial's directory: its number and what Optuna chose
-        chosen = sorted(o for o in row["overrides"].split() if o.startswith("optimizer"))
-        assert Path(row["run_dir"]).name == f"{row['job']}_{','.join(chosen)}"
-    best = (sweep_dir / "optimization_results.yaml").read_text()
-    return best, rows
-
-
-@pytest.mark.slow
-@OPTUNA
-def test_optuna_search_is_reproducible_and_beats_the_default_lr(tmp_path: Path, run_experiment):
-    best, rows = optuna_search(tmp_path, "a")
-    again, rows_again = optuna_search(tmp_path, "b")
-    assert len(rows) == 10 and best == again
-    assert [r["overrides"] for r in rows] == [r["overrides"] for r in rows_again]
-    default, _ = run_experiment("experiment=linear_fit", TINY, "logger=none")
-    assert float(rows[0]["final_loss"]) < default["final_loss"]
-    assert f"{float(rows[0]['objective'])!r}" in best  # the best row is Optuna's best trial
 
 
 @pytest.mark.slow
@@ -345,27 +322,3 @@ def test_slurm_launcher_writes_a_job_array_for_our_sweep(tmp_path: Path, monkeyp
     ):
         assert line in script
     assert "submitit.core._submit" in script
-
-
-@pytest.mark.parametrize(
-    ("experiment", "searched", "objective"),
-    [
-        ("linear_fit", {"optimizer", "optimizer.lr"}, "final_loss"),
-        ("sine_mlp", {"optimizer.lr", "trainer.batch_size", "model.activation"}, "val_loss"),
-    ],
-)
-@OPTUNA
-def test_hparams_search_configs(experiment, searched, objective):
-    from hydra import compose, initialize_config_dir
-
-    from runner.__main__ import CONFIGS
-
-    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
-        overrides = [f"experiment={experiment}", f"hparams_search={experiment}_optuna"]
-        cfg = compose("config", overrides=overrides, return_hydra_config=True)
-    sweeper = cfg.hydra.sweeper
-    assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "minimize"
-    assert sweeper.sampler._target_.endswith("TPESampler") and sweeper.sampler.seed is not None
-    assert sweeper.n_trials == 10 and set(sweeper.params) == searched
-    assert sweeper.params["optimizer.lr"].startswith("tag(log,")
-    assert cfg.trainer.objective == objective and cfg.hydra.callbacks.summary.fail_on == "all"

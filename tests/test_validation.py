@@ -270,19 +270,23 @@ def test_a_failed_sweep_job_shows_its_traceback_only_when_asked(tmp_path, monkey
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "option, package",
+    "option, needs",
     [
-        ("hydra/launcher=joblib", "hydra-joblib-launcher"),
-        ("hydra/launcher=submitit_slurm", "hydra-submitit-launcher"),
-        ("hparams_search=linear_fit_optuna", "hydra-optuna-sweeper"),
+        ("hydra/launcher=joblib", "needs the hydra-joblib-launcher plugin, which"),
+        ("hydra/launcher=submitit_slurm", "needs the hydra-submitit-launcher plugin, which"),
+        (
+            "hparams_search=linear_fit_optuna",
+            "(chosen by hparams_search=linear_fit_optuna) needs optuna, which",
+        ),
     ],
 )
-def test_a_sweep_plugin_that_is_not_installed_names_the_pip_install(tmp_path, option, package):
+def test_a_sweep_plugin_that_is_not_installed_names_the_pip_install(tmp_path, option, needs):
     """Hydra lists a plugin's options only where it imported it: hidden from the import
     system here (sys.modules[name] = None), each is as good as not installed. (Hydra's
-    plugin scanner warns that it cannot import them: those warnings are left out.)"""
+    plugin scanner warns that it cannot import them: those warnings are left out.) The
+    Optuna sweeper is the runner's own; it needs optuna, hidden the same way."""
     hidden = [f"hydra_plugins.{p}" for p in ("hydra_joblib_launcher", "hydra_submitit_launcher")]
-    hidden.append("hydra_plugins.hydra_optuna_sweeper")
+    hidden.append("optuna")
     code = (
         f"import sys; sys.modules.update(dict.fromkeys({hidden!r})); sys.argv[0] = 'runner'; "
         "from runner.__main__ import main; main()"
@@ -300,7 +304,7 @@ def test_a_sweep_plugin_that_is_not_installed_names_the_pip_install(tmp_path, op
     assert proc.returncode == 2, proc.stdout + proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Config error: "), proc.stderr
-    assert package in lines[0] and "pip install 'runner[sweep]'" in lines[0]
+    assert needs in lines[0] and "pip install 'runner[sweep]'" in lines[0]
     assert "Traceback" not in proc.stdout + proc.stderr
     assert not (tmp_path / "sweep").exists()  # stopped before any job
 
@@ -312,7 +316,8 @@ def test_cli_unknown_key_exits_2_with_a_hint(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         "Config error: trainer.epoch=5: unknown key 'trainer.epoch' (did you mean 'epochs'?); "
         "trainer has: epochs, batch_size, device, dtype, grad_clip, accumulate, "
-        "log_every_n_steps, check_grads, checkpoint_every, resume, early_stop, objective, compile"
+        "log_every_n_steps, check_grads, checkpoint_every, resume, early_stop, objective, compile, "
+        "devices, num_nodes, amp"
     ]
     assert "Traceback" not in proc.stdout + proc.stderr
 

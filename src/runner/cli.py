@@ -22,7 +22,9 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from runner.config.check import GROUPS, ConfigError, refused_override
+from runner.sweep import resume
 from runner.sweep.summary import STOP
+from runner.train.world import world
 
 log = logging.getLogger("runner")
 
@@ -30,10 +32,12 @@ FULL_ERROR = "HYDRA_FULL_ERROR"  # Hydra's documented switch: errors propagate a
 ASKED = "RUNNER_FULL_ERROR"  # the user's own HYDRA_FULL_ERROR, while `main` sets Hydra's
 CONFIG_ERROR = 2  # the exit status of a bad config
 PLUGINS = {  # a hydra/ option whose config a plugin brings: the package that holds it
-    "hydra/launcher/joblib": "hydra-joblib-launcher",
-    "hydra/launcher/submitit_local": "hydra-submitit-launcher",
-    "hydra/launcher/submitit_slurm": "hydra-submitit-launcher",
-    "hydra/sweeper/optuna": "hydra-optuna-sweeper",
+    "hydra/launcher/joblib": "the hydra-joblib-launcher plugin",
+    "hydra/launcher/submitit_local": "the hydra-submitit-launcher plugin",
+    "hydra/launcher/submitit_slurm": "the hydra-submitit-launcher plugin",
+}
+MODULES = {  # a module the runner's own sweeper imports when set up: the option that needs it
+    "optuna": "hydra/sweeper/optuna",
 }
 
 
@@ -90,19 +94,26 @@ def report(error: Exception) -> int:
 def explain(error: Exception, args: Sequence[str]) -> str | None:
     """The runner's one line for an error Hydra raised before the run, or None."""
     if isinstance(error, MissingConfigException) and error.missing_cfg_file in PLUGINS:
-        group, _, option = str(error.missing_cfg_file).rpartition("/")
-        searches = [a for a in args if a.startswith("hparams_search=")]
-        by = f" (chosen by {searches[-1]})" if searches and group.endswith("sweeper") else ""
-        return (
-            f"{group}={option}{by} needs the {PLUGINS[error.missing_cfg_file]} plugin, which "
-            "is not installed; pip install 'runner[sweep]' brings it "
-            "(pip install -e '.[sweep]' in a checkout)"
-        )
+        return not_installed(error.missing_cfg_file, PLUGINS[error.missing_cfg_file], args)
+    if isinstance(error, ModuleNotFoundError) and error.name in MODULES:
+        return not_installed(MODULES[error.name], error.name, args)
     if isinstance(error, ConfigCompositionException):
         return refused_override(error, chosen_options(args))
     if isinstance(error, ConfigError):
         return str(error)
     return None
+
+
+def not_installed(option: str, needed: str, args: Sequence[str]) -> str:
+    """`hydra/launcher=joblib needs the hydra-joblib-launcher plugin, which is not installed;`
+    and the pip install that brings it."""
+    group, _, name = option.rpartition("/")
+    searches = [a for a in args if a.startswith("hparams_search=")]
+    by = f" (chosen by {searches[-1]})" if searches and group.endswith("sweeper") else ""
+    return (
+        f"{group}={name}{by} needs {needed}, which is not installed; pip install "
+        "'runner[sweep]' brings it (pip install -e '.[sweep]' in a checkout)"
+    )
 
 
 def chosen_options(args: Sequence[str]) -> dict[str, str]:
@@ -170,7 +181,11 @@ def sweep_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> float
     """
     from runner.run import run, write_json
 
-    if (Path(HydraConfig.get().sweep.dir).absolute() / STOP).exists():
+    sweep_dir = Path(HydraConfig.get().sweep.dir).absolute()
+    earlier = resume.pick_up(cfg, run_dir, sweep_dir)  # an earlier run of this sweep's
+    if earlier is not None:  # completed then: its objective, not run again
+        return earlier
+    if (sweep_dir / STOP).exists():
         # Ctrl-C reached a joblib sweep (`runner.sweep.summary.Summary`): no job starts after it
         error = "not started: the sweep was interrupted"
         write_json(run_dir / "metrics.json", {"status": "interrupted", "error": error})
@@ -183,6 +198,8 @@ def sweep_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> float
             log.exception(f"Failed: {error}")
         else:
             log.error(f"Failed: {error}")
+        if world().rank:  # a DDP rank other than 0 (a SLURM task): rank 0 writes the job's
+            return math.inf
         path = run_dir / "metrics.json"
         written = json.loads(path.read_text()) if path.exists() else {}
         write_json(path, written | {"status": "failed", "error": error, "objective": None})

@@ -25,6 +25,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, read_write
 
 from runner.config.check import ConfigError
+from runner.sweep import resume
 
 COLUMNS = (
     "job",
@@ -41,7 +42,9 @@ COLUMNS = (
 )
 JOBLIB = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"  # its _target_
 STOP = ".interrupted"  # in the sweep directory once Ctrl-C reached a joblib sweep
-ORDER = {"completed": 0, "interrupted": 1, "diverged": 2, "failed": 3}  # ties: lower objective
+# ties: lower objective; a pruned trial (an Optuna search) after the completed ones
+ORDER = {"completed": 0, "pruned": 1, "interrupted": 2, "diverged": 3, "failed": 4}
+SCORED = ("completed", "pruned")  # whose objective the sweeper saw
 FAIL_ON = ("any", "all")
 EXCLUDE = "hydra.job.config.override_dirname.exclude_keys"  # what the job names leave out
 
@@ -64,6 +67,7 @@ class Summary(Callback):
         self.previous: Any = None  # the SIGINT handler before it
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        resume.begin(config)  # a different sweep in this sweep dir stops before any job
         name_jobs_by_what_varies(config)
         self._stop_joblib_cleanly(config)
 
@@ -103,6 +107,9 @@ class Summary(Callback):
         rows = collect(sweep_dir)
         write_csv(sweep_dir / "summary.csv", rows)
         print(table(rows, sweep_dir))
+        skipped = resume.finish(sweep_dir)
+        if skipped:
+            print(skipped)
         if interrupted:  # the shell's convention for SIGINT, as the basic launcher's sweep
             raise SystemExit(130)
         completed = sum(r["status"] == "completed" for r in rows)
@@ -161,8 +168,8 @@ def job_row(run_dir: Path) -> dict[str, Any]:
         "job": int(hydra_cfg["job"]["num"]),
         "overrides": " ".join(str(o) for o in overrides),
         "status": status,
-        # as the sweeper saw it: +inf for a job that did not complete (runner.cli.sweep_job)
-        "objective": objective if status == "completed" and objective is not None else math.inf,
+        # as the sweeper saw it: +inf for a job that neither completed nor was pruned
+        "objective": objective if status in SCORED and objective is not None else math.inf,
         "run_dir": str(run_dir),
     }
     return row

@@ -1,0 +1,1 @@
+"""The runner's Optuna sweeper for Hydra (`hydra/sweeper=optuna`), on current Optuna."""

@@ -1,0 +1,88 @@
+"""`hydra/sweeper=optuna`: the runner's Optuna sweeper, its config and the Sweeper Hydra builds.
+
+Hydra imports every module of `hydra_plugins` at each start to find its plugins, so this one
+stays light: Optuna is imported only when a search is set up (`runner.sweep.search`).
+
+The config is registered here, not shipped as `configs/hydra/sweeper/optuna.yaml`: where
+hydra-optuna-sweeper is installed too, it registers a structured config of the same name,
+and Hydra would validate a YAML file of that name against it (its "automatic schema
+matching"), which fails. Of two registrations the one imported last wins; Hydra imports the
+plugins of one folder in alphabetical order, and an editable install's `src/` comes after
+site-packages, so this one (runner_...) follows hydra_optuna_sweeper.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.plugins import Plugins
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, read_write
+
+CONFIG = {  # the keys are hydra-optuna-sweeper's, plus storage and pruner
+    "_target_": "hydra_plugins.runner_optuna_sweeper.optuna_sweeper.OptunaSweeper",
+    "_recursive_": False,  # the sweeper builds the sampler: its seed moves on as a study grows
+    "sampler": {"_target_": "optuna.samplers.TPESampler", "seed": None},  # seed: same trials
+    "direction": "minimize",  # or maximize; one objective
+    "study_name": "search",  # the study's name in its storage
+    "storage": None,  # None: optuna.journal in the sweep dir; or a URL (sqlite:///optuna.db)
+    "n_trials": 20,  # the study's total: the same command and sweep dir run only the missing
+    "n_jobs": 1,  # trials per launcher batch; the sampler learns from each batch before the next
+    "params": {},  # key: interval(a, b), tag(log, interval(a, b)), choice(...), range(...), a value
+    "pruner": None,  # an optuna.pruners `_target_`; None: trials report, and run to their end
+}
+ConfigStore.instance().store(group="hydra/sweeper", name="optuna", node=CONFIG, provider="runner")
+
+
+class OptunaSweeper(Sweeper):
+    """The keys are those of `CONFIG`."""
+
+    def __init__(
+        self,
+        sampler: DictConfig | None,
+        direction: str,
+        study_name: str | None,
+        storage: str | None,
+        n_trials: int,
+        n_jobs: int,
+        params: Mapping[str, Any] | None,
+        pruner: DictConfig | None,
+    ) -> None:
+        self.keys = {
+            "sampler": sampler,
+            "direction": direction,
+            "study_name": study_name,
+            "storage": storage,
+            "n_trials": n_trials,
+            "n_jobs": n_jobs,
+            "params": params or {},
+            "pruner": pruner,
+        }
+
+    def setup(
+        self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
+    ) -> None:
+        # before any job: without optuna this raises ModuleNotFoundError, which runner.cli
+        # turns into one line naming the pip install
+        from runner.sweep.search import Search
+
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
+        # the study opens here, before any job: a bad key or storage stops the sweep with
+        # its own message, not with the end-of-sweep summary of no jobs
+        self.search = Search(
+            **self.keys,
+            sweep_dir=Path(config.hydra.sweep.dir).absolute(),
+            arguments=list(config.hydra.overrides.task),
+        )
+        with read_write(config.hydra.overrides):  # each job's config is composed from these
+            config.hydra.overrides.hydra.extend(self.search.shared())
+
+    def sweep(self, arguments: list[str]) -> None:
+        # `arguments` are the command line's overrides: config.hydra.overrides.task, read above
+        self.search.run(self.launcher)

@@ -1,0 +1,215 @@
+"""Finishing a grid sweep: the same multirun again, with the same `hydra.sweep.dir`, runs
+only what the earlier one left undone.
+
+At the sweep's start (`check`, in the sweep process) the jobs already in the sweep directory
+are matched, number by number, with the jobs this sweep is about to run: the same overrides,
+or the sweep stops before any job runs. Hydra rewrites a job's `.hydra/` when the job
+starts, so what the earlier jobs were is written down then, in `RECORD`. Each job
+(`pick_up`, in whichever process runs it) then takes up what its directory holds: a
+completed run is not run again, an interrupted one continues from its checkpoint, and any
+other starts over in a cleared directory, so that no TensorBoard tag's steps go backwards.
+
+Only Hydra's own grid sweeper is finished this way: another sweeper (Optuna's) keeps its
+own record of what it ran.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import math
+import shutil
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+
+from runner.config.check import ConfigError
+
+log = logging.getLogger("runner")
+
+RECORD = ".earlier_jobs.json"  # in the sweep directory, from the sweep's start to its end
+GRID = ".BasicSweeper"  # how the _target_ of Hydra's grid sweeper ends
+CONFIG_ERROR = 2  # the exit status of a bad config, as runner.cli's
+CONTINUED = (None, "interrupted")  # a run killed mid-way has no metrics.json at all
+
+
+@dataclass(frozen=True)
+class Job:
+    """A job an earlier run of the sweep left in the sweep directory."""
+
+    num: int
+    dir: str  # relative to the sweep directory
+    overrides: list[str]
+    status: str | None  # what its metrics.json says; None when it has none
+
+
+def begin(config: DictConfig) -> None:
+    """`check`, in the sweep's start callback: a different sweep ends the command with one
+    `Config error:` line and the status of a bad config, as `runner.cli` ends it. (Hydra
+    turns an exception a callback raises into a warning, and goes on.)"""
+    try:
+        check(config)
+    except ConfigError as e:
+        print(f"Config error: {e}", file=sys.stderr)
+        raise SystemExit(CONFIG_ERROR) from None
+
+
+def check(config: DictConfig) -> None:
+    """At the sweep's start: record the jobs an earlier run of this same sweep left, or stop
+    with a `ConfigError` when the sweep directory holds a different sweep."""
+    sweep_dir = Path(config.hydra.sweep.dir).absolute()
+    (sweep_dir / RECORD).unlink(missing_ok=True)  # a killed sweep's record is not this one's
+    if not str(config.hydra.sweeper.get("_target_")).endswith(GRID):
+        return
+    earlier = earlier_jobs(sweep_dir)
+    if not earlier:
+        return
+    problem = difference(earlier, planned_jobs(config, sweep_dir))
+    if problem is not None:
+        raise ConfigError(
+            f"hydra.sweep.dir={str(sweep_dir)!r} holds a different sweep: {problem}; run the "
+            "command that started it to finish it, or pick a new hydra.sweep.dir"
+        )
+    text = json.dumps({"jobs": [asdict(job) for job in earlier]}, indent=1)
+    (sweep_dir / RECORD).write_text(text + "\n")
+
+
+def earlier_jobs(sweep_dir: Path) -> list[Job]:
+    """The job directories under the sweep directory, by what Hydra saved in their `.hydra/`."""
+    jobs = []
+    for path in sorted(sweep_dir.glob("**/.hydra/overrides.yaml")):
+        run_dir = path.parent.parent
+        if run_dir == sweep_dir:  # not a job's directory: never one to clear
+            continue
+        num = read_yaml(run_dir / ".hydra" / "hydra.yaml")["hydra"]["job"]["num"]
+        overrides = [str(o) for o in read_yaml(path)]
+        status = read_metrics(run_dir).get("status")
+        jobs.append(Job(int(num), run_dir.relative_to(sweep_dir).as_posix(), overrides, status))
+    return jobs
+
+
+def planned_jobs(config: DictConfig, sweep_dir: Path) -> list[list[str]]:
+    """Each job's overrides, in job order, as Hydra's grid sweeper makes them: the cartesian
+    product of the sweeper's `params` and the command line's overrides, a key given twice
+    taking its first place and its last value."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    params = config.hydra.sweeper.get("params") or {}
+    given = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
+    choices: dict[str, list[str]] = {}
+    try:
+        for override in OverridesParser.create().parse_overrides(given):
+            key = override.get_key_element()
+            if not override.is_sweep_override():
+                choices[key] = [f"{key}={override.get_value_element_as_str()}"]
+            elif override.is_discrete_sweep():
+                choices[key] = [f"{key}={v}" for v in override.sweep_string_iterator()]
+            else:
+                raise HydraException(f"{key} is not a list of values")
+    except HydraException as e:  # glob(...) needs the config loader, which callbacks lack
+        raise ConfigError(
+            f"hydra.sweep.dir={str(sweep_dir)!r} already holds a sweep, and this sweep's jobs "
+            f"cannot be listed before they run to check it is the same one ({e}); pick a new "
+            "hydra.sweep.dir"
+        ) from e
+    return [list(job) for job in itertools.product(*choices.values())]
+
+
+def difference(earlier: list[Job], planned: list[list[str]]) -> str | None:
+    """How the earlier jobs differ from the planned ones, or None when each earlier job is
+    the planned job of its number (the order of its overrides aside)."""
+    for job in earlier:
+        if job.num >= len(planned):
+            return f"it has a job {job.num} ({' '.join(job.overrides)}), this sweep has none"
+        now = planned[job.num]
+        if sorted(job.overrides) != sorted(now):
+            had = " ".join(o for o in job.overrides if o not in now)
+            has = " ".join(o for o in now if o not in job.overrides)
+            if not has:
+                return f"its job {job.num} had {had}, which this sweep's job {job.num} lacks"
+            if not had:
+                return f"its job {job.num} lacked {has}, which this sweep's job {job.num} has"
+            return f"its job {job.num} had {had} where this sweep's job {job.num} has {has}"
+    return None
+
+
+def pick_up(cfg: DictConfig, run_dir: Path, sweep_dir: Path) -> float | None:
+    """Take up what an earlier run of this sweep left in the job's directory. Returns the
+    recorded objective of a run that completed: it is not run again. Otherwise (None) the
+    job runs: on from the checkpoint of an interrupted run, or afresh in a cleared directory.
+    A job the sweep's start did not record (a new one) runs as usual."""
+    from runner.train.checkpoint import LAST  # torch: imported by the job, not by the CLI
+
+    if not recorded(run_dir, sweep_dir):
+        return None
+    metrics = read_metrics(run_dir)
+    status = metrics.get("status")
+    if status == "completed":
+        objective = metrics.get("objective")
+        value = math.inf if objective is None else float(objective)
+        log.info(f"Completed earlier, not run again (objective {value:.6g}): {run_dir}")
+        return value
+    if status in CONTINUED and (run_dir / LAST).is_file():
+        OmegaConf.update(cfg, "trainer.resume", str(run_dir), force_add=True)
+    else:
+        start_over(run_dir)
+        log.info(f"Running again afresh (it was {status or 'stopped'} before): {run_dir}")
+    return None
+
+
+def recorded(run_dir: Path, sweep_dir: Path) -> bool:
+    """Whether the sweep's start matched this job's directory with an earlier job."""
+    path = sweep_dir / RECORD
+    run_dir = run_dir.absolute()
+    if not path.is_file() or not run_dir.is_relative_to(sweep_dir) or run_dir == sweep_dir:
+        return False
+    jobs = json.loads(path.read_text())["jobs"]
+    return run_dir.relative_to(sweep_dir).as_posix() in {job["dir"] for job in jobs}
+
+
+def start_over(run_dir: Path) -> None:
+    """Clear what an earlier run wrote (its metrics, checkpoint, TensorBoard events), so the
+    new run neither resumes nor logs a step twice. `.hydra/` is this job's own by now, and
+    the log file is open, taking this run's lines after the earlier run's."""
+    for path in run_dir.iterdir():
+        if path.name == ".hydra" or path.suffix == ".log":
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
+def finish(sweep_dir: Path) -> str | None:
+    """At the sweep's end: the table's line on the jobs that completed earlier, if any. The
+    record is removed; the next start takes its own."""
+    path = sweep_dir / RECORD
+    if not path.is_file():
+        return None
+    jobs = json.loads(path.read_text())["jobs"]
+    path.unlink()
+    skipped = sum(job["status"] == "completed" for job in jobs)
+    return f"{skipped} completed earlier, not run again" if skipped else None
+
+
+def read_yaml(path: Path) -> Any:
+    """A file Hydra wrote, read with libyaml's parser where PyYAML has it (a sweep of many
+    jobs reads many)."""
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return yaml.load(path.read_text(), Loader=loader)
+
+
+def read_metrics(run_dir: Path) -> dict[str, Any]:
+    """The job's metrics.json; empty when it has none or it cannot be read (the run was
+    killed before it wrote one)."""
+    try:
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+    return metrics if isinstance(metrics, dict) else {}

@@ -1,0 +1,67 @@
+"""The job's side of an Optuna search: at every log step the run reports its objective to its
+own trial, and stops cleanly (`status: pruned`) when the study's pruner says so.
+
+Hydra's Optuna plugin never let a job see its trial, so it could not prune; here the sweeper
+names the trial in the job's environment (`runner.sweep.study`), and the job writes to the
+same storage the sweeper reads.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Mapping
+
+from runner.observe import Look, Observer
+from runner.sweep.study import PRUNER, STORAGE, STUDY, TRIAL, open_storage, trial_id
+
+log = logging.getLogger(__name__)
+
+
+def reporting(objective: str, env: Mapping[str, str] = os.environ) -> list[Observer]:
+    """The trial's reporter for a job of an Optuna search; nothing for any other run."""
+    if TRIAL not in env:
+        return []
+    return [TrialReport(env[STORAGE], env[STUDY], int(env[TRIAL]), objective)]
+
+
+class TrialReport(Observer):
+    def __init__(self, where: str, study_name: str, number: int, objective: str) -> None:
+        import optuna
+        from hydra.utils import instantiate
+
+        self.storage = open_storage(where)
+        self.study = optuna.load_study(study_name=study_name, storage=self.storage)
+        pruner = self.study.user_attrs.get(PRUNER)  # the sweeper's `pruner`, as a plain dict
+        self.pruner = None if pruner is None else instantiate(pruner)
+        self.trial: int | None = trial_id(self.storage, study_name, number)
+        self.number, self.objective = number, objective
+
+    def log(self, look: Look) -> None:
+        import optuna
+
+        if self.trial is None or look.state.status != "running":
+            return
+        value = intermediate(look, self.objective)
+        if value is None:
+            return
+        try:
+            self.storage.set_trial_intermediate_value(self.trial, look.step, value)
+            if self.pruner is not None and self.pruner.prune(
+                self.study, self.storage.get_trial(self.trial)
+            ):
+                look.state.status = "pruned"  # the loop ends after this step
+                log.info(f"Pruned: trial {self.number} stopped by the study's pruner")
+        except optuna.exceptions.UpdateFinishedTrialError:  # the study ended it: train on
+            log.warning(f"Trial {self.number} is already finished in its study; not reporting")
+            self.trial = None
+
+
+def intermediate(look: Look, objective: str) -> float | None:
+    """The objective as it stands at this log step: the last validation loss for
+    `trainer.objective=val_loss` (none before the first epoch ends), else the step's
+    training loss; None where it is not a finite number."""
+    loss = look.state.val_loss if objective == "val_loss" else look.loss
+    value = None if loss is None else float(loss)  # a host sync, at log steps only
+    return value if value is not None and math.isfinite(value) else None

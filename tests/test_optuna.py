@@ -1,0 +1,316 @@
+"""Optuna searches through the runner's own sweeper (hydra_plugins.runner_optuna_sweeper): the
+keys, the study in a journal file in the sweep dir, a search that continues, trials that are
+retried, reproduced, pruned, run in parallel, and stopped with Ctrl-C."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from conftest import read_metrics
+from test_sweep import JOBLIB, SUBMITIT, sweep
+
+from runner.observe import Look
+from runner.sweep.study import (
+    JOURNAL,
+    PRUNER,
+    STORAGE,
+    STUDY,
+    SWEEP_DIR,
+    TRIAL,
+    location,
+    open_storage,
+)
+from runner.sweep.trial import reporting
+from runner.train.state import State
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("optuna") is None, reason="needs the sweep extra (optuna)"
+)
+TINY = "trainer.epochs=5"  # a search here checks the plumbing, not the fit
+LINEAR = ("experiment=linear_fit", "hparams_search=linear_fit_optuna", TINY, "logger=none")
+
+
+def search(tmp_path: Path, name: str, *args: str) -> tuple[str, Path, list[dict[str, str]]]:
+    status, out, sweep_dir, rows = sweep(tmp_path, name, *args)
+    assert status == 0, out[-3000:]
+    return out, sweep_dir, rows
+
+
+def trials(sweep_dir: Path, name: str) -> list[Any]:
+    """The study as `optuna.load_study` opens it from the journal file in the sweep dir."""
+    import optuna
+
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(sweep_dir / JOURNAL))
+    )
+    return optuna.load_study(study_name=name, storage=storage).get_trials()
+
+
+def test_hparams_search_configs():
+    from hydra import compose, initialize_config_dir
+
+    from runner.__main__ import CONFIGS
+
+    for experiment, searched, objective, pruner in (
+        ("linear_fit", {"optimizer", "optimizer.lr"}, "final_loss", None),
+        ("sine_mlp", {"optimizer.lr", "trainer.batch_size", "model.activation"}, "val_loss", 1),
+    ):
+        with initialize_config_dir(str(CONFIGS), version_base="1.3"):
+            overrides = [f"experiment={experiment}", f"hparams_search={experiment}_optuna"]
+            cfg = compose("config", overrides=overrides, return_hydra_config=True)
+        sweeper = cfg.hydra.sweeper
+        assert (
+            sweeper._target_ == "hydra_plugins.runner_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+        )
+        assert sweeper.direction == "minimize" and sweeper.storage is None
+        assert sweeper.sampler._target_.endswith("TPESampler") and sweeper.sampler.seed == 42
+        assert sweeper.n_trials == 10 and set(sweeper.params) == searched
+        assert sweeper.params["optimizer.lr"].startswith("tag(log,")
+        assert (sweeper.pruner is None) == (pruner is None)
+        if pruner:
+            assert sweeper.pruner._target_ == "optuna.pruners.MedianPruner"
+        assert cfg.trainer.objective == objective and cfg.hydra.callbacks.summary.fail_on == "all"
+
+
+def test_ours_is_the_optuna_sweeper_where_hydra_optuna_sweeper_is_installed_too(tmp_path):
+    """hydra-optuna-sweeper registers `hydra/sweeper/optuna` as a structured config with a
+    defaults list; a stand-in that does the same is scanned first, as from site-packages."""
+    plugin = tmp_path / "hydra_plugins" / "hydra_optuna_sweeper"
+    plugin.mkdir(parents=True)
+    (plugin / "__init__.py").write_text("")
+    (plugin / "config.py").write_text(
+        textwrap.dedent(
+            """
+            from dataclasses import dataclass, field
+            from typing import Any, List
+            from hydra.core.config_store import ConfigStore
+
+            @dataclass
+            class OptunaSweeperConf:
+                _target_: str = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+                defaults: List[Any] = field(default_factory=lambda: [{"sampler": "tpe"}])
+                n_trials: int = 20
+
+            ConfigStore.instance().store(
+                group="hydra/sweeper", name="optuna", node=OptunaSweeperConf, provider="theirs"
+            )
+            """
+        )
+    )
+    code = (
+        "from hydra import compose, initialize_config_dir\n"
+        "from runner.__main__ import CONFIGS\n"
+        "with initialize_config_dir(str(CONFIGS), version_base='1.3'):\n"
+        "    cfg = compose('config', overrides=['hparams_search=sine_mlp_optuna'],\n"
+        "                  return_hydra_config=True)\n"
+        "print(cfg.hydra.sweeper._target_, cfg.hydra.sweeper.pruner._target_)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [
+        "hydra_plugins.runner_optuna_sweeper.optuna_sweeper.OptunaSweeper",
+        "optuna.pruners.MedianPruner",
+    ]
+
+
+def test_search_space_from_the_override_grammar():
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    from runner.sweep.space import search_space
+
+    params = {
+        "optimizer.lr": "tag(log, interval(0.001, 0.1))",
+        "trainer.grad_clip": "interval(0.5, 2)",
+        "model.activation": "choice(tanh, relu)",
+        "trainer.batch_size": "range(32, 129, 32)",
+        "seed": "7",
+        "loss.delta": "range(0.5, 2.0, 0.5)",
+    }
+    space = search_space(params, ["experiment=sine_mlp", "seed=choice(1, 2)", "~scheduler"])
+    d = space.distributions
+    assert d["optimizer.lr"] == FloatDistribution(0.001, 0.1, log=True)
+    assert d["trainer.grad_clip"] == FloatDistribution(0.5, 2.0)
+    assert d["model.activation"] == CategoricalDistribution(["tanh", "relu"])
+    assert d["trainer.batch_size"] == IntDistribution(32, 128, step=32)  # 129 is not reached
+    assert d["loss.delta"] == FloatDistribution(0.5, 1.5, step=0.5)
+    assert d["seed"] == CategoricalDistribution([1, 2])  # the command line wins over params
+    assert space.fixed == ["experiment=sine_mlp", "~scheduler"]
+    chosen = {"optimizer.lr": 0.01, "model.activation": "relu", "seed": 2}
+    assert space.overrides(chosen) == [
+        "optimizer.lr=0.01",
+        "model.activation=relu",
+        "seed=2",
+        "experiment=sine_mlp",
+        "~scheduler",
+    ]
+    quoted = search_space({"dataset.path": "choice('a b.csv', c.csv)"}, [])
+    assert quoted.overrides({"dataset.path": "a b.csv"}) == ["dataset.path=a\\ b.csv"]
+
+
+def test_a_trial_reports_each_log_step_and_stops_when_its_pruner_says_so(tmp_path: Path):
+    import optuna
+
+    assert reporting("final_loss", {}) == []  # no Optuna search, no reporting
+    where = location(None, tmp_path)
+    study = optuna.create_study(study_name="s", storage=open_storage(where))
+    study.set_user_attr(PRUNER, {"_target_": "optuna.pruners.ThresholdPruner", "upper": 1.0})
+    number = study.ask().number
+    [report] = reporting("final_loss", {TRIAL: str(number), STUDY: "s", STORAGE: where})
+    state = State()
+    for loss in (0.5, 0.25, 2.0, 0.1):  # the pruner stops it above 1.0
+        state.step += 1
+        report.log(Look(state, torch.tensor(loss), torch.tensor([loss]), [], None, 0))
+        if state.status != "running":
+            break
+    assert state.status == "pruned" and state.step == 3
+    assert study.trials[number].intermediate_values == {0: 0.5, 1: 0.25, 2: 2.0}
+
+
+@pytest.mark.slow
+def test_a_search_keeps_its_study_in_the_sweep_dir_and_continues_it(tmp_path: Path):
+    out, sweep_dir, rows = search(tmp_path, "s", *LINEAR, "hydra.sweeper.n_trials=2")
+    first = trials(sweep_dir, "linear_fit")  # optuna.load_study opens the journal file
+    assert [t.state.name for t in first] == ["COMPLETE", "COMPLETE"]
+    assert all(len(t.intermediate_values) == 5 for t in first)  # every log step
+    assert sorted(int(r["job"]) for r in rows) == [0, 1]  # a job's number is its trial's
+    assert "Best value" in out and (sweep_dir / "optimization_results.yaml").is_file()
+
+    # a search killed mid-trial leaves the trial running
+    import optuna
+
+    storage = open_storage(str(sweep_dir / JOURNAL))
+    study = optuna.load_study(study_name="linear_fit", storage=storage)
+    left = study.ask({"optimizer.lr": optuna.distributions.FloatDistribution(0.01, 1, log=True)})
+    left.set_user_attr(SWEEP_DIR, str(sweep_dir))
+
+    out, _, rows = search(tmp_path, "s", *LINEAR, "hydra.sweeper.n_trials=4")
+    assert "Trial 2 was left running" in out and "2 trials done, 2 to run" in out
+    after = trials(sweep_dir, "linear_fit")
+    assert [t.state.name for t in after] == ["COMPLETE", "COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
+    assert [(t.params, t.value) for t in after[:2]] == [(t.params, t.value) for t in first]
+    assert after[3].params["optimizer.lr"] == left.params["optimizer.lr"]  # run again
+    assert sorted(int(r["job"]) for r in rows) == [0, 1, 3, 4]  # nothing ran twice
+    assert [float(r["objective"]) for r in rows] == sorted(
+        t.value for t in after if t.value is not None
+    )
+
+
+@pytest.mark.slow
+def test_the_same_seed_runs_the_same_trials_and_beats_the_default_lr(tmp_path, run_experiment):
+    _, a, rows_a = search(tmp_path, "a", *LINEAR, "hydra.sweeper.n_trials=4")
+    _, b, rows_b = search(tmp_path, "b", *LINEAR, "hydra.sweeper.n_trials=4")
+    assert len(rows_a) == 4
+    assert [(t.params, t.value) for t in trials(a, "linear_fit")] == [
+        (t.params, t.value) for t in trials(b, "linear_fit")
+    ]
+    assert [r["overrides"] for r in rows_a] == [r["overrides"] for r in rows_b]
+    for row in rows_a:  # a trial's directory: its number and what Optuna chose
+        chosen = sorted(o for o in row["overrides"].split() if o.startswith("optimizer"))
+        assert Path(row["run_dir"]).name == f"{row['job']}_{','.join(chosen)}"
+    best = (a / "optimization_results.yaml").read_text()
+    assert best == (b / "optimization_results.yaml").read_text()
+    assert best.startswith("name: optuna\nbest_params:\n") and rows_a[0]["objective"] in best
+    default, _ = run_experiment("experiment=linear_fit", TINY, "logger=none")
+    assert float(rows_a[0]["final_loss"]) < default["final_loss"]
+
+
+@pytest.mark.slow
+def test_keys_direction_and_a_wrong_key(tmp_path: Path, capsys):
+    _, sweep_dir, rows = search(
+        tmp_path, "max", *LINEAR, "hydra.sweeper.n_trials=2", "hydra.sweeper.direction=maximize"
+    )
+    best = max(t.value for t in trials(sweep_dir, "linear_fit"))
+    assert f"best_value: {best}" in (sweep_dir / "optimization_results.yaml").read_text()
+    status, _, sweep_dir, _ = sweep(tmp_path, "bad", *LINEAR, "hydra.sweeper.n_jobs=0")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and err == [
+        "Config error: hydra.sweeper.n_jobs=0 is not allowed; use an integer >= 1"
+    ]
+    assert not (sweep_dir / JOURNAL).exists()
+
+
+@pytest.mark.slow
+def test_sine_mlp_search_prunes_a_trial_and_still_succeeds(tmp_path: Path):
+    args = ("experiment=sine_mlp", "hparams_search=sine_mlp_optuna", "trainer.epochs=4")
+    out, sweep_dir, rows = search(tmp_path, "s", *args, "logger=none", "hydra.sweeper.n_trials=5")
+    states = {t.number: t.state.name for t in trials(sweep_dir, "sine_mlp")}
+    pruned = [r for r in rows if r["status"] == "pruned"]
+    assert pruned and all(states[int(r["job"])] == "PRUNED" for r in pruned)
+    assert len(rows) == 5 and {r["status"] for r in rows} == {"completed", "pruned"}
+    assert rows[-len(pruned) :] == pruned  # best first: completed, then pruned
+    for row in pruned:  # a clean end, with the objective it had reached
+        metrics = read_metrics(Path(row["run_dir"]))
+        assert metrics["status"] == "pruned" and metrics["epochs"] < 4
+        assert math.isfinite(float(row["objective"])) and metrics["objective"] > 0
+    assert "Pruned: trial" in out and "pruned" in out.splitlines()[-1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("launcher", "n_trials"),
+    [pytest.param("joblib", 4, marks=JOBLIB), pytest.param("submitit_local", 2, marks=SUBMITIT)],
+)
+def test_parallel_trials_share_one_study(tmp_path: Path, launcher: str, n_trials: int):
+    parallel = [f"hydra/launcher={launcher}", "hydra.sweeper.n_jobs=2"]
+    if launcher == "joblib":
+        parallel.append("hydra.launcher.n_jobs=2")  # this machine's cores
+    _, sweep_dir, rows = search(
+        tmp_path, launcher, *LINEAR, f"hydra.sweeper.n_trials={n_trials}", *parallel
+    )
+    study = trials(sweep_dir, "linear_fit")
+    assert [t.number for t in study] == list(range(n_trials))
+    assert {t.state.name for t in study} == {"COMPLETE"}
+    assert all(len(t.intermediate_values) == 5 for t in study)  # reported from the workers
+    assert sorted(int(r["job"]) for r in rows) == list(range(n_trials))
+
+
+@pytest.mark.slow
+@JOBLIB
+def test_ctrl_c_stops_a_parallel_search_which_the_same_command_continues(tmp_path: Path):
+    sweep_dir = tmp_path / "s"
+    long = ("trainer.epochs=1000000", "trainer.checkpoint_every=100")
+    parallel = ("hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweeper.n_jobs=2")
+    command = [sys.executable, "-m", "runner", "-m", *LINEAR[:2], "logger=none", *long]
+    command += [*parallel, "hydra.sweeper.n_trials=4", f"hydra.sweep.dir={sweep_dir}"]
+    process = subprocess.Popen(
+        command,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while len(list(sweep_dir.glob("*/checkpoints/last.pt"))) < 2:
+            assert process.poll() is None and time.monotonic() < deadline, "trials never ran"
+            time.sleep(0.1)
+        os.killpg(process.pid, signal.SIGINT)
+        out, _ = process.communicate(timeout=90)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 130, out[-3000:]
+    assert "Interrupted: no more trials" in out and "Traceback" not in out
+    stopped = trials(sweep_dir, "linear_fit")
+    assert [t.state.name for t in stopped] == ["FAIL", "FAIL", "WAITING", "WAITING"]
+
+    search(tmp_path, "s", *LINEAR, *parallel, "hydra.sweeper.n_trials=4")
+    after = trials(sweep_dir, "linear_fit")
+    assert [t.state.name for t in after[2:]] == ["COMPLETE"] * 4
+    assert [t.params for t in after[2:4]] == [t.params for t in stopped[:2]]  # run again
