@@ -7,7 +7,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from runner import cli
+from runner import cli, launch
 
 # The top-level configs/ through a link, copied into the wheel. Absolute: for the `runner`
 # script a relative path is `pkg://runner.configs`, which Hydra reads only with an __init__.py
@@ -23,6 +23,7 @@ def app(cfg: DictConfig) -> float:
 
 
 def main() -> None:
+    launch.follow()  # a torchrun rank other than 0 runs rank 0's config, not Hydra
     cli.main(app)  # Hydra's errors, told the runner's way
 
 

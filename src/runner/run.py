@@ -13,6 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from runner import launch
 from runner.build import Built, build
 from runner.config.check import EarlyStop
 from runner.observe import Look, Observer, dashboard
@@ -26,28 +27,38 @@ from runner.observe.scalars import Scalars
 from runner.observe.validation import Validation
 from runner.observe.walkthrough import grad_fns
 from runner.observe.walkthrough import lines as first_step_lines
-from runner.train import checkpoint
+from runner.sweep.trial import reporting
+from runner.train import checkpoint, distributed
 from runner.train.loop import total_steps, train
 from runner.train.state import State, number
+from runner.train.world import world
 
 log = logging.getLogger(__name__)
 MAX_PARAM_ELEMENTS = 1000  # metrics.json lists parameter values for models up to this size
 
 
 def run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
-    """1. check and build  2. resume  3. train  4. write metrics.json  5. close the logs."""
+    """0. start or join the run's processes  1. check and build  2. resume  3. train
+    4. write metrics.json  5. close the logs. Only rank 0 of several processes writes."""
+    if launch.spawns(cfg):  # trainer.devices=N: N processes run it; rank 0's results come back
+        metrics = launch.spawn(cfg, run_dir, overrides)
+        report(metrics, run_dir, [])
+        return metrics
+    cfg, run_dir, overrides = launch.join(cfg, run_dir, overrides)  # rank 0's, on every rank
+    leader = world().leader
     started = time.perf_counter()
-    run_dir.mkdir(parents=True, exist_ok=True)
     source = checkpoint.locate(OmegaConf.select(cfg, "trainer.resume"), run_dir)
-    checkpoint.claim(run_dir, source)  # never write over another run's results
-    b = build(cfg, run_dir)
+    if leader:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        checkpoint.claim(run_dir, source)  # never write over another run's results
+    b = build(cfg, run_dir if leader else None)
     state = checkpoint.load(source, b) if source is not None else State()
     resumed_at = state.step
     if source is not None:
         b.logger.resumed(state.step)  # TensorBoard shows each step once
     t = b.checked.trainer
     save = None
-    if t.checkpoint_every is not None:
+    if t.checkpoint_every is not None and leader:
         save = partial(save_with_logs, run_dir / checkpoint.LAST, b)
     watching = observers(b, state.step)
     graph = next(o for o in watching if isinstance(o, GraphStats))
@@ -69,7 +80,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> dict[s
             metrics["resumed_from"] = {"checkpoint": str(source), "step": resumed_at}
         if checked is not None:
             metrics["gradcheck"] = checked
-        if graph.first:
+        if graph.first and leader:
             (run_dir / "graph.txt").write_text(f"{graph.first['chain']}\n\n{graph.first['tree']}\n")
             (run_dir / "graph.dot").write_text(graph.first["dot"])
         if t.epochs == 0:  # the post's prints, kept in TensorBoard too
@@ -83,12 +94,14 @@ def run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> dict[s
         metrics["steps"] = state.step
         raise
     finally:
-        write_json(run_dir / "metrics.json", metrics)
+        if leader:
+            write_json(run_dir / "metrics.json", metrics)
         columns = hparams(cfg, overrides)
         b.logger.hparams(
             columns, hparam_metrics(metrics), max(state.step - 1, 0), metrics["status"]
         )
         b.logger.close()
+        distributed.leave()
     report(metrics, run_dir, first_step)
     return metrics
 
@@ -114,7 +127,9 @@ def observers(b: Built, start: int) -> list[Observer]:
         Histograms(b, b.logger, cadence.histogram_every_n_steps, last),
         Validation(b, b.logger, early_stop(b.checked.trainer.early_stop)),
         Figures(b, b.logger, cadence.figure_every_n_epochs),
-        Progress(last + 1, start, scalars),
+        Progress(last + 1, start, scalars, shown=world().leader),
+        # an Optuna trial: report, maybe prune (rank 0 reports; the ranks agree on pruning)
+        *(reporting(b.checked.trainer.objective) if world().leader else []),
     ]
 
 
@@ -150,6 +165,7 @@ def summarise(state: State, b: Built, duration: float) -> dict[str, Any]:
         "epochs": state.epoch,
         "device": str(b.device),
         "duration_s": round(duration, 4),
+        "world_size": world().size,
     }
     for key in ("diverged_step", "early_stopped_epoch", "signal"):
         if getattr(state, key) is not None:

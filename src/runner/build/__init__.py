@@ -22,8 +22,9 @@ from torch import nn
 from runner.build import losses, models
 from runner.build.data import Data
 from runner.build.optim import GD, Constant
+from runner.build.precision import precision
 from runner.config.check import Checked, ConfigError, check, locate
-from runner.log.tensorboard import Logger
+from runner.log.tensorboard import Logger, Null
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -44,6 +45,8 @@ class Built:
     scheduler: Any
     logger: Logger
     hparams: dict[str, Any]
+    amp: torch.dtype | None = None  # trainer.amp: the step's autocast dtype
+    scaler: torch.amp.GradScaler | None = None  # trainer.amp=float16's gradient scaler
 
     def loss_on(self, idx: torch.Tensor | None) -> torch.Tensor:
         """Forward and loss on the points `idx` (None: all of them), or the objective."""
@@ -167,7 +170,7 @@ def flatten(prefix: str, value: Any, out: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def build(cfg: DictConfig, run_dir: Path) -> Built:
+def build(cfg: DictConfig, run_dir: Path | None) -> Built:
     """Check the config, then build data, model, loss, optimizer, scheduler and logger."""
     plain = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(plain, dict)
@@ -234,7 +237,9 @@ def build(cfg: DictConfig, run_dir: Path) -> Built:
     if isinstance(optimizer, GD) and not _returns(make_scheduler, Constant):
         optimizer = optimizer.as_torch()  # torch's schedulers take only torch's optimizers
     scheduler = make_scheduler(optimizer)
-    logger = _instantiate("logger", opts["logger"])(log_dir=run_dir)
+    amp, scaler = precision(trainer.amp, device, optimizer)
+    # run_dir None: a DDP rank other than 0, which writes nothing
+    logger = Null() if run_dir is None else _instantiate("logger", opts["logger"])(log_dir=run_dir)
 
     hparams = flatten("", {k: plain[k] for k in ("seed", "trainer", *opts)}, {})
     return Built(
@@ -250,6 +255,8 @@ def build(cfg: DictConfig, run_dir: Path) -> Built:
         scheduler=scheduler,
         logger=logger,
         hparams=hparams,
+        amp=amp,
+        scaler=scaler,
     )
 
 

@@ -45,6 +45,9 @@ class TrainerConfig:
     early_stop: dict[str, float] | None = None
     objective: str = "final_loss"
     compile: bool | str = False  # true: torch.compile the model (inductor); or a backend's name
+    devices: int = 1  # processes on each node: one run over them with DDP
+    num_nodes: int = 1
+    amp: str | None = None  # autocast to bfloat16 or float16
 
 
 @dataclass
@@ -63,6 +66,7 @@ class EarlyStop:
 
 
 DTYPES = ("float32", "float64")
+AMPS = ("bfloat16", "float16")
 OBJECTIVES = ("final_loss", "best_loss", "val_loss")
 
 
@@ -133,7 +137,7 @@ def _check_dataclass(where: str, given: Mapping[str, Any], schema: type) -> Any:
 
 def check_trainer(given: Mapping[str, Any]) -> TrainerConfig:
     t = _check_dataclass("trainer", given, TrainerConfig)
-    positive = {"epochs": 0, "accumulate": 1, "log_every_n_steps": 1}
+    positive = {"epochs": 0, "accumulate": 1, "log_every_n_steps": 1, "devices": 1, "num_nodes": 1}
     for key, low in positive.items():
         if getattr(t, key) < low:
             raise ConfigError(f"trainer.{key}={getattr(t, key)} must be at least {low}")
@@ -145,6 +149,13 @@ def check_trainer(given: Mapping[str, Any]) -> TrainerConfig:
         raise ConfigError(f"trainer.grad_clip={t.grad_clip} must be positive or null")
     if t.dtype not in DTYPES:
         raise ConfigError(f"trainer.dtype={t.dtype!r} is not allowed; use {' or '.join(DTYPES)}")
+    if t.amp is not None and t.amp not in AMPS:
+        raise ConfigError(f"trainer.amp={t.amp!r} is not allowed; use null, {' or '.join(AMPS)}")
+    if t.amp is not None and t.dtype != "float32":
+        raise ConfigError(
+            f"trainer.amp={t.amp} computes in less than float32, and trainer.dtype={t.dtype} "
+            "asks for more; set trainer.dtype=float32 or trainer.amp=null"
+        )
     if t.objective not in OBJECTIVES:
         raise ConfigError(
             f"trainer.objective={t.objective!r} is not allowed; use one of {', '.join(OBJECTIVES)}"

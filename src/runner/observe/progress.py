@@ -11,9 +11,12 @@ from runner.train.state import State
 
 
 class Progress(Observer):
-    def __init__(self, total: int, start: int, scalars: Scalars) -> None:
+    def __init__(self, total: int, start: int, scalars: Scalars, shown: bool = True) -> None:
         self.scalars = scalars  # the loss shown beside the bar
-        self.bar = tqdm(total=total, initial=start, disable=None, unit="step", leave=False)
+        # shown=False: a DDP rank other than 0, whose bar would repeat rank 0's
+        self.bar = tqdm(
+            total=total, initial=start, disable=None if shown else True, unit="step", leave=False
+        )
 
     def log(self, look: Look) -> None:
         self.bar.update(look.state.step - self.bar.n)

@@ -23,6 +23,7 @@ import torch
 from runner.build import Built
 from runner.config.check import ConfigError
 from runner.train.state import State
+from runner.train.world import world
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,8 @@ def save(path: Path, b: Built, run: State) -> None:
         "scheduler": b.scheduler.state_dict(),
         "state": run.to_dict(),
         "hparams": dict(b.hparams),  # to name what a resumed run changed
+        "world_size": world().size,  # any number of processes resumes it: the batch is global
+        "scaler": None if b.scaler is None else b.scaler.state_dict(),  # trainer.amp=float16
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -105,6 +108,8 @@ def load(path: Path, b: Built) -> State:
                 p.grad = None if grad is None else grad.to(p.device, p.dtype).clone()
         b.optimizer.load_state_dict(state["optimizer"])
         b.scheduler.load_state_dict(state["scheduler"])
+        if b.scaler is not None and state.get("scaler"):
+            b.scaler.load_state_dict(state["scaler"])
         run = State.from_dict(state["state"], b.device)
     except (KeyError, RuntimeError, ValueError, TypeError) as e:
         raise ConfigError(

@@ -19,6 +19,7 @@ import torch
 from runner.build import Built
 from runner.observe import Look, Observer
 from runner.observe.graph import saved_bytes
+from runner.train import distributed
 from runner.train.state import State
 
 Save = Callable[[State], None]
@@ -31,10 +32,11 @@ def train(b: Built, state: State, observers: Sequence[Observer], save: Save | No
     last = total_steps(b) - 1
     recent = Recent()  # each update's loss since the last log step
     at_epochs = [o for o in observers if type(o).epoch is not Observer.epoch]
+    part = distributed.part(b)  # this process's share of each step: all of it, for one
     with stop_on_signals() as stop:
         while state.epoch < t.epochs and state.status == "running":
             if state.position == 0:  # a new epoch, in a new order
-                state.perm, state.epoch_sum = shuffle(b, t.batch_size), None
+                state.perm, state.epoch_sum = part.same(shuffle(b, t.batch_size)), None
             batches = [None] if state.perm is None else list(state.perm.split(t.batch_size))
             for i in range(state.position, len(batches), t.accumulate):
                 group = batches[i : i + t.accumulate]
@@ -46,17 +48,18 @@ def train(b: Built, state: State, observers: Sequence[Observer], save: Save | No
                     b.optimizer.zero_grad()
                     losses = []
                     for idx in group:
-                        loss = b.loss_on(idx)  # forward and loss
+                        loss = part.loss_on(idx)  # forward and loss
                         # one micro-batch: the loss as it is, so the graph is the post's
-                        (loss if len(group) == 1 else loss / len(group)).backward()
+                        part.scale(loss if len(group) == 1 else loss / len(group)).backward()
                         losses.append(loss.detach())
                     if t.grad_clip is not None:
+                        part.unscale()
                         torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
                     roots.append(loss)  # the graph the observers walk
-                    return losses[0] if len(losses) == 1 else torch.stack(losses).mean()
+                    return part.mean(losses[0] if len(losses) == 1 else torch.stack(losses).mean())
 
                 with saved_bytes() if log_now else UNCOUNTED as saved:
-                    loss = b.optimizer.step(closure)
+                    loss = part.step(closure)
                 share = None if group[0] is None else sum(len(g) for g in group) / b.data.n
                 state.epoch_sum = add(state.epoch_sum, loss, share)
                 state.step, state.position = state.step + 1, i + t.accumulate
@@ -67,15 +70,14 @@ def train(b: Built, state: State, observers: Sequence[Observer], save: Save | No
                         o.log(look)
                 if save is not None and state.step % t.checkpoint_every == 0 and recent.finite():
                     save(state)
-                if state.status != "running" or stop.signal:
+                part.agree(stop, state, log_now)  # a signal or a pruned trial stops every rank
+                if state.status != "running":
                     break
             else:  # the epoch ran to its end
                 state.end_epoch()
                 b.scheduler.step()
                 for o in at_epochs:
                     o.epoch(state)
-            if stop.signal and state.status == "running":
-                state.status, state.signal = "interrupted", stop.signal
     if state.status == "running":
         state.status = "completed"
     if save is not None and state.status != "diverged" and recent.finite():

@@ -1,0 +1,185 @@
+"""Starting and joining the processes of one run.
+
+`trainer.devices=N` makes one run over N processes: the runner starts them through
+PyTorch's elastic launcher (what torchrun runs), hands each its config and run directory,
+and reports rank 0's results. Under torchrun each process starts as `python -m runner`,
+and Hydra in each would resolve `${now:...}` to a run directory of its own (Hydra #2070);
+so a rank other than 0 never starts Hydra: `follow`, called before Hydra, takes rank 0's
+config and run directory instead. On SLURM, submitit starts each task as Hydra's job,
+with the same job directory; the tasks join here as well.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import signal
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from runner.config.check import ConfigError
+from runner.train.world import world
+
+SIGNALS = "signals_to_handle"  # an elastic launcher option that older torch releases lack
+# what rank 0 answers without running (`--cfg job`, `--help`): the other ranks just exit
+QUERIES = ("-h", "--help", "--hydra-help", "--version", "-c", "--cfg", "-i", "--info", "-sc")
+
+
+def follow() -> None:
+    """Before Hydra starts: a rank other than 0 under torchrun runs rank 0's config, in rank
+    0's run directory, and exits; any other process returns at once."""
+    w = world()
+    if w.size == 1 or "SUBMITIT_EXECUTOR" in os.environ:  # submitit: each task is a Hydra job
+        return
+    args = sys.argv[1:]
+    if "-m" in args or "--multirun" in args:  # every rank stops, so none waits for the others
+        if w.leader:
+            print(
+                "Config error: a sweep (-m) under torchrun would run every job on every "
+                "process; run the sweep without torchrun and give each job its processes "
+                "with trainer.devices=N",
+                file=sys.stderr,
+            )
+        sys.exit(2)
+    if w.leader:
+        return
+    if any(a.partition("=")[0] in QUERIES for a in args):
+        sys.exit(0)
+    logging.basicConfig(level=logging.WARNING, format=f"[rank {w.rank}] %(message)s")
+    try:
+        cfg, run_dir, overrides = join(None, None, ())
+        from runner.run import run
+
+        sys.exit(exit_status(run(cfg, run_dir, overrides)))
+    except ConfigError:
+        sys.exit(2)  # rank 0 says why
+
+
+def join(
+    cfg: DictConfig | None, run_dir: Path | None, overrides: Sequence[str]
+) -> tuple[DictConfig, Path, list[str]]:
+    """Every process of a run takes rank 0's config, run directory and overrides; for one
+    process, they are returned as they are."""
+    w = world()
+    if w.size == 1:
+        assert cfg is not None and run_dir is not None
+        return cfg, run_dir, list(overrides)
+    from runner.train import distributed
+
+    plain = None if cfg is None else OmegaConf.to_container(cfg, resolve=True)
+    plain, where, overrides = distributed.join(w, (plain, str(run_dir), list(overrides)))
+    t = plain.get("trainer") or {}
+    wanted = processes(t)
+    if wanted not in (1, w.size):  # 1: the default, torchrun's --nproc-per-node decides
+        raise ConfigError(
+            f"trainer.devices={t.get('devices')} x trainer.num_nodes={t.get('num_nodes')} "
+            f"asks for {wanted} processes, and {w.size} were started; make them agree"
+        )
+    distributed.pin(w, str(t.get("device", "auto")))
+    if not w.leader:
+        logging.getLogger().setLevel(logging.WARNING)  # rank 0 speaks for the run
+    return OmegaConf.create(plain), Path(where), overrides
+
+
+def processes(trainer: Any) -> int:
+    """trainer.devices x trainer.num_nodes (1 where they are not integers: the check says)."""
+    devices, nodes = trainer.get("devices", 1), trainer.get("num_nodes", 1)
+    return devices * nodes if type(devices) is type(nodes) is int and devices > 0 < nodes else 1
+
+
+def spawns(cfg: DictConfig) -> bool:
+    """Whether this process starts the run's processes (`trainer.devices=N`, no launcher)."""
+    return world().size == 1 and processes(cfg.get("trainer") or {}) > 1
+
+
+def spawn(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> dict[str, Any]:
+    """Run the config over `trainer.devices` processes on this machine; rank 0's metrics."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    from runner.config.check import check
+    from runner.run import write_json
+    from runner.train import checkpoint
+
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(plain, dict)
+    plain.pop("hydra", None)
+    t = check(plain).trainer
+    if t.num_nodes > 1:
+        raise ConfigError(
+            f"trainer.num_nodes={t.num_nodes}: the runner starts processes on this machine "
+            f"only; start them on every node with torchrun (--nnodes={t.num_nodes} "
+            f"--nproc-per-node={t.devices}) or with hydra/launcher=submitit_slurm"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint.claim(run_dir, checkpoint.locate(t.resume, run_dir))
+    fields = {f.name for f in dataclasses.fields(LaunchConfig)}  # torch releases differ
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=t.devices,
+        run_id=f"runner-{uuid.uuid4().hex[:8]}",
+        rdzv_backend="c10d",
+        rdzv_endpoint="localhost:0",  # a free port
+        max_restarts=0,  # a rank that fails ends the run: every rank stops with it
+        # Ctrl-C reaches the ranks from the terminal: a launcher that passed it on as well
+        # would make it a second one, which stops a rank at once rather than after its step
+        **({"signals_to_handle": "SIGTERM,SIGHUP,SIGQUIT"} if SIGNALS in fields else {}),
+    )
+    metrics_json, started = run_dir / "metrics.json", time.time()
+    ctrl_c = signal.signal(signal.SIGINT, signal.SIG_IGN) if SIGNALS in fields else None
+    try:
+        ranks = elastic_launch(config, rank_main)(plain, str(run_dir), list(overrides))
+    except (ChildFailedError, SignalException) as e:
+        fresh = metrics_json.exists() and metrics_json.stat().st_mtime >= started
+        written = json.loads(metrics_json.read_text()) if fresh else {}
+        if written.get("status") == "interrupted":  # a signal: rank 0's metrics say where
+            return written
+        if isinstance(e, SignalException):
+            raise KeyboardInterrupt(e.sigval.name) from None
+        rank, failure = e.get_first_failure()
+        how = failure.signal_name() if failure.exitcode < 0 else f"exit status {failure.exitcode}"
+        error = f"trainer.devices={t.devices}: rank {rank} failed ({how}); every rank stopped"
+        if not fresh:
+            write_json(metrics_json, {"status": "failed", "error": error, "world_size": t.devices})
+        raise RuntimeError(error) from None
+    finally:
+        if ctrl_c is not None:
+            signal.signal(signal.SIGINT, ctrl_c)
+    if "config_error" in ranks[0]:
+        raise ConfigError(ranks[0]["config_error"])
+    return ranks[0]
+
+
+def rank_main(plain: dict[str, Any], run_dir: str, overrides: list[str]) -> dict[str, Any]:
+    """One process of `trainer.devices=N`, as the elastic launcher starts it."""
+    from runner.run import run
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    if "OMP_NUM_THREADS" not in os.environ:  # as torchrun does: processes share the cores
+        import torch
+
+        torch.set_num_threads(1)
+    try:
+        metrics = run(OmegaConf.create(plain), Path(run_dir), overrides)
+    except ConfigError as e:
+        return {"config_error": str(e)}
+    if metrics["status"] == "interrupted":  # the launcher is stopping: go now, not after its
+        sys.exit(exit_status(metrics))  # grace period (a returned value waits for the others)
+    return metrics
+
+
+def exit_status(metrics: dict[str, Any]) -> int:
+    """As `runner.cli` exits: 0 completed, 128 + the signal interrupted, 1 otherwise."""
+    if metrics["status"] == "interrupted":
+        return 128 + signal.Signals[metrics.get("signal") or "SIGINT"]
+    return 0 if metrics["status"] == "completed" else 1

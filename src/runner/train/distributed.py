@@ -1,0 +1,194 @@
+"""One run over several processes: PyTorch's DDP, with every decision taken once.
+
+Every rank runs rank 0's config. Each step's batch (`trainer.batch_size` is the global
+batch) is split into disjoint shards of the same permutation, DDP averages the gradients,
+and each step's loss is averaged over the ranks. So every rank sees the same loss, the same
+parameters and the same data, and the observers' decisions (divergence, early stop) agree
+by construction; a signal, which reaches the ranks at different moments, is agreed on at
+log steps. A rank that dies fails the others' next collective, or at the latest the
+process group's timeout does.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from runner.build import Built, models
+from runner.config.check import ConfigError
+from runner.train.state import State
+from runner.train.world import World, world
+
+# how long a collective waits for a rank that stopped answering
+TIMEOUT = timedelta(seconds=float(os.environ.get("RUNNER_DIST_TIMEOUT_S", 600)))
+
+
+def join(w: World, sent: Any) -> Any:
+    """Start the process group; returns rank 0's `sent` on every rank."""
+    if dist.is_initialized():  # joined before Hydra (a torchrun rank other than 0)
+        return sent
+    # gloo carries CPU tensors (and this handshake), nccl CUDA ones
+    backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(
+        backend, init_method=w.address, rank=w.rank, world_size=w.size, timeout=TIMEOUT
+    )
+    box = [sent]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def pin(w: World, device: str) -> None:
+    """Each process on its own GPU, the one of its local rank: `cuda` then means that one."""
+    if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
+        check_gpus(w.local_size, device)
+        if torch.cuda.is_available():  # otherwise building says there is no CUDA
+            torch.cuda.set_device(w.local_rank)
+
+
+def check_gpus(processes: int, device: str) -> None:
+    """One GPU for each process on a node, chosen by its local rank, never named."""
+    if device.startswith("cuda:"):
+        raise ConfigError(
+            f"trainer.device={device} names one GPU for every process; set trainer.device=cuda "
+            "(each process takes the GPU of its local rank)"
+        )
+    gpus = torch.cuda.device_count()
+    if torch.cuda.is_available() and processes > gpus:
+        raise ConfigError(
+            f"trainer.devices={processes} but this machine has {gpus} GPU(s); set "
+            f"trainer.devices (or torchrun's --nproc-per-node) to at most {gpus}, or "
+            "trainer.device=cpu for gloo processes"
+        )
+
+
+def leave() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def same(value: Any) -> Any:
+    return value
+
+
+def interrupted(stop: Any, state: State, log_now: bool) -> None:
+    """One process: a signal ends the run after this step."""
+    if stop.signal is not None and state.status == "running":
+        state.status, state.signal = "interrupted", stop.signal
+
+
+@dataclass
+class Part:
+    """This process's part of each step, as the loop calls it. For one process at full
+    precision each piece is the plain call itself, so the default run pays nothing."""
+
+    loss_on: Callable[[torch.Tensor | None], torch.Tensor]  # forward and loss
+    step: Callable[[Callable[[], torch.Tensor]], torch.Tensor]  # optimizer.step(closure)
+    scale: Callable[[torch.Tensor], torch.Tensor] = same  # what backward starts from
+    unscale: Callable[[], None] = lambda: None  # before clipping: the true gradients
+    mean: Callable[[torch.Tensor], torch.Tensor] = same  # a loss, averaged over the ranks
+    same: Callable[[torch.Tensor | None], torch.Tensor | None] = same  # rank 0's epoch order
+    agree: Callable[[Any, State, bool], None] = interrupted  # on stopping, every rank at once
+
+
+def part(b: Built, w: World | None = None) -> Part:
+    w = w or world()
+    p = Part(loss_on=b.loss_on, step=b.optimizer.step)
+    if w.size > 1:
+        p.loss_on, p.mean, p.same, p.agree = sharded(b, w), mean, broadcast, agreed
+    if b.amp is not None:
+        p.loss_on = autocast(p.loss_on, b.device.type, b.amp)
+    if b.scaler is not None:
+        p.scale, p.unscale, p.step = scaled(b.scaler, b.optimizer)
+    return p
+
+
+def sharded(b: Built, w: World) -> Callable[[torch.Tensor | None], torch.Tensor]:
+    """The loss on this rank's shard of a batch, through DDP; a shard smaller than the
+    others' is weighted down, so that the ranks' mean is the whole batch's mean."""
+    if b.data is None or b.model is None:
+        raise ConfigError(
+            "dataset=none has no data to split over processes, so each would compute the "
+            "same; set trainer.devices=1 and trainer.num_nodes=1"
+        )
+    mine = {id(p) for p in b.model.parameters()}
+    outside = [n for n, p in b.params.items() if id(p) not in mine]
+    if outside:
+        raise ConfigError(
+            f"the loss formula's parameters ({', '.join(outside)}) are outside the model, "
+            "whose gradients DDP averages; move them into the model or set trainer.devices=1"
+        )
+    ddp = DistributedDataParallel(b.model)
+    forward = ddp if isinstance(b.model, models.Expression) else models.forward_fn(ddp)
+    if b.checked.trainer.compile is not False:
+        backend = b.checked.trainer.compile
+        forward = torch.compile(forward, backend="inductor" if backend is True else backend)
+    x, y = b.data.x, b.data.y
+    every = torch.arange(w.rank, b.data.n, w.size, device=x.device)  # the full batch's shard
+    whole = (x[every], y[every], len(every) * w.size / b.data.n)
+
+    def loss_on(idx: torch.Tensor | None) -> torch.Tensor:
+        if idx is None:
+            xs, ys, weight = whole
+        else:
+            own = idx[w.rank :: w.size]
+            xs, ys, weight = x[own], y[own], len(own) * w.size / len(idx)
+        loss = b.loss_fn(forward(xs), ys)
+        return loss if weight == 1 else loss * weight
+
+    return loss_on
+
+
+def mean(loss: torch.Tensor) -> torch.Tensor:
+    out = loss / dist.get_world_size()
+    dist.all_reduce(out)
+    return out
+
+
+def broadcast(value: torch.Tensor | None) -> torch.Tensor | None:
+    if value is not None:
+        dist.broadcast(value, src=0)
+    return value
+
+
+def agreed(stop: Any, state: State, log_now: bool) -> None:
+    """At log steps: a signal that reached any rank, or a trial that rank 0's pruner
+    stopped, ends the run on every rank after this step (a host sync, at log steps only)."""
+    if not log_now:
+        return
+    flags = torch.tensor([stop.signal is not None, state.status == "pruned"], dtype=torch.float)
+    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    signalled, pruned = flags.tolist()
+    if pruned and state.status == "running":
+        state.status = "pruned"
+    if signalled and state.status == "running":
+        state.status, state.signal = "interrupted", stop.signal or "SIGTERM"
+
+
+def autocast(
+    loss_on: Callable[[torch.Tensor | None], torch.Tensor], device: str, dtype: torch.dtype
+) -> Callable[[torch.Tensor | None], torch.Tensor]:
+    def on(idx: torch.Tensor | None) -> torch.Tensor:
+        with torch.autocast(device, dtype=dtype):
+            return loss_on(idx).float()  # losses are summed and logged in float32
+
+    return on
+
+
+def scaled(scaler: torch.amp.GradScaler, optimizer: Any) -> tuple[Callable, Callable, Callable]:
+    """float16's scaler: backward from the scaled loss, the gradients unscaled before
+    clipping and the update, an update skipped when they overflowed."""
+
+    def step(closure: Callable[[], torch.Tensor]) -> torch.Tensor:
+        loss = closure()
+        scaler.step(optimizer)
+        scaler.update()
+        return loss
+
+    return scaler.scale, lambda: scaler.unscale_(optimizer), step

@@ -1,0 +1,290 @@
+"""One run over several processes (DDP on 2 gloo processes), mixed precision, and the faults:
+one run directory, the one-process result, resume, divergence and a dying rank."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import compose_config, event_accumulator, read_metrics
+
+from runner.build import build
+from runner.config.check import ConfigError
+from runner.train import distributed
+from runner.train.world import World
+
+# sine_mlp with batches of 50: shards of 25 points, 13 and 12 per rank (uneven on purpose)
+SINE = ["experiment=sine_mlp", "trainer.epochs=12", "trainer.batch_size=50"]
+EVERY = ["trainer.checkpoint_every=20", "logger=none"]
+FAULTY = '''
+import os
+calls = 0
+
+
+def mse(input, target, at=0, fault="nan"):
+    """The post's loss; on rank 1, its `at`-th call is NaN (or the process dies)."""
+    global calls
+    calls += 1
+    loss = ((input - target) ** 2).mean()
+    if os.environ.get("RANK") == "1" and calls == at:
+        if fault == "exit":
+            os._exit(3)
+        return loss * float("nan")
+    return loss
+'''
+
+
+def env() -> dict[str, str]:
+    out = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "WORLD_SIZE")}
+    return out | {"OMP_NUM_THREADS": "1"}
+
+
+def start(*args: str, cwd: Path, torchrun: bool = False) -> subprocess.Popen:
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    command = [sys.executable, *(launcher if torchrun else []), "-m", "runner", *args]
+    return subprocess.Popen(
+        command,
+        cwd=cwd,
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # so a test can kill the launcher and its ranks at once
+    )
+
+
+def runner(*args: str, cwd: Path, torchrun: bool = False, timeout: float = 120):
+    proc = start(*args, cwd=cwd, torchrun=torchrun)
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+def only_run(cwd: Path) -> Path:
+    runs = list((cwd / "outputs" / "runs").iterdir())
+    assert len(runs) == 1, runs  # every rank in one run directory
+    return runs[0]
+
+
+@pytest.fixture(scope="module")
+def two(tmp_path_factory) -> Path:
+    """sine_mlp over 2 processes started by the runner, in Hydra's default run directory."""
+    cwd = tmp_path_factory.mktemp("two")
+    code, out, err = runner(*SINE, *EVERY, "trainer.devices=2", cwd=cwd)
+    assert code == 0, out + err
+    return only_run(cwd)
+
+
+@pytest.mark.slow
+def test_two_processes_end_where_one_does_and_only_rank_0_writes(two, run_experiment):
+    one, _ = run_experiment(*SINE, *EVERY)
+    ddp = read_metrics(two)
+    assert ddp["world_size"] == 2 and one["world_size"] == 1 and ddp["steps"] == one["steps"]
+    for key in ("final_loss", "best_loss", "val_loss"):
+        assert ddp[key] == pytest.approx(one[key], rel=1e-4), key
+    names = sorted(p.name for p in two.iterdir())
+    assert names == [
+        ".hydra",
+        "checkpoints",
+        "graph.dot",
+        "graph.txt",
+        "metrics.json",
+        "runner.log",
+    ]
+    assert torch.load(two / "checkpoints" / "last.pt", weights_only=True)["world_size"] == 2
+
+
+@pytest.mark.slow
+def test_torchrun_makes_one_run_directory_with_rank_0s_config(tmp_path):
+    code, out, err = runner(
+        "experiment=sine_mlp",
+        "trainer.epochs=2",
+        "trainer.amp=bfloat16",
+        cwd=tmp_path,
+        torchrun=True,
+    )
+    assert code == 0, out + err
+    run_dir = only_run(tmp_path)
+    assert (
+        read_metrics(run_dir)["world_size"] == 2 and read_metrics(run_dir)["status"] == "completed"
+    )
+    assert len(list(run_dir.glob("events.out.tfevents.*"))) == 1  # rank 0's alone
+    assert [p.name for p in run_dir.rglob("config.yaml")] == ["config.yaml"]
+
+
+@pytest.mark.slow
+def test_a_killed_two_process_run_resumes_to_the_same_end(two, tmp_path):
+    killed = tmp_path / "killed"
+    proc = start(*SINE, *EVERY, "trainer.devices=2", f"hydra.run.dir={killed}", cwd=tmp_path)
+    last = killed / "checkpoints" / "last.pt"
+    deadline = time.monotonic() + 60
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both ranks, no handler runs
+    proc.wait()
+    assert last.exists() and not (killed / "metrics.json").exists()
+    resumed = tmp_path / "resumed"
+    args = (f"hydra.run.dir={resumed}", f"trainer.resume={killed}", "trainer.devices=2")
+    code, out, err = runner(*SINE, *EVERY, *args, cwd=tmp_path)
+    assert code == 0, out + err
+    end = read_metrics(resumed)
+    assert 0 < end["resumed_from"]["step"] < end["steps"]
+    for key in ("final_loss", "best_loss", "val_loss", "steps"):
+        assert end[key] == read_metrics(two)[key], key
+
+
+@pytest.mark.slow
+def test_a_nan_on_one_rank_stops_every_rank_at_the_same_step(tmp_path):
+    (tmp_path / "faulty.py").write_text(FAULTY)
+    run_dir = tmp_path / "run"
+    args = ["loss._target_=faulty.mse", "+loss.at=12", "trainer.devices=2", "logger=none"]
+    code, out, err = runner(
+        "experiment=sine_mlp", "trainer.epochs=3", *args, f"hydra.run.dir={run_dir}", cwd=tmp_path
+    )
+    assert code == 1, out + err
+    # the 12th call: the shape check at build, then steps 0..10; seen at log step 25
+    assert (
+        read_metrics(run_dir)["status"] == "diverged"
+        and read_metrics(run_dir)["diverged_step"] == 10
+    )
+    assert read_metrics(run_dir)["steps"] == 26
+
+
+@pytest.mark.slow
+def test_a_rank_that_dies_ends_the_run_with_an_error(tmp_path):
+    (tmp_path / "faulty.py").write_text(FAULTY)
+    run_dir = tmp_path / "run"
+    args = ["loss._target_=faulty.mse", "+loss.at=12", "+loss.fault=exit", "trainer.devices=2"]
+    started = time.monotonic()
+    code, out, err = runner(
+        "experiment=sine_mlp", *args, f"hydra.run.dir={run_dir}", cwd=tmp_path, timeout=90
+    )
+    assert code == 1 and time.monotonic() - started < 60, out + err
+    assert "rank 1 failed (exit status 3)" in err
+    assert read_metrics(run_dir)["status"] == "failed"
+
+
+@pytest.mark.slow
+def test_objective_only_over_two_processes_is_one_config_error(tmp_path):
+    args = ("experiment=rosenbrock", "trainer.devices=2", f"hydra.run.dir={tmp_path / 'run'}")
+    code, out, err = runner(*args, cwd=tmp_path)
+    assert code == 2, out + err
+    assert [line for line in err.splitlines() if "Config error" in line] == [
+        "Config error: dataset=none has no data to split over processes, so each would "
+        "compute the same; set trainer.devices=1 and trainer.num_nodes=1"
+    ]
+
+
+@pytest.mark.slow
+def test_submitit_local_runs_one_job_over_two_tasks(tmp_path):
+    sweep = tmp_path / "sweep"
+    launcher = ("hydra/launcher=submitit_local", "hydra.launcher.tasks_per_node=2")
+    args = ("experiment=sine_mlp", "trainer.epochs=2", "trainer.devices=2", "logger=none")
+    code, out, err = runner("-m", *args, *launcher, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert code == 0, out + err
+    (job,) = [p for p in sweep.iterdir() if p.name.startswith("0_")]
+    assert read_metrics(job)["world_size"] == 2 and read_metrics(job)["status"] == "completed"
+
+
+def test_bfloat16_autocast_trains_and_keeps_the_graph_and_figures(run_experiment):
+    args = ("experiment=sine_mlp", "trainer.epochs=3")
+    full, _ = run_experiment(*args, "logger=none")
+    half, run_dir = run_experiment(*args, "trainer.amp=bfloat16")
+    assert half["status"] == "completed"
+    assert half["final_loss"] == pytest.approx(full["final_loss"], rel=0.1)
+    assert "AddmmBackward0" in (run_dir / "graph.txt").read_text()
+    assert (run_dir / "graph.txt").read_text().count("ToCopyBackward0") > 0  # the casts
+    assert "figure/fit" in event_accumulator(run_dir).Tags()["images"]
+
+
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        (["trainer.amp=float16", "trainer.device=cpu"], "trainer.amp=float16 needs CUDA"),
+        (["trainer.amp=bfloat16", "trainer.dtype=float64"], "set trainer.dtype=float32"),
+        (["trainer.amp=half"], "trainer.amp='half' is not allowed; use null, bfloat16"),
+        (["trainer.devices=0"], "trainer.devices=0 must be at least 1"),
+        (["trainer.devices=2", "trainer.num_nodes=2"], "torchrun (--nnodes=2"),
+    ],
+)
+def test_scale_settings_that_cannot_work_are_config_errors(run_experiment, override, words):
+    with pytest.raises(ConfigError, match=words.replace("(", r"\(").replace(".", r"\.")):
+        run_experiment("experiment=sine_mlp", "trainer.epochs=1", *override)
+
+
+def test_more_devices_than_gpus_is_a_config_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ConfigError, match="trainer.devices=2 but this machine has 1 GPU"):
+        distributed.check_gpus(2, "cuda")
+    with pytest.raises(ConfigError, match="names one GPU for every process"):
+        distributed.check_gpus(1, "cuda:0")
+
+
+def test_what_ddp_cannot_split_is_refused_before_any_collective(tmp_path):
+    b = build(compose_config("experiment=rosenbrock"), tmp_path)
+    with pytest.raises(ConfigError, match="dataset=none has no data to split"):
+        distributed.sharded(b, World(rank=0, size=2))
+    formula = 'loss.formula="mean((pred - y)**2) + 0.01 * s**2"'
+    b = build(compose_config("experiment=linear_fit", "loss=expression", formula), tmp_path)
+    with pytest.raises(ConfigError, match=r"the loss formula's parameters \(s\) are outside"):
+        distributed.sharded(b, World(rank=0, size=2))
+
+
+def test_one_process_pays_nothing_for_the_parts_it_does_not_use(tmp_path):
+    b = build(compose_config("experiment=linear_fit"), tmp_path)
+    part = distributed.part(b, World())
+    assert part.loss_on == b.loss_on and part.step == b.optimizer.step
+    loss = torch.tensor(1.0)
+    assert part.mean(loss) is loss and part.scale(loss) is loss
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_float16_with_a_gradient_scaler_on_cuda(run_experiment):
+    args = ("experiment=sine_mlp", "trainer.epochs=3", "trainer.device=cuda")
+    full, _ = run_experiment(*args, "logger=none")
+    half, run_dir = run_experiment(*args, "trainer.amp=float16", "trainer.checkpoint_every=10")
+    assert half["status"] == "completed"
+    assert half["final_loss"] == pytest.approx(full["final_loss"], rel=0.1)
+    scaler = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["scaler"]
+    assert scaler["scale"] > 0
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_bfloat16_and_compile_on_cuda(run_experiment):
+    args = ("experiment=sine_mlp", "trainer.epochs=3", "trainer.device=cuda", "logger=none")
+    full, _ = run_experiment(*args)
+    fast, _ = run_experiment(*args, "trainer.amp=bfloat16", "trainer.compile=true")
+    assert fast["final_loss"] == pytest.approx(full["final_loss"], rel=0.1)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_more_devices_than_gpus_is_one_line_on_cuda(tmp_path):
+    n = torch.cuda.device_count() + 1
+    args = ("experiment=sine_mlp", "trainer.device=cuda", f"trainer.devices={n}")
+    code, out, err = runner(*args, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert code == 2 and err.strip().splitlines() == [
+        f"Config error: trainer.devices={n} but this machine has {n - 1} GPU(s); set "
+        f"trainer.devices (or torchrun's --nproc-per-node) to at most {n - 1}, or "
+        "trainer.device=cpu for gloo processes"
+    ], err
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")
+def test_two_gpus_with_nccl_end_where_one_does(tmp_path, run_experiment):
+    args = (*SINE, "logger=none", "trainer.device=cuda")
+    one, _ = run_experiment(*args)
+    code, out, err = runner(
+        *args, "trainer.devices=2", f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path
+    )
+    assert code == 0, out + err
+    assert read_metrics(tmp_path / "r")["final_loss"] == pytest.approx(one["final_loss"], rel=1e-3)
