@@ -264,7 +264,7 @@ def test_summary_reads_the_overrides_hydra_saved(tmp_path: Path):
     """Hydra saves a job's overrides with OmegaConf; the summary reads them with libyaml."""
     from omegaconf import OmegaConf
 
-    from runner.sweep.summary import job_row
+    from runner.sweep.summary import collect
 
     overrides = [
         'model.formula="sin(x) * w"',
@@ -275,9 +275,22 @@ def test_summary_reads_the_overrides_hydra_saved(tmp_path: Path):
     ]
     fake_job(tmp_path, 7, {"status": "completed", "objective": 0.5})
     OmegaConf.save(OmegaConf.create(overrides), tmp_path / "7" / ".hydra" / "overrides.yaml")
-    row = job_row(tmp_path / "7")
+    (row,) = collect(tmp_path)
     assert row["job"] == 7
     assert row["overrides"] == " ".join(overrides)
+
+
+def test_a_single_runs_directory_in_the_sweep_dir_is_no_job(tmp_path):
+    """`hydra.run.dir` inside a sweep dir: Hydra's `.hydra/` there has no job number."""
+    from runner.sweep.resume import earlier_jobs
+    from runner.sweep.summary import collect
+
+    fake_job(tmp_path, 0, {"status": "completed", "objective": 0.5})
+    (tmp_path / "single" / ".hydra").mkdir(parents=True)
+    (tmp_path / "single" / ".hydra" / "hydra.yaml").write_text("hydra:\n  job:\n    num: ???\n")
+    (tmp_path / "single" / ".hydra" / "overrides.yaml").write_text("- seed=3\n")
+    assert [row["job"] for row in collect(tmp_path)] == [0]
+    assert [job.num for job in earlier_jobs(tmp_path)] == [0]
 
 
 def test_summary_ranks_failures_last():

@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import traceback
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -27,6 +28,10 @@ from runner.sweep.summary import STOP
 from runner.train.world import world
 
 log = logging.getLogger("runner")
+# hydra-core 1.4 warns at every `instantiate` without an execution whitelist, its own of the
+# `hydra.callbacks` included, a paragraph each on stderr: here every `_target_` comes from
+# the user's own config files and command line, which run as code anyway
+warnings.filterwarnings("ignore", message=r"hydra\.utils\.instantiate\(\) resolved _target_")
 
 FULL_ERROR = "HYDRA_FULL_ERROR"  # Hydra's documented switch: errors propagate as tracebacks
 ASKED = "RUNNER_FULL_ERROR"  # the user's own HYDRA_FULL_ERROR, while `main` sets Hydra's

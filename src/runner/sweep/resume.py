@@ -82,14 +82,21 @@ def check(config: DictConfig) -> None:
 def earlier_jobs(sweep_dir: Path) -> list[Job]:
     """The job directories under the sweep directory, by what Hydra saved in their `.hydra/`."""
     jobs = []
-    for path in sorted(sweep_dir.glob("**/.hydra/overrides.yaml")):
-        run_dir = path.parent.parent
-        if run_dir == sweep_dir:  # not a job's directory: never one to clear
-            continue
-        num = read_yaml(run_dir / ".hydra" / "hydra.yaml")["hydra"]["job"]["num"]
-        overrides = [str(o) for o in read_yaml(path)]
+    for run_dir, num in job_dirs(sweep_dir):
+        overrides = [str(o) for o in read_yaml(run_dir / ".hydra" / "overrides.yaml")]
         status = read_metrics(run_dir).get("status")
-        jobs.append(Job(int(num), run_dir.relative_to(sweep_dir).as_posix(), overrides, status))
+        jobs.append(Job(num, run_dir.relative_to(sweep_dir).as_posix(), overrides, status))
+    return jobs
+
+
+def job_dirs(sweep_dir: Path) -> list[tuple[Path, int]]:
+    """The directories Hydra made for the jobs of a multirun under `sweep_dir`, with their
+    numbers; a single run's directory put there has no number (`???`) and is no job."""
+    jobs = []
+    for path in sorted(sweep_dir.glob("**/.hydra/hydra.yaml")):
+        run_dir, num = path.parent.parent, read_yaml(path)["hydra"]["job"].get("num")
+        if run_dir != sweep_dir and isinstance(num, int) and not isinstance(num, bool):
+            jobs.append((run_dir, num))
     return jobs
 
 

@@ -20,7 +20,6 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, read_write
 
@@ -104,6 +103,8 @@ class Summary(Callback):
             self.stop.unlink(missing_ok=True)
             self.stop = None
         sweep_dir = Path(config.hydra.sweep.dir).absolute()  # run dirs print absolute too
+        if not sweep_dir.is_dir():  # the sweep stopped before its first job (hydra-core 1.4)
+            return
         rows = collect(sweep_dir)
         write_csv(sweep_dir / "summary.csv", rows)
         print(table(rows, sweep_dir))
@@ -153,19 +154,17 @@ def shared_keys(config: DictConfig) -> list[str]:
 
 def collect(sweep_dir: Path) -> list[dict[str, Any]]:
     """One row per job directory under the sweep, best first."""
-    rows = [job_row(path.parent.parent) for path in sweep_dir.glob("**/.hydra/overrides.yaml")]
-    return sorted(rows, key=rank)
+    return sorted((job_row(run_dir, num) for run_dir, num in resume.job_dirs(sweep_dir)), key=rank)
 
 
-def job_row(run_dir: Path) -> dict[str, Any]:
-    hydra_cfg = read_yaml(run_dir / ".hydra" / "hydra.yaml")["hydra"]
-    overrides = read_yaml(run_dir / ".hydra" / "overrides.yaml")
+def job_row(run_dir: Path, num: int) -> dict[str, Any]:
+    overrides = resume.read_yaml(run_dir / ".hydra" / "overrides.yaml")
     metrics = read_metrics(run_dir)
     status = metrics.get("status", "failed")
     objective = metrics.get("objective")
     row = {key: metrics.get(key) for key in COLUMNS}
     row |= {
-        "job": int(hydra_cfg["job"]["num"]),
+        "job": num,
         "overrides": " ".join(str(o) for o in overrides),
         "status": status,
         # as the sweeper saw it: +inf for a job that neither completed nor was pruned
@@ -173,13 +172,6 @@ def job_row(run_dir: Path) -> dict[str, Any]:
         "run_dir": str(run_dir),
     }
     return row
-
-
-def read_yaml(path: Path) -> Any:
-    """A file Hydra wrote, as plain data, read with libyaml's parser where PyYAML has it:
-    OmegaConf's loader is slow enough that a summary of many jobs waited on it."""
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    return yaml.load(path.read_text(), Loader=loader)
 
 
 def read_metrics(run_dir: Path) -> dict[str, Any]:
