@@ -4,7 +4,7 @@
 # machine where trainer.device=auto means cuda. Each part has its own time limit, so one
 # that hangs does not take the others with it. Logs go to $OUT, or ./cuda-logs.
 #
-#   bash benchmarks/cuda.sh     # PYTHON=... picks the interpreter; SKIP=step,large,whole,sweep,suite skips those
+#   bash benchmarks/cuda.sh     # PYTHON=... picks the interpreter; SKIP=step,large,ddp,whole,sweep,suite skips those
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-cuda-logs}
@@ -21,6 +21,8 @@ timeout 150 $py -m pytest -q -p no:cacheprovider -m cuda -rs 2>&1 | tee "$out/cu
 [[ ${SKIP:-} == *large* ]] ||
     (cd benchmarks && timeout 100 $py large_data.py --device cuda --repeats 2) 2>&1 \
         | tee "$out/large_data.log"
+[[ ${SKIP:-} == *ddp* ]] || (cd benchmarks && timeout 200 $py distributed.py --cuda --repeats 3) 2>&1 \
+    | tee "$out/distributed.log"
 # the whole process on this machine: the same run with trainer.device=cuda and =cpu
 [[ ${SKIP:-} == *whole* ]] || (cd benchmarks && timeout 120 $py - <<'PY'
 from common import PYTHON, median, timed_process
