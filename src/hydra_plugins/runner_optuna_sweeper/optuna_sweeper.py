@@ -13,7 +13,6 @@ site-packages, so this one (runner_...) follows hydra_optuna_sweeper.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,29 +38,10 @@ ConfigStore.instance().store(group="hydra/sweeper", name="optuna", node=CONFIG, 
 
 
 class OptunaSweeper(Sweeper):
-    """The keys are those of `CONFIG`."""
+    """The keys are those of `CONFIG`, checked by `runner.sweep.search.Search`."""
 
-    def __init__(
-        self,
-        sampler: DictConfig | None,
-        direction: str,
-        study_name: str | None,
-        storage: str | None,
-        n_trials: int,
-        n_jobs: int,
-        params: Mapping[str, Any] | None,
-        pruner: DictConfig | None,
-    ) -> None:
-        self.keys = {
-            "sampler": sampler,
-            "direction": direction,
-            "study_name": study_name,
-            "storage": storage,
-            "n_trials": n_trials,
-            "n_jobs": n_jobs,
-            "params": params or {},
-            "pruner": pruner,
-        }
+    def __init__(self, **keys: Any) -> None:
+        self.keys = keys
 
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
