@@ -13,9 +13,11 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository: `python -m runner` runs here
 PYTHON = sys.executable
@@ -101,3 +103,33 @@ class Ticks:
 
     def end(self, state: object) -> None:
         pass
+
+
+def composed(*overrides: str) -> Any:
+    """The config `python -m runner` composes for these overrides (Hydra and the runner are
+    imported here, so a benchmark that only starts processes never loads them)."""
+    from hydra import compose, initialize_config_dir
+
+    from runner.__main__ import CONFIGS
+
+    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
+        return compose("config", list(overrides))
+
+
+def built(prefix: str, *overrides: str) -> Any:
+    """The experiment built as a run builds it, into a fresh temporary run directory."""
+    from runner.build import build
+
+    return build(composed(*overrides), Path(tempfile.mkdtemp(prefix=prefix)))
+
+
+def sine(n: int, batch: int, epochs: int, device: object) -> tuple[str, ...]:
+    """`sine_mlp` on `n` points, all of them for training, in batches of `batch`."""
+    return (
+        "experiment=sine_mlp",
+        f"dataset.n={n}",
+        "dataset.val_fraction=0.0",
+        f"trainer.batch_size={batch}",
+        f"trainer.epochs={epochs}",
+        f"trainer.device={device}",
+    )

@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import PYTHON, Ticks, machine, median, rounds, table, timed_process
+from common import PYTHON, Ticks, built, machine, median, rounds, sine, table, timed_process
 
 N, BATCH = 1_000_000, 8192  # --cuda: the epoch
 DEVICE = "cuda"
@@ -74,10 +74,7 @@ def cuda(repeats: int) -> None:
     if DEVICE == "cuda" and not torch.cuda.is_available():
         print("no CUDA device: the GPU benchmark is skipped")
         return
-    from hydra import compose, initialize_config_dir
 
-    from runner.__main__ import CONFIGS
-    from runner.build import build
     from runner.run import observers
     from runner.train.loop import train
     from runner.train.state import State
@@ -88,21 +85,7 @@ def cuda(repeats: int) -> None:
         return time.perf_counter()
 
     def runner(*overrides: str) -> float:
-        with initialize_config_dir(str(CONFIGS), version_base="1.3"):
-            cfg = compose(
-                "config",
-                [
-                    "experiment=sine_mlp",
-                    f"dataset.n={N}",
-                    "dataset.val_fraction=0.0",
-                    f"trainer.batch_size={BATCH}",
-                    "trainer.epochs=2",
-                    f"trainer.device={DEVICE}",
-                    "logger=none",
-                    *overrides,
-                ],
-            )
-        b = build(cfg, Path(tempfile.mkdtemp(prefix="bench-ddp-")))
+        b = built("bench-ddp-", *sine(N, BATCH, 2, DEVICE), "logger=none", *overrides)
         ticks = Ticks(clock)
         train(b, State(), [*observers(b, 0), ticks], None)
         return ticks.times[1] - ticks.times[0]

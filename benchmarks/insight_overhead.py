@@ -31,10 +31,9 @@ import time
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
+from common import composed
 
 import runner.run
-from runner.__main__ import CONFIGS
 from runner.build import Built
 from runner.observe import Look, Observer
 from runner.train.state import State
@@ -77,8 +76,7 @@ runner.run.observers = _ticked_observers
 
 def timed(overrides: list[str]) -> tuple[float, float, float, float]:
     """(training wall, training CPU, whole-run wall, whole-run CPU) seconds of one run."""
-    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
-        cfg = compose("config", overrides=overrides)
+    cfg = composed(*overrides)
     TICKS.clear()
     with tempfile.TemporaryDirectory() as run_dir:
         wall, cpu = time.perf_counter(), time.process_time()

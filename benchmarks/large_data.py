@@ -21,18 +21,13 @@ ends with a `torch.cuda.synchronize()`, and so does each of the runner's, read b
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
-from pathlib import Path
 
 import torch
-from common import Ticks, machine, median, table, verdict
-from hydra import compose, initialize_config_dir
+from common import Ticks, built, machine, median, sine, table, verdict
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from runner.__main__ import CONFIGS
-from runner.build import build
 from runner.observe import dashboard
 from runner.observe.figures import Figures
 from runner.run import observers
@@ -107,20 +102,7 @@ def plain_dataloader(n: int, epochs: int) -> list[float]:
 def runner(n: int, epochs: int, *overrides: str) -> list[float]:
     """Epoch times read by an extra observer at each epoch's end, so the one-off work before
     the first step and after the last (figures, the model graph) is not in them."""
-    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
-        cfg = compose(
-            "config",
-            [
-                "experiment=sine_mlp",
-                f"dataset.n={n}",
-                "dataset.val_fraction=0.0",
-                f"trainer.batch_size={BATCH}",
-                f"trainer.epochs={epochs}",
-                f"trainer.device={DEVICE}",
-                *overrides,
-            ],
-        )
-    b = build(cfg, Path(tempfile.mkdtemp(prefix="bench-large-")))
+    b = built("bench-large-", *sine(n, BATCH, epochs, DEVICE), *overrides)
     watching, ticks = observers(b, 0), Ticks(wall_after_sync)
     try:  # as runner.run.run does around the loop
         b.logger.layout(dashboard.layout(b))

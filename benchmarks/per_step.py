@@ -37,11 +37,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from common import Ticks, machine, median, table, verdict
-from hydra import compose, initialize_config_dir
+from common import Ticks, composed, machine, median, table, verdict
 from torch import nn
 
-from runner.__main__ import CONFIGS
 from runner.build import build
 from runner.observe import dashboard
 from runner.observe.figures import Figures
@@ -125,10 +123,7 @@ def finished() -> float:
 def runner(epochs: int, steps_per_epoch: int, *overrides: str) -> tuple[float, float]:
     """(seconds per step after the first epoch, seconds in all) of `run`'s work: build, the
     one-off views, `train`, close; the steps are timed without a sync (the log steps sync)."""
-    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
-        cfg = compose(
-            "config", [*overrides, f"trainer.epochs={epochs}", f"trainer.device={DEVICE}"]
-        )
+    cfg = composed(*overrides, f"trainer.epochs={epochs}", f"trainer.device={DEVICE}")
     start = clock()
     b = build(cfg, Path(tempfile.mkdtemp(prefix="bench-step-")))
     watching, ticks = observers(b, 0), Ticks(clock)

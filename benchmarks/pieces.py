@@ -21,9 +21,8 @@ import argparse
 import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 
-from common import machine, median, table
+from common import built, machine, median, table
 
 STEPS = 3000  # linear_fit steps per timing
 LOG_STEPS = 200  # log steps per timing
@@ -31,19 +30,14 @@ LOG_STEPS = 200  # log steps per timing
 
 def step_costs(repeats: int) -> list[list[str]]:
     import torch
-    from hydra import compose, initialize_config_dir
 
-    from runner.__main__ import CONFIGS
-    from runner.build import build
     from runner.train.loop import train
     from runner.train.state import State
 
-    def built():
+    def linear_fit():
         overrides = ["experiment=linear_fit", "logger=none", f"trainer.epochs={STEPS}"]
         overrides += ["trainer.log_every_n_steps=1000000000", "trainer.device=cpu"]
-        with initialize_config_dir(str(CONFIGS), version_base="1.3"):
-            cfg = compose("config", overrides)
-        return build(cfg, Path(tempfile.mkdtemp(prefix="bench-pieces-")))
+        return built("bench-pieces-", *overrides)
 
     def post() -> float:
         torch.manual_seed(42)
@@ -62,7 +56,7 @@ def step_costs(repeats: int) -> list[list[str]]:
         return (time.process_time() - start) / STEPS
 
     def with_loss_on() -> float:
-        bb = built()
+        bb = linear_fit()
         w, b = bb.params["w"], bb.params["b"]
         start = time.process_time()
         for _ in range(STEPS):
@@ -76,7 +70,7 @@ def step_costs(repeats: int) -> list[list[str]]:
         return (time.process_time() - start) / STEPS
 
     def with_gd_closure() -> float:
-        bb = built()
+        bb = linear_fit()
 
         def closure() -> torch.Tensor:
             bb.optimizer.zero_grad()
@@ -90,7 +84,7 @@ def step_costs(repeats: int) -> list[list[str]]:
         return (time.process_time() - start) / STEPS
 
     def runner_train() -> float:
-        bb = built()
+        bb = linear_fit()
         start = time.process_time()
         train(bb, State(), [], None)
         return (time.process_time() - start) / STEPS
