@@ -134,8 +134,21 @@ def test_a_killed_two_process_run_resumes_to_the_same_end(two, tmp_path):
     assert code == 0, out + err
     end = read_metrics(resumed)
     assert 0 < end["resumed_from"]["step"] < end["steps"]
+    assert f"Resumed from {last} at step {end['resumed_from']['step']}" in out + err
     for key in ("final_loss", "best_loss", "val_loss", "steps"):
         assert end[key] == read_metrics(two)[key], key
+
+
+def test_a_look_at_one_pass_over_two_processes_prints_the_posts_lines(tmp_path):
+    """`trainer.epochs=0` under trainer.devices=2: the launching process prints what rank 0's
+    pass found, as one process does."""
+    args = ["experiment=sine_mlp", "trainer.epochs=0", "logger=none", "trainer.devices=2"]
+    code, out, err = runner(*args, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert code == 0, out + err
+    lines = read_metrics(tmp_path / "run")["first_step"]
+    assert lines[-1].startswith("dloss/d4.bias = ") and "loss.grad_fn = MeanBackward0" in lines
+    for line in lines:
+        assert line in out + err
 
 
 @pytest.mark.slow

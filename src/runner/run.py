@@ -42,7 +42,10 @@ def run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> dict[s
     4. write metrics.json  5. close the logs. Only rank 0 of several processes writes."""
     if launch.spawns(cfg):  # trainer.devices=N: N processes run it; rank 0's results come back
         metrics = launch.spawn(cfg, run_dir, overrides)
-        report(metrics, run_dir, [])
+        if "resumed_from" in metrics:  # rank 0 logged it at warning level, which hides it
+            resumed = metrics["resumed_from"]
+            log.info(f"Resumed from {resumed['checkpoint']} at step {resumed['step']}")
+        report(metrics, run_dir)
         return metrics
     cfg, run_dir, overrides = launch.join(cfg, run_dir, overrides)  # rank 0's, on every rank
     leader = world().leader
@@ -64,7 +67,6 @@ def run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> dict[s
     graph = next(o for o in watching if isinstance(o, GraphStats))
     figures = next(o for o in watching if isinstance(o, Figures))
     metrics: dict[str, Any] = {"status": "failed"}
-    first_step: list[str] = []
     try:
         checked = check_grads(b) if t.check_grads else None
         b.logger.layout(dashboard.layout(b))  # the Custom Scalars dashboard
@@ -87,6 +89,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> dict[s
             metrics["grad_fn"] = pieces
             tree = graph.first.get("tree")
             first_step = first_step_lines(metrics["final_loss"], b.loss_fn, b.params, pieces, tree)
+            metrics["first_step"] = first_step
             b.logger.text(0, "autograd/first_step", "\n".join(first_step))
     except BaseException as e:
         metrics["error"] = f"{type(e).__name__}: {e}"
@@ -102,7 +105,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> dict[s
         )
         b.logger.close()
         distributed.leave()
-    report(metrics, run_dir, first_step)
+    report(metrics, run_dir)
     return metrics
 
 
@@ -230,9 +233,10 @@ def _strict(value: Any) -> Any:
     return value
 
 
-def report(metrics: Mapping[str, Any], run_dir: Path, first_step: list[str]) -> None:
+def report(metrics: Mapping[str, Any], run_dir: Path) -> None:
     """The end-of-run summary, led by the post's line: `Learned: y = 1.924x + 1.050`;
     for trainer.epochs=0, the pass itself: `y = 16.0`, `a.grad_fn = None`, `dy/dx = 8.0`."""
+    first_step = metrics.get("first_step")
     for line in first_step or [f"Learned: {metrics['learned']}"]:
         log.info(line)
     if metrics["status"] == "diverged":
