@@ -16,7 +16,7 @@ from PIL import Image
 from tb_server import Server, tensorboard, wait_for
 from tensorboard.backend.event_processing import event_accumulator as ea
 
-from runner.log.tensorboard import Null, TensorBoard
+from runner.log.tensorboard import Null, TensorBoard, histogram
 
 N = 6  # the main run logs steps 0..N-1
 HPARAMS = {"optimizer.lr": 0.1, "model": "mlp", "trainer.amp": True, "seed": 3}
@@ -197,11 +197,36 @@ def test_resumed_run_with_the_rust_data_server(logs: Path) -> None:
         assert wait_for(read, lambda points: points == RESUMED) == RESUMED
 
 
+@pytest.mark.parametrize(
+    "values",
+    [
+        torch.randn(4096, generator=torch.Generator().manual_seed(0)),
+        torch.tensor([3.0, 12.0, 27.0]),
+    ],
+)
+def test_histograms_hold_what_add_histogram_would_write(values: torch.Tensor) -> None:
+    """torch's binning against SummaryWriter's own (NumPy's), bucket by bucket."""
+    from torch.utils.tensorboard.summary import histogram as reference
+
+    ours = histogram("h", values).value[0].histo
+    theirs = reference("h", values.double().numpy(), bins=30).value[0].histo
+    for field in ("min", "max", "num", "sum", "sum_squares"):
+        assert getattr(ours, field) == pytest.approx(getattr(theirs, field), rel=1e-12), field
+    assert list(ours.bucket_limit) == pytest.approx(list(theirs.bucket_limit), rel=1e-12)
+    assert list(ours.bucket) == list(theirs.bucket)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_a_parameter_that_left_the_finite_numbers_has_no_histogram(bad: float) -> None:
+    with pytest.raises(ValueError, match="not finite"):
+        histogram("param_hist/w", torch.tensor([1.0, bad]))
+
+
 def test_a_failing_write_never_reaches_the_caller(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     tb = TensorBoard(tmp_path)
-    tb.histogram(0, "param_hist/empty", torch.zeros(0))  # SummaryWriter raises on the thread
+    tb.histogram(0, "param_hist/empty", torch.zeros(0))  # no histogram: a failed write
     tb.scalars(0, {"loss/train": 1.0})
     with caplog.at_level(logging.WARNING, logger="runner.log.tensorboard"):
         tb.close()

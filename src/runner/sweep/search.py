@@ -22,9 +22,10 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.trial import Trial, TrialState
 
 from runner.config.check import ConfigError
+from runner.sweep.resume import read_metrics
 from runner.sweep.space import search_space
 from runner.sweep.study import PRUNER, STORAGE, STUDY, SWEEP_DIR, TRIAL, location, open_storage
-from runner.sweep.summary import STOP, read_metrics
+from runner.sweep.summary import STOP
 
 log = logging.getLogger(__name__)
 RESULTS = "optimization_results.yaml"  # the best trial, where Hydra's Optuna plugin wrote it

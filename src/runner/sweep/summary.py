@@ -11,7 +11,6 @@ through submitit on a cluster.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import signal
 import sys
@@ -159,7 +158,10 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
 
 def job_row(run_dir: Path, num: int) -> dict[str, Any]:
     overrides = resume.read_yaml(run_dir / ".hydra" / "overrides.yaml")
-    metrics = read_metrics(run_dir)
+    metrics = resume.read_metrics(run_dir) or {
+        "status": "failed",
+        "error": f"no metrics.json to read: the job stopped before writing one (see {run_dir})",
+    }
     status = metrics.get("status", "failed")
     objective = metrics.get("objective")
     row = {key: metrics.get(key) for key in COLUMNS}
@@ -172,20 +174,6 @@ def job_row(run_dir: Path, num: int) -> dict[str, Any]:
         "run_dir": str(run_dir),
     }
     return row
-
-
-def read_metrics(run_dir: Path) -> dict[str, Any]:
-    """The job's metrics.json, or a failed row saying why there is none."""
-    path = run_dir / "metrics.json"
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        return {
-            "status": "failed",
-            "error": f"no metrics.json: the job stopped before writing one (see {run_dir})",
-        }
-    except json.JSONDecodeError as e:
-        return {"status": "failed", "error": f"unreadable metrics.json: {e}"}
 
 
 def rank(row: Mapping[str, Any]) -> tuple[int, float, int]:
