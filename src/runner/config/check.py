@@ -228,18 +228,17 @@ def _not_taken(line: str, group: str, key: str, option: Mapping[str, Any], name:
     )
 
 
-def check_cadence(given: Mapping[str, Any]) -> LoggerCadence:
-    cadence = LoggerCadence(**{k: given[k] for k in given if k in _cadence_keys()})
-    for key in _cadence_keys():
+def check_cadence(given: dict[str, Any]) -> LoggerCadence:
+    """Take the cadence keys out of the logger option (its `_target_` does not take them)."""
+    keys = [f.name for f in dataclasses.fields(LoggerCadence)]
+    cadence = _check_dataclass(
+        "logger", {k: given.pop(k) for k in keys if k in given}, LoggerCadence
+    )
+    for key in keys:
         value = getattr(cadence, key)
-        check_value(f"logger.{key}", value, int | None)
         if value is not None and value < 1:
             raise ConfigError(f"logger.{key}={value} must be a positive integer or null")
     return cadence
-
-
-def _cadence_keys() -> list[str]:
-    return [f.name for f in dataclasses.fields(LoggerCadence)]
 
 
 def locate(group: str, target: Any) -> Callable[..., Any]:
@@ -345,7 +344,6 @@ def check(cfg: Mapping[str, Any]) -> Checked:
         given = dict(given)
         if group == "logger":
             cadence = check_cadence(given)
-            given = {k: v for k, v in given.items() if k not in _cadence_keys()}
         check_target(group, given, runtime)
         options[group] = given
     trainer = check_trainer(dict(cfg.get("trainer") or {}))

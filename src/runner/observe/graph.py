@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 from collections import Counter
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -215,8 +215,6 @@ class SavedBytes:
     """What autograd kept for backward; read `.total` after the `with` block."""
 
     total: int = 0
-    tensors: int = 0
-    _seen: set[tuple[int, int, torch.dtype, torch.device]] = field(default_factory=set, repr=False)
 
 
 @contextlib.contextmanager
@@ -227,21 +225,17 @@ def saved_bytes() -> Iterator[SavedBytes]:
     forward only: if a graph is freed inside the block, its memory can be
     reused at the same address and a new tensor there would be taken for a repeat.
     """
-    saved = SavedBytes()
+    saved, seen = SavedBytes(), set()
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         key = (t.data_ptr(), t.numel(), t.dtype, t.device)
-        if key not in saved._seen:
-            saved._seen.add(key)
+        if key not in seen:
+            seen.add(key)
             saved.total += t.numel() * t.element_size()
-            saved.tensors += 1
         return t  # unchanged: we only count, autograd keeps the tensor as usual
 
-    try:
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            yield saved
-    finally:
-        saved._seen.clear()  # the keys are only needed while recording
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        yield saved
 
 
 class GraphStats(Observer):
