@@ -199,7 +199,7 @@ def test_ctrl_c_stops_a_joblib_sweep_and_keeps_what_its_jobs_did(tmp_path: Path,
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
     assert process.returncode == 130, out[-3000:]
-    assert "Traceback" not in out and "Interrupted: running jobs stop" in out
+    assert "Traceback" not in out and "Interrupted: running jobs stop" in out, out[-4000:]
     if presses == 2:
         assert "Interrupted again: stopped at once" in out
         return

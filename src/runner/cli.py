@@ -9,6 +9,7 @@ import math
 import os
 import signal
 import sys
+import threading
 import traceback
 import warnings
 from collections.abc import Callable, Sequence
@@ -194,6 +195,7 @@ def sweep_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> float
         # Ctrl-C reached a joblib sweep (`runner.sweep.summary.Summary`): no job starts after it
         error = "not started: the sweep was interrupted"
         write_json(run_dir / "metrics.json", {"status": "interrupted", "error": error})
+        leave_ctrl_c_to_the_sweep()
         return math.inf
     try:
         metrics = run(cfg, run_dir, overrides)
@@ -213,8 +215,17 @@ def sweep_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> float
         if in_sweep_process():  # Ctrl-C or SIGTERM to the sweep: stop it, not only this job
             log.error("Interrupted: the sweep stops here")
             sys.exit(130)
+        leave_ctrl_c_to_the_sweep()
         return math.inf  # a worker or a cluster job was stopped (a time limit): the others go on
     return metrics["objective"]
+
+
+def leave_ctrl_c_to_the_sweep() -> None:
+    """A worker whose job a Ctrl-C stopped ignores the next one: the sweep process acts on it
+    and ends the workers, while in the worker, between jobs, it would only print a traceback
+    from the launcher's own code."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def in_sweep_process() -> bool:
