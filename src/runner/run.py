@@ -42,7 +42,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> dict[s
     4. write metrics.json  5. close the logs. Only rank 0 of several processes writes."""
     if launch.spawns(cfg):  # trainer.devices=N: N processes run it; rank 0's results come back
         metrics = launch.spawn(cfg, run_dir, overrides)
-        if "resumed_from" in metrics:  # rank 0 logged it at warning level, which hides it
+        if "resumed_from" in metrics:  # rank 0 logs warnings only: said here
             resumed = metrics["resumed_from"]
             log.info(f"Resumed from {resumed['checkpoint']} at step {resumed['step']}")
         report(metrics, run_dir)
@@ -88,9 +88,9 @@ def run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> dict[s
         if t.epochs == 0:  # the post's prints, kept in TensorBoard too
             metrics["grad_fn"] = pieces
             tree = graph.first.get("tree")
-            first_step = first_step_lines(metrics["final_loss"], b.loss_fn, b.params, pieces, tree)
-            metrics["first_step"] = first_step
-            b.logger.text(0, "autograd/first_step", "\n".join(first_step))
+            lines = first_step_lines(metrics["final_loss"], b.loss_fn, b.params, pieces, tree)
+            metrics["first_step"] = lines  # what `report` prints, also under trainer.devices=N
+            b.logger.text(0, "autograd/first_step", "\n".join(lines))
     except BaseException as e:
         metrics["error"] = f"{type(e).__name__}: {e}"
         metrics["status"] = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
