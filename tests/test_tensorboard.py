@@ -216,6 +216,15 @@ def test_histograms_hold_what_add_histogram_would_write(values: torch.Tensor) ->
     assert list(ours.bucket) == list(theirs.bucket)
 
 
+def test_a_constant_tensor_is_one_bucket_a_unit_wide_as_numpy_makes_it() -> None:
+    histo = histogram("h", torch.full((64,), 0.25)).value[0].histo
+    assert (histo.min, histo.max, histo.num, sum(histo.bucket)) == (0.25, 0.25, 64, 64)
+    (full,) = [i for i, count in enumerate(histo.bucket) if count]
+    assert histo.bucket[full] == 64
+    assert histo.bucket_limit[full - 1] <= 0.25 < histo.bucket_limit[full]  # NumPy's [a, b)
+    assert (histo.bucket_limit[0], histo.bucket_limit[-1]) == (-0.25, 0.75)
+
+
 @pytest.mark.parametrize("bad", [math.nan, math.inf])
 def test_a_parameter_that_left_the_finite_numbers_has_no_histogram(bad: float) -> None:
     with pytest.raises(ValueError, match="not finite"):

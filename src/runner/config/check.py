@@ -228,17 +228,17 @@ def _not_taken(line: str, group: str, key: str, option: Mapping[str, Any], name:
     )
 
 
-def check_cadence(given: dict[str, Any]) -> LoggerCadence:
-    """Take the cadence keys out of the logger option (its `_target_` does not take them)."""
+def check_cadence(given: Mapping[str, Any]) -> tuple[LoggerCadence, dict[str, Any]]:
+    """The logger option's cadence keys, checked, and the rest of it (for its `_target_`,
+    which does not take them)."""
     keys = [f.name for f in dataclasses.fields(LoggerCadence)]
-    cadence = _check_dataclass(
-        "logger", {k: given.pop(k) for k in keys if k in given}, LoggerCadence
-    )
+    ours = {k: v for k, v in given.items() if k in keys}
+    cadence = _check_dataclass("logger", ours, LoggerCadence)
     for key in keys:
         value = getattr(cadence, key)
         if value is not None and value < 1:
             raise ConfigError(f"logger.{key}={value} must be a positive integer or null")
-    return cadence
+    return cadence, {k: v for k, v in given.items() if k not in keys}
 
 
 def locate(group: str, target: Any) -> Callable[..., Any]:
@@ -343,7 +343,7 @@ def check(cfg: Mapping[str, Any]) -> Checked:
             )
         given = dict(given)
         if group == "logger":
-            cadence = check_cadence(given)
+            cadence, given = check_cadence(given)
         check_target(group, given, runtime)
         options[group] = given
     trainer = check_trainer(dict(cfg.get("trainer") or {}))
