@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from runner import cli, launch
@@ -19,7 +20,8 @@ BASE = {"version_base": "1.3"} if hydra.__version__.startswith("1.3.") else {}
 
 @hydra.main(config_path=str(CONFIGS), config_name="config", **BASE)
 def app(cfg: DictConfig) -> float:
-    return cli.job(cfg)
+    hc = HydraConfig.get()  # what Hydra knows of this job
+    return cli.run_job(cfg, Path(hc.runtime.output_dir), hc.mode, list(hc.overrides.task))
 
 
 def main() -> None:

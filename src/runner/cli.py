@@ -24,6 +24,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from runner.config.check import GROUPS, ConfigError, refused_override
+from runner.launch import exit_status
 from runner.sweep import resume
 from runner.sweep.summary import STOP
 from runner.train.world import world
@@ -48,17 +49,10 @@ MODULES = {  # a module the runner's own sweeper imports when set up: the option
 
 
 def main(app: Callable[[], Any]) -> Any:
-    """Run the `@hydra.main` app; a config Hydra refuses ends in one `Config error:` line.
-
-    Hydra prints the errors it catches itself, and only its documented HYDRA_FULL_ERROR=1
-    lets them through as exceptions (its error reporter is internal, and a Hydra callback
-    starts only once a config has composed, too late for `trainer.epoch=5`). So the app
-    runs with it set, and its errors come here, typed by the public `hydra.errors`: an
-    unknown key or a launcher whose plugin is missing becomes one line (exit 2), anything
-    else prints as Hydra prints it (exit 1), and a user who set HYDRA_FULL_ERROR=1 gets the
-    traceback. The user's own setting stays in RUNNER_FULL_ERROR, for the jobs
-    (`full_error`), which may run in processes that inherit this one's environment.
-    """
+    """Run the `@hydra.main` app with HYDRA_FULL_ERROR=1, Hydra's only public way to hand its
+    errors over (a callback starts too late for `trainer.epoch=5`): a refused config becomes
+    one `Config error:` line (exit 2), anything else prints as Hydra prints it (exit 1). The
+    user's own setting stays in RUNNER_FULL_ERROR, for jobs in processes that inherit it."""
     asked = full_error()
     saved = {key: os.environ.get(key) for key in (FULL_ERROR, ASKED)}
     os.environ.update({ASKED: "1" if asked else "0", FULL_ERROR: "1"})
@@ -111,8 +105,7 @@ def explain(error: Exception, args: Sequence[str]) -> str | None:
 
 
 def not_installed(option: str, needed: str, args: Sequence[str]) -> str:
-    """`hydra/launcher=joblib needs the hydra-joblib-launcher plugin, which is not installed;`
-    and the pip install that brings it."""
+    """`hydra/launcher=joblib needs the hydra-joblib-launcher plugin`, and how to install it."""
     group, _, name = option.rpartition("/")
     searches = [a for a in args if a.startswith("hparams_search=")]
     by = f" (chosen by {searches[-1]})" if searches and group.endswith("sweeper") else ""
@@ -124,17 +117,12 @@ def not_installed(option: str, needed: str, args: Sequence[str]) -> str:
 
 def chosen_options(args: Sequence[str]) -> dict[str, str]:
     """The group options the command line picked (`optimizer=adam`), the last one winning."""
-    options = {}
-    for arg in args:
-        key, equals, value = arg.lstrip("+").partition("=")
-        if equals and key in GROUPS:
-            options[key] = value
-    return options
+    pairs = (arg.lstrip("+").partition("=") for arg in args)
+    return {key: value for key, equals, value in pairs if equals and key in GROUPS}
 
 
 def _below_hydra(tb: TracebackType | None) -> TracebackType | None:
-    """The traceback from the first frame after Hydra's own (the task function), or all of
-    it where there is none."""
+    """The traceback from the task function (the first frame after Hydra's) on, or all of it."""
     first, seen_hydra = tb, False
     while tb is not None:
         module = str(tb.tb_frame.f_globals.get("__name__", ""))
@@ -144,12 +132,6 @@ def _below_hydra(tb: TracebackType | None) -> TracebackType | None:
             return tb
         tb = tb.tb_next
     return first
-
-
-def job(cfg: DictConfig) -> float:
-    """The task function's work, with what Hydra knows of this job."""
-    hc = HydraConfig.get()
-    return run_job(cfg, Path(hc.runtime.output_dir), hc.mode, list(hc.overrides.task))
 
 
 def run_job(
@@ -169,22 +151,15 @@ def run_job(
     except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, metrics.json says so
         print("Interrupted", file=sys.stderr)
         sys.exit(128 + signal.SIGINT)
-    if metrics["status"] == "interrupted":  # the shell's convention: 130 for SIGINT, 143 SIGTERM
-        sys.exit(128 + signal.Signals[metrics.get("signal") or "SIGINT"])
-    if metrics["status"] != "completed":
-        sys.exit(1)
-    value = metrics["objective"]
-    return value if math.isfinite(value) else math.inf
+    if metrics["status"] != "completed":  # 1, or as a shell says a signal: 130 SIGINT, 143 SIGTERM
+        sys.exit(exit_status(metrics))
+    return metrics["objective"]  # finite, or +inf
 
 
 def sweep_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> float:
-    """One job of a sweep: it never raises, so the other jobs still run and are summarised.
-
-    Hydra's sweepers stop at a failed job (the basic one re-raises the first failure after
-    its batch, before the end-of-sweep callback), so a failure goes into the job's
-    metrics.json instead, its objective is +inf, and `runner.sweep.summary.Summary` turns it
-    into the sweep's exit status.
-    """
+    """One job of a sweep: it never raises, since Hydra's sweepers stop at a failed job; a
+    failure goes into its metrics.json with objective +inf, and `runner.sweep.summary.Summary`
+    turns it into the sweep's exit status."""
     from runner.run import run, write_json
 
     sweep_dir = Path(HydraConfig.get().sweep.dir).absolute()
@@ -201,18 +176,16 @@ def sweep_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> float
         metrics = run(cfg, run_dir, overrides)
     except Exception as e:
         error = f"{type(e).__name__}: {e}"
-        if full_error():
-            log.exception(f"Failed: {error}")
-        else:
-            log.error(f"Failed: {error}")
-        if world().rank:  # a DDP rank other than 0 (a SLURM task): rank 0 writes the job's
-            return math.inf
-        path = run_dir / "metrics.json"
-        written = json.loads(path.read_text()) if path.exists() else {}
-        write_json(path, written | {"status": "failed", "error": error, "objective": None})
+        log.error(f"Failed: {error}", exc_info=full_error())
+        if world().rank == 0:  # not another DDP rank (a SLURM task): rank 0 writes the job's
+            path = run_dir / "metrics.json"
+            written = json.loads(path.read_text()) if path.exists() else {}
+            write_json(path, written | {"status": "failed", "error": error, "objective": None})
         return math.inf
     if metrics["status"] == "interrupted":
-        if in_sweep_process():  # Ctrl-C or SIGTERM to the sweep: stop it, not only this job
+        # in the process that started the sweep (Hydra's basic launcher), Ctrl-C or SIGTERM
+        # stops the sweep, not only this job; a joblib worker's or submitit job's exit would fail it
+        if str(HydraConfig.get().launcher._target_).endswith(".BasicLauncher"):
             log.error("Interrupted: the sweep stops here")
             sys.exit(130)
         leave_ctrl_c_to_the_sweep()
@@ -221,14 +194,7 @@ def sweep_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> float
 
 
 def leave_ctrl_c_to_the_sweep() -> None:
-    """A worker whose job a Ctrl-C stopped ignores the next one: the sweep process acts on it
-    and ends the workers, while in the worker, between jobs, it would only print a traceback
-    from the launcher's own code."""
+    """A worker whose job Ctrl-C stopped ignores the next one: the sweep process ends the
+    workers, and in a worker it would only print a traceback from the launcher's code."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def in_sweep_process() -> bool:
-    """Whether this job runs in the process that started the sweep (Hydra's basic launcher),
-    not in a joblib worker or a submitit job of its own, whose exit would fail the sweep."""
-    return str(HydraConfig.get().launcher._target_).endswith(".BasicLauncher")

@@ -1,12 +1,9 @@
 """Starting and joining the processes of one run.
 
-`trainer.devices=N` makes one run over N processes: the runner starts them through
-PyTorch's elastic launcher (what torchrun runs), hands each its config and run directory,
-and reports rank 0's results. Under torchrun each process starts as `python -m runner`,
-and Hydra in each would resolve `${now:...}` to a run directory of its own (Hydra #2070);
-so a rank other than 0 never starts Hydra: `follow`, called before Hydra, takes rank 0's
-config and run directory instead. On SLURM, submitit starts each task as Hydra's job,
-with the same job directory; the tasks join here as well.
+`trainer.devices=N`: the runner starts N processes through PyTorch's elastic launcher and
+reports rank 0's results. Under torchrun, Hydra in each process would pick a run directory
+of its own (Hydra #2070), so a rank other than 0 never starts Hydra: `follow` takes rank 0's
+config and run directory instead. Submitit's tasks share one job directory and join here too.
 """
 
 from __future__ import annotations
@@ -28,14 +25,13 @@ from omegaconf import DictConfig, OmegaConf
 from runner.config.check import ConfigError
 from runner.train.world import world
 
-SIGNALS = "signals_to_handle"  # an elastic launcher option that older torch releases lack
 # what rank 0 answers without running (`--cfg job`, `--help`): the other ranks just exit
 QUERIES = ("-h", "--help", "--hydra-help", "--version", "-c", "--cfg", "-i", "--info", "-sc")
 
 
 def follow() -> None:
-    """Before Hydra starts: a rank other than 0 under torchrun runs rank 0's config, in rank
-    0's run directory, and exits; any other process returns at once."""
+    """Before Hydra starts: a rank other than 0 under torchrun runs rank 0's config, and
+    exits; any other process returns at once."""
     w = world()
     if w.size == 1 or "SUBMITIT_EXECUTOR" in os.environ:  # submitit: each task is a Hydra job
         return
@@ -66,8 +62,7 @@ def follow() -> None:
 def join(
     cfg: DictConfig | None, run_dir: Path | None, overrides: Sequence[str]
 ) -> tuple[DictConfig, Path, list[str]]:
-    """Every process of a run takes rank 0's config, run directory and overrides; for one
-    process, they are returned as they are."""
+    """Rank 0's config, run directory and overrides, on every process of the run."""
     w = world()
     if w.size == 1:
         assert cfg is not None and run_dir is not None
@@ -122,7 +117,8 @@ def spawn(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> dict[str,
         )
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoint.claim(run_dir, checkpoint.locate(t.resume, run_dir))
-    fields = {f.name for f in dataclasses.fields(LaunchConfig)}  # torch releases differ
+    # an elastic launcher option that older torch releases lack
+    handles = "signals_to_handle" in {f.name for f in dataclasses.fields(LaunchConfig)}
     config = LaunchConfig(
         min_nodes=1,
         max_nodes=1,
@@ -133,10 +129,10 @@ def spawn(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> dict[str,
         max_restarts=0,  # a rank that fails ends the run: every rank stops with it
         # Ctrl-C reaches the ranks from the terminal: a launcher that passed it on as well
         # would make it a second one, which stops a rank at once rather than after its step
-        **({"signals_to_handle": "SIGTERM,SIGHUP,SIGQUIT"} if SIGNALS in fields else {}),
+        **({"signals_to_handle": "SIGTERM,SIGHUP,SIGQUIT"} if handles else {}),
     )
     metrics_json, started = run_dir / "metrics.json", time.time()
-    ctrl_c = signal.signal(signal.SIGINT, signal.SIG_IGN) if SIGNALS in fields else None
+    ctrl_c = signal.signal(signal.SIGINT, signal.SIG_IGN) if handles else None
     try:
         ranks = elastic_launch(config, rank_main)(plain, str(run_dir), list(overrides))
     except (ChildFailedError, SignalException) as e:

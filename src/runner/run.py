@@ -52,7 +52,6 @@ def run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> dict[s
     started = time.perf_counter()
     source = checkpoint.locate(OmegaConf.select(cfg, "trainer.resume"), run_dir)
     if leader:
-        run_dir.mkdir(parents=True, exist_ok=True)
         checkpoint.claim(run_dir, source)  # never write over another run's results
     b = build(cfg, run_dir if leader else None)
     state = checkpoint.load(source, b) if source is not None else State()
@@ -60,9 +59,8 @@ def run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> dict[s
     if source is not None:
         b.logger.resumed(state.step)  # TensorBoard shows each step once
     t = b.checked.trainer
-    save = None
-    if t.checkpoint_every is not None and leader:
-        save = partial(save_with_logs, run_dir / checkpoint.LAST, b)
+    saving = t.checkpoint_every is not None and leader
+    save = partial(checkpoint.save, run_dir / checkpoint.LAST, b) if saving else None
     watching = observers(b, state.step)
     graph = next(o for o in watching if isinstance(o, GraphStats))
     figures = next(o for o in watching if isinstance(o, Figures))
@@ -73,11 +71,11 @@ def run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> dict[s
         if state.step == 0:  # a resumed run drew its start already
             figures.start()
         if t.epochs == 0:  # one forward and backward pass to look at, no update
-            state, pieces = look_once(b, watching)
+            state, post = look_once(b, watching, graph)
         else:
-            state = train(b, state, watching, save)
+            state, post = train(b, state, watching, save), {}
         dashboard.add_model_graph(b, b.logger)  # the Graphs dashboard
-        metrics = summarise(state, b, time.perf_counter() - started)
+        metrics = summarise(state, b, time.perf_counter() - started) | post
         if source is not None:
             metrics["resumed_from"] = {"checkpoint": str(source), "step": resumed_at}
         if checked is not None:
@@ -85,12 +83,6 @@ def run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> dict[s
         if graph.first and leader:
             (run_dir / "graph.txt").write_text(f"{graph.first['chain']}\n\n{graph.first['tree']}\n")
             (run_dir / "graph.dot").write_text(graph.first["dot"])
-        if t.epochs == 0:  # the post's prints, kept in TensorBoard too
-            metrics["grad_fn"] = pieces
-            tree = graph.first.get("tree")
-            lines = first_step_lines(metrics["final_loss"], b.loss_fn, b.params, pieces, tree)
-            metrics["first_step"] = lines  # what `report` prints, also under trainer.devices=N
-            b.logger.text(0, "autograd/first_step", "\n".join(lines))
     except BaseException as e:
         metrics["error"] = f"{type(e).__name__}: {e}"
         metrics["status"] = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
@@ -99,50 +91,39 @@ def run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> dict[s
     finally:
         if leader:
             write_json(run_dir / "metrics.json", metrics)
-        columns = hparams(cfg, overrides)
-        b.logger.hparams(
-            columns, hparam_metrics(metrics), max(state.step - 1, 0), metrics["status"]
-        )
+        step = max(state.step - 1, 0)
+        b.logger.hparams(hparams(cfg, overrides), hparam_metrics(metrics), step, metrics["status"])
         b.logger.close()
         distributed.leave()
     report(metrics, run_dir)
     return metrics
 
 
-def save_with_logs(path: Path, b: Built, state: State) -> None:
-    """A checkpoint with the logs up to it on disk: after a SIGKILL, the run resumed from it
-    shows every step once."""
-    b.logger.flush()
-    checkpoint.save(path, b, state)
-
-
 def observers(b: Built, start: int) -> list[Observer]:
     """The fixed list of observers, in the order they look at a log step: divergence first,
     so a run knows it diverged before anything is written."""
-    cadence, last = b.checked.cadence, total_steps(b) - 1
+    cadence, t, last = b.checked.cadence, b.checked.trainer, total_steps(b) - 1
     scalars = Scalars(b, b.logger)
+    stop = None if t.early_stop is None else EarlyStop(**t.early_stop)
     return [
         Divergence(),
         scalars,
-        GraphStats(
-            b.params, b.logger, cadence.graph_every_n_steps or b.checked.trainer.log_every_n_steps
-        ),
+        GraphStats(b.params, b.logger, cadence.graph_every_n_steps or t.log_every_n_steps),
         Histograms(b, b.logger, cadence.histogram_every_n_steps, last),
-        Validation(b, b.logger, early_stop(b.checked.trainer.early_stop)),
+        Validation(b, b.logger, stop),
         Figures(b, b.logger, cadence.figure_every_n_epochs),
         Progress(last + 1, start, scalars, shown=world().leader),
         # an Optuna trial: report, maybe prune (rank 0 reports; the ranks agree on pruning)
-        *(reporting(b.checked.trainer.objective) if world().leader else []),
+        *(reporting(t.objective) if world().leader else []),
     ]
 
 
-def early_stop(given: Mapping[str, Any] | None) -> EarlyStop | None:
-    return None if given is None else EarlyStop(**given)
-
-
-def look_once(b: Built, observers: Sequence[Observer]) -> tuple[State, dict[str, str | None]]:
+def look_once(
+    b: Built, observers: Sequence[Observer], graph: GraphStats
+) -> tuple[State, dict[str, Any]]:
     """`trainer.epochs=0`: the forward and backward pass of the post's sections, logged as
-    step 0, and each intermediate result's grad_fn; nothing is updated."""
+    step 0; nothing is updated. Returns the post's prints (each intermediate result's
+    grad_fn, the lines `report` shows, also under trainer.devices=N), kept in TensorBoard too."""
     before = [p.detach().clone() for p in b.params.values()]
     with saved_bytes() as saved:
         loss = b.loss_on(None)
@@ -154,11 +135,14 @@ def look_once(b: Built, observers: Sequence[Observer]) -> tuple[State, dict[str,
     state.step, state.status = 0, "completed"
     for o in observers:
         o.end(state)
-    return state, grad_fns(b.loss_fn, b.params, loss)
+    pieces = grad_fns(b.loss_fn, b.params, loss)
+    tree = graph.first.get("tree")
+    lines = first_step_lines(number(state.epoch_loss), b.loss_fn, b.params, pieces, tree)
+    b.logger.text(0, "autograd/first_step", "\n".join(lines))
+    return state, {"grad_fn": pieces, "first_step": lines}
 
 
 def summarise(state: State, b: Built, duration: float) -> dict[str, Any]:
-    t = b.checked.trainer
     metrics: dict[str, Any] = {
         "status": state.status,
         "final_loss": None if state.status == "diverged" else number(state.epoch_loss),
@@ -179,7 +163,7 @@ def summarise(state: State, b: Built, duration: float) -> dict[str, Any]:
             n: p.grad.detach().cpu().tolist() for n, p in b.params.items() if p.grad is not None
         }
     metrics["learned"] = b.describe()
-    metrics["objective"] = objective(metrics, t.objective)
+    metrics["objective"] = objective(metrics, b.checked.trainer.objective)
     return metrics
 
 
@@ -217,20 +201,11 @@ def hparam_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
 
 
 def write_json(path: Path, data: Mapping[str, Any]) -> None:
-    """Strict JSON (no NaN/Infinity), written whole or not at all."""
+    """Strict JSON (NaN and infinities as null), written whole or not at all."""
+    strict = json.loads(json.dumps(data), parse_constant=lambda nan_or_infinity: None)
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(_strict(data), indent=2, allow_nan=False) + "\n")
+    tmp.write_text(json.dumps(strict, indent=2, allow_nan=False) + "\n")
     tmp.replace(path)
-
-
-def _strict(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Mapping):
-        return {k: _strict(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_strict(v) for v in value]
-    return value
 
 
 def report(metrics: Mapping[str, Any], run_dir: Path) -> None:

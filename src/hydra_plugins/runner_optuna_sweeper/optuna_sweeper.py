@@ -1,14 +1,10 @@
-"""`hydra/sweeper=optuna`: the runner's Optuna sweeper, its config and the Sweeper Hydra builds.
+"""`hydra/sweeper=optuna`: the runner's Optuna sweeper and its config. Hydra imports this
+module at each start, so Optuna is imported only when a search is set up.
 
-Hydra imports every module of `hydra_plugins` at each start to find its plugins, so this one
-stays light: Optuna is imported only when a search is set up (`runner.sweep.search`).
-
-The config is registered here, not shipped as `configs/hydra/sweeper/optuna.yaml`: where
-hydra-optuna-sweeper is installed too, it registers a structured config of the same name,
-and Hydra would validate a YAML file of that name against it (its "automatic schema
-matching"), which fails. Of two registrations the one imported last wins; Hydra imports the
-plugins of one folder in alphabetical order, and an editable install's `src/` comes after
-site-packages, so this one (runner_...) follows hydra_optuna_sweeper.
+The config is registered here, not shipped as YAML: hydra-optuna-sweeper, where installed,
+registers a structured config of the same name, against which Hydra would validate a YAML
+file. Of two registrations the last imported wins, and Hydra imports plugins alphabetically
+(an editable install's `src/` after site-packages), so this one follows hydra_optuna_sweeper.
 """
 
 from __future__ import annotations
@@ -46,15 +42,14 @@ class OptunaSweeper(Sweeper):
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
     ) -> None:
-        # before any job: without optuna this raises ModuleNotFoundError, which runner.cli
-        # turns into one line naming the pip install
+        # without optuna, ModuleNotFoundError: runner.cli names the pip install
         from runner.sweep.search import Search
 
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config
         )
-        # the study opens here, before any job: a bad key or storage stops the sweep with
-        # its own message, not with the end-of-sweep summary of no jobs
+        # the study opens before any job: a bad key or storage stops the sweep with its own
+        # message, not with the end-of-sweep summary of no jobs
         self.search = Search(
             **self.keys,
             sweep_dir=Path(config.hydra.sweep.dir).absolute(),
@@ -64,5 +59,4 @@ class OptunaSweeper(Sweeper):
             config.hydra.overrides.hydra.extend(self.search.shared())
 
     def sweep(self, arguments: list[str]) -> None:
-        # `arguments` are the command line's overrides: config.hydra.overrides.task, read above
-        self.search.run(self.launcher)
+        self.search.run(self.launcher)  # `arguments` is config.hydra.overrides.task, read above

@@ -5,7 +5,6 @@ are resolved here once, so the loop never branches on them.
 from __future__ import annotations
 
 import functools
-import inspect
 import random
 import re
 from collections.abc import Callable, Mapping
@@ -23,10 +22,8 @@ from runner.build import losses, models
 from runner.build.data import Data
 from runner.build.optim import GD, Constant
 from runner.build.precision import precision
-from runner.config.check import Checked, ConfigError, check, locate
+from runner.config.check import Checked, ConfigError, arguments, check, locate
 from runner.log.tensorboard import Logger, Null
-
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 @dataclass
@@ -70,8 +67,7 @@ class Built:
 
 def resolve_device(name: str) -> torch.device:
     """`auto` takes cuda, then mps, then cpu; asking for what is absent is a config error."""
-    mps = getattr(torch.backends, "mps", None)
-    present = {"cuda": torch.cuda.is_available(), "mps": bool(mps and mps.is_available())}
+    present = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
     if name == "auto":
         return torch.device(next((d for d, there in present.items() if there), "cpu"))
     if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", name):
@@ -93,12 +89,6 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    torch.manual_seed(seed)  # also seeds every CUDA device
-    np.random.seed(seed)
-
-
 def _instantiate(group: str, node: Any, **runtime: Any) -> Any:
     """instantiate, with failures reported against the config group that caused them."""
     try:
@@ -116,27 +106,6 @@ def _instantiate(group: str, node: Any, **runtime: Any) -> Any:
         if isinstance(cause, ConfigError):
             raise cause from e
         raise ConfigError(f"{group}: building {node.get('_target_')!r} failed: {cause}") from e
-
-
-def _accepts(group: str, node: Mapping[str, Any], name: str) -> bool:
-    target = locate(group, node["_target_"])
-    try:
-        return name in inspect.signature(target).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def _returns(factory: Any, cls: type) -> bool:
-    """Whether a (partial) factory from the config builds `cls`."""
-    return getattr(factory, "func", factory) is cls
-
-
-def plain_partial(fn: Any) -> Any:
-    """Hydra's partials re-check their target on every call: the loss is called
-    every step, so it becomes a plain functools.partial of the already-checked target."""
-    if isinstance(fn, functools.partial):
-        return functools.partial(fn.func, *fn.args, **fn.keywords)
-    return fn
 
 
 def named_parameters(model: nn.Module | None, loss: Any) -> dict[str, nn.Parameter]:
@@ -158,15 +127,12 @@ def flatten(prefix: str, value: Any, out: dict[str, Any]) -> dict[str, Any]:
     """Nested config -> {"optimizer.lr": 0.1, ...} with values TensorBoard's HParams can show."""
     if isinstance(value, Mapping):
         for k, v in value.items():
-            if k in ("_partial_", "_recursive_", "_convert_"):
-                continue
-            flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
-    elif value is None:
-        out[prefix] = "null"
+            if k not in ("_partial_", "_recursive_", "_convert_"):
+                flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
     elif isinstance(value, bool | int | float | str):
         out[prefix] = value
     else:
-        out[prefix] = str(value)
+        out[prefix] = "null" if value is None else str(value)
     return out
 
 
@@ -176,12 +142,14 @@ def build(cfg: DictConfig, run_dir: Path | None) -> Built:
     assert isinstance(plain, dict)
     plain.pop("hydra", None)
     checked = check(plain)
-    opts = checked.options
-    trainer = checked.trainer
+    opts, trainer = checked.options, checked.trainer
     device = resolve_device(trainer.device)
-    dtype = DTYPES[trainer.dtype]
+    dtype = getattr(torch, trainer.dtype)  # float32 or float64, as checked
 
-    seed_everything(plain["seed"])  # first: the dataset draws its noise right after
+    # seeded first: the dataset draws its noise right after
+    random.seed(plain["seed"])
+    np.random.seed(plain["seed"])
+    torch.manual_seed(plain["seed"])  # also seeds every CUDA device
     data = _instantiate("dataset", opts["dataset"], dtype=dtype)
     if data is not None and not isinstance(data, Data):
         raise ConfigError(
@@ -205,14 +173,18 @@ def build(cfg: DictConfig, run_dir: Path | None) -> Built:
 
     loss_cfg = opts["loss"]
     if data is None:
-        if not _accepts("loss", loss_cfg, "objective_only"):
+        takes = arguments(locate("loss", loss_cfg["_target_"]), ())
+        if takes is None or "objective_only" not in takes[0]:
             raise ConfigError(
                 "dataset=none needs a loss formula of the parameters alone: "
                 "loss=expression with loss.formula, or an option file such as loss=rosenbrock"
             )
         loss_fn = _instantiate("loss", loss_cfg, objective_only=True)
     else:
-        loss_fn = plain_partial(_instantiate("loss", loss_cfg))
+        loss_fn = _instantiate("loss", loss_cfg)
+        if isinstance(loss_fn, functools.partial):
+            # Hydra's partial re-checks its target on every call, and the loss runs every step
+            loss_fn = functools.partial(loss_fn.func, *loss_fn.args, **loss_fn.keywords)
 
     if data is not None:
         data = data.to(device)
@@ -222,11 +194,11 @@ def build(cfg: DictConfig, run_dir: Path | None) -> Built:
     params = named_parameters(model, loss_fn)
     if not params:
         raise ConfigError("the experiment has no parameters to learn")
-    forward = models.forward_fn(model) if model is not None else None
-    if data is not None and forward is not None:
+    forward = None if model is None else models.forward_fn(model)
+    if data is None or forward is None:
+        check_loss(loss_fn)
+    else:
         check_shapes(forward, loss_fn, data, model_cfg)
-    if data is None:
-        check_objective(loss_fn)
     if trainer.compile is not False:
         forward = compiled(forward, trainer.compile, data, trainer.batch_size)
 
@@ -234,7 +206,8 @@ def build(cfg: DictConfig, run_dir: Path | None) -> Built:
     if trainer.accumulate > 1 and isinstance(optimizer, torch.optim.LBFGS):
         raise ConfigError("optimizer=lbfgs re-evaluates the loss itself; set trainer.accumulate=1")
     make_scheduler = _instantiate("scheduler", opts["scheduler"])
-    if isinstance(optimizer, GD) and not _returns(make_scheduler, Constant):
+    schedule = getattr(make_scheduler, "func", make_scheduler)  # the class a partial builds
+    if isinstance(optimizer, GD) and schedule is not Constant:
         optimizer = optimizer.as_torch()  # torch's schedulers take only torch's optimizers
     scheduler = make_scheduler(optimizer)
     amp, scaler = precision(trainer.amp, device, optimizer)
@@ -266,9 +239,8 @@ def compiled(
     data: Data | None,
     batch_size: int | None,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """`trainer.compile`: the model's forward through torch.compile, compiled here, on a
-    batch of the loop's shape with gradients on, so a backend that fails is a config error
-    before any work, and the first step does not pay for the compile."""
+    """`trainer.compile`, compiled here on a batch of the loop's shape with gradients on, so
+    a backend that fails is a config error and the first step does not pay for the compile."""
     if forward is None or data is None:
         raise ConfigError(
             "trainer.compile compiles the model, and an objective-only experiment "
@@ -282,20 +254,25 @@ def compiled(
     return fast
 
 
-def check_objective(loss_fn: Callable[[], torch.Tensor]) -> None:
-    """Evaluate an objective once, so a vector result is a config error before any work,
-    as `.backward()` on a vector is an error."""
+def _first(failed: str, fn: Callable[..., Any], *args: Any, hint: str = "") -> Any:
+    """Call `fn` once before training, so that its failure is a config error before any work."""
     try:
         with torch.no_grad():
-            value = loss_fn()
+            return fn(*args)
     except ConfigError:
         raise
     except Exception as e:
-        raise ConfigError(f"loss: evaluating the objective failed: {e}") from e
+        raise ConfigError(f"{failed} failed: {e}{hint}") from e
+
+
+def check_loss(loss_fn: Callable[..., Any], *args: torch.Tensor, hint: str = "") -> None:
+    """The objective, or the loss on the first batch, once: `.backward()` needs a scalar."""
+    what = "computing it on the first batch" if args else "evaluating the objective"
+    value = _first(f"loss: {what}", loss_fn, *args, hint=hint)
     if not isinstance(value, torch.Tensor) or value.dim() != 0:
         shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
         raise ConfigError(
-            f"loss: the objective gives {shape}, and .backward() needs a scalar tensor; "
+            f"loss: it gives {shape}, and .backward() needs a scalar tensor; "
             "make it return one (loss=expression takes loss.reduction=sum or mean)"
         )
 
@@ -308,18 +285,11 @@ def check_shapes(
 ) -> None:
     """One forward pass on two points, so a shape mismatch is a config error, not a broadcast.
 
-    What the output must be comes from `dataset.task`, never from which loss was picked:
-    one value per point for regression; for classification one logit per class, or one
-    logit per point (a binary logit) for two classes.
+    What the output must be comes from `dataset.task`, never from the loss: one value per
+    point for regression; one logit per class, or one binary logit for two classes.
     """
     x, y = data.x[:2], data.y[:2]
-    try:
-        with torch.no_grad():
-            pred = forward(x)
-    except ConfigError:
-        raise
-    except Exception as e:
-        raise ConfigError(f"model: the first forward pass failed: {e}") from e
+    pred = _first("model: the first forward pass", forward, x)
     # a user's module may name its width otherwise: then the message says what to return
     has_key = "out_features" in model_cfg
     hint = ""
@@ -351,12 +321,4 @@ def check_shapes(
             + (" (model.out_features=1)" if has_key else "")
             + (", or set dataset.task=classification if y holds classes" if maybe_classes else "")
         )
-    try:
-        with torch.no_grad():
-            value = loss_fn(pred, y)
-    except ConfigError:
-        raise
-    except Exception as e:
-        raise ConfigError(f"loss: computing it on the first batch failed: {e}{hint}") from e
-    if not isinstance(value, torch.Tensor) or value.dim() != 0:
-        raise ConfigError("loss: it must return a scalar tensor (.backward() needs one)")
+    check_loss(loss_fn, pred, y, hint=hint)

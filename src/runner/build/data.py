@@ -1,8 +1,7 @@
 """Datasets as whole tensors: generated from a formula, read from a CSV file, or none.
 
-Data lives on the device as tensors and is batched by index slices, so there is no
-per-sample Python and no DataLoader in the loop. What the targets are is declared by the
-dataset (`task`), never guessed from the loss that will read them.
+They are batched by index slices on the device, with no DataLoader in the loop; what the
+targets are is declared by the dataset (`task`), never guessed from the loss.
 """
 
 from __future__ import annotations
@@ -14,21 +13,16 @@ from pathlib import Path
 
 import torch
 
-from runner.config.check import ConfigError, did_you_mean
-from runner.config.formula import FormulaError, parse
-
-SAMPLINGS = ("linspace", "uniform")
-TASKS = ("regression", "classification")
+from runner.build.models import parse_formula
+from runner.config.check import ConfigError, check_choice
 
 
 @dataclass(frozen=True)
 class Data:
     """Training (and optional validation) tensors; `x` is (n,) for one input, (n, k) for k.
 
-    `task` says what `y` holds: values to fit (`regression`), or class indices
-    (`classification`), which are kept as torch.long whatever the trainer's dtype, with
-    `classes` their number (given by the dataset, or the largest label + 1). A dataset
-    `_target_` of your own returns `Data(x, y, task="classification")`.
+    `y` holds values to fit (`regression`), or class indices (`classification`), kept as
+    torch.long whatever the trainer's dtype, `classes` of them (by default the largest + 1).
     """
 
     x: torch.Tensor
@@ -40,11 +34,7 @@ class Data:
 
     def __post_init__(self) -> None:
         # here rather than in each builder, so a dataset of the user's own gets the same checks
-        if self.task not in TASKS:
-            raise ConfigError(
-                f"dataset.task={self.task!r} is not allowed; use regression or classification"
-                + did_you_mean(str(self.task), TASKS)
-            )
+        check_choice("dataset.task", self.task, ("regression", "classification"))
         if self.task == "classification":
             classes = class_count(self.y, self.y_val, self.classes)
             # frozen: the labels are set once, here, as the integers they are
@@ -67,12 +57,8 @@ class Data:
         return ("x",) if self.features == 1 else tuple(f"x{i + 1}" for i in range(self.features))
 
     def to(self, device: torch.device) -> Data:
-        def move(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t.to(device)
-
-        return replace(
-            self, x=move(self.x), y=move(self.y), x_val=move(self.x_val), y_val=move(self.y_val)
-        )
+        tensors = {"x": self.x, "y": self.y, "x_val": self.x_val, "y_val": self.y_val}
+        return replace(self, **{k: t if t is None else t.to(device) for k, t in tensors.items()})
 
 
 def class_count(y: torch.Tensor, y_val: torch.Tensor | None, classes: int | None) -> int:
@@ -83,19 +69,15 @@ def class_count(y: torch.Tensor, y_val: torch.Tensor | None, classes: int | None
             f"(n,)), but they have shape {tuple(y.shape)}; set dataset.task=regression"
         )
     labels = y if y_val is None else torch.cat([y, y_val])
+    bad = labels < 0
     if labels.is_floating_point():
-        bad = ~torch.isfinite(labels) | (labels != labels.round())
-        if bool(bad.any()):
-            raise ConfigError(
-                "dataset.task=classification needs class indices 0, 1, 2, ... as targets, "
-                f"but one is {labels[bad][0].item()}; set dataset.task=regression to fit values"
-            )
-    low, high = int(labels.min()), int(labels.max())
-    if low < 0:
+        bad |= ~torch.isfinite(labels) | (labels != labels.round())
+    if bool(bad.any()):
         raise ConfigError(
             "dataset.task=classification needs class indices 0, 1, 2, ... as targets, "
-            f"but one is {low}"
+            f"but one is {labels[bad][0].item()}; set dataset.task=regression to fit values"
         )
+    high = int(labels.max())
     if classes is None:
         classes = high + 1
     elif high >= classes:
@@ -115,19 +97,18 @@ def split(
     x: torch.Tensor,
     y: torch.Tensor,
     val_fraction: float,
-    key: str,
     task: str = "regression",
     classes: int | None = None,
 ) -> Data:
     """Hold out a seeded random share of the points for validation."""
     if not 0.0 <= val_fraction < 1.0:
-        raise ConfigError(f"{key}.val_fraction={val_fraction} must be in [0, 1)")
+        raise ConfigError(f"dataset.val_fraction={val_fraction} must be in [0, 1)")
     if val_fraction == 0.0:
         return Data(x, y, task=task, classes=classes)
     n_val = round(x.shape[0] * val_fraction)
     if n_val == 0 or n_val == x.shape[0]:
         raise ConfigError(
-            f"{key}.val_fraction={val_fraction} leaves {n_val} of {x.shape[0]} points for "
+            f"dataset.val_fraction={val_fraction} leaves {n_val} of {x.shape[0]} points for "
             "validation; use more points or another fraction"
         )
     perm = torch.randperm(x.shape[0])
@@ -153,14 +134,8 @@ def synthetic(
         raise ConfigError(f"dataset.noise={noise} must be zero or positive")
     if not high > low:
         raise ConfigError(f"dataset.high={high} must be greater than dataset.low={low}")
-    if sampling not in SAMPLINGS:
-        raise ConfigError(
-            f"dataset.sampling={sampling!r} is not allowed; use {' or '.join(SAMPLINGS)}"
-        )
-    try:
-        f = parse(formula)
-    except FormulaError as e:
-        raise ConfigError(f"dataset.formula: {e}") from e
+    check_choice("dataset.sampling", sampling, ("linspace", "uniform"))
+    f = parse_formula("dataset", formula)
     if not f.names <= {"x"}:
         extra = ", ".join(sorted(f.names - {"x"}))
         raise ConfigError(
@@ -172,11 +147,8 @@ def synthetic(
         x = torch.linspace(low, high, n)
     else:
         x = low + (high - low) * torch.rand(n)
-    clean = torch.as_tensor(f({"x": x}), dtype=x.dtype)
-    if clean.shape != x.shape:
-        clean = clean.expand_as(x).clone()
-    y = clean + noise * torch.randn(n)
-    return split(x.to(dtype), y.to(dtype), val_fraction, "dataset")
+    y = torch.as_tensor(f({"x": x}), dtype=x.dtype).expand_as(x) + noise * torch.randn(n)
+    return split(x.to(dtype), y.to(dtype), val_fraction)
 
 
 def csv(
@@ -188,9 +160,7 @@ def csv(
     *,
     dtype: torch.dtype = torch.float32,
 ) -> Data:
-    """Columns of a CSV file with a header row; several x columns become x1..xk.
-
-    With `task=classification` the y column holds class indices (0, 1, 2, ...)."""
+    """Columns of a CSV file with a header row; several x columns become x1..xk."""
     file = Path(path)
     if not file.is_file():
         raise ConfigError(
@@ -232,7 +202,7 @@ def csv(
         raise ConfigError(f"dataset.path={path!r} has a header but no rows")
     table = torch.tensor(rows, dtype=dtype)
     xs = table[:, 0] if len(columns) == 1 else table[:, : len(columns)]
-    return split(xs.contiguous(), table[:, -1].contiguous(), val_fraction, "dataset", task)
+    return split(xs.contiguous(), table[:, -1].contiguous(), val_fraction, task)
 
 
 def none(*, dtype: torch.dtype = torch.float32) -> None:
@@ -278,5 +248,5 @@ def blobs(
     x = centres[labels] + spread * torch.randn(n, features, dtype=dtype)
     x = x[:, 0].contiguous() if features == 1 else x
     if task == "classification":  # the blobs know their number of classes
-        return split(x, labels, val_fraction, "dataset", task, classes)
-    return split(x, labels.to(dtype), val_fraction, "dataset", task)
+        return split(x, labels, val_fraction, task, classes)
+    return split(x, labels.to(dtype), val_fraction, task)

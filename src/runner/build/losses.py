@@ -13,11 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from runner.build.models import formula_parameters, parse_formula, register
-from runner.config.check import ConfigError
+from runner.build.models import add_parameters, parse_formula
+from runner.config.check import ConfigError, check_choice
 from runner.config.formula import FormulaError
-
-REDUCTIONS = ("sum", "mean")
 
 
 def mse(input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -29,15 +27,12 @@ def mae(input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def cross_entropy(input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Class logits (n, classes) against class indices, which classification data holds as
-    torch.long already; `.long()` keeps float copies of them working too."""
+    """Class logits (n, classes) against class indices; `.long()` lets float labels in too."""
     return F.cross_entropy(input, target.long())
 
 
 def bce(input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Binary cross-entropy on one logit per point. Classification data holds its labels as
-    class indices (torch.long); this loss needs them as floats 0.0 and 1.0 of the logit's
-    dtype, so the conversion lives here, beside the one loss that needs it."""
+    """One logit per point against class indices 0 and 1, which it needs as floats."""
     return F.binary_cross_entropy_with_logits(input, target.to(input.dtype))
 
 
@@ -57,17 +52,12 @@ class Expression(nn.Module):
         objective_only: bool = False,
     ) -> None:
         super().__init__()
-        if reduction is not None and reduction not in REDUCTIONS:
-            raise ConfigError(f"loss.reduction={reduction!r} is not allowed; use sum, mean or null")
+        check_choice("loss.reduction", reduction, ("sum", "mean", None))
         self.formula = parse_formula("loss", formula)
         self.reduction = reduction
         self.objective_only = objective_only
         data_names = () if objective_only else ("pred", "y")
-        register(
-            self,
-            "loss",
-            formula_parameters("loss", self.formula, data_names.__contains__, params or {}),
-        )
+        add_parameters(self, "loss", self.formula, data_names.__contains__, params or {})
         if objective_only and not self.formula.names:
             raise ConfigError(f"loss.formula={formula!r} has no parameters to learn")
 

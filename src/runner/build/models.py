@@ -13,18 +13,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from runner.config.check import ConfigError
+from runner.config.check import ConfigError, check_choice, check_keys
 from runner.config.formula import Formula, FormulaError, parse
 
 INPUT_NAME = re.compile(r"x\d*")
-INITS = ("zeros", "normal", "uniform")
 
 
 def initial_value(key: str, spec: Any) -> torch.Tensor:
     """A parameter's starting tensor from a number, a nested list, or {shape, init, std}."""
-    if isinstance(spec, bool):
-        raise ConfigError(f"{key}={spec!r} must be a number, a nested list or {{shape, init}}")
-    if isinstance(spec, int | float):
+    if isinstance(spec, int | float) and not isinstance(spec, bool):
         return torch.tensor(float(spec))
     if isinstance(spec, list | tuple):
         try:
@@ -32,33 +29,32 @@ def initial_value(key: str, spec: Any) -> torch.Tensor:
         except (TypeError, ValueError) as e:
             raise ConfigError(f"{key}={spec!r} is not a rectangular list of numbers: {e}") from e
     if isinstance(spec, Mapping):
-        allowed = {"shape", "init", "std", "low", "high"}
-        unknown = set(spec) - allowed
-        if unknown:
-            raise ConfigError(
-                f"{key} has unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}"
-            )
+        check_keys(key, spec, ("shape", "init", "std", "low", "high"))
         shape = spec.get("shape", [])
         if not isinstance(shape, list | tuple) or not all(
             isinstance(s, int) and s > 0 for s in shape
         ):
             raise ConfigError(f"{key}.shape={shape!r} must be a list of positive integers")
         init = spec.get("init", "zeros")
-        if init == "zeros":
-            return torch.zeros(shape)
+        check_choice(f"{key}.init", init, ("zeros", "normal", "uniform"))
         if init == "normal":
             return torch.randn(shape) * float(spec.get("std", 1.0))
         if init == "uniform":
             low, high = float(spec.get("low", -1.0)), float(spec.get("high", 1.0))
             return low + (high - low) * torch.rand(shape)
-        raise ConfigError(f"{key}.init={init!r} is not allowed; use one of {', '.join(INITS)}")
+        return torch.zeros(shape)
     raise ConfigError(f"{key}={spec!r} must be a number, a nested list or {{shape, init, std}}")
 
 
-def formula_parameters(
-    key: str, formula: Formula, inputs: Callable[[str], bool], params: Mapping[str, Any]
-) -> dict[str, nn.Parameter]:
-    """One parameter per free name of the formula that is not an input; each starts at 0.0."""
+def add_parameters(
+    module: nn.Module,
+    key: str,
+    formula: Formula,
+    inputs: Callable[[str], bool],
+    params: Mapping[str, Any],
+) -> tuple[str, ...]:
+    """A parameter on `module` for each free name of the formula that is not an input; each
+    starts at 0.0 unless `params` gives its value. Returns their names."""
     names = sorted(n for n in formula.names if not inputs(n))
     for name in params:
         if name not in names:
@@ -66,10 +62,12 @@ def formula_parameters(
                 f"{key}.params.{name}: the formula {formula.source!r} has no parameter "
                 f"{name!r}; its parameters: {', '.join(names) or 'none'}"
             )
-    return {
-        name: nn.Parameter(initial_value(f"{key}.params.{name}", params.get(name, 0.0)))
-        for name in names
-    }
+    for name in names:
+        if hasattr(module, name):
+            raise ConfigError(f"{key}: the parameter name {name!r} is reserved; rename it")
+        value = initial_value(f"{key}.params.{name}", params.get(name, 0.0))
+        module.register_parameter(name, nn.Parameter(value))
+    return tuple(names)
 
 
 def parse_formula(key: str, source: str) -> Formula:
@@ -79,22 +77,13 @@ def parse_formula(key: str, source: str) -> Formula:
         raise ConfigError(f"{key}.formula: {e}") from e
 
 
-def register(module: nn.Module, key: str, params: Mapping[str, nn.Parameter]) -> None:
-    for name, p in params.items():
-        if hasattr(module, name):
-            raise ConfigError(f"{key}: the parameter name {name!r} is reserved; rename it")
-        module.register_parameter(name, p)
-
-
 class Expression(nn.Module):
     """y = formula(x; parameters). The post's model is `w * x + b`."""
 
     def __init__(self, formula: str, params: Mapping[str, Any] | None = None) -> None:
         super().__init__()
         self.formula = parse_formula("model", formula)
-        named = formula_parameters("model", self.formula, INPUT_NAME.fullmatch, params or {})
-        register(self, "model", named)
-        self.names = tuple(named)
+        self.names = add_parameters(self, "model", self.formula, INPUT_NAME.fullmatch, params or {})
         if not any(INPUT_NAME.fullmatch(n) for n in self.formula.names):
             raise ConfigError(
                 f"model.formula={formula!r} does not use the input x; "
@@ -102,17 +91,16 @@ class Expression(nn.Module):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        inputs = {"x": x} if x.dim() == 1 else {f"x{i + 1}": x[:, i] for i in range(x.shape[1])}
         # attribute lookups, not named_parameters(): that generator walks submodules (none
         # here); functional_call swaps the attributes, so the landscape sees its values
-        env: dict[str, Any] = {name: getattr(self, name) for name in self.names}
-        if x.dim() == 1:
-            env["x"] = x
-        else:
-            env.update({f"x{i + 1}": x[:, i] for i in range(x.shape[1])})
+        env = {name: getattr(self, name) for name in self.names} | inputs
         try:
             out = self.formula(env)
         except FormulaError as e:
-            raise ConfigError(f"model.formula: {e} (the data has inputs {inputs_of(x)})") from e
+            raise ConfigError(
+                f"model.formula: {e} (the data has inputs {', '.join(inputs)})"
+            ) from e
         if not isinstance(out, torch.Tensor) or out.dim() == 0:
             out = torch.as_tensor(out, dtype=x.dtype, device=x.device).expand(x.shape[0])
         return out
@@ -123,10 +111,6 @@ class Expression(nn.Module):
         if any(v.numel() != 1 for v in values.values()):
             return None
         return self.formula.render({n: v.item() for n, v in values.items()}, inputs)
-
-
-def inputs_of(x: torch.Tensor) -> str:
-    return "x" if x.dim() == 1 else ", ".join(f"x{i + 1}" for i in range(x.shape[1]))
 
 
 def linear(in_features: int | None = None, out_features: int = 1) -> nn.Module:
@@ -154,11 +138,7 @@ class MLP(nn.Sequential):
         in_features: int | None = None,
         out_features: int = 1,
     ) -> None:
-        if activation not in ACTIVATIONS:
-            raise ConfigError(
-                f"model.activation={activation!r} is not allowed; "
-                f"use one of {', '.join(ACTIVATIONS)}"
-            )
+        check_choice("model.activation", activation, list(ACTIVATIONS))
         if in_features is None:
             raise ConfigError("model.in_features is null and the dataset did not fill it in")
         if not all(isinstance(h, int) and h > 0 for h in hidden):

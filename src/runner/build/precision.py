@@ -10,8 +10,6 @@ import torch
 
 from runner.config.check import ConfigError
 
-AMP = {"bfloat16": torch.bfloat16, "float16": torch.float16}
-
 
 def precision(
     amp: str | None, device: torch.device, optimizer: Any
@@ -29,4 +27,4 @@ def precision(
             "optimizer=lbfgs evaluates the loss inside its step, where float16's gradient "
             "scaler cannot follow; use trainer.amp=bfloat16 or another optimizer"
         )
-    return AMP[amp], torch.amp.GradScaler(device.type) if amp == "float16" else None
+    return getattr(torch, amp), torch.amp.GradScaler(device.type) if amp == "float16" else None

@@ -1,9 +1,6 @@
-"""The config schema and its checks, run after Hydra composed the config and before any work.
-
-OmegaConf cannot type a group whose options differ (and accepts `nan` for a float), so
-each selected option is checked here against its own schema: the trainer and logger
-against dataclasses, every `_target_` option against the signature of what it builds.
-Messages name the key, the value and what is allowed.
+"""The config's checks, after Hydra composed it and before any work. OmegaConf cannot type a
+group whose options differ (and accepts `nan` for a float), so each option is checked here:
+trainer and logger against dataclasses, a `_target_` against the signature of what it builds.
 """
 
 from __future__ import annotations
@@ -16,11 +13,10 @@ import math
 import types
 import typing
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 GROUPS = ("dataset", "model", "loss", "optimizer", "scheduler", "trainer", "logger")
-TOP_LEVEL = ("seed", *GROUPS)
 HYDRA_KEYS = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_")
 
 
@@ -65,14 +61,19 @@ class EarlyStop:
     min_delta: float = 0.0
 
 
-DTYPES = ("float32", "float64")
-AMPS = ("bfloat16", "float16")
-OBJECTIVES = ("final_loss", "best_loss", "val_loss")
-
-
 def did_you_mean(name: str, choices: typing.Iterable[str]) -> str:
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def check_choice(key: str, value: Any, allowed: typing.Sequence[Any]) -> None:
+    """One of a few values, or a message that lists them: `use null, bfloat16 or float16`."""
+    if value not in allowed:
+        names = ["null" if a is None else str(a) for a in allowed]
+        listed = ", ".join(names[:-1]) + " or " + names[-1]
+        raise ConfigError(
+            f"{key}={value!r} is not allowed; use {listed}{did_you_mean(str(value), names)}"
+        )
 
 
 def check_keys(where: str, given: Mapping[str, Any], allowed: typing.Iterable[str]) -> None:
@@ -89,25 +90,17 @@ def _type_ok(value: Any, annotation: Any) -> bool:
     """A shallow check of `value` against a simple annotation; unknown shapes pass."""
     if annotation in (inspect.Parameter.empty, Any):
         return True
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
+    base = typing.get_origin(annotation) or annotation
+    if base in (typing.Union, types.UnionType):
         return any(_type_ok(value, arg) for arg in typing.get_args(annotation))
-    if annotation is type(None):
-        return value is None
-    if annotation is bool:
-        return isinstance(value, bool)
-    if annotation is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if annotation is float:
-        return (
-            isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-        )
-    if annotation is str:
-        return isinstance(value, str)
-    if origin in (list, tuple) or annotation in (list, tuple):
+    if isinstance(value, bool) and base in (int, float):
+        return False  # bool is an int subclass, but no number in a config
+    if base is float:
+        return isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
+    if base in (list, tuple):
         return isinstance(value, list | tuple)
-    if origin is dict or annotation is dict:
-        return isinstance(value, dict)
+    if base in (type(None), bool, int, str, dict):
+        return isinstance(value, base)
     return True
 
 
@@ -127,9 +120,8 @@ def check_value(key: str, value: Any, annotation: Any) -> None:
 
 
 def _check_dataclass(where: str, given: Mapping[str, Any], schema: type) -> Any:
-    fields = {f.name: f for f in dataclasses.fields(schema)}
-    check_keys(where, given, fields)
-    hints = typing.get_type_hints(schema)
+    hints = typing.get_type_hints(schema)  # the fields, in order, with their types
+    check_keys(where, given, hints)
     for key, value in given.items():
         check_value(f"{where}.{key}", value, hints[key])
     return schema(**given)
@@ -147,19 +139,14 @@ def check_trainer(given: Mapping[str, Any]) -> TrainerConfig:
             raise ConfigError(f"trainer.{key}={value} must be a positive integer or null")
     if t.grad_clip is not None and t.grad_clip <= 0:
         raise ConfigError(f"trainer.grad_clip={t.grad_clip} must be positive or null")
-    if t.dtype not in DTYPES:
-        raise ConfigError(f"trainer.dtype={t.dtype!r} is not allowed; use {' or '.join(DTYPES)}")
-    if t.amp is not None and t.amp not in AMPS:
-        raise ConfigError(f"trainer.amp={t.amp!r} is not allowed; use null, {' or '.join(AMPS)}")
+    check_choice("trainer.dtype", t.dtype, ("float32", "float64"))
+    check_choice("trainer.amp", t.amp, (None, "bfloat16", "float16"))
     if t.amp is not None and t.dtype != "float32":
         raise ConfigError(
             f"trainer.amp={t.amp} computes in less than float32, and trainer.dtype={t.dtype} "
             "asks for more; set trainer.dtype=float32 or trainer.amp=null"
         )
-    if t.objective not in OBJECTIVES:
-        raise ConfigError(
-            f"trainer.objective={t.objective!r} is not allowed; use one of {', '.join(OBJECTIVES)}"
-        )
+    check_choice("trainer.objective", t.objective, ("final_loss", "best_loss", "val_loss"))
     if isinstance(t.compile, str):
         check_backend(t.compile)
     if t.early_stop is not None:
@@ -187,12 +174,9 @@ def check_backend(name: str) -> None:
 
 
 def refused_override(error: BaseException, chosen: Mapping[str, str] | None = None) -> str | None:
-    """Hydra's refusal of an override whose key the config lacks (`trainer.epoch=5`), said
-    the runner's way: the override, the keys there are, a did-you-mean. None for any other
-    error. Reads the OmegaConf error Hydra chains as the cause, which names the node.
-
-    `chosen` maps a group to the option the command line picked (`optimizer: adam`).
-    `+key` is suggested only where the runner would then accept the key.
+    """Hydra's refusal of an override whose key the config lacks (`trainer.epoch=5`), said the
+    runner's way from the OmegaConf error it chains; None for any other error. `chosen` maps a
+    group to the option picked (`optimizer: adam`); `+key` is suggested only where it would work.
     """
     cause = error.__cause__
     parent, key = getattr(cause, "parent_node", None), getattr(cause, "key", None)
@@ -211,8 +195,7 @@ def refused_override(error: BaseException, chosen: Mapping[str, str] | None = No
 
 
 def _not_taken(line: str, group: str, key: str, option: Mapping[str, Any], name: str | None) -> str:
-    """A key the group's chosen option does not set: what that option takes (its file's keys
-    and the arguments of its `_target_`), and `+key` where its `_target_` takes the key."""
+    """A key the chosen option does not set: the keys of its file and its `_target_`."""
     target = option["_target_"]
     try:
         takes, open_ended = arguments(locate(group, target), RUNTIME_ARGS[group]) or ([], False)
@@ -229,8 +212,7 @@ def _not_taken(line: str, group: str, key: str, option: Mapping[str, Any], name:
 
 
 def check_cadence(given: Mapping[str, Any]) -> tuple[LoggerCadence, dict[str, Any]]:
-    """The logger option's cadence keys, checked, and the rest of it (for its `_target_`,
-    which does not take them)."""
+    """The logger's cadence keys, checked, and the rest of it, for its `_target_`."""
     keys = [f.name for f in dataclasses.fields(LoggerCadence)]
     ours = {k: v for k, v in given.items() if k in keys}
     cadence = _check_dataclass("logger", ours, LoggerCadence)
@@ -270,11 +252,8 @@ def locate(group: str, target: Any) -> Callable[..., Any]:
 
 
 def check_target(group: str, given: Mapping[str, Any], runtime: typing.Iterable[str] = ()) -> None:
-    """Check an option's keys and simple types against the signature of its `_target_`.
-
-    `runtime` names the arguments the builder passes itself (the optimizer's params,
-    the dataset's dtype), which the config must not need to give.
-    """
+    """An option's keys and simple types against its `_target_`'s signature, less the
+    `runtime` arguments the builder passes itself (the optimizer's params)."""
     target = locate(group, given.get("_target_"))
     taken = arguments(target, runtime)
     if taken is None:
@@ -297,8 +276,8 @@ def check_target(group: str, given: Mapping[str, Any], runtime: typing.Iterable[
 
 
 def arguments(target: Any, runtime: typing.Iterable[str]) -> tuple[list[str], bool] | None:
-    """The keyword arguments a `_target_` takes from the config (not the `runtime` ones the
-    builder passes), and whether it takes any (`**kwargs`); None without a signature."""
+    """The keyword arguments a `_target_` takes from the config, and whether it takes any
+    (`**kwargs`); None without a signature."""
     try:
         params = inspect.signature(target).parameters.values()
     except (TypeError, ValueError):
@@ -314,7 +293,7 @@ class Checked:
 
     trainer: TrainerConfig
     cadence: LoggerCadence
-    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    options: dict[str, dict[str, Any]]
 
 
 RUNTIME_ARGS = {
@@ -329,9 +308,9 @@ RUNTIME_ARGS = {
 
 def check(cfg: Mapping[str, Any]) -> Checked:
     """Check the whole composed config (plain containers); raise ConfigError on the first fault."""
-    check_keys("config", {k: v for k, v in cfg.items() if k != "hydra"}, TOP_LEVEL)
+    check_keys("config", {k: v for k, v in cfg.items() if k != "hydra"}, ("seed", *GROUPS))
     seed = cfg.get("seed")
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+    if not _type_ok(seed, int) or seed < 0:
         raise ConfigError(f"seed={seed!r} must be a non-negative integer")
     options: dict[str, dict[str, Any]] = {}
     for group, runtime in RUNTIME_ARGS.items():

@@ -74,27 +74,19 @@ _UNARY: dict[type[ast.unaryop], Callable[[Value], Value]] = {
     ast.UAdd: operator.pos,
 }
 
-# Names for refused pieces, so the message says what the user wrote, not an ast class name.
+# Names for refused pieces, so the message says what the user wrote; the other nodes read well
+# as their class name in lower case (`list`, `dict`, `lambda`, `subscript`, `await`).
 _KINDS = {
-    ast.Attribute: "attribute access",
-    ast.Subscript: "subscript",
-    ast.Lambda: "lambda",
     ast.IfExp: "conditional expression",
     ast.Compare: "comparison",
     ast.BoolOp: "boolean operator",
-    ast.List: "list",
-    ast.Tuple: "tuple",
-    ast.Set: "set",
-    ast.Dict: "dict",
     ast.ListComp: "comprehension",
     ast.SetComp: "comprehension",
     ast.DictComp: "comprehension",
     ast.GeneratorExp: "generator expression",
     ast.JoinedStr: "f-string",
     ast.NamedExpr: "assignment expression",
-    ast.Starred: "starred expression",
-    ast.Await: "await",
-    ast.Yield: "yield",
+    ast.Starred: "starred argument",  # only a call's argument can be starred
     ast.YieldFrom: "yield",
 }
 _OPERATORS = {
@@ -112,12 +104,9 @@ _OPERATORS = {
 _CONSTANT_KINDS = {str: "string", bytes: "bytes", bool: "boolean", complex: "complex number"}
 
 
-def _shown(source: str) -> str:
-    return repr(source if len(source) <= 80 else source[:77] + "...")
-
-
 def _error(source: str, message: str) -> FormulaError:
-    return FormulaError(f"formula {_shown(source)}: {message}")
+    shown = source if len(source) <= 80 else source[:77] + "..."
+    return FormulaError(f"formula {shown!r}: {message}")
 
 
 def _refused(source: str, message: str) -> FormulaError:
@@ -141,7 +130,7 @@ def _describe(source: str, node: ast.AST) -> str:
         case ast.Constant(value=value):
             kind = _CONSTANT_KINDS.get(type(value), "constant")
             return f"{kind} '{_text(source, node)}'"
-    return f"{_KINDS.get(type(node), type(node).__name__)} '{_text(source, node)}'"
+    return f"{_KINDS.get(type(node), type(node).__name__.lower())} '{_text(source, node)}'"
 
 
 def _compile(node: ast.expr, source: str, names: set[str], depth: int = 0) -> Compiled:
@@ -204,9 +193,6 @@ def _compile_call(node: ast.Call, source: str, sub: Callable[[ast.expr], Compile
         raise _refused(
             source, f"keyword argument '{_text(source, node.keywords[0])}' is not allowed"
         )
-    for arg in node.args:
-        if isinstance(arg, ast.Starred):
-            raise _refused(source, f"starred argument '{_text(source, arg)}' is not allowed")
     if len(node.args) != 1:
         raise _refused(source, f"{func.id}() takes 1 argument, got {len(node.args)}")
     function, arg = FUNCTIONS[func.id], sub(node.args[0])
@@ -328,12 +314,8 @@ def _render(
             right_assoc = isinstance(op, ast.Pow)
             ltext = _wrap(ltext, llevel <= level if right_assoc else llevel < level)
             rtext = _wrap(rtext, rlevel < level if right_assoc else rlevel <= level)
-            if (
-                isinstance(op, ast.Mult)
-                and _is_value(left, values)
-                and _is_input(right, values, inputs)
-            ):
-                return ltext + rtext, _MUL  # a parameter times an input: "1.924x"
+            if isinstance(op, ast.Mult) and _is_term(left, right, values, inputs):
+                return ltext + rtext, _MUL  # "1.924x"
             symbol = _SYMBOLS[type(op)]
             if level == _ADD and rtext.startswith("-"):
                 # adding a negative term reads as subtraction: "2.000x - 0.500"
@@ -342,12 +324,11 @@ def _render(
     raise AssertionError(f"unrendered node {ast.dump(node)}")  # parse refused it already
 
 
-def _is_value(node: ast.expr, values: Mapping[str, float]) -> bool:
-    return isinstance(node, ast.Name) and node.id in values
-
-
-def _is_input(node: ast.expr, values: Mapping[str, float], inputs: Collection[str]) -> bool:
-    """An input name, or an input to a power: the right side of "1.000x**2"."""
-    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow):
-        node = node.left
-    return isinstance(node, ast.Name) and node.id in inputs and node.id not in values
+def _is_term(
+    left: ast.expr, right: ast.expr, values: Mapping[str, float], inputs: Collection[str]
+) -> bool:
+    """A parameter times an input, or times an input to a power: "1.924x", "1.000x**2"."""
+    match left, right:
+        case ast.Name(id=p), ast.Name(id=x) | ast.BinOp(left=ast.Name(id=x), op=ast.Pow()):
+            return p in values and x in inputs and x not in values
+    return False

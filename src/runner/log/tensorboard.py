@@ -2,8 +2,7 @@
 
 Loggers only write what they are given (floats, tensors, strings, pixels); the loop decides
 what and when. `TensorBoard` hands each call to one writer thread that owns a `SummaryWriter`,
-so a log step costs the training thread a copy and a queue put (and, for a histogram, its
-binning: done on the writer thread, it would hold the GIL the training thread needs back).
+so a log step costs the training thread a copy and a queue put.
 """
 
 from __future__ import annotations
@@ -73,12 +72,9 @@ Logger = Null  # the type observers write to
 
 class TensorBoard(Null):
     """Event files straight in `log_dir`, so `tensorboard --logdir outputs` lists each run.
-
-    Every method takes what it needs at once (copies of tensors and arrays) and queues a
-    closure; one daemon thread runs them in call order against a `SummaryWriter` that it
-    creates at the first write, so that `resumed` can still give it a `purge_step`. A failure
-    on that thread never reaches training: the first one is logged as a warning at `close`.
-    """
+    Each method copies what it needs and queues a closure for one daemon thread, whose
+    `SummaryWriter` is made at the first write so that `resumed` can still give it a
+    `purge_step`. A failure there never reaches training: the first is a warning at `close`."""
 
     writes = True
 
@@ -139,21 +135,15 @@ class TensorBoard(Null):
         """The model for the Graphs dashboard, traced on the writer thread from a copy in eval
         mode, so training goes on meanwhile. A model that cannot be traced costs only that
         dashboard: the reason is logged at debug level."""
-        try:
-            twin, x = copy.deepcopy(model).eval(), example.detach().clone()
-        except Exception as e:
-            log.debug(f"no model graph for TensorBoard (copying the model failed: {e})")
-            return
+        twin, x = copy.deepcopy(model).eval(), example.detach().clone()
 
         def add(w: Any) -> None:
-            # Tracer warnings are about tracing, not the run (a filter, as catch_warnings
-            # is not thread-safe).
+            # tracer warnings are about tracing, not the run (catch_warnings is not thread-safe)
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
             warnings.filterwarnings("ignore", message="The input to trace is already a Script")
             try:
-                # traced here without add_graph's check, which compares outputs with
-                # torch.testing and so imports much of torch; add_graph takes the traced
-                # module as it is (tracing a ScriptModule returns it) and gives the same graph
+                # traced without add_graph's check, which imports much of torch (torch.testing);
+                # add_graph takes a traced module as it is and gives the same graph
                 w.add_graph(torch.jit.trace(twin, x, check_trace=False), x)
             except Exception as e:
                 log.debug(f"no model graph for TensorBoard (tracing failed: {e})")
@@ -163,11 +153,9 @@ class TensorBoard(Null):
     def hparams(
         self, hparams: Mapping[str, HParam], metrics: Mapping[str, float], step: int, status: str
     ) -> None:
-        """One HParams row for this run, in its own event file (`add_hparams` would open a
-        sub-directory): the experiment (columns: `hparams`' keys, metrics: `metrics`' tags),
-        the session's start (the values) and end (SUCCESS if `status` is "completed", else
-        FAILURE), at `step`, where the metric values are also written as scalars: the run's
-        last step, so every tag stays in step order."""
+        """One HParams row for this run, in this event file (`add_hparams` would open a
+        sub-directory), ending in SUCCESS only for status "completed". The metric values are
+        also scalars at `step`, the run's last, so every tag stays in step order."""
         # torch would make a bool a 0/1 number; as a string it reads true/false
         params = {k: str(v).lower() if isinstance(v, bool) else v for k, v in hparams.items()}
         values, wall = {tag: float(v) for tag, v in metrics.items()}, time.time()

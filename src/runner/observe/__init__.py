@@ -1,9 +1,6 @@
-"""Read-only views of training: the loop hands each observer what happened, at log steps,
-at epoch ends and at the end; an observer reads the model and the state and writes logs.
-
-An observer never changes the model, the optimizer or the data. The two that end a run
-early (divergence, early stop) do it by setting `state.status`, which the loop reads.
-"""
+"""Read-only views of training, shown each log step, epoch end and the end. An observer never
+changes the model, the optimizer or the data; the two that end a run early (divergence, early
+stop) do it by setting `state.status`, which the loop reads."""
 
 from __future__ import annotations
 

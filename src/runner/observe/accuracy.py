@@ -11,9 +11,8 @@ from runner.build import Built
 
 
 def accuracy_fn(b: Built) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
-    """The share classified right, for `dataset.task=classification` whatever the loss:
-    one logit per point (output width 1) means class 1 when > 0, wider outputs the class of
-    the largest logit; None for regression."""
+    """None for regression. One logit per point (output width 1) means class 1 when > 0, a
+    wider output the class of its largest logit."""
     if b.data is None or b.forward is None or b.data.task != "classification":
         return None
 

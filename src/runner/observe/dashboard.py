@@ -4,7 +4,6 @@ the scalar tags into charts, and the model in the Graphs dashboard."""
 from __future__ import annotations
 
 import logging
-import warnings
 from typing import Any
 
 from runner.build import Built, models
@@ -16,11 +15,8 @@ log = logging.getLogger(__name__)
 
 def layout(b: Built) -> dict[str, dict[str, list[Any]]]:
     """{category: {chart: ["Multiline", [tag regexes]]}}: regexes, so every parameter shows.
-
-    Custom Scalars charts scalar tags only, and TensorBoard anchors a regex at the start
-    only (`re.match`): each ends in `$` or names its prefix with the `/`, so that
-    `param/.*` never takes `param_hist/w` and `lr` never takes a tag that starts with it.
-    """
+    TensorBoard anchors a regex at the start only (`re.match`): each ends in `$` or names its
+    prefix with the `/`, so `param/.*` never takes `param_hist/w`, nor `lr` a longer tag."""
     loss_charts: dict[str, list[Any]] = {
         "loss (train, val)": ["Multiline", [r"loss/train$", r"loss/val$"]],
         "learning rate": ["Multiline", [r"lr$"]],
@@ -47,16 +43,13 @@ def layout(b: Built) -> dict[str, dict[str, list[Any]]]:
 
 def add_model_graph(b: Built, logger: Logger) -> None:
     """The model for the Graphs dashboard, added after training: tracing runs the model on
-    the writer thread, which would slow the steps it overlaps. Tracing fails for some
-    models, which costs the Graphs dashboard only, never the run."""
+    the writer thread, which would slow the steps it overlaps."""
     if b.model is None or b.data is None:
         return
     x = b.data.x[:2]
     if not isinstance(b.model, models.Expression) and x.dim() == 1:
         x = x.unsqueeze(-1)  # as models.forward_fn feeds a module
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # tracer warnings are about tracing, not the run
-            logger.graph(b.model, x)
-    except Exception as e:
-        log.debug(f"no model graph for TensorBoard (tracing failed: {e})")
+        logger.graph(b.model, x)
+    except Exception as e:  # a model that cannot be copied or traced costs this dashboard only
+        log.debug(f"no model graph for TensorBoard ({type(e).__name__}: {e})")

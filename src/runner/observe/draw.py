@@ -1,9 +1,6 @@
 """The figures' drawing: numpy arrays in, RGB pixels (height, width, 3) uint8 out.
-
-matplotlib is the optional `plots` extra, imported inside the functions, so a run that
-draws nothing never loads it. No pyplot: a `Figure` on its own Agg canvas needs no GUI
-backend and keeps no global state from one run to the next.
-"""
+matplotlib (the optional `plots` extra) is imported inside, so a run that draws nothing never
+loads it; no pyplot: a `Figure` on its own Agg canvas needs no GUI and keeps no global state."""
 
 from __future__ import annotations
 
@@ -27,27 +24,19 @@ def fit_images(
     x_val: np.ndarray | None = None,
     y_val: np.ndarray | None = None,
 ) -> list[np.ndarray]:
-    """The data as dots and one picture per snapshot: its curve (a row of `curves`, the
-    model on `grid`) and its name (`whens`) in the title.
-
-    Every picture has the same axes, set from all the curves at once, so flipping through
-    them in TensorBoard shows only the curve move. The data are drawn once as a background
-    and each curve on a copy of it (matplotlib's blitting), as only the curve changes.
-    """
+    """One picture per row of `curves` (the model on `grid`), titled by `whens`, over the data.
+    All share axes set from every curve, so flipping through them shows only the curve move;
+    the data are drawn once as a background and each curve on a copy (matplotlib's blitting)."""
     figure = _figure(6.0, 4.0)
     ax = figure.add_subplot()
-    for xs, ys, label, colour in (
-        (x, y, "train", "tab:blue"),
-        (x_val, y_val, "validation", "tab:orange"),
-    ):
-        if xs is not None and ys is not None:
-            # plot's markers draw faster than scatter's
-            ax.plot(xs, ys, ".", ms=4, alpha=0.6, color=colour, label=label)
+    # plot's markers draw faster than scatter's
+    ax.plot(x, y, ".", ms=4, alpha=0.6, color="tab:blue", label="train")
+    if x_val is not None and y_val is not None:
+        ax.plot(x_val, y_val, ".", ms=4, alpha=0.6, color="tab:orange", label="validation")
     # animated: left out of the background, drawn per snapshot
     (line,) = ax.plot(grid, curves[0], color="black", lw=2, label="model", animated=True)
-    ax.set_ylim(*_limits(y if y_val is None else np.concatenate([y, y_val]), curves))
-    ax.set_xlabel("x")
-    ax.set_ylabel("y")
+    data_y = y if y_val is None else np.concatenate([y, y_val])
+    ax.set(xlabel="x", ylabel="y", ylim=_limits(data_y, curves))
     ax.set_title("data and fitted curve", loc="left")
     when = ax.set_title("", loc="right", animated=True)
     ax.legend(loc="upper left")  # "best" would test every data point for overlap
@@ -94,9 +83,7 @@ def landscape_image(
     ax.plot(path[:, 0], path[:, 1], color="white", linewidth=1.5, marker=".", markersize=3)
     ax.plot(*path[0], marker="o", color="white", markeredgecolor="black", label="start")
     ax.plot(*path[-1], marker="*", markersize=12, color="red", markeredgecolor="black", label="end")
-    ax.set_xlabel(names[0])
-    ax.set_ylabel(names[1])
-    ax.set_title("loss landscape and the optimizer's path")
+    ax.set(xlabel=names[0], ylabel=names[1], title="loss landscape and the optimizer's path")
     ax.legend(loc="upper right")
     figure.canvas.draw()
     return _pixels(figure.canvas)

@@ -1,13 +1,8 @@
-"""Pictures for TensorBoard where people would rather look than read.
-
-- 1-D regression: the data and the fitted curve (`figure/fit`) at the start, every
-  `every_n_epochs` epochs, and at the end.
-- Two one-element parameters (`linear_fit`'s w and b, `rosenbrock`'s a and b): the loss
-  landscape around the optimizer's path, with the path on it (`figure/landscape`).
-
-During training only device tensors are kept (each snapshot's curve on a fixed grid, the
-path), so taking one never waits for the device; the drawing (`runner.observe.draw`)
-happens once, at the end.
+"""Pictures for TensorBoard: for 1-D regression the data and the fitted curve (`figure/fit`)
+at the start, every `every_n_epochs` epochs and at the end; for two one-element parameters
+(`linear_fit`'s w and b) the loss landscape with the optimizer's path on it
+(`figure/landscape`). Training keeps only device tensors (curves on a fixed grid, the path),
+so it never waits for the device; the drawing (`runner.observe.draw`) happens at the end.
 """
 
 from __future__ import annotations
@@ -21,7 +16,6 @@ import torch
 from runner.build import Built
 from runner.log.tensorboard import Logger
 from runner.observe import Look, Observer, draw
-from runner.observe.accuracy import accuracy_fn
 from runner.observe.gradcheck import Objective
 from runner.train.state import State
 
@@ -40,8 +34,10 @@ class Figures(Observer):
         self.b, self.logger, self.every = b, logger, every_n_epochs
         params = list(b.params.values())
         # logger=none: nothing at all; no matplotlib: one line, then nothing
-        on = logger.writes and _matplotlib_available()
-        self.grid = curve_grid(b) if on and _is_1d_regression(b) else None
+        on = logger.writes and draw.available()
+        if logger.writes and not on:
+            log.info("matplotlib is not installed: no figures (pip install 'runner[plots]')")
+        self.grid = curve_grid(b) if on else None
         self.landscape = on and len(params) == 2 and all(p.numel() == 1 for p in params)
         self.curves: list[tuple[int, str, torch.Tensor]] = []  # (step, title, curve on grid)
         self.path: list[torch.Tensor] = []  # (first, second) parameter values
@@ -69,14 +65,24 @@ class Figures(Observer):
         self._curve(last, "end")
         if self.path_step != state.step - 1:  # the last step was not a log step
             self._path_point()
-        if self.grid is not None and self.curves:
+        if self.grid is not None:
             _safely("fit", self._draw_fit)
-        if self.landscape and self.path:
+        if self.landscape:
             _safely("landscape", lambda: self._draw_landscape(last))
 
     def _draw_fit(self) -> None:
-        assert self.grid is not None
-        arrays = fit_arrays(self.b, self.grid, [curve for _, _, curve in self.curves])
+        data = self.b.data
+        assert self.grid is not None and data is not None
+        curves = torch.stack([curve for _, _, curve in self.curves])
+        arrays = {"grid": _host(self.grid), "curves": _host(curves)}
+        for suffix, x, y in (("", data.x, data.y), ("_val", data.x_val, data.y_val)):
+            if x is None or y is None:
+                continue
+            if x.shape[0] > MAX_SCATTER:  # the same sample every time: seeded apart from the run
+                keep = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))
+                keep = keep[:MAX_SCATTER].to(x.device)
+                x, y = x[keep], y[keep]
+            arrays["x" + suffix], arrays["y" + suffix] = _host(x), _host(y)
         whens = [when for _, when, _ in self.curves]
         for (step, _, _), pixels in zip(self.curves, draw.fit_images(**arrays, whens=whens)):
             self.logger.image(step, "figure/fit", pixels)
@@ -108,47 +114,20 @@ def _safely(name: str, draw_it: Callable[[], None]) -> None:
         log.warning(f"figure/{name} skipped: drawing it failed ({type(e).__name__}: {e})")
 
 
-def _matplotlib_available() -> bool:
-    if not draw.available():
-        log.info("matplotlib is not installed: no figures (pip install 'runner[plots]')")
-        return False
-    return True
-
-
-def _is_1d_regression(b: Built) -> bool:
-    """One input column, one target and one prediction per point, and not a classifier."""
-    if b.data is None or b.forward is None or b.data.features != 1 or b.data.y.dim() != 1:
-        return False
-    if accuracy_fn(b) is not None:
-        return False
-    with torch.no_grad():
-        return tuple(b.forward(b.data.x[:2]).shape) == (min(2, b.data.n),)
-
-
-def curve_grid(b: Built) -> torch.Tensor:
-    """Where the curve is drawn: evenly over the data's x range, train and validation."""
-    assert b.data is not None
-    xs = [b.data.x] + ([b.data.x_val] if b.data.x_val is not None else [])
-    low = min(float(x.min()) for x in xs)
-    high = max(float(x.max()) for x in xs)
-    return torch.linspace(low, high, CURVE_POINTS, dtype=b.data.x.dtype, device=b.data.x.device)
-
-
-def fit_arrays(b: Built, grid: torch.Tensor, curves: list[torch.Tensor]) -> dict[str, np.ndarray]:
-    """What `draw.fit_images` takes, on the host: the data (a fixed sample when large), the
-    grid and one curve per snapshot."""
-    assert b.data is not None
+def curve_grid(b: Built) -> torch.Tensor | None:
+    """Where the fitted curve is drawn: evenly over the data's x range (train and validation);
+    None unless the run is 1-D regression (one input column, target and prediction per point)."""
     data = b.data
-    arrays = {"grid": _host(grid), "curves": _host(torch.stack(curves))}
-    for suffix, x, y in (("", data.x, data.y), ("_val", data.x_val, data.y_val)):
-        if x is None or y is None:
-            continue
-        if x.shape[0] > MAX_SCATTER:  # the same sample every time: seeded apart from the run
-            keep = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))
-            keep = keep[:MAX_SCATTER].to(x.device)
-            x, y = x[keep], y[keep]
-        arrays["x" + suffix], arrays["y" + suffix] = _host(x), _host(y)
-    return arrays
+    if data is None or b.forward is None or data.task == "classification":
+        return None
+    if data.features != 1 or data.y.dim() != 1:
+        return None
+    with torch.no_grad():
+        if b.forward(data.x[:2]).shape != (min(2, data.n),):
+            return None
+    xs = [data.x] + ([data.x_val] if data.x_val is not None else [])
+    low, high = min(float(x.min()) for x in xs), max(float(x.max()) for x in xs)
+    return torch.linspace(low, high, CURVE_POINTS, dtype=data.x.dtype, device=data.x.device)
 
 
 def _host(values: torch.Tensor) -> np.ndarray:

@@ -1,9 +1,6 @@
-"""`trainer.check_grads=true`: autograd's gradients against central finite differences.
-
-Before training, the model and loss are copied to float64 and, on the first batch, each
-parameter element's derivative is estimated as (L(p + eps) - L(p - eps)) / 2 eps, as
-`torch.autograd.gradcheck` does, and compared with what `.backward()` computed. Autograd
-trusts a hand-written backward completely; this is how a wrong one is caught.
+"""`trainer.check_grads=true`: before training, autograd's gradients on the first batch against
+central differences (L(p + eps) - L(p - eps)) / 2 eps of float64 copies, as
+`torch.autograd.gradcheck` does. Autograd trusts a hand-written backward; this catches a wrong one.
 """
 
 from __future__ import annotations
@@ -39,8 +36,10 @@ def check_grads(b: Built) -> dict[str, Any]:
     objective = float64_objective(b)
     params = objective.params()
     picks = sample_elements(params, MAX_ELEMENTS)
-    grads = torch.autograd.grad(objective(), list(params.values()), allow_unused=True)
-    analytic = _grads_at(picks, params, grads)
+    # materialized: a parameter the loss does not use has derivative 0, not None
+    grads = torch.autograd.grad(objective(), list(params.values()), materialize_grads=True)
+    by_name = dict(zip(params, grads))
+    analytic = torch.stack([by_name[name].reshape(-1)[i] for name, i in picks])
     numeric = central_differences(objective, params, picks)
     # note: one host sync for the whole check
     a, n = analytic.cpu(), numeric.cpu()
@@ -112,13 +111,9 @@ class Objective(nn.Module):
 
 
 def float64_objective(b: Built) -> Objective:
-    """The loss on the first batch, of float64 copies of the model and loss.
-
-    The first batch is the first `batch_size` points in data order: drawing the loop's
-    shuffled batch here would move the RNG and change the run being checked.
-    """
-    model = _float64(b.model)
-    loss_fn = _float64(b.loss_fn) if isinstance(b.loss_fn, nn.Module) else b.loss_fn
+    """The loss of float64 copies of the model and loss on the first `batch_size` points in
+    data order: drawing the loop's shuffled batch would move the RNG, changing the run."""
+    model, loss_fn = _float64(b.model), _float64(b.loss_fn)
     if b.data is None:
         return Objective(model, loss_fn)
     size = b.checked.trainer.batch_size or b.data.n
@@ -128,9 +123,9 @@ def float64_objective(b: Built) -> Objective:
     )
 
 
-def _float64(module: Any) -> Any:
+def _float64(part: Any) -> Any:
     # a copy: the run's own parameters (and their float32 values) are left untouched
-    return None if module is None else copy.deepcopy(module).to(torch.float64)
+    return copy.deepcopy(part).to(torch.float64) if isinstance(part, nn.Module) else part
 
 
 @torch.no_grad()
@@ -164,18 +159,3 @@ def sample_elements(params: dict[str, nn.Parameter], limit: int) -> list[tuple[s
         k = max(1, round(limit * p.numel() / total))
         picks += [(name, i) for i in sorted(torch.randperm(p.numel(), generator=gen)[:k].tolist())]
     return picks
-
-
-def _grads_at(
-    picks: list[tuple[str, int]], params: dict[str, nn.Parameter], grads: tuple[Any, ...]
-) -> torch.Tensor:
-    by_name = dict(zip(params, grads, strict=True))
-    out = []
-    for name, index in picks:
-        grad = by_name[name]
-        # None: the loss does not depend on the parameter, so its derivative is 0
-        out.append(
-            torch.zeros((), dtype=torch.float64) if grad is None else grad.reshape(-1)[index]
-        )
-    device = next(iter(params.values())).device
-    return torch.stack([g.to(device) for g in out])

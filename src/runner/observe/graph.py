@@ -1,24 +1,20 @@
-"""The autograd graph behind a loss, walked the micrograd way.
-
-Every function here is pure: it reads ``grad_fn.next_functions`` and returns
-numbers or text. Walks are iterative (a 10,000-op graph must not hit Python's
-recursion limit) and visit each node once, so they run in linear time.
-Nodes are kept in sets and dicts by identity: torch hands back the same
-Python object for a node as long as a reference to it is alive, and the walk
-holds one.
-"""
+"""The autograd graph behind a loss, walked the micrograd way: pure functions of
+``grad_fn.next_functions``. Walks are iterative (a 10,000-op graph must not hit the recursion
+limit) and visit each node once, keyed by identity: torch hands back the same Python object for
+a node while a reference to it is alive, and the walk holds one."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch.autograd.graph import Node
 
+from runner.log.tensorboard import Logger
 from runner.observe import Look, Observer
 
 Root = torch.Tensor | Node | None
@@ -42,12 +38,14 @@ def _name(node: Node) -> str:
     return type(node).__name__
 
 
+def _param(node: Node, names_by_id: dict[int, str]) -> str | None:
+    """The name of the parameter a leaf node accumulates into, if it is one of `names`."""
+    return names_by_id.get(id(node.variable)) if _name(node) == LEAF else None
+
+
 def _label(node: Node, names_by_id: dict[int, str]) -> str:
-    name = _name(node)
-    if name == LEAF:
-        param = names_by_id.get(id(node.variable))
-        return f"{name} ({param})" if param is not None else name
-    return name
+    param = _param(node, names_by_id)
+    return _name(node) if param is None else f"{_name(node)} ({param})"
 
 
 def _names_by_id(names: Mapping[str, torch.Tensor] | None) -> dict[int, str]:
@@ -74,11 +72,8 @@ def grad_fn_names(root: Root) -> list[str]:
 
 
 def graph_stats(root: Root) -> dict[str, float]:
-    """Node, leaf and per-op counts and depth; all zero when there is no graph.
-
-    One postorder walk gives all of them (it runs at every log step): each node's depth is
-    the longest path to a leaf below it, counted in nodes, known once its children's are.
-    """
+    """Node, leaf and per-op counts and depth (longest path to a leaf, in nodes); all zero
+    without a graph. One postorder walk gives them all, as it runs at every log step."""
     start = _node(root)
     ops: Counter[str] = Counter()
     depth: dict[Node, int] = {}
@@ -89,7 +84,7 @@ def graph_stats(root: Root) -> dict[str, float]:
         children = children_of.get(node)
         if children is None:  # first visit: count it, then its unseen children go first
             children = children_of[node] = _children(node)
-            ops[type(node).__name__] += 1
+            ops[_name(node)] += 1
             stack.extend(c for c in children if c not in children_of)
         else:
             stack.pop()
@@ -112,82 +107,54 @@ def graph_chain(root: Root, names: Mapping[str, torch.Tensor] | None = None) -> 
     names_by_id = _names_by_id(names)
     out: list[str] = []
     seen: set[Node] = set()
-    # work items: ("text", str), ("node", Node), or ("child", Node), which
-    # decides on its turn whether the child needs parentheses
-    stack: list[tuple[str, object]] = [("node", start)]
+    # text to write, or (node, whether it is one of several children)
+    stack: list[str | tuple[Node, bool]] = [(start, False)]
     while stack:
-        kind, item = stack.pop()
-        if kind == "text":
+        item = stack.pop()
+        if isinstance(item, str):
             out.append(item)
-        elif kind == "child":
-            if item in seen or not _children(item):
-                stack.append(("node", item))
-            else:  # a chain of several nodes inside a comma list needs parentheses
-                stack += [("text", ")"), ("node", item), ("text", "(")]
-        elif item in seen:
-            out.append(f"{_label(item, names_by_id)} (see above)")
+            continue
+        node, in_list = item
+        children = _children(node)
+        if node in seen:
+            out.append(f"{_label(node, names_by_id)} (see above)")
+        elif in_list and children:  # a chain inside a comma list needs parentheses
+            out.append("(")
+            stack += [")", (node, False)]
         else:
-            seen.add(item)
-            out.append(_label(item, names_by_id))
-            children = _children(item)
-            if len(children) == 1:
-                stack += [("node", children[0]), ("text", " → ")]
-            elif children:
-                todo: list[tuple[str, object]] = [("text", " → ")]
-                for i, child in enumerate(children):
-                    if i > 0:
-                        todo.append(("text", ", "))
-                    todo.append(("child", child))
-                stack += reversed(todo)
+            seen.add(node)
+            out.append(_label(node, names_by_id))
+            for i, child in reversed(list(enumerate(children))):
+                stack += [(child, len(children) > 1), ", " if i else " → "]
     return "".join(out)
 
 
 def graph_tree(
     root: Root, names: Mapping[str, torch.Tensor] | None = None, *, max_lines: int = 200
 ) -> str:
-    """The graph as a `tree`-style listing, one node per line, leaves named.
-
-    A node reached again prints as `X (see above)` without its children, so
-    the text stays linear in graph size; past `max_lines` the rest is counted
-    in a final `... (N more nodes)` line, so a big MLP stays readable.
-    """
+    """The graph `tree`-style: a node reached again is `X (see above)` without its children,
+    so there is one line per edge plus the root; past `max_lines` the rest is counted in a
+    final `... (N more nodes)` line, so a big MLP stays readable."""
     start = _node(root)
     if start is None:
         return NO_GRAPH
     names_by_id = _names_by_id(names)
+    total = 1 + sum(len(_children(node)) for node in _preorder(start))
     lines: list[str] = []
-    hidden = 0
     seen: set[Node] = set()
     stack = [(start, "", "")]  # (node, text before the label, indent for its children)
-    while stack:
+    while stack and len(lines) < max_lines:
         node, head, indent = stack.pop()
         again = node in seen
         seen.add(node)
-        if len(lines) < max_lines:
-            lines.append(head + _label(node, names_by_id) + (" (see above)" if again else ""))
-        else:  # keep walking without building strings, only to count what is left
-            hidden += 1
-        if again:
-            continue
-        children = _children(node)
+        lines.append(head + _label(node, names_by_id) + (" (see above)" if again else ""))
+        children = [] if again else _children(node)
         for i, child in reversed(list(enumerate(children))):
-            last = i == len(children) - 1
-            if len(lines) < max_lines:
-                branch = (
-                    indent + ("└── " if last else "├── "),
-                    indent + ("    " if last else "│   "),
-                )
-            else:
-                branch = ("", "")
-            stack.append((child, *branch))
-    if hidden:
-        lines.append(f"... ({hidden} more nodes)")
+            branch, below = ("└── ", "    ") if i == len(children) - 1 else ("├── ", "│   ")
+            stack.append((child, indent + branch, indent + below))
+    if total > len(lines):
+        lines.append(f"... ({total - len(lines)} more nodes)")
     return "\n".join(lines)
-
-
-def _quote(text: str) -> str:
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    return f'"{escaped}"'
 
 
 def graph_dot(root: Root, names: Mapping[str, torch.Tensor] | None = None) -> str:
@@ -197,13 +164,11 @@ def graph_dot(root: Root, names: Mapping[str, torch.Tensor] | None = None) -> st
     names_by_id = _names_by_id(names)
     lines = ["digraph autograd {", "  node [shape=box];"]
     for node in nodes:
-        name = _name(node)
-        if name == LEAF:
-            param = names_by_id.get(id(node.variable))
-            label = f"{param}\n({name})" if param is not None else name
-            lines.append(f"  {ids[node]} [label={_quote(label)}, shape=ellipse];")
-        else:
-            lines.append(f"  {ids[node]} [label={_quote(name)}];")
+        name, param = _name(node), _param(node, names_by_id)
+        label = name if param is None else f"{param}\n({name})"
+        shape = ", shape=ellipse" if name == LEAF else ""
+        # JSON's string escapes (backslash, quote, newline) are DOT's too
+        lines.append(f"  {ids[node]} [label={json.dumps(label, ensure_ascii=False)}{shape}];")
     # one edge per non-None input, repeats kept: h + h really feeds h twice
     lines += [f"  {ids[node]} -> {ids[child]};" for node in nodes for child in _children(node)]
     lines.append("}")
@@ -219,12 +184,9 @@ class SavedBytes:
 
 @contextlib.contextmanager
 def saved_bytes() -> Iterator[SavedBytes]:
-    """Count the bytes saved for backward by the forward pass run inside the block.
-
-    A tensor saved by two ops (or twice by one) is counted once. Wrap the
-    forward only: if a graph is freed inside the block, its memory can be
-    reused at the same address and a new tensor there would be taken for a repeat.
-    """
+    """The bytes saved for backward by the forward run inside the block, a tensor saved twice
+    counted once. Wrap the forward only: a graph freed inside would let a new tensor at its
+    reused address pass for a repeat."""
     saved, seen = SavedBytes(), set()
 
     def pack(t: torch.Tensor) -> torch.Tensor:
@@ -239,10 +201,10 @@ def saved_bytes() -> Iterator[SavedBytes]:
 
 
 class GraphStats(Observer):
-    """The observer: graph statistics at the log steps that are multiples of `every`; the
-    first graph also as text (`graph/tree`), kept for graph.txt and graph.dot."""
+    """Graph statistics at the log steps that are multiples of `every`; the first graph also
+    as text (`graph/tree`), kept for graph.txt and graph.dot."""
 
-    def __init__(self, params: Mapping[str, torch.Tensor], logger: Any, every: int):
+    def __init__(self, params: Mapping[str, torch.Tensor], logger: Logger, every: int) -> None:
         self.params, self.logger, self.every = params, logger, every
         self.first: dict[str, str] = {}  # tree, chain, dot of the first graph walked
 
@@ -252,16 +214,7 @@ class GraphStats(Observer):
         stats = graph_stats(look.root) | {"graph/saved_bytes": float(look.saved_bytes)}
         self.logger.scalars(look.step, stats)
         if not self.first:
-            self.first = describe(look.root, self.params)
-            self.logger.text(
-                look.step, "graph/tree", self.first["chain"] + "\n\n" + self.first["tree"]
-            )
-
-
-def describe(root: Root, params: Mapping[str, torch.Tensor]) -> dict[str, str]:
-    """The graph three ways: a tree, one line, and Graphviz source."""
-    return {
-        "tree": graph_tree(root, params),
-        "chain": graph_chain(root, params),
-        "dot": graph_dot(root, params),
-    }
+            root, params = look.root, self.params
+            chain, tree = graph_chain(root, params), graph_tree(root, params)
+            self.first = {"tree": tree, "chain": chain, "dot": graph_dot(root, params)}
+            self.logger.text(look.step, "graph/tree", f"{chain}\n\n{tree}")

@@ -14,13 +14,9 @@ class Histograms(Observer):
         self.tensors = {n: p for n, p in b.params.items() if p.numel() > 1}
 
     def log(self, look: Look) -> None:
-        if not self.tensors or self.every is None:
+        if self.every is None or (look.step % self.every != 0 and look.step != self.last):
             return
-        if look.step % self.every == 0 or look.step == self.last:
-            self.write(look.step)
-
-    def write(self, step: int) -> None:
         for name, p in self.tensors.items():
-            self.logger.histogram(step, f"param_hist/{name}", p.detach())
+            self.logger.histogram(look.step, f"param_hist/{name}", p.detach())
             if p.grad is not None:
-                self.logger.histogram(step, f"grad_hist/{name}", p.grad.detach())
+                self.logger.histogram(look.step, f"grad_hist/{name}", p.grad.detach())

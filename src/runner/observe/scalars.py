@@ -44,11 +44,9 @@ class Scalars(Observer):
             if data.x_val is not None:
                 row.append(self.accuracy(forward(data.x_val), data.y_val))
         values = torch.stack([v.float() for v in row]).tolist()  # note: the host sync
-        self.latest = dict(zip(self.keys, values)) | {"lr": self.lr()}
+        lr = float(self.b.optimizer.param_groups[0]["lr"])
+        self.latest = dict(zip(self.keys, values)) | {"lr": lr}
         self.logger.scalars(look.step, self.latest)
-
-    def lr(self) -> float:
-        return float(self.b.optimizer.param_groups[0]["lr"])
 
 
 def one_number(t: torch.Tensor) -> torch.Tensor:

@@ -39,19 +39,15 @@ class Validation(Observer):
             with torch.no_grad():
                 state.val_loss = self.b.loss_fn(self.b.forward(data.x_val), data.y_val)
             self.pending.append((state.step - 1, state.val_loss.float()))
-        if self.early_stop is not None:
-            watched = state.epoch_loss if state.val_loss is None else state.val_loss
-            self.patience(state, math.inf if watched is None else float(watched))
-
-    def patience(self, state: State, value: float) -> None:
+        stop = self.early_stop
+        if stop is None:
+            return
+        watched = state.epoch_loss if state.val_loss is None else state.val_loss
+        value = math.inf if watched is None else float(watched)
         best, waited = state.early_stop or (math.inf, 0)
-        assert self.early_stop is not None
-        if value < best - self.early_stop.min_delta:
-            best, waited = value, 0
-        else:
-            waited += 1
+        best, waited = (value, 0) if value < best - stop.min_delta else (best, waited + 1)
         state.early_stop = (best, waited)
-        if waited >= self.early_stop.patience:
+        if waited >= stop.patience:
             state.early_stopped_epoch = state.epoch
             state.status = "completed"
 

@@ -5,7 +5,7 @@ the autograd post prints them (`y = 16.0`, `a.grad_fn = None`, `dy/dx = 8.0`), n
 from __future__ import annotations
 
 import ast
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -17,20 +17,26 @@ MAX_PIECES = 60  # sub-expressions listed one per line; a longer formula lists l
 MAX_ELEMENTS = 10  # tensor elements printed in full; bigger tensors print their shape and norm
 
 
+def _objective(loss_fn: Any) -> str | None:
+    """An objective formula as `y` reads, its reduction included; None for a loss over data."""
+    if not (isinstance(loss_fn, losses.Expression) and loss_fn.objective_only):
+        return None
+    text = loss_fn.formula.source.strip()
+    return text if loss_fn.reduction is None else f"{loss_fn.reduction}({text})"
+
+
 def grad_fns(
     loss_fn: Any, params: Mapping[str, torch.Tensor], loss: torch.Tensor
 ) -> dict[str, str | None]:
-    """Each intermediate result's grad_fn, leaf to root, as the post prints `b.grad_fn`.
-
-    For an objective formula each piece the user wrote is evaluated again on its own, so a
-    line names it (`a * 3` -> MulBackward0); a leaf has none. Elsewhere (a model and a
-    loss over data) there are no names for the pieces: the leaves and the loss are listed.
-    """
-    if isinstance(loss_fn, losses.Expression) and loss_fn.objective_only:
+    """Each intermediate result's grad_fn, leaf to root, as the post prints `b.grad_fn`: each
+    piece of an objective formula (`a * 3` -> MulBackward0); for a model and a loss over data,
+    which have no names for their pieces, the leaves and the loss."""
+    formula = _objective(loss_fn)
+    if formula is not None:
         pieces = formula_grad_fns(loss_fn.formula.source, dict(loss_fn.named_parameters()))
         if pieces is not None:
             if loss_fn.reduction is not None:  # the reduction adds the last node itself
-                pieces[f"{loss_fn.reduction}({loss_fn.formula.source.strip()})"] = _name(loss)
+                pieces[formula] = _name(loss)
             return pieces
     out: dict[str, str | None] = {name: _name(p) for name, p in params.items()}
     out.setdefault("loss", _name(loss))
@@ -38,17 +44,15 @@ def grad_fns(
 
 
 def formula_grad_fns(source: str, env: Mapping[str, torch.Tensor]) -> dict[str, str | None] | None:
-    """{piece of the formula: its grad_fn} in evaluation order; None for a very long formula.
-
-    Only pieces on the graph are kept (those that need a gradient): `2 * 3` or `sin(pi)` are
-    plain numbers to autograd. A piece written twice is listed once.
-    """
+    """{piece: its grad_fn} in evaluation order, each piece evaluated again on its own; only
+    those on the graph (`2 * 3` is a plain number), once each. None for a very long formula."""
     text = source.lstrip()  # the positions of parse's tree count from the stripped text
-    nodes = _postorder(ast.parse(text, mode="eval").body)
-    if len(nodes) > MAX_PIECES:
+    tree = ast.parse(text, mode="eval").body
+    # counted without recursion first: past the limit, a deep formula is never recursed into
+    if sum(isinstance(node, ast.expr) for node in ast.walk(tree)) > MAX_PIECES:
         return None
     out: dict[str, str | None] = {}
-    for node in nodes:
+    for node in _postorder(tree):
         if isinstance(node, ast.Constant) or (isinstance(node, ast.Name) and node.id in FUNCTIONS):
             continue
         piece = " ".join((ast.get_source_segment(text, node) or ast.unparse(node)).split())
@@ -60,18 +64,12 @@ def formula_grad_fns(source: str, env: Mapping[str, torch.Tensor]) -> dict[str, 
     return out
 
 
-def _postorder(root: ast.expr) -> list[ast.AST]:
+def _postorder(node: ast.AST) -> Iterator[ast.expr]:
     """Children before parents: the order in which evaluation creates the results."""
-    order: list[ast.AST] = []
-    stack: list[tuple[ast.AST, bool]] = [(root, False)]
-    while stack:
-        node, done = stack.pop()
-        if done:
-            order.append(node)
-            continue
-        stack.append((node, True))
-        stack.extend((child, False) for child in reversed(list(ast.iter_child_nodes(node))))
-    return [n for n in order if isinstance(n, ast.expr)]  # not the operators and contexts
+    for child in ast.iter_child_nodes(node):
+        yield from _postorder(child)
+    if isinstance(node, ast.expr):  # not the operators and contexts
+        yield node
 
 
 def _name(t: torch.Tensor) -> str | None:
@@ -85,20 +83,13 @@ def lines(
     pieces: Mapping[str, str | None],
     tree: str | None,
 ) -> list[str]:
-    """The terminal's account of the pass: parameters, value, grad_fns, graph, gradients.
-
-    An objective formula is `y` and its gradients `dy/dx`, as in the post; a loss over
-    data is `loss` and `dloss/dw`.
-    """
-    formula = None
-    if isinstance(loss_fn, losses.Expression) and loss_fn.objective_only:
-        formula = loss_fn.formula.source
-        if loss_fn.reduction is not None:
-            formula = f"{loss_fn.reduction}({formula.strip()})"
+    """The terminal's account of the pass: parameters, value, grad_fns, graph, gradients. An
+    objective formula is `y` with gradients `dy/dx`, as in the post; a loss over data `loss`."""
+    formula = _objective(loss_fn)
     y = "loss" if formula is None else "y"
     out = [f"{name} = {shown(p)}" for name, p in params.items()]
     result = "n/a" if value is None else number(value)
-    out.append(f"{y} = {result}" if formula is None else f"y = {formula.strip()} = {result}")
+    out.append(f"{y} = {result}" if formula is None else f"y = {formula} = {result}")
     last = list(pieces)[-1] if pieces else None
     for piece, fn in pieces.items():
         label = y if piece == last else piece

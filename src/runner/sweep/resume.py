@@ -1,16 +1,10 @@
 """Finishing a grid sweep: the same multirun again, with the same `hydra.sweep.dir`, runs
 only what the earlier one left undone.
 
-At the sweep's start (`check`, in the sweep process) the jobs already in the sweep directory
-are matched, number by number, with the jobs this sweep is about to run: the same overrides,
-or the sweep stops before any job runs. Hydra rewrites a job's `.hydra/` when the job
-starts, so what the earlier jobs were is written down then, in `RECORD`. Each job
-(`pick_up`, in whichever process runs it) then takes up what its directory holds: a
-completed run is not run again, an interrupted one continues from its checkpoint, and any
-other starts over in a cleared directory, so that no TensorBoard tag's steps go backwards.
-
-Only Hydra's own grid sweeper is finished this way: another sweeper (Optuna's) keeps its
-own record of what it ran.
+At the sweep's start (`check`) the jobs already in the sweep directory must be, number by
+number, the jobs this sweep plans, or the sweep stops; Hydra rewrites a job's `.hydra/` when
+it starts, so they are recorded then, in `RECORD`. Each job (`pick_up`) then takes up what
+its directory holds. Optuna's sweeper keeps its own record, in its study.
 """
 
 from __future__ import annotations
@@ -20,7 +14,6 @@ import json
 import logging
 import math
 import shutil
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -33,9 +26,6 @@ from runner.config.check import ConfigError
 log = logging.getLogger("runner")
 
 RECORD = ".earlier_jobs.json"  # in the sweep directory, from the sweep's start to its end
-GRID = ".BasicSweeper"  # how the _target_ of Hydra's grid sweeper ends
-CONFIG_ERROR = 2  # the exit status of a bad config, as runner.cli's
-CONTINUED = (None, "interrupted")  # a run killed mid-way has no metrics.json at all
 
 
 @dataclass(frozen=True)
@@ -48,23 +38,12 @@ class Job:
     status: str | None  # what its metrics.json says; None when it has none
 
 
-def begin(config: DictConfig) -> None:
-    """`check`, in the sweep's start callback: a different sweep ends the command with one
-    `Config error:` line and the status of a bad config, as `runner.cli` ends it. (Hydra
-    turns an exception a callback raises into a warning, and goes on.)"""
-    try:
-        check(config)
-    except ConfigError as e:
-        print(f"Config error: {e}", file=sys.stderr)
-        raise SystemExit(CONFIG_ERROR) from None
-
-
 def check(config: DictConfig) -> None:
-    """At the sweep's start: record the jobs an earlier run of this same sweep left, or stop
-    with a `ConfigError` when the sweep directory holds a different sweep."""
+    """Record the jobs an earlier run of this same sweep left, or raise a `ConfigError` when
+    the sweep directory holds a different sweep."""
     sweep_dir = Path(config.hydra.sweep.dir).absolute()
     (sweep_dir / RECORD).unlink(missing_ok=True)  # a killed sweep's record is not this one's
-    if not str(config.hydra.sweeper.get("_target_")).endswith(GRID):
+    if not str(config.hydra.sweeper.get("_target_")).endswith(".BasicSweeper"):  # not a grid
         return
     earlier = earlier_jobs(sweep_dir)
     if not earlier:
@@ -80,7 +59,6 @@ def check(config: DictConfig) -> None:
 
 
 def earlier_jobs(sweep_dir: Path) -> list[Job]:
-    """The job directories under the sweep directory, by what Hydra saved in their `.hydra/`."""
     jobs = []
     for run_dir, num in job_dirs(sweep_dir):
         overrides = [str(o) for o in read_yaml(run_dir / ".hydra" / "overrides.yaml")]
@@ -90,8 +68,8 @@ def earlier_jobs(sweep_dir: Path) -> list[Job]:
 
 
 def job_dirs(sweep_dir: Path) -> list[tuple[Path, int]]:
-    """The directories Hydra made for the jobs of a multirun under `sweep_dir`, with their
-    numbers; a single run's directory put there has no number (`???`) and is no job."""
+    """The job directories of a multirun under `sweep_dir`, with their numbers; a single
+    run's directory put there has no number (`???`) and is no job."""
     jobs = []
     for path in sorted(sweep_dir.glob("**/.hydra/hydra.yaml")):
         run_dir, num = path.parent.parent, read_yaml(path)["hydra"]["job"].get("num")
@@ -129,8 +107,8 @@ def planned_jobs(config: DictConfig, sweep_dir: Path) -> list[list[str]]:
 
 
 def difference(earlier: list[Job], planned: list[list[str]]) -> str | None:
-    """How the earlier jobs differ from the planned ones, or None when each earlier job is
-    the planned job of its number (the order of its overrides aside)."""
+    """How the earlier jobs differ from the planned ones, or None when each is the planned
+    job of its number (the order of its overrides aside)."""
     for job in earlier:
         if job.num >= len(planned):
             return f"it has a job {job.num} ({' '.join(job.overrides)}), this sweep has none"
@@ -147,14 +125,13 @@ def difference(earlier: list[Job], planned: list[list[str]]) -> str | None:
 
 
 def pick_up(cfg: DictConfig, run_dir: Path, sweep_dir: Path) -> float | None:
-    """Take up what an earlier run of this sweep left in the job's directory. Returns the
-    recorded objective of a run that completed: it is not run again. Otherwise (None) the
-    job runs: on from the checkpoint of an interrupted run, or afresh in a cleared directory.
-    A job the sweep's start did not record (a new one) runs as usual."""
+    """Returns the recorded objective of a job that completed earlier: it is not run again.
+    Otherwise (None) it runs: on from an interrupted run's checkpoint, or afresh in a
+    cleared directory, so that no TensorBoard tag's steps go backwards."""
     from runner.train.checkpoint import LAST  # torch: imported by the job, not by the CLI
 
-    if not recorded(run_dir, sweep_dir):
-        return None
+    if run_dir.absolute() not in {sweep_dir / job["dir"] for job in record(sweep_dir)}:
+        return None  # a job the sweep's start did not record: a new one
     metrics = read_metrics(run_dir)
     status = metrics.get("status")
     if status == "completed":
@@ -162,7 +139,8 @@ def pick_up(cfg: DictConfig, run_dir: Path, sweep_dir: Path) -> float | None:
         value = math.inf if objective is None else float(objective)
         log.info(f"Completed earlier, not run again (objective {value:.6g}): {run_dir}")
         return value
-    if status in CONTINUED and (run_dir / LAST).is_file():
+    # a run killed mid-way has no metrics.json at all
+    if status in (None, "interrupted") and (run_dir / LAST).is_file():
         OmegaConf.update(cfg, "trainer.resume", str(run_dir), force_add=True)
     else:
         start_over(run_dir)
@@ -170,20 +148,9 @@ def pick_up(cfg: DictConfig, run_dir: Path, sweep_dir: Path) -> float | None:
     return None
 
 
-def recorded(run_dir: Path, sweep_dir: Path) -> bool:
-    """Whether the sweep's start matched this job's directory with an earlier job."""
-    path = sweep_dir / RECORD
-    run_dir = run_dir.absolute()
-    if not path.is_file() or not run_dir.is_relative_to(sweep_dir) or run_dir == sweep_dir:
-        return False
-    jobs = json.loads(path.read_text())["jobs"]
-    return run_dir.relative_to(sweep_dir).as_posix() in {job["dir"] for job in jobs}
-
-
 def start_over(run_dir: Path) -> None:
-    """Clear what an earlier run wrote (its metrics, checkpoint, TensorBoard events), so the
-    new run neither resumes nor logs a step twice. `.hydra/` is this job's own by now, and
-    the log file is open, taking this run's lines after the earlier run's."""
+    """Clear what an earlier run wrote, but `.hydra/` (this job's own by now) and the open
+    log file, which takes this run's lines after the earlier run's."""
     for path in run_dir.iterdir():
         if path.name == ".hydra" or path.suffix == ".log":
             continue
@@ -193,28 +160,27 @@ def start_over(run_dir: Path) -> None:
             path.unlink()
 
 
-def finish(sweep_dir: Path) -> str | None:
-    """At the sweep's end: the table's line on the jobs that completed earlier, if any. The
-    record is removed; the next start takes its own."""
+def finish(sweep_dir: Path) -> None:
+    """At the sweep's end: say how many jobs completed earlier, and remove the record."""
+    skipped = sum(job["status"] == "completed" for job in record(sweep_dir))
+    (sweep_dir / RECORD).unlink(missing_ok=True)
+    if skipped:
+        print(f"{skipped} completed earlier, not run again")
+
+
+def record(sweep_dir: Path) -> list[dict[str, Any]]:
+    """The jobs the sweep's start recorded; none outside a grid sweep."""
     path = sweep_dir / RECORD
-    if not path.is_file():
-        return None
-    jobs = json.loads(path.read_text())["jobs"]
-    path.unlink()
-    skipped = sum(job["status"] == "completed" for job in jobs)
-    return f"{skipped} completed earlier, not run again" if skipped else None
+    return json.loads(path.read_text())["jobs"] if path.is_file() else []
 
 
 def read_yaml(path: Path) -> Any:
-    """A file Hydra wrote, read with libyaml's parser where PyYAML has it (a sweep of many
-    jobs reads many)."""
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    return yaml.load(path.read_text(), Loader=loader)
+    """A file Hydra wrote, with libyaml's parser where PyYAML has it: a sweep reads many."""
+    return yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 
 def read_metrics(run_dir: Path) -> dict[str, Any]:
-    """The job's metrics.json; empty when it has none or it cannot be read (the run was
-    killed before it wrote one)."""
+    """The job's metrics.json; empty when it is missing or unreadable (the run was killed)."""
     try:
         metrics = json.loads((run_dir / "metrics.json").read_text())
     except (FileNotFoundError, json.JSONDecodeError):

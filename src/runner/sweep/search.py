@@ -1,9 +1,6 @@
 """An Optuna search through Hydra's launcher: ask the study for trials, launch them as jobs in
-batches of `n_jobs`, tell the study how each job ended.
-
-The study is the search's only state, so the same command with the same sweep directory
-continues it: `n_trials` is the study's total, and a trial left running by a search that was
-killed is marked failed and queued to run again with the same parameters.
+batches of `n_jobs`, tell the study how each job ended. The study is the search's only state,
+so the same command with the same sweep directory continues it.
 """
 
 from __future__ import annotations
@@ -25,11 +22,10 @@ from runner.config.check import ConfigError
 from runner.sweep.resume import read_metrics
 from runner.sweep.space import search_space
 from runner.sweep.study import PRUNER, STORAGE, STUDY, SWEEP_DIR, TRIAL, location, open_storage
-from runner.sweep.summary import STOP
+from runner.sweep.summary import STOP, quote
 
 log = logging.getLogger(__name__)
 RESULTS = "optimization_results.yaml"  # the best trial, where Hydra's Optuna plugin wrote it
-DIRECTIONS = ("minimize", "maximize")
 # what n_trials counts: a failed trial does not, so the next search tries again
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 
@@ -51,7 +47,7 @@ class Search:
         sweep_dir: Path,
         arguments: Sequence[str],
     ) -> None:
-        if direction not in DIRECTIONS:
+        if direction not in ("minimize", "maximize"):
             raise ConfigError(
                 f"hydra.sweeper.direction={direction!r} is not allowed; use minimize or "
                 "maximize (one objective: multi-objective searches are not supported)"
@@ -65,32 +61,31 @@ class Search:
         self.sweep_dir = sweep_dir
         self.space = search_space(params, arguments)
         self.env = {STUDY: study_name or "search", STORAGE: location(storage, sweep_dir)}
-        pruner_cfg = OmegaConf.to_container(pruner, resolve=True) if pruner else None
-        self.study = self.open(sampler, pruner_cfg)
-
-    def open(self, sampler: DictConfig | None, pruner: Any) -> optuna.Study:
-        """The study, created or loaded, with the trials this sweep dir left running retried."""
-        name, storage = self.env[STUDY], open_storage(self.env[STORAGE])
+        name, where = self.env[STUDY], open_storage(self.env[STORAGE])
         study = optuna.create_study(
-            storage=storage, study_name=name, direction=self.direction, load_if_exists=True
+            storage=where, study_name=name, direction=direction, load_if_exists=True
         )
-        if study.direction.name.lower() != self.direction:
+        if study.direction.name.lower() != direction:
             raise ConfigError(
-                f"hydra.sweeper.direction={self.direction} but the study {name!r} in "
+                f"hydra.sweeper.direction={direction} but the study {name!r} in "
                 f"{self.env[STORAGE]} was made to {study.direction.name.lower()}; set "
                 "hydra.sweeper.study_name or hydra.sweep.dir to start another"
             )
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if trial.user_attrs.get(SWEEP_DIR) == str(self.sweep_dir):
+            if trial.user_attrs.get(SWEEP_DIR) == str(sweep_dir):  # this search's, killed
                 log.warning(f"Trial {trial.number} was left running: failed, and queued again")
                 retry(study, trial.number, trial.params)
-        study.set_user_attr(PRUNER, pruner)  # the jobs build it (runner.sweep.trial)
+        pruner_cfg = OmegaConf.to_container(pruner, resolve=True) if pruner else None
+        study.set_user_attr(PRUNER, pruner_cfg)  # the jobs build it (runner.sweep.trial)
         # a seeded sampler starts after the trials the study holds: a continued study does
         # not repeat its first trials, and the same command still runs the same trials
         offset = len(study.get_trials(deepcopy=False))
-        return optuna.load_study(study_name=name, storage=storage, sampler=seeded(sampler, offset))
+        self.study = optuna.load_study(
+            study_name=name, storage=where, sampler=seeded(sampler, offset)
+        )
 
     def run(self, launcher: Launcher) -> None:
+        """Ask, launch and tell, batch by batch, until the study holds `n_trials`."""
         study, budget = self.study, max(self.missing(), 0)
         log.info(
             f"Study {self.env[STUDY]!r} in {self.env[STORAGE]}: "
@@ -104,7 +99,7 @@ class Search:
             for trial in trials:
                 trial.set_user_attr(SWEEP_DIR, str(self.sweep_dir))
             try:
-                returns = launch(launcher, trials, [self.overrides(t) for t in trials])
+                returns = self.launch(launcher, trials)
             except BaseException:  # Ctrl-C in this process: the next search runs them again
                 for trial in trials:
                     retry(study, trial.number, trial.params)
@@ -117,25 +112,38 @@ class Search:
     def missing(self) -> int:
         return self.n_trials - len(self.study.get_trials(deepcopy=False, states=COUNTED))
 
+    def launch(self, launcher: Launcher, trials: list[Trial]) -> list[JobReturn]:
+        """Each job numbered by its trial: one launch per run of consecutive trial numbers
+        (every batch, unless another search shares the study)."""
+        jobs = [[*self.space.overrides(t.params), env_set(TRIAL, str(t.number))] for t in trials]
+        returns: list[JobReturn] = []
+        start = 0
+        for end in range(1, len(trials) + 1):
+            if end == len(trials) or trials[end].number != trials[end - 1].number + 1:
+                returns += launcher.launch(jobs[start:end], initial_job_idx=trials[start].number)
+                start = end
+        return returns
+
     def shared(self) -> list[str]:
-        """The Hydra overrides every job gets: which study its trial is in, and a place for
-        the trial's number (so that each job's own override of it needs no `++`, which
-        Hydra's launchers would print with the job's parameters)."""
+        """Every job's overrides: its study, and a place for its trial's number, so that the
+        job's own override needs no `++` (which the launchers would print)."""
         env = {**self.env, TRIAL: ""}
         return [f"++{env_set(key, value)}" for key, value in env.items()]
 
-    def overrides(self, trial: Trial) -> list[str]:
-        """The trial's parameters, the fixed overrides, and the trial's number."""
-        return [*self.space.overrides(trial.params), env_set(TRIAL, str(trial.number))]
-
     def tell(self, trial: Trial, ret: JobReturn) -> None:
-        """A diverged run completes with the worst value (+inf when minimizing), so the
-        sampler learns to avoid it; a pruned one is PRUNED; a failed one FAIL, and an
-        interrupted one FAIL and queued to run again."""
-        status, value = outcome(ret)
+        """By the status in the job's metrics.json: a diverged run completes with the worst
+        value, so the sampler learns to avoid it; an interrupted one is run again."""
+        try:
+            value = float(ret.return_value)
+        except Exception:  # the job raised: Hydra keeps the exception as its return value
+            status, value = "failed", math.nan
+        else:
+            assert ret.hydra_cfg is not None
+            run_dir = Path(ret.hydra_cfg.hydra.runtime.output_dir)
+            status = read_metrics(run_dir).get("status", "failed")
         worst = math.inf if self.direction == "minimize" else -math.inf
         if status in ("completed", "diverged"):
-            finite = status == "completed" and value is not None and math.isfinite(value)
+            finite = status == "completed" and math.isfinite(value)
             self.study.tell(trial, value if finite else worst, skip_if_finished=True)
         elif status == "pruned":
             self.study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
@@ -158,36 +166,9 @@ def retry(study: optuna.Study, number: int, params: dict[str, Any]) -> None:
     study.enqueue_trial(params)
 
 
-def launch(launcher: Launcher, trials: list[Trial], overrides: list[list[str]]) -> list[JobReturn]:
-    """Each job numbered by its trial (directory `<number>_<params>`): one launch per run of
-    consecutive trial numbers, which is every batch unless another search shares the study."""
-    returns: list[JobReturn] = []
-    start = 0
-    for end in range(1, len(trials) + 1):
-        if end == len(trials) or trials[end].number != trials[end - 1].number + 1:
-            batch = overrides[start:end]
-            returns += launcher.launch(batch, initial_job_idx=trials[start].number)
-            start = end
-    return returns
-
-
-def outcome(ret: JobReturn) -> tuple[str, float | None]:
-    """The job's status, from the metrics.json it wrote (`runner.cli.sweep_job`), and the
-    objective it returned."""
-    try:
-        value = float(ret.return_value)
-    except Exception:  # the job raised: Hydra keeps the exception as its return value
-        return "failed", None
-    assert ret.hydra_cfg is not None
-    status = read_metrics(Path(ret.hydra_cfg.hydra.runtime.output_dir)).get("status", "failed")
-    return status, value
-
-
 def env_set(key: str, value: str) -> str:
-    """A Hydra override that sets an environment variable for the job, its value quoted so
-    that Hydra takes it as it is."""
-    quoted = "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-    return f"hydra.job.env_set.{key}={quoted}"
+    """A Hydra override that sets an environment variable for the job."""
+    return f"hydra.job.env_set.{key}={quote(value)}"
 
 
 def write_results(study: optuna.Study, sweep_dir: Path) -> None:

@@ -43,9 +43,8 @@ class Space:
 def search_space(params: Mapping[str, Any], arguments: Sequence[str]) -> Space:
     """`params` first, then the command line's overrides: a later one for a key wins."""
     lines = [f"{key}={value}" for key, value in params.items()] + list(arguments)
-    by_key: dict[str, Override] = {}
-    for override in OverridesParser.create().parse_overrides(lines):
-        by_key[override.get_key_element()] = override
+    parsed = OverridesParser.create().parse_overrides(lines)
+    by_key = {override.get_key_element(): override for override in parsed}
     space = Space()
     for key, override in by_key.items():
         if not override.is_sweep_override():

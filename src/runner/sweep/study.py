@@ -1,11 +1,9 @@
 """Where an Optuna search's study lives, and how a job finds its own trial in it.
 
-The sweeper and each of its jobs open the same storage: by default Optuna's journal file in
-the sweep directory (appended to under a file lock, so parallel jobs on one machine, or on a
-shared file system, write to it safely), or any Optuna storage URL. The sweeper tells each
-job its trial through environment variables that Hydra sets for that job
-(`hydra.job.env_set`): a `hydra.` override, so they stay out of the job's directory name,
-its `.hydra/overrides.yaml` and its HParams columns.
+The sweeper and its jobs open the same storage: by default Optuna's journal file in the
+sweep directory (written under a file lock, so parallel jobs share it safely), or any Optuna
+storage URL. Each job learns its trial from environment variables set by a `hydra.job.env_set`
+override, which keeps them out of its directory name, overrides.yaml and HParams columns.
 """
 
 from __future__ import annotations
@@ -41,9 +39,3 @@ def open_storage(where: str) -> BaseStorage:
         return optuna.storages.get_storage(where)
     Path(where).parent.mkdir(parents=True, exist_ok=True)
     return optuna.storages.JournalStorage(JournalFileBackend(where))
-
-
-def trial_id(storage: BaseStorage, study_name: str, number: int) -> int:
-    """The storage's id of a trial known by its number (what the study shows)."""
-    study_id = storage.get_study_id_from_name(study_name)
-    return storage.get_trial_id_from_study_id_trial_number(study_id, number)

@@ -1,11 +1,8 @@
-"""The start and end of a sweep. At the start, the jobs' directories are named by what
-varies between them, and with the joblib launcher, Ctrl-C is made to stop the sweep
-cleanly. At the end: `summary.csv` in the sweep directory, the same table printed best
-first, and an exit status that says whether every job worked.
+"""The start and end of a sweep. At the start, job directories are named by what varies
+between jobs, and a joblib sweep is made to stop cleanly on Ctrl-C. At the end: `summary.csv`,
+the same table printed best first, and an exit status that says whether every job worked.
 
-It reads what each job left in its own directory (`.hydra/` and `metrics.json`), so it
-works the same whichever launcher ran the jobs: in this process, in joblib workers, or
-through submitit on a cluster.
+It reads only what each job left in its own directory, so any launcher works alike.
 """
 
 from __future__ import annotations
@@ -15,6 +12,7 @@ import math
 import signal
 import sys
 import threading
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -43,20 +41,16 @@ STOP = ".interrupted"  # in the sweep directory once Ctrl-C reached a joblib swe
 # ties: lower objective; a pruned trial (an Optuna search) after the completed ones
 ORDER = {"completed": 0, "pruned": 1, "interrupted": 2, "diverged": 3, "failed": 4}
 SCORED = ("completed", "pruned")  # whose objective the sweeper saw
-FAIL_ON = ("any", "all")
 EXCLUDE = "hydra.job.config.override_dirname.exclude_keys"  # what the job names leave out
 
 
 class Summary(Callback):
-    """`hydra.callbacks.summary`: writes summary.csv and sets the sweep's exit status.
-
-    `fail_on: any` (a grid) exits 1 when any job did not complete (it diverged, failed or
-    was stopped); `fail_on: all` (a search, where a diverged trial is simply a bad +inf
-    one) only when none completed. A joblib sweep stopped by Ctrl-C exits 130.
-    """
+    """`hydra.callbacks.summary`: summary.csv, and the sweep's exit status: 1 when any job did
+    not complete (`fail_on: any`, a grid) or none did (`fail_on: all`, a search, where a
+    diverged trial is just a bad +inf one); 130 when Ctrl-C stopped a joblib sweep."""
 
     def __init__(self, fail_on: str = "any") -> None:
-        if fail_on not in FAIL_ON:
+        if fail_on not in ("any", "all"):
             raise ConfigError(
                 f"hydra.callbacks.summary.fail_on={fail_on!r} is not allowed; use any or all"
             )
@@ -65,17 +59,16 @@ class Summary(Callback):
         self.previous: Any = None  # the SIGINT handler before it
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        resume.begin(config)  # a different sweep in this sweep dir stops before any job
+        try:  # a different sweep in this sweep dir stops before any job
+            resume.check(config)
+        except ConfigError as e:  # ends as runner.cli ends a bad config: Hydra would only warn
+            print(f"Config error: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
         name_jobs_by_what_varies(config)
-        self._stop_joblib_cleanly(config)
-
-    def _stop_joblib_cleanly(self, config: DictConfig) -> None:
-        """With joblib, Ctrl-C stops the sweep as it stops the basic launcher's: each running
-        job stops after its step and keeps what it did, the queued ones do not start, and
-        the summary is written; exit status 130. Left to joblib, the first Ctrl-C ended the
-        workers before their jobs wrote anything, and the sweep with a traceback. A second
-        Ctrl-C stops everything at once, with the same exit status."""
-        main_thread = threading.current_thread() is threading.main_thread()  # signals' own
+        # Left to joblib, the first Ctrl-C ended the workers before their jobs wrote anything.
+        # Instead a stop file makes running jobs stop after their step and queued ones not
+        # start, as with the basic launcher. Only the main thread may handle signals.
+        main_thread = threading.current_thread() is threading.main_thread()
         if config.hydra.launcher.get("_target_") == JOBLIB and main_thread:
             self.stop = Path(config.hydra.sweep.dir).absolute() / STOP
             self.stop.unlink(missing_ok=True)
@@ -107,9 +100,7 @@ class Summary(Callback):
         rows = collect(sweep_dir)
         write_csv(sweep_dir / "summary.csv", rows)
         print(table(rows, sweep_dir))
-        skipped = resume.finish(sweep_dir)
-        if skipped:
-            print(skipped)
+        resume.finish(sweep_dir)
         if interrupted:  # the shell's convention for SIGINT, as the basic launcher's sweep
             raise SystemExit(130)
         completed = sum(r["status"] == "completed" for r in rows)
@@ -119,36 +110,25 @@ class Summary(Callback):
 
 
 def name_jobs_by_what_varies(config: DictConfig) -> None:
-    """Job directories named by the overrides that differ between jobs:
-    `3_optimizer.lr=0.2,seed=2`, not `3_experiment=linear_fit,optimizer.lr=0.2,...`.
-
-    `hydra.sweep.subdir` is `${hydra.job.num}_${hydra.job.override_dirname}`, and each job's
-    config is composed afresh from the sweep's `hydra.overrides.hydra` plus the job's own
-    overrides; so one more Hydra override, `hydra.job.config.override_dirname.exclude_keys`,
-    listing the keys every job shares, names every job's directory, for any sweeper or
-    launcher. It is visible in each job's `.hydra/hydra.yaml`.
-    """
-    shared = shared_keys(config)
-    if not shared:
-        return
-    keys = [*config.hydra.job.config.override_dirname.exclude_keys, *shared]
-    quoted = ",".join("'" + k.replace("\\", "\\\\").replace("'", "\\'") + "'" for k in keys)
-    with read_write(config.hydra.overrides):
-        config.hydra.overrides.hydra.append(f"{EXCLUDE}=[{quoted}]")
-
-
-def shared_keys(config: DictConfig) -> list[str]:
-    """The keys the command line set alike for every job: neither a sweep (`a=1,2`,
-    `range(...)`, `interval(...)`) nor a sweeper's `params`. Empty when nothing varies (a
-    one-job sweep keeps every override in its name)."""
+    """Job directories named by the overrides that differ (`3_optimizer.lr=0.2,seed=2`): one
+    more Hydra override excludes the shared keys from `override_dirname`, for any sweeper or
+    launcher, since each job's config is composed from the sweep's `hydra.overrides.hydra`."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     overrides = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
     varied = {o.key_or_group for o in overrides if o.is_sweep_override()}
     varied |= set(config.hydra.sweeper.get("params") or {})
-    if not varied:
-        return []
-    return [o.key_or_group for o in overrides if o.key_or_group not in varied]
+    shared = [o.key_or_group for o in overrides if o.key_or_group not in varied]
+    if not varied or not shared:  # a one-job sweep keeps every override in its name
+        return
+    keys = [*config.hydra.job.config.override_dirname.exclude_keys, *shared]
+    with read_write(config.hydra.overrides):
+        config.hydra.overrides.hydra.append(f"{EXCLUDE}=[{','.join(map(quote, keys))}]")
+
+
+def quote(text: str) -> str:
+    """`text` quoted for Hydra's override grammar, which then takes it as it is."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def collect(sweep_dir: Path) -> list[dict[str, Any]]:
@@ -164,8 +144,7 @@ def job_row(run_dir: Path, num: int) -> dict[str, Any]:
     }
     status = metrics.get("status", "failed")
     objective = metrics.get("objective")
-    row = {key: metrics.get(key) for key in COLUMNS}
-    row |= {
+    return {key: metrics.get(key) for key in COLUMNS} | {
         "job": num,
         "overrides": " ".join(str(o) for o in overrides),
         "status": status,
@@ -173,7 +152,6 @@ def job_row(run_dir: Path, num: int) -> dict[str, Any]:
         "objective": objective if status in SCORED and objective is not None else math.inf,
         "run_dir": str(run_dir),
     }
-    return row
 
 
 def rank(row: Mapping[str, Any]) -> tuple[int, float, int]:
@@ -181,12 +159,11 @@ def rank(row: Mapping[str, Any]) -> tuple[int, float, int]:
 
 
 def write_csv(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
-    """Losses as Python writes floats: the shortest text that reads back to the same number."""
+    """None as an empty cell; floats as Python writes them, the shortest exact text."""
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
-        for row in rows:
-            writer.writerow({k: "" if row[k] is None else row[k] for k in COLUMNS})
+        writer.writerows(rows)
 
 
 def table(rows: list[dict[str, Any]], sweep_dir: Path) -> str:
@@ -196,11 +173,8 @@ def table(rows: list[dict[str, Any]], sweep_dir: Path) -> str:
         return f"Sweep summary: no job directories under {sweep_dir}"
     split = [r["overrides"].split() for r in rows]
     common = [o for o in split[0] if all(o in s for s in split)]
-    shown = [
-        c
-        for c in COLUMNS
-        if c not in ("overrides", "error") and any(r[c] is not None for r in rows)
-    ]
+    hidden = ("overrides", "error")  # the overrides go last, errors below the table
+    shown = [c for c in COLUMNS if c not in hidden and any(r[c] is not None for r in rows)]
     header = [*shown, "overrides"]
     lines = [header]
     for row, overrides in zip(rows, split, strict=True):
@@ -213,9 +187,7 @@ def table(rows: list[dict[str, Any]], sweep_dir: Path) -> str:
     for line in lines:
         text.append("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
     text += [f"job {r['job']} {r['status']}: {r['error']}" for r in rows if r["error"]]
-    counts: dict[str, int] = {}
-    for row in rows:
-        counts[row["status"]] = counts.get(row["status"], 0) + 1
+    counts = Counter(r["status"] for r in rows)
     text.append(", ".join(f"{n} {status}" for status, n in counts.items()))
     return "\n".join(text)
 

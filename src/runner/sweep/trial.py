@@ -1,9 +1,6 @@
 """The job's side of an Optuna search: at every log step the run reports its objective to its
-own trial, and stops cleanly (`status: pruned`) when the study's pruner says so.
-
-Hydra's Optuna plugin never let a job see its trial, so it could not prune; here the sweeper
-names the trial in the job's environment (`runner.sweep.study`), and the job writes to the
-same storage the sweeper reads.
+own trial, named in its environment by the sweeper, and stops cleanly (`status: pruned`)
+when the study's pruner says so. (Hydra's Optuna plugin never let a job see its trial.)
 """
 
 from __future__ import annotations
@@ -14,7 +11,7 @@ import os
 from collections.abc import Mapping
 
 from runner.observe import Look, Observer
-from runner.sweep.study import PRUNER, STORAGE, STUDY, TRIAL, open_storage, trial_id
+from runner.sweep.study import PRUNER, STORAGE, STUDY, TRIAL, open_storage
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +28,12 @@ class TrialReport(Observer):
         import optuna
         from hydra.utils import instantiate
 
-        self.storage = open_storage(where)
-        self.study = optuna.load_study(study_name=study_name, storage=self.storage)
+        self.storage = storage = open_storage(where)
+        self.study = optuna.load_study(study_name=study_name, storage=storage)
         pruner = self.study.user_attrs.get(PRUNER)  # the sweeper's `pruner`, as a plain dict
         self.pruner = None if pruner is None else instantiate(pruner)
-        self.trial: int | None = trial_id(self.storage, study_name, number)
+        study_id = storage.get_study_id_from_name(study_name)
+        self.trial: int | None = storage.get_trial_id_from_study_id_trial_number(study_id, number)
         self.number, self.objective = number, objective
 
     def log(self, look: Look) -> None:
@@ -43,8 +41,11 @@ class TrialReport(Observer):
 
         if self.trial is None or look.state.status != "running":
             return
-        value = intermediate(look, self.objective)
-        if value is None:
+        # the objective as it stands: the last validation loss for trainer.objective=val_loss
+        # (none before the first epoch ends), else the step's training loss
+        loss = look.state.val_loss if self.objective == "val_loss" else look.loss
+        value = None if loss is None else float(loss)  # a host sync, at log steps only
+        if value is None or not math.isfinite(value):
             return
         try:
             self.storage.set_trial_intermediate_value(self.trial, look.step, value)
@@ -56,12 +57,3 @@ class TrialReport(Observer):
         except optuna.exceptions.UpdateFinishedTrialError:  # the study ended it: train on
             log.warning(f"Trial {self.number} is already finished in its study; not reporting")
             self.trial = None
-
-
-def intermediate(look: Look, objective: str) -> float | None:
-    """The objective as it stands at this log step: the last validation loss for
-    `trainer.objective=val_loss` (none before the first epoch ends), else the step's
-    training loss; None where it is not a finite number."""
-    loss = look.state.val_loss if objective == "val_loss" else look.loss
-    value = None if loss is None else float(loss)  # a host sync, at log steps only
-    return value if value is not None and math.isfinite(value) else None

@@ -1,12 +1,6 @@
-"""Checkpoints: everything a run needs to continue exactly, written atomically, read safely.
-
-`checkpoints/last.pt` holds the modules' state (parameters and buffers), the gradients,
-the optimizer and scheduler state, and the run's `State` (its position, its device-side
-tallies and every random generator's state). It is written to a temporary file that is
-renamed over the old one, so a run killed at any moment leaves the previous checkpoint
-whole. It is read with
-`torch.load(weights_only=True)`: like a formula, a checkpoint cannot run code.
-"""
+"""Checkpoints: everything a run needs to continue exactly (modules, gradients, optimizer,
+scheduler, `State` with every generator), written atomically, read with
+`torch.load(weights_only=True)`: like a formula, a checkpoint cannot run code."""
 
 from __future__ import annotations
 
@@ -50,7 +44,7 @@ def locate(resume: Any, run_dir: Path) -> Path | None:
 
 
 def claim(run_dir: Path, source: Path | None) -> None:
-    """Refuse a run directory that holds another run's results, unless this run continues it."""
+    """Make the run directory, refusing one holding results of a run this one does not continue."""
     continuing = source is not None and run_dir.resolve() in source.resolve().parents
     for name in ("metrics.json", str(LAST)):
         if (run_dir / name).exists() and not continuing:
@@ -59,14 +53,15 @@ def claim(run_dir: Path, source: Path | None) -> None:
                 "directory (the default one is new for every run), or continue that run "
                 "with trainer.resume=auto"
             )
+    run_dir.mkdir(parents=True, exist_ok=True)
 
 
 def save(path: Path, b: Built, run: State) -> None:
-    """Write a checkpoint whole or not at all: a temporary file, then an atomic rename."""
+    b.logger.flush()  # the logs up to here on disk: resumed after a SIGKILL, each step shows once
     run.rng = _rng_state(b.device)
     state = {
         "format": FORMAT,
-        "modules": _modules_state(b),
+        "modules": {name: module.state_dict() for name, module in _modules(b).items()},
         "grads": {n: p.grad for n, p in b.params.items() if p.grad is not None},
         "optimizer": b.optimizer.state_dict(),
         "scheduler": b.scheduler.state_dict(),
@@ -77,8 +72,8 @@ def save(path: Path, b: Built, run: State) -> None:
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    # A killed process leaves the old file or the new one, never a torn one. (No fsync: it
-    # can stall for seconds on a busy disk, and guards only against the machine going down.)
+    # a killed process leaves the old file or the new one, never a torn one (no fsync: it
+    # can stall for seconds on a busy disk, and guards only against the machine going down)
     torch.save(state, tmp)
     os.replace(tmp, path)
 
@@ -102,10 +97,9 @@ def load(path: Path, b: Built) -> State:
     try:
         for name, module in _modules(b).items():
             module.load_state_dict(state["modules"][name])
-        with torch.no_grad():
-            for name, p in b.params.items():
-                grad = state["grads"].get(name)
-                p.grad = None if grad is None else grad.to(p.device, p.dtype).clone()
+        for name, p in b.params.items():
+            grad = state["grads"].get(name)
+            p.grad = None if grad is None else grad.to(p.device, p.dtype).clone()
         b.optimizer.load_state_dict(state["optimizer"])
         b.scheduler.load_state_dict(state["scheduler"])
         if b.scaler is not None and state.get("scaler"):
@@ -141,10 +135,6 @@ def _modules(b: Built) -> dict[str, torch.nn.Module]:
     """The modules that own the parameters: the model and, for loss formulas, the loss."""
     owners = {"model": b.model, "loss": b.loss_fn}
     return {k: m for k, m in owners.items() if isinstance(m, torch.nn.Module)}
-
-
-def _modules_state(b: Built) -> dict[str, dict[str, torch.Tensor]]:
-    return {name: module.state_dict() for name, module in _modules(b).items()}
 
 
 def _rng_state(device: torch.device) -> dict[str, Any]:

@@ -1,12 +1,9 @@
 """One run over several processes: PyTorch's DDP, with every decision taken once.
 
-Every rank runs rank 0's config. Each step's batch (`trainer.batch_size` is the global
-batch) is split into disjoint shards of the same permutation, DDP averages the gradients,
-and each step's loss is averaged over the ranks. So every rank sees the same loss, the same
-parameters and the same data, and the observers' decisions (divergence, early stop) agree
-by construction; a signal, which reaches the ranks at different moments, is agreed on at
-log steps. A rank that dies fails the others' next collective, or at the latest the
-process group's timeout does.
+Each step's global batch is split into disjoint shards of one permutation, DDP averages the
+gradients and the loss is averaged over the ranks, so every rank sees the same loss and
+parameters and the observers' decisions agree by construction. A signal, which reaches the
+ranks at different moments, is agreed on at log steps.
 """
 
 from __future__ import annotations
@@ -85,8 +82,8 @@ def interrupted(stop: Any, state: State, log_now: bool) -> None:
 
 @dataclass
 class Part:
-    """This process's part of each step, as the loop calls it. For one process at full
-    precision each piece is the plain call itself, so the default run pays nothing."""
+    """This process's part of each step. For one process at full precision each piece is
+    the plain call itself, so the default run pays nothing."""
 
     loss_on: Callable[[torch.Tensor | None], torch.Tensor]  # forward and loss
     step: Callable[[Callable[[], torch.Tensor]], torch.Tensor]  # optimizer.step(closure)
@@ -131,7 +128,7 @@ def sharded(b: Built, w: World) -> Callable[[torch.Tensor | None], torch.Tensor]
         forward = torch.compile(forward, backend="inductor" if backend is True else backend)
     x, y = b.data.x, b.data.y
     every = torch.arange(w.rank, b.data.n, w.size, device=x.device)  # the full batch's shard
-    whole = (x[every], y[every], len(every) * w.size / b.data.n)
+    whole = (x[every], y[every], len(every) * w.size / b.data.n)  # gathered once
 
     def loss_on(idx: torch.Tensor | None) -> torch.Tensor:
         if idx is None:

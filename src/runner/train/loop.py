@@ -1,17 +1,13 @@
-"""train(): the training loop, top to bottom.
-
-One update is: zero the gradients, forward, loss, `loss.backward()` (over `accumulate`
-micro-batches), clip, `optimizer.step()`. At log steps, epoch ends and the end, a fixed
+"""train(): the training loop, top to bottom. At log steps, epoch ends and the end, a fixed
 list of read-only observers (`runner.observe`) looks at what happened. Losses stay on the
-device between log steps, so a log step is the only host sync.
-"""
+device between log steps, so a log step is the only host sync."""
 
 from __future__ import annotations
 
 import math
 import signal
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from typing import Any
 
 import torch
@@ -23,7 +19,6 @@ from runner.train import distributed
 from runner.train.state import State
 
 Save = Callable[[State], None]
-UNCOUNTED = nullcontext()  # the steps between log steps: no count of saved bytes
 
 
 def train(b: Built, state: State, observers: Sequence[Observer], save: Save | None) -> State:
@@ -31,7 +26,6 @@ def train(b: Built, state: State, observers: Sequence[Observer], save: Save | No
     t, params = b.checked.trainer, list(b.params.values())
     last = total_steps(b) - 1
     recent = Recent()  # each update's loss since the last log step
-    at_epochs = [o for o in observers if type(o).epoch is not Observer.epoch]
     part = distributed.part(b)  # this process's share of each step: all of it, for one
     with stop_on_signals() as stop:
         while state.epoch < t.epochs and state.status == "running":
@@ -58,7 +52,7 @@ def train(b: Built, state: State, observers: Sequence[Observer], save: Save | No
                     roots.append(loss)  # the graph the observers walk
                     return part.mean(losses[0] if len(losses) == 1 else torch.stack(losses).mean())
 
-                with saved_bytes() if log_now else UNCOUNTED as saved:
+                with saved_bytes() if log_now else nullcontext() as saved:
                     loss = part.step(closure)
                 share = None if group[0] is None else sum(len(g) for g in group) / b.data.n
                 state.epoch_sum = add(state.epoch_sum, loss, share)
@@ -76,7 +70,7 @@ def train(b: Built, state: State, observers: Sequence[Observer], save: Save | No
             else:  # the epoch ran to its end
                 state.end_epoch()
                 b.scheduler.step()
-                for o in at_epochs:
+                for o in observers:
                     o.epoch(state)
     if state.status == "running":
         state.status = "completed"
@@ -116,25 +110,20 @@ class Recent:
     FOLD = 1024
 
     def __init__(self) -> None:
-        self.losses: list[torch.Tensor] = []  # 0-d, one per update
-        self.folded: list[torch.Tensor] = []  # at most one 1-D tensor
+        self.losses: list[torch.Tensor] = []  # 0-d, one per update, after a 1-D folded one
 
     def add(self, loss: torch.Tensor) -> None:
         self.losses.append(loss)
         if len(self.losses) >= self.FOLD:
-            self.folded = [self.take()]
+            self.losses = [self.take()]
 
     def take(self) -> torch.Tensor:
-        out = self.all()
-        self.losses, self.folded = [], []
+        out, self.losses = torch.hstack(self.losses), []
         return out
-
-    def all(self) -> torch.Tensor:
-        return torch.cat([*self.folded, *([torch.stack(self.losses)] if self.losses else [])])
 
     def finite(self) -> bool:
         """Whether every loss since the last log step is finite (a host sync)."""
-        return not (self.losses or self.folded) or bool(torch.isfinite(self.all()).all())
+        return not self.losses or bool(torch.isfinite(torch.hstack(self.losses)).all())
 
 
 class Stop:
@@ -153,11 +142,9 @@ def stop_on_signals() -> Iterator[Stop]:
         stop.signal = signal.Signals(signum).name
 
     previous = {}
-    try:
+    with suppress(ValueError):  # not the main thread (some launchers): no handlers, run on
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, handler)
-    except ValueError:  # not the main thread (some launchers): no handlers, run on
-        pass
     try:
         yield stop
     finally:

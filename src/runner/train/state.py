@@ -1,9 +1,6 @@
-"""Where a run is and what it has seen: one small dataclass that checkpoints save and load.
-
-Everything the loop carries from one step to the next lives here, so a checkpoint of the
-model, the optimizer, the scheduler and this state continues a run bit for bit. Losses stay
-on the device as tensors: reading them is a host sync, paid only at log steps.
-"""
+"""Where a run is and what it has seen: everything the loop carries from one step to the next,
+so a checkpoint of it with the model, optimizer and scheduler continues a run bit for bit.
+Losses stay on the device as tensors: reading them is a host sync, paid only at log steps."""
 
 from __future__ import annotations
 
@@ -13,8 +10,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-
-STATUSES = ("running", "completed", "diverged", "interrupted", "pruned")
 
 
 @dataclass
@@ -27,7 +22,7 @@ class State:
     epoch_loss: torch.Tensor | None = None  # the last finished epoch's loss
     best: torch.Tensor | None = None  # the lowest epoch loss so far (NaN never wins)
     val_loss: torch.Tensor | None = None  # the last validation loss
-    status: str = "running"  # see STATUSES; "running" until the loop ends
+    status: str = "running"  # then completed, diverged, interrupted or pruned
     diverged_step: int | None = None  # the first step whose loss was NaN or infinite
     early_stop: tuple[float, int] | None = None  # (best watched loss, epochs without gain)
     early_stopped_epoch: int | None = None
@@ -36,7 +31,6 @@ class State:
     unfolded: list[torch.Tensor] = field(default_factory=list)  # epoch losses not in `best` yet
 
     def end_epoch(self) -> None:
-        """Close the epoch: its loss is kept for `best`, the next epoch starts at batch 0."""
         self.epoch += 1
         self.position = 0
         self.epoch_loss = self.epoch_sum
@@ -64,14 +58,8 @@ class State:
     @classmethod
     def from_dict(cls, values: dict[str, Any], device: torch.device) -> State:
         names = {f.name for f in dataclasses.fields(cls)}
-        moved = {
-            k: v.to(device) if isinstance(v, torch.Tensor) and k != "rng" else v
-            for k, v in values.items()
-            if k in names
-        }
-        if isinstance(moved.get("early_stop"), list):
-            moved["early_stop"] = tuple(moved["early_stop"])
-        return cls(**moved)
+        moved = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in values.items()}
+        return cls(**{k: v for k, v in moved.items() if k in names})
 
 
 def number(value: torch.Tensor | None) -> float | None:

@@ -1,10 +1,6 @@
-"""Which process of a run this one is, read from whatever started it.
-
-torchrun and PyTorch's elastic launcher (`trainer.devices=N`) set RANK, WORLD_SIZE and
-LOCAL_RANK; a submitit job with several tasks (`hydra/launcher=submitit_slurm` or
-`submitit_local` with `tasks_per_node`) is read through `submitit.JobEnvironment`, which
-knows SLURM's variables and node list. No torch is imported, so the entry point can ask
-before Hydra starts.
+"""Which process of a run this one is: from torchrun's variables (RANK, WORLD_SIZE, ...), or
+from `submitit.JobEnvironment` for a submitit job of several tasks. No torch is imported, so
+the entry point can ask before Hydra starts.
 """
 
 from __future__ import annotations
