@@ -27,6 +27,7 @@ def train(b: Built, state: State, observers: Sequence[Observer], save: Save | No
     last = total_steps(b) - 1
     recent = Recent()  # each update's loss since the last log step
     part = distributed.part(b)  # this process's share of each step: all of it, for one
+    at_epochs = [o for o in observers if type(o).epoch is not Observer.epoch]  # listed once
     with stop_on_signals() as stop:
         while state.epoch < t.epochs and state.status == "running":
             if state.position == 0:  # a new epoch, in a new order
@@ -70,7 +71,7 @@ def train(b: Built, state: State, observers: Sequence[Observer], save: Save | No
             else:  # the epoch ran to its end
                 state.end_epoch()
                 b.scheduler.step()
-                for o in observers:
+                for o in at_epochs:
                     o.epoch(state)
     if state.status == "running":
         state.status = "completed"
