@@ -3,7 +3,6 @@ whether the run worked, and an objective for sweepers."""
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -43,9 +42,8 @@ PLUGINS = {  # a hydra/ option whose config a plugin brings: the package that ho
     "hydra/launcher/submitit_local": "the hydra-submitit-launcher plugin",
     "hydra/launcher/submitit_slurm": "the hydra-submitit-launcher plugin",
 }
-MODULES = {  # a module the runner's own sweeper imports when set up: the option that needs it
-    "optuna": "hydra/sweeper/optuna",
-}
+# a module the runner's own sweeper imports when set up: the option that needs it
+MODULES = {"optuna": "hydra/sweeper/optuna"}
 
 
 def main(app: Callable[[], Any]) -> Any:
@@ -77,8 +75,7 @@ def full_error() -> bool:
 
 def report(error: Exception) -> int:
     """Print an error that stopped Hydra; returns the exit status."""
-    message = explain(error, sys.argv[1:])
-    if message is not None:
+    if (message := explain(error, sys.argv[1:])) is not None:
         print(f"Config error: {message}", file=sys.stderr)
         return CONFIG_ERROR
     if isinstance(error, CompactHydraException):  # as Hydra prints it: no traceback
@@ -178,9 +175,8 @@ def sweep_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> float
         error = f"{type(e).__name__}: {e}"
         log.error(f"Failed: {error}", exc_info=full_error())
         if world().rank == 0:  # not another DDP rank (a SLURM task): rank 0 writes the job's
-            path = run_dir / "metrics.json"
-            written = json.loads(path.read_text()) if path.exists() else {}
-            write_json(path, written | {"status": "failed", "error": error, "objective": None})
+            failed = {"status": "failed", "error": error, "objective": None}
+            write_json(run_dir / "metrics.json", resume.read_metrics(run_dir) | failed)
         return math.inf
     if metrics["status"] == "interrupted":
         # in the process that started the sweep (Hydra's basic launcher), Ctrl-C or SIGTERM

@@ -22,7 +22,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from runner.config.check import ConfigError
+from runner.config.check import ConfigError, check
 from runner.train.world import world
 
 # what rank 0 answers without running (`--cfg job`, `--help`): the other ranks just exit
@@ -101,7 +101,6 @@ def spawn(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> dict[str,
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    from runner.config.check import check
     from runner.run import write_json
     from runner.train import checkpoint
 

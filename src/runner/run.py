@@ -42,8 +42,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> dict[s
     4. write metrics.json  5. close the logs. Only rank 0 of several processes writes."""
     if launch.spawns(cfg):  # trainer.devices=N: N processes run it; rank 0's results come back
         metrics = launch.spawn(cfg, run_dir, overrides)
-        if "resumed_from" in metrics:  # rank 0 logs warnings only: said here
-            resumed = metrics["resumed_from"]
+        if resumed := metrics.get("resumed_from"):  # rank 0 logs warnings only: said here
             log.info(f"Resumed from {resumed['checkpoint']} at step {resumed['step']}")
         report(metrics, run_dir)
         return metrics
@@ -54,10 +53,11 @@ def run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> dict[s
     if leader:
         checkpoint.claim(run_dir, source)  # never write over another run's results
     b = build(cfg, run_dir if leader else None)
-    state = checkpoint.load(source, b) if source is not None else State()
-    resumed_at = state.step
+    state, resumed = State(), {}
     if source is not None:
+        state = checkpoint.load(source, b)
         b.logger.resumed(state.step)  # TensorBoard shows each step once
+        resumed = {"resumed_from": {"checkpoint": str(source), "step": state.step}}
     t = b.checked.trainer
     saving = t.checkpoint_every is not None and leader
     save = partial(checkpoint.save, run_dir / checkpoint.LAST, b) if saving else None
@@ -66,7 +66,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> dict[s
     figures = next(o for o in watching if isinstance(o, Figures))
     metrics: dict[str, Any] = {"status": "failed"}
     try:
-        checked = check_grads(b) if t.check_grads else None
+        checked = {"gradcheck": check_grads(b)} if t.check_grads else {}
         b.logger.layout(dashboard.layout(b))  # the Custom Scalars dashboard
         if state.step == 0:  # a resumed run drew its start already
             figures.start()
@@ -75,11 +75,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> dict[s
         else:
             state, post = train(b, state, watching, save), {}
         dashboard.add_model_graph(b, b.logger)  # the Graphs dashboard
-        metrics = summarise(state, b, time.perf_counter() - started) | post
-        if source is not None:
-            metrics["resumed_from"] = {"checkpoint": str(source), "step": resumed_at}
-        if checked is not None:
-            metrics["gradcheck"] = checked
+        metrics = summarise(state, b, time.perf_counter() - started) | post | resumed | checked
         if graph.first and leader:
             (run_dir / "graph.txt").write_text(f"{graph.first['chain']}\n\n{graph.first['tree']}\n")
             (run_dir / "graph.dot").write_text(graph.first["dot"])
@@ -104,13 +100,12 @@ def observers(b: Built, start: int) -> list[Observer]:
     so a run knows it diverged before anything is written."""
     cadence, t, last = b.checked.cadence, b.checked.trainer, total_steps(b) - 1
     scalars = Scalars(b, b.logger)
-    stop = None if t.early_stop is None else EarlyStop(**t.early_stop)
     return [
         Divergence(),
         scalars,
         GraphStats(b.params, b.logger, cadence.graph_every_n_steps or t.log_every_n_steps),
         Histograms(b, b.logger, cadence.histogram_every_n_steps, last),
-        Validation(b, b.logger, stop),
+        Validation(b, b.logger, None if t.early_stop is None else EarlyStop(**t.early_stop)),
         Figures(b, b.logger, cadence.figure_every_n_epochs),
         Progress(last + 1, start, scalars, shown=world().leader),
         # an Optuna trial: report, maybe prune (rank 0 reports; the ranks agree on pruning)
@@ -154,9 +149,8 @@ def summarise(state: State, b: Built, duration: float) -> dict[str, Any]:
         "duration_s": round(duration, 4),
         "world_size": world().size,
     }
-    for key in ("diverged_step", "early_stopped_epoch", "signal"):
-        if getattr(state, key) is not None:
-            metrics[key] = getattr(state, key)
+    optional = ("diverged_step", "early_stopped_epoch", "signal")
+    metrics |= {key: getattr(state, key) for key in optional if getattr(state, key) is not None}
     if sum(p.numel() for p in b.params.values()) <= MAX_PARAM_ELEMENTS:
         metrics["params"] = {n: p.detach().cpu().tolist() for n, p in b.params.items()}
         metrics["grads"] = {
@@ -237,11 +231,9 @@ def report(metrics: Mapping[str, Any], run_dir: Path) -> None:
             "stopped improving (trainer.early_stop)"
         )
     if metrics["status"] == "interrupted":
-        resume = (
-            f"continue with trainer.resume={run_dir}"
-            if (run_dir / checkpoint.LAST).is_file()
-            else "set trainer.checkpoint_every to be able to resume"
-        )
+        resume = "set trainer.checkpoint_every to be able to resume"
+        if (run_dir / checkpoint.LAST).is_file():
+            resume = f"continue with trainer.resume={run_dir}"
         by = metrics.get("signal", "a signal")
         log.info(f"Interrupted by {by} at step {metrics['steps']}; {resume}")
     log.info(f"Run directory: {run_dir}")

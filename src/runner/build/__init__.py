@@ -20,9 +20,9 @@ from torch import nn
 
 from runner.build import losses, models
 from runner.build.data import Data
+from runner.build.models import Forward
 from runner.build.optim import GD, Constant
-from runner.build.precision import precision
-from runner.config.check import Checked, ConfigError, arguments, check, locate
+from runner.config.check import Checked, ConfigError, TrainerConfig, arguments, check, locate
 from runner.log.tensorboard import Logger, Null
 
 
@@ -35,7 +35,7 @@ class Built:
     dtype: torch.dtype
     data: Data | None
     model: nn.Module | None
-    forward: Callable[[torch.Tensor], torch.Tensor] | None
+    forward: Forward | None
     loss_fn: Callable[..., torch.Tensor]
     params: dict[str, nn.Parameter]
     optimizer: torch.optim.Optimizer | GD
@@ -76,10 +76,9 @@ def resolve_device(name: str) -> torch.device:
         )
     device = torch.device(name)
     if device.type != "cpu" and not present[device.type]:
-        what = {"cuda": "CUDA", "mps": "Apple MPS"}
         raise ConfigError(
-            f"trainer.device={name!r} but no {what[device.type]} device is available here; "
-            "use trainer.device=cpu or auto"
+            f"trainer.device={name!r} but no {'CUDA' if device.type == 'cuda' else 'Apple MPS'} "
+            "device is available here; use trainer.device=cpu or auto"
         )
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
         raise ConfigError(
@@ -87,6 +86,27 @@ def resolve_device(name: str) -> torch.device:
             f"CUDA device(s); use cuda:0 .. cuda:{torch.cuda.device_count() - 1}"
         )
     return device
+
+
+def precision(
+    amp: str | None, device: torch.device, optimizer: Any
+) -> tuple[torch.dtype | None, torch.amp.GradScaler | None]:
+    """`trainer.amp`: the step's autocast dtype, and for float16 a `torch.amp.GradScaler`:
+    float16's small gradients underflow to zero, so the scaler scales the loss up before
+    backward and the gradients back down before the update; bfloat16 needs none."""
+    if amp is None:
+        return None, None
+    if amp == "float16" and device.type != "cuda":
+        raise ConfigError(
+            f"trainer.amp=float16 needs CUDA and the device is {device}; use "
+            "trainer.amp=bfloat16 (float32's range, so no gradient scaler)"
+        )
+    if amp == "float16" and isinstance(optimizer, torch.optim.LBFGS):
+        raise ConfigError(
+            "optimizer=lbfgs evaluates the loss inside its step, where float16's gradient "
+            "scaler cannot follow; use trainer.amp=bfloat16 or another optimizer"
+        )
+    return getattr(torch, amp), torch.amp.GradScaler(device.type) if amp == "float16" else None
 
 
 def _instantiate(group: str, node: Any, **runtime: Any) -> Any:
@@ -140,7 +160,6 @@ def build(cfg: DictConfig, run_dir: Path | None) -> Built:
     """Check the config, then build data, model, loss, optimizer, scheduler and logger."""
     plain = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(plain, dict)
-    plain.pop("hydra", None)
     checked = check(plain)
     opts, trainer = checked.options, checked.trainer
     device = resolve_device(trainer.device)
@@ -200,7 +219,7 @@ def build(cfg: DictConfig, run_dir: Path | None) -> Built:
     else:
         check_shapes(forward, loss_fn, data, model_cfg)
     if trainer.compile is not False:
-        forward = compiled(forward, trainer.compile, data, trainer.batch_size)
+        forward = compiled(forward, data, trainer)
 
     optimizer = _instantiate("optimizer", opts["optimizer"])(list(params.values()))
     if trainer.accumulate > 1 and isinstance(optimizer, torch.optim.LBFGS):
@@ -213,8 +232,6 @@ def build(cfg: DictConfig, run_dir: Path | None) -> Built:
     amp, scaler = precision(trainer.amp, device, optimizer)
     # run_dir None: a DDP rank other than 0, which writes nothing
     logger = Null() if run_dir is None else _instantiate("logger", opts["logger"])(log_dir=run_dir)
-
-    hparams = flatten("", {k: plain[k] for k in ("seed", "trainer", *opts)}, {})
     return Built(
         checked=checked,
         device=device,
@@ -227,18 +244,13 @@ def build(cfg: DictConfig, run_dir: Path | None) -> Built:
         optimizer=optimizer,
         scheduler=scheduler,
         logger=logger,
-        hparams=hparams,
+        hparams=flatten("", {k: plain[k] for k in ("seed", "trainer", *opts)}, {}),
         amp=amp,
         scaler=scaler,
     )
 
 
-def compiled(
-    forward: Callable[[torch.Tensor], torch.Tensor] | None,
-    backend: bool | str,
-    data: Data | None,
-    batch_size: int | None,
-) -> Callable[[torch.Tensor], torch.Tensor]:
+def compiled(forward: Forward | None, data: Data | None, trainer: TrainerConfig) -> Forward:
     """`trainer.compile`, compiled here on a batch of the loop's shape with gradients on, so
     a backend that fails is a config error and the first step does not pay for the compile."""
     if forward is None or data is None:
@@ -246,9 +258,10 @@ def compiled(
             "trainer.compile compiles the model, and an objective-only experiment "
             "(dataset=none) has none; set trainer.compile=false"
         )
+    backend = trainer.compile
     fast = torch.compile(forward, backend="inductor" if backend is True else backend)
     try:
-        fast(data.x[:batch_size])  # None: the whole batch
+        fast(data.x[: trainer.batch_size])  # None: the whole batch
     except Exception as e:
         raise ConfigError(f"trainer.compile={backend!r}: torch.compile failed: {e}") from e
     return fast
@@ -277,12 +290,7 @@ def check_loss(loss_fn: Callable[..., Any], *args: torch.Tensor, hint: str = "")
         )
 
 
-def check_shapes(
-    forward: Callable[[torch.Tensor], torch.Tensor],
-    loss_fn: Any,
-    data: Data,
-    model_cfg: Mapping[str, Any],
-) -> None:
+def check_shapes(forward: Forward, loss_fn: Any, data: Data, model_cfg: Mapping[str, Any]) -> None:
     """One forward pass on two points, so a shape mismatch is a config error, not a broadcast.
 
     What the output must be comes from `dataset.task`, never from the loss: one value per

@@ -36,12 +36,11 @@ class Data:
         # here rather than in each builder, so a dataset of the user's own gets the same checks
         check_choice("dataset.task", self.task, ("regression", "classification"))
         if self.task == "classification":
-            classes = class_count(self.y, self.y_val, self.classes)
             # frozen: the labels are set once, here, as the integers they are
+            object.__setattr__(self, "classes", class_count(self.y, self.y_val, self.classes))
             object.__setattr__(self, "y", self.y.long())
             if self.y_val is not None:
                 object.__setattr__(self, "y_val", self.y_val.long())
-            object.__setattr__(self, "classes", classes)
 
     @property
     def n(self) -> int:
@@ -174,17 +173,16 @@ def csv(
         if not header:
             raise ConfigError(f"dataset.path={path!r} is empty; expected a header row of names")
         header = [h.strip() for h in header]
-        index = {}
         for key, name in [("x", c) for c in columns] + [("y", y)]:
             if name not in header:
                 raise ConfigError(
                     f"dataset.{key}={name!r} is not a column of {path}; "
                     f"columns: {', '.join(header)}"
                 )
-            index[name] = header.index(name)
+        index = [header.index(name) for name in [*columns, y]]
         rows: list[list[float]] = []
         for line, row in enumerate(reader, start=2):
-            if not row or all(not cell.strip() for cell in row):
+            if not any(cell.strip() for cell in row):
                 continue
             if len(row) != len(header):
                 raise ConfigError(
@@ -192,7 +190,7 @@ def csv(
                     f"the header has {len(header)}"
                 )
             try:
-                values = [float(row[index[c]]) for c in [*columns, y]]
+                values = [float(row[i]) for i in index]
             except ValueError as e:
                 raise ConfigError(f"dataset.path={path!r} line {line}: {e}") from e
             if not all(math.isfinite(v) for v in values):

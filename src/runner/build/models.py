@@ -1,7 +1,5 @@
-"""Models: a formula with named parameters, and small `torch.nn` modules.
-
-Any `torch.nn.Module` works through `_target_`; `forward_fn` adapts it to the runner's
-shapes (1-D inputs are (n,), a module sees (n, k) and its (n, 1) output is squeezed).
+"""Models: a formula with named parameters, and small `torch.nn` modules; any other
+`torch.nn.Module` works through `_target_`, adapted to the runner's shapes by `forward_fn`.
 """
 
 from __future__ import annotations
@@ -17,6 +15,7 @@ from runner.config.check import ConfigError, check_choice, check_keys
 from runner.config.formula import Formula, FormulaError, parse
 
 INPUT_NAME = re.compile(r"x\d*")
+Forward = Callable[[torch.Tensor], torch.Tensor]  # data in, predictions out
 
 
 def initial_value(key: str, spec: Any) -> torch.Tensor:
@@ -143,13 +142,11 @@ class MLP(nn.Sequential):
             raise ConfigError("model.in_features is null and the dataset did not fill it in")
         if not all(isinstance(h, int) and h > 0 for h in hidden):
             raise ConfigError(f"model.hidden={list(hidden)!r} must be a list of positive integers")
+        widths = [in_features, *hidden]
         layers: list[nn.Module] = []
-        width = in_features
-        for h in hidden:
-            layers += [nn.Linear(width, h), ACTIVATIONS[activation]()]
-            width = h
-        layers.append(nn.Linear(width, out_features))
-        super().__init__(*layers)
+        for width_in, width_out in zip(widths, widths[1:]):
+            layers += [nn.Linear(width_in, width_out), ACTIVATIONS[activation]()]
+        super().__init__(*layers, nn.Linear(widths[-1], out_features))
 
 
 def none() -> None:
@@ -157,7 +154,7 @@ def none() -> None:
     return None
 
 
-def forward_fn(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+def forward_fn(model: nn.Module) -> Forward:
     """Adapt a model to the runner's shapes: (n,) or (n, k) in, (n,) out for one output."""
     if isinstance(model, Expression):
         return model.forward  # no hooks are ever set on it: skip Module.__call__ on each step

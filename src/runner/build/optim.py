@@ -63,9 +63,6 @@ class Constant:
     def step(self) -> None:
         self.last_epoch += 1
 
-    def get_last_lr(self) -> list[float]:
-        return [group["lr"] for group in self.optimizer.param_groups]
-
     def state_dict(self) -> dict[str, Any]:
         return {"last_epoch": self.last_epoch}
 

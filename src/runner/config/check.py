@@ -18,6 +18,14 @@ from typing import Any
 
 GROUPS = ("dataset", "model", "loss", "optimizer", "scheduler", "trainer", "logger")
 HYDRA_KEYS = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_")
+RUNTIME_ARGS = {  # what each builder passes its `_target_` itself, not from the config
+    "dataset": ("dtype",),
+    "model": (),
+    "loss": ("input", "target", "objective_only"),
+    "optimizer": ("params",),
+    "scheduler": ("optimizer",),
+    "logger": ("log_dir",),
+}
 
 
 class ConfigError(ValueError):
@@ -294,16 +302,6 @@ class Checked:
     trainer: TrainerConfig
     cadence: LoggerCadence
     options: dict[str, dict[str, Any]]
-
-
-RUNTIME_ARGS = {
-    "dataset": ("dtype",),
-    "model": (),
-    "loss": ("input", "target", "objective_only"),
-    "optimizer": ("params",),
-    "scheduler": ("optimizer",),
-    "logger": ("log_dir",),
-}
 
 
 def check(cfg: Mapping[str, Any]) -> Checked:

@@ -20,17 +20,9 @@ Value = torch.Tensor | float
 Env = Mapping[str, Value]
 Compiled = Callable[[Env], Value]
 
+_ELEMENTWISE = ("sin", "cos", "tan", "exp", "log", "sqrt", "abs", "tanh", "sigmoid", "relu")
 FUNCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "sin": torch.sin,
-    "cos": torch.cos,
-    "tan": torch.tan,
-    "exp": torch.exp,
-    "log": torch.log,
-    "sqrt": torch.sqrt,
-    "abs": torch.abs,
-    "tanh": torch.tanh,
-    "sigmoid": torch.sigmoid,
-    "relu": torch.relu,
+    **{name: getattr(torch, name) for name in _ELEMENTWISE},
     "softplus": F.softplus,
     "mean": torch.mean,  # full reduction to a 0-d tensor
     "sum": torch.sum,  # full reduction to a 0-d tensor
@@ -42,9 +34,7 @@ MAX_DEPTH = 200  # tree levels; keeps the compile walk and the closures clear of
 
 ALLOWED = (
     "allowed: numbers, names, + - * / **, unary -, parentheses, and calls to "
-    + ", ".join(FUNCTIONS)
-    + "; constants "
-    + ", ".join(CONSTANTS)
+    f"{', '.join(FUNCTIONS)}; constants {', '.join(CONSTANTS)}"
 )
 
 
@@ -120,17 +110,17 @@ def _text(source: str, node: ast.AST) -> str:
 
 def _describe(source: str, node: ast.AST) -> str:
     """What a refused node is, in the user's words: "attribute access '.real'"."""
+    text = _text(source, node)
     match node:
         case ast.Attribute(attr=attr):
             return f"attribute access '.{attr}'"
         case ast.BinOp(op=op) | ast.UnaryOp(op=op) if type(op) in _OPERATORS:
-            return f"operator '{_OPERATORS[type(op)]}' in '{_text(source, node)}'"
+            return f"operator '{_OPERATORS[type(op)]}' in '{text}'"
         case ast.Constant(value=str() | bytes()):
-            return f"{_CONSTANT_KINDS[type(node.value)]} {_text(source, node)}"
+            return f"{_CONSTANT_KINDS[type(node.value)]} {text}"  # the text has its own quotes
         case ast.Constant(value=value):
-            kind = _CONSTANT_KINDS.get(type(value), "constant")
-            return f"{kind} '{_text(source, node)}'"
-    return f"{_KINDS.get(type(node), type(node).__name__.lower())} '{_text(source, node)}'"
+            return f"{_CONSTANT_KINDS.get(type(value), 'constant')} '{text}'"
+    return f"{_KINDS.get(type(node), type(node).__name__.lower())} '{text}'"
 
 
 def _compile(node: ast.expr, source: str, names: set[str], depth: int = 0) -> Compiled:
@@ -190,9 +180,8 @@ def _compile_call(node: ast.Call, source: str, sub: Callable[[ast.expr], Compile
     if func.id not in FUNCTIONS:
         raise _refused(source, f"unknown function '{func.id}'")
     if node.keywords:
-        raise _refused(
-            source, f"keyword argument '{_text(source, node.keywords[0])}' is not allowed"
-        )
+        keyword = _text(source, node.keywords[0])
+        raise _refused(source, f"keyword argument '{keyword}' is not allowed")
     if len(node.args) != 1:
         raise _refused(source, f"{func.id}() takes 1 argument, got {len(node.args)}")
     function, arg = FUNCTIONS[func.id], sub(node.args[0])
@@ -238,7 +227,6 @@ class Formula:
 
     source: str
     names: frozenset[str] = field(init=False)  # free variables; not constants or function names
-    _tree: ast.expr = field(init=False, repr=False, compare=False)
     _evaluate: Compiled = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -249,7 +237,6 @@ class Formula:
         except RecursionError:  # belt and braces: MAX_DEPTH should stop this first
             raise _error(self.source, "nested too deeply") from None
         object.__setattr__(self, "names", frozenset(names))
-        object.__setattr__(self, "_tree", tree)
         object.__setattr__(self, "_evaluate", evaluate)
 
     def __reduce__(self) -> tuple[Callable[[str], Formula], tuple[str]]:
@@ -267,7 +254,7 @@ class Formula:
     def render(self, values: Mapping[str, float], inputs: Collection[str] = ("x",)) -> str:
         """The formula with each value filled in to 3 decimals, for the end-of-run summary:
         `w * x + b` with w=1.9238, b=1.0503 is "1.924x + 1.050", as the post writes it."""
-        return _render(self._tree, self.source.lstrip(), values, inputs)[0]
+        return _render(_parse_tree(self.source), self.source.lstrip(), values, inputs)[0]
 
 
 def parse(source: str) -> Formula:

@@ -31,40 +31,19 @@ class Null:
 
     writes = False  # whether anything reaches a file: figures are drawn only for one that does
 
-    def __init__(self, log_dir: str | Path | None = None) -> None:
-        pass
-
-    def scalars(self, step: int, values: Mapping[str, float]) -> None:
-        pass
-
-    def histogram(self, step: int, tag: str, values: torch.Tensor) -> None:
-        pass
-
-    def text(self, step: int, tag: str, text: str) -> None:
-        pass
-
-    def image(self, step: int, tag: str, pixels: np.ndarray) -> None:
-        pass
-
-    def layout(self, layout: Mapping[str, Mapping[str, list[Any]]]) -> None:
-        pass
-
-    def graph(self, model: torch.nn.Module, example: torch.Tensor) -> None:
-        pass
-
+    def __init__(self, log_dir: str | Path | None = None) -> None: ...
+    def scalars(self, step: int, values: Mapping[str, float]) -> None: ...
+    def histogram(self, step: int, tag: str, values: torch.Tensor) -> None: ...
+    def text(self, step: int, tag: str, text: str) -> None: ...
+    def image(self, step: int, tag: str, pixels: np.ndarray) -> None: ...
+    def layout(self, layout: Mapping[str, Mapping[str, list[Any]]]) -> None: ...
+    def graph(self, model: torch.nn.Module, example: torch.Tensor) -> None: ...
     def hparams(
         self, hparams: Mapping[str, HParam], metrics: Mapping[str, float], step: int, status: str
-    ) -> None:
-        pass
-
-    def resumed(self, step: int) -> None:
-        pass
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
+    ) -> None: ...
+    def resumed(self, step: int) -> None: ...
+    def flush(self) -> None: ...
+    def close(self) -> None: ...
 
 
 Logger = Null  # the type observers write to
@@ -72,9 +51,8 @@ Logger = Null  # the type observers write to
 
 class TensorBoard(Null):
     """Event files straight in `log_dir`, so `tensorboard --logdir outputs` lists each run.
-    Each method copies what it needs and queues a closure for one daemon thread, whose
-    `SummaryWriter` is made at the first write so that `resumed` can still give it a
-    `purge_step`. A failure there never reaches training: the first is a warning at `close`."""
+    Each method copies what it needs and queues a closure for one daemon thread; a failure
+    there never reaches training: the first is a warning at `close`."""
 
     writes = True
 

@@ -32,13 +32,12 @@ class Figures(Observer):
 
     def __init__(self, b: Built, logger: Logger, every_n_epochs: int | None) -> None:
         self.b, self.logger, self.every = b, logger, every_n_epochs
-        params = list(b.params.values())
         # logger=none: nothing at all; no matplotlib: one line, then nothing
         on = logger.writes and draw.available()
         if logger.writes and not on:
             log.info("matplotlib is not installed: no figures (pip install 'runner[plots]')")
         self.grid = curve_grid(b) if on else None
-        self.landscape = on and len(params) == 2 and all(p.numel() == 1 for p in params)
+        self.landscape = on and [p.numel() for p in b.params.values()] == [1, 1]
         self.curves: list[tuple[int, str, torch.Tensor]] = []  # (step, title, curve on grid)
         self.path: list[torch.Tensor] = []  # (first, second) parameter values
         self.path_step = -1  # the step after which the last path point was taken
@@ -92,8 +91,7 @@ class Figures(Observer):
         if not bool(torch.isfinite(path).all()):
             log.info("no loss landscape: the parameters left the finite numbers")
             return
-        arrays = landscape_arrays(self.b, path)
-        pixels = draw.landscape_image(**arrays, names=list(self.b.params))
+        pixels = draw.landscape_image(**landscape_arrays(self.b, path), names=list(self.b.params))
         self.logger.image(step, "figure/landscape", pixels)
 
     def _path_point(self) -> None:
@@ -139,8 +137,7 @@ def landscape_arrays(b: Built, path: torch.Tensor) -> dict[str, np.ndarray]:
     """What `draw.landscape_image` takes: the loss (on all the training data) over a grid
     around the path, and the path."""
     lows, highs = path.min(0).values, path.max(0).values
-    span = highs - lows
-    pad = torch.maximum(0.25 * span, 0.05 * path.abs().max(0).values).clamp_min(0.5)
+    pad = torch.maximum(0.25 * (highs - lows), 0.05 * path.abs().max(0).values).clamp_min(0.5)
     axes = [torch.linspace(float(lows[i] - pad[i]), float(highs[i] + pad[i]), GRID) for i in (0, 1)]
     a, c = torch.meshgrid(*axes, indexing="xy")  # a[i, j] = first[j], c[i, j] = second[i]
     surface = loss_surface(b, a.reshape(-1), c.reshape(-1)).reshape(a.shape)

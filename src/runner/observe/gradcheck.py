@@ -45,15 +45,10 @@ def check_grads(b: Built) -> dict[str, Any]:
     a, n = analytic.cpu(), numeric.cpu()
     abs_err = (a - n).abs()
     rel_err = abs_err / n.abs().clamp_min(ATOL)
-    result = {
-        "max_abs_error": abs_err.max().item(),
-        "max_rel_error": rel_err.max().item(),
-        "elements": len(picks),
-        "of_elements": sum(p.numel() for p in params.values()),
-    }
-    b.logger.scalars(
-        0, {f"gradcheck/{k}": float(result[k]) for k in ("max_abs_error", "max_rel_error")}
-    )
+    errors = {"max_abs_error": abs_err.max().item(), "max_rel_error": rel_err.max().item()}
+    b.logger.scalars(0, {f"gradcheck/{k}": v for k, v in errors.items()})
+    of_elements = sum(p.numel() for p in params.values())
+    result = errors | {"elements": len(picks), "of_elements": of_elements}
     bad = abs_err > ATOL + RTOL * n.abs()
     if bad.any():
         worst = int((abs_err - RTOL * n.abs()).argmax())
@@ -117,10 +112,8 @@ def float64_objective(b: Built) -> Objective:
     if b.data is None:
         return Objective(model, loss_fn)
     size = b.checked.trainer.batch_size or b.data.n
-    y = b.data.y[:size]  # class indices stay integers
-    return Objective(
-        model, loss_fn, b.data.x[:size].double(), y.double() if y.is_floating_point() else y
-    )
+    x, y = b.data.x[:size].double(), b.data.y[:size]  # class indices in y stay integers
+    return Objective(model, loss_fn, x, y.double() if y.is_floating_point() else y)
 
 
 def _float64(part: Any) -> Any:

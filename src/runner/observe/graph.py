@@ -18,6 +18,7 @@ from runner.log.tensorboard import Logger
 from runner.observe import Look, Observer
 
 Root = torch.Tensor | Node | None
+Names = Mapping[str, torch.Tensor] | None  # parameters by name, to label their leaves
 
 LEAF = "AccumulateGrad"  # the node that writes .grad into a leaf tensor
 NO_GRAPH = "(no autograd graph: the tensor has no grad_fn)"
@@ -38,19 +39,16 @@ def _name(node: Node) -> str:
     return type(node).__name__
 
 
-def _param(node: Node, names_by_id: dict[int, str]) -> str | None:
+def _param(node: Node, names: Names) -> str | None:
     """The name of the parameter a leaf node accumulates into, if it is one of `names`."""
-    return names_by_id.get(id(node.variable)) if _name(node) == LEAF else None
+    if _name(node) != LEAF:
+        return None
+    return next((n for n, t in (names or {}).items() if t is node.variable), None)
 
 
-def _label(node: Node, names_by_id: dict[int, str]) -> str:
-    param = _param(node, names_by_id)
+def _label(node: Node, names: Names) -> str:
+    param = _param(node, names)
     return _name(node) if param is None else f"{_name(node)} ({param})"
-
-
-def _names_by_id(names: Mapping[str, torch.Tensor] | None) -> dict[int, str]:
-    # id() is safe here: `names` keeps its tensors alive while we look them up
-    return {id(t): n for n, t in (names or {}).items()}
 
 
 def _preorder(root: Root) -> list[Node]:
@@ -99,12 +97,11 @@ def graph_stats(root: Root) -> dict[str, float]:
     return stats
 
 
-def graph_chain(root: Root, names: Mapping[str, torch.Tensor] | None = None) -> str:
+def graph_chain(root: Root, names: Names = None) -> str:
     """The graph on one line: `A → B → (C → D), E`; a node seen before is `X (see above)`."""
     start = _node(root)
     if start is None:
         return NO_GRAPH
-    names_by_id = _names_by_id(names)
     out: list[str] = []
     seen: set[Node] = set()
     # text to write, or (node, whether it is one of several children)
@@ -117,28 +114,25 @@ def graph_chain(root: Root, names: Mapping[str, torch.Tensor] | None = None) -> 
         node, in_list = item
         children = _children(node)
         if node in seen:
-            out.append(f"{_label(node, names_by_id)} (see above)")
+            out.append(f"{_label(node, names)} (see above)")
         elif in_list and children:  # a chain inside a comma list needs parentheses
             out.append("(")
             stack += [")", (node, False)]
         else:
             seen.add(node)
-            out.append(_label(node, names_by_id))
+            out.append(_label(node, names))
             for i, child in reversed(list(enumerate(children))):
                 stack += [(child, len(children) > 1), ", " if i else " → "]
     return "".join(out)
 
 
-def graph_tree(
-    root: Root, names: Mapping[str, torch.Tensor] | None = None, *, max_lines: int = 200
-) -> str:
+def graph_tree(root: Root, names: Names = None, *, max_lines: int = 200) -> str:
     """The graph `tree`-style: a node reached again is `X (see above)` without its children,
     so there is one line per edge plus the root; past `max_lines` the rest is counted in a
     final `... (N more nodes)` line, so a big MLP stays readable."""
     start = _node(root)
     if start is None:
         return NO_GRAPH
-    names_by_id = _names_by_id(names)
     total = 1 + sum(len(_children(node)) for node in _preorder(start))
     lines: list[str] = []
     seen: set[Node] = set()
@@ -147,7 +141,7 @@ def graph_tree(
         node, head, indent = stack.pop()
         again = node in seen
         seen.add(node)
-        lines.append(head + _label(node, names_by_id) + (" (see above)" if again else ""))
+        lines.append(head + _label(node, names) + (" (see above)" if again else ""))
         children = [] if again else _children(node)
         for i, child in reversed(list(enumerate(children))):
             branch, below = ("└── ", "    ") if i == len(children) - 1 else ("├── ", "│   ")
@@ -157,14 +151,13 @@ def graph_tree(
     return "\n".join(lines)
 
 
-def graph_dot(root: Root, names: Mapping[str, torch.Tensor] | None = None) -> str:
+def graph_dot(root: Root, names: Names = None) -> str:
     """Graphviz source: one node per autograd node, edges from the loss towards the leaves."""
     nodes = _preorder(root)
     ids = {node: f"n{i}" for i, node in enumerate(nodes)}
-    names_by_id = _names_by_id(names)
     lines = ["digraph autograd {", "  node [shape=box];"]
     for node in nodes:
-        name, param = _name(node), _param(node, names_by_id)
+        name, param = _name(node), _param(node, names)
         label = name if param is None else f"{param}\n({name})"
         shape = ", shape=ellipse" if name == LEAF else ""
         # JSON's string escapes (backslash, quote, newline) are DOT's too

@@ -6,6 +6,7 @@ on the device and moved to the host in one go: the log step's one sync."""
 from __future__ import annotations
 
 import torch
+from torch.linalg import vector_norm
 
 from runner.build import Built
 from runner.log.tensorboard import Logger
@@ -32,12 +33,12 @@ class Scalars(Observer):
     @torch.no_grad()
     def log(self, look: Look) -> None:
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
-        norms = [torch.linalg.vector_norm(g) for g in grads]
-        row = [look.loss.reshape(()), *map(one_number, self.params), *map(one_number, grads)]
-        row.append(torch.linalg.vector_norm(torch.stack(norms)))
-        for p, old in zip(self.params, look.before):  # update size / parameter size
-            size = torch.linalg.vector_norm(p).clamp_min(TINY)
-            row.append(torch.linalg.vector_norm(p - old) / size)
+        param_norms = [vector_norm(p) for p in self.params]
+        grad_norms = [vector_norm(g) for g in grads]
+        row = [look.loss.reshape(()), *map(one_number, self.params, param_norms)]
+        row += [*map(one_number, grads, grad_norms), vector_norm(torch.stack(grad_norms))]
+        for p, old, size in zip(self.params, look.before, param_norms):
+            row.append(vector_norm(p - old) / size.clamp_min(TINY))  # update size / parameter size
         if self.accuracy is not None:
             data, forward = self.b.data, self.b.forward
             row.append(self.accuracy(forward(data.x), data.y))
@@ -49,6 +50,6 @@ class Scalars(Observer):
         self.logger.scalars(look.step, self.latest)
 
 
-def one_number(t: torch.Tensor) -> torch.Tensor:
-    """A one-element tensor's value (its sign kept), a larger tensor's L2 norm."""
-    return t.reshape(()) if t.numel() == 1 else torch.linalg.vector_norm(t)
+def one_number(t: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
+    """A one-element tensor's value (its sign kept), a larger tensor's L2 norm (`norm`)."""
+    return t.reshape(()) if t.numel() == 1 else norm

@@ -175,17 +175,15 @@ def table(rows: list[dict[str, Any]], sweep_dir: Path) -> str:
     common = [o for o in split[0] if all(o in s for s in split)]
     hidden = ("overrides", "error")  # the overrides go last, errors below the table
     shown = [c for c in COLUMNS if c not in hidden and any(r[c] is not None for r in rows)]
-    header = [*shown, "overrides"]
-    lines = [header]
+    lines = [[*shown, "overrides"]]
     for row, overrides in zip(rows, split, strict=True):
         cells = [_cell(row[c], c, sweep_dir) for c in shown]
         lines.append([*cells, " ".join(o for o in overrides if o not in common)])
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    widths = [max(map(len, column)) for column in zip(*lines)]
     text = [f"Sweep summary ({len(rows)} jobs, best first): {sweep_dir / 'summary.csv'}"]
     if common:
         text.append(f"all jobs: {' '.join(common)}")
-    for line in lines:
-        text.append("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
+    text += ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines]
     text += [f"job {r['job']} {r['status']}: {r['error']}" for r in rows if r["error"]]
     counts = Counter(r["status"] for r in rows)
     text.append(", ".join(f"{n} {status}" for status, n in counts.items()))

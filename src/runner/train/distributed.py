@@ -25,6 +25,7 @@ from runner.train.world import World, world
 
 # how long a collective waits for a rank that stopped answering
 TIMEOUT = timedelta(seconds=float(os.environ.get("RUNNER_DIST_TIMEOUT_S", 600)))
+LossOn = Callable[[torch.Tensor | None], torch.Tensor]  # a batch's indices (None: all) -> loss
 
 
 def join(w: World, sent: Any) -> Any:
@@ -50,7 +51,6 @@ def pin(w: World, device: str) -> None:
 
 
 def check_gpus(processes: int, device: str) -> None:
-    """One GPU for each process on a node, chosen by its local rank, never named."""
     if device.startswith("cuda:"):
         raise ConfigError(
             f"trainer.device={device} names one GPU for every process; set trainer.device=cuda "
@@ -85,7 +85,7 @@ class Part:
     """This process's part of each step. For one process at full precision each piece is
     the plain call itself, so the default run pays nothing."""
 
-    loss_on: Callable[[torch.Tensor | None], torch.Tensor]  # forward and loss
+    loss_on: LossOn  # forward and loss
     step: Callable[[Callable[[], torch.Tensor]], torch.Tensor]  # optimizer.step(closure)
     scale: Callable[[torch.Tensor], torch.Tensor] = same  # what backward starts from
     unscale: Callable[[], None] = lambda: None  # before clipping: the true gradients
@@ -106,7 +106,7 @@ def part(b: Built, w: World | None = None) -> Part:
     return p
 
 
-def sharded(b: Built, w: World) -> Callable[[torch.Tensor | None], torch.Tensor]:
+def sharded(b: Built, w: World) -> LossOn:
     """The loss on this rank's shard of a batch, through DDP; a shard smaller than the
     others' is weighted down, so that the ranks' mean is the whole batch's mean."""
     if b.data is None or b.model is None:
@@ -168,9 +168,7 @@ def agreed(stop: Any, state: State, log_now: bool) -> None:
         state.status, state.signal = "interrupted", stop.signal or "SIGTERM"
 
 
-def autocast(
-    loss_on: Callable[[torch.Tensor | None], torch.Tensor], device: str, dtype: torch.dtype
-) -> Callable[[torch.Tensor | None], torch.Tensor]:
+def autocast(loss_on: LossOn, device: str, dtype: torch.dtype) -> LossOn:
     def on(idx: torch.Tensor | None) -> torch.Tensor:
         with torch.autocast(device, dtype=dtype):
             return loss_on(idx).float()  # losses are summed and logged in float32
