@@ -177,14 +177,15 @@ def test_every_experiment_file_opens_with_its_command():
 class Probe(runner.log.tensorboard.Null):
     """logger=none that checks everything it is handed is a plain number or a detached tensor."""
 
-    histograms = 0
+    count = 0  # histograms handed over
 
     def scalars(self, step: int, values: Any) -> None:
         assert all(type(v) is float for v in values.values()), values
 
-    def histogram(self, step: int, tag: str, values: torch.Tensor) -> None:
-        assert values.grad_fn is None and not values.requires_grad, tag
-        Probe.histograms += 1
+    def histograms(self, step: int, tensors: dict[str, torch.Tensor]) -> None:
+        for tag, values in tensors.items():
+            assert values.grad_fn is None and not values.requires_grad, tag
+            Probe.count += 1
 
 
 def _rss_bytes() -> int:
@@ -217,7 +218,7 @@ def test_logged_tensors_are_detached(run_experiment, monkeypatch):
     """Short run with a tensor parameter, so the histograms are checked too."""
     monkeypatch.setattr(runner.log.tensorboard, "Null", Probe)
     monkeypatch.setattr(Scalars, "log", _checked_log({}, ()))
-    Probe.histograms = 0
+    Probe.count = 0
     metrics, _ = run_experiment(
         "experiment=vector_grad",
         "loss.formula=x**2",
@@ -228,7 +229,7 @@ def test_logged_tensors_are_detached(run_experiment, monkeypatch):
         "logger.histogram_every_n_steps=5",
     )
     assert metrics["status"] == "completed"
-    assert Probe.histograms == 10  # param_hist/x and grad_hist/x at steps 0, 5, 10, 15, 19
+    assert Probe.count == 10  # param_hist/x and grad_hist/x at steps 0, 5, 10, 15, 19
 
 
 @pytest.mark.slow

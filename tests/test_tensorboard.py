@@ -55,7 +55,7 @@ def logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for step in range(N):
         tb.scalars(step, {"loss/train": 1 / (step + 1), "lr": 0.1})
         w.copy_(weights(step))
-        tb.histogram(step, "param_hist/w", w)
+        tb.histograms(step, {"param_hist/w": w})
         w.add_(1000.0)  # the next update: the logged values must not change
     tb.text(0, "graph/tree", TREE)
     tb.image(0, "figure/fit", pixels)
@@ -79,14 +79,14 @@ def logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for step in range(10):
         first.scalars(step, {"x": float(step)})
         if step % 3 == 0:
-            first.histogram(step, "param_hist/w", weights(step))
+            first.histograms(step, {"param_hist/w": weights(step)})
     first.close()
     second = TensorBoard(logs / "resumed")
     second.resumed(5)
     for step in range(5, 8):
         second.scalars(step, {"x": 100.0 + step})
         if step % 3 == 0:
-            second.histogram(step, "param_hist/w", weights(100 + step))
+            second.histograms(step, {"param_hist/w": weights(100 + step)})
     second.close()
     return logs
 
@@ -235,13 +235,16 @@ def test_a_failing_write_never_reaches_the_caller(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     tb = TensorBoard(tmp_path)
-    tb.histogram(0, "param_hist/empty", torch.zeros(0))  # no histogram: a failed write
+    # the empty tensor has no histogram, a failed write; the other one of that step is written
+    tb.histograms(0, {"param_hist/empty": torch.zeros(0), "param_hist/w": torch.ones(3)})
     tb.scalars(0, {"loss/train": 1.0})
     with caplog.at_level(logging.WARNING, logger="runner.log.tensorboard"):
         tb.close()
     (record,) = caplog.records
     assert "ValueError" in record.getMessage()
-    assert [e.step for e in accumulator(tmp_path).Scalars("loss/train")] == [0]  # went on
+    events = accumulator(tmp_path)
+    assert [e.step for e in events.Scalars("loss/train")] == [0]  # went on
+    assert [e.step for e in events.Histograms("param_hist/w")] == [0]
 
 
 def test_untraceable_model_costs_only_the_graph(
@@ -273,7 +276,7 @@ def test_files_appear_at_the_first_write_and_flush_waits_for_them(tmp_path: Path
 def test_null_logs_nothing(tmp_path: Path) -> None:
     null = Null(log_dir=None)
     null.scalars(0, {"a": 1.0})
-    null.histogram(0, "h", torch.ones(3))
+    null.histograms(0, {"h": torch.ones(3)})
     null.text(0, "t", "x")
     null.image(0, "i", picture())
     null.layout(LAYOUT)

@@ -33,7 +33,7 @@ class Null:
 
     def __init__(self, log_dir: str | Path | None = None) -> None: ...
     def scalars(self, step: int, values: Mapping[str, float]) -> None: ...
-    def histogram(self, step: int, tag: str, values: torch.Tensor) -> None: ...
+    def histograms(self, step: int, tensors: Mapping[str, torch.Tensor]) -> None: ...
     def text(self, step: int, tag: str, text: str) -> None: ...
     def image(self, step: int, tag: str, pixels: np.ndarray) -> None: ...
     def layout(self, layout: Mapping[str, Mapping[str, list[Any]]]) -> None: ...
@@ -83,15 +83,21 @@ class TensorBoard(Null):
 
         self._put(add)
 
-    def histogram(self, step: int, tag: str, values: torch.Tensor) -> None:
-        """Binned here, on the training thread: on the writer thread, binning would hold the
-        GIL while the training thread waits for it after each backward."""
-        try:
-            summary, wall = histogram(tag, values), time.time()
-        except Exception as e:  # an empty or non-finite tensor: reported at `close`
-            self._error = self._error or e
-            return
-        self._put(lambda w: w.file_writer.add_summary(summary, step, wall))
+    def histograms(self, step: int, tensors: Mapping[str, torch.Tensor]) -> None:
+        """All of a step's histograms as one event, as `scalars` does, binned here on the
+        training thread: on the writer thread, binning would hold the GIL while the training
+        thread waits for it after each backward."""
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        values = []
+        for tag, tensor in tensors.items():
+            try:
+                values += histogram(tag, tensor).value
+            except Exception as e:  # an empty or non-finite tensor: reported at `close`
+                self._error = self._error or e
+        if values:
+            summary, wall = Summary(value=values), time.time()
+            self._put(lambda w: w.file_writer.add_summary(summary, step, wall))
 
     def text(self, step: int, tag: str, text: str) -> None:
         # Markdown would reflow a tree; four leading spaces keep it a code block.

@@ -14,9 +14,13 @@ class Histograms(Observer):
         self.tensors = {n: p for n, p in b.params.items() if p.numel() > 1}
 
     def log(self, look: Look) -> None:
-        if self.every is None or (look.step % self.every != 0 and look.step != self.last):
+        if not self.tensors or self.every is None:
             return
+        if look.step % self.every != 0 and look.step != self.last:
+            return
+        tensors = {}
         for name, p in self.tensors.items():
-            self.logger.histogram(look.step, f"param_hist/{name}", p.detach())
+            tensors[f"param_hist/{name}"] = p.detach()
             if p.grad is not None:
-                self.logger.histogram(look.step, f"grad_hist/{name}", p.grad.detach())
+                tensors[f"grad_hist/{name}"] = p.grad.detach()
+        self.logger.histograms(look.step, tensors)
