@@ -231,6 +231,29 @@ def test_a_parameter_that_left_the_finite_numbers_has_no_histogram(bad: float) -
         histogram("param_hist/w", torch.tensor([1.0, bad]))
 
 
+def test_a_steps_scalars_from_several_calls_are_one_event(tmp_path: Path) -> None:
+    """Observers log a step's scalars in turn (loss, then graph statistics); they are written
+    as one record, and a later step, another kind of data or close writes what is pending."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    tb = TensorBoard(tmp_path)
+    tb.scalars(5, {"loss/train": 1.0})
+    tb.scalars(5, {"graph/nodes": 4.0})
+    tb.scalars(3, {"loss/val": 2.0})  # validation losses of earlier epochs come after
+    tb.text(5, "graph/tree", TREE)
+    tb.scalars(6, {"loss/train": 0.5})
+    tb.close()
+    (path,) = tmp_path.glob("events.out.tfevents.*")
+    events = [e for e in EventFileLoader(str(path)).Load() if e.HasField("summary")]
+    written = [(e.step, [v.tag for v in e.summary.value]) for e in events]
+    assert written == [
+        (5, ["loss/train", "graph/nodes"]),
+        (3, ["loss/val"]),
+        (5, ["graph/tree/text_summary"]),  # add_text's tag
+        (6, ["loss/train"]),
+    ]
+
+
 def test_a_failing_write_never_reaches_the_caller(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

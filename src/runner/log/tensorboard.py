@@ -66,19 +66,30 @@ class TensorBoard(Null):
         self._writer: Any = None  # the SummaryWriter, touched on the writer thread only
         self._error: Exception | None = None
         self._closed = False
+        self._step_scalars: tuple[int, float, dict[str, float]] | None = None  # not written yet
         self._jobs: queue.Queue[Callable[[], object] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._work, name="runner-tensorboard", daemon=True)
         self._thread.start()
 
     def scalars(self, step: int, values: Mapping[str, float]) -> None:
-        """All of a step's scalars as one event: one record to encode and write, where an
-        `add_scalar` per value would make one each."""
-        wall, items = time.time(), [(tag, float(v)) for tag, v in values.items()]
+        """A step's scalars, from every observer that logs them, go out as one event when
+        another step or another kind of data comes: one record to encode and write."""
+        if self._closed:
+            return
+        if self._step_scalars is not None and self._step_scalars[0] != step:
+            self._write_scalars()
+        if self._step_scalars is None:
+            self._step_scalars = (step, time.time(), {})
+        self._step_scalars[2].update((tag, float(v)) for tag, v in values.items())
+
+    def _write_scalars(self) -> None:
+        assert self._step_scalars is not None
+        (step, wall, items), self._step_scalars = self._step_scalars, None
 
         def add(w: Any) -> None:
             from tensorboard.compat.proto.summary_pb2 import Summary
 
-            values = [Summary.Value(tag=tag, simple_value=v) for tag, v in items]
+            values = [Summary.Value(tag=tag, simple_value=v) for tag, v in items.items()]
             w.file_writer.add_summary(Summary(value=values), step, wall)
 
         self._put(add)
@@ -200,6 +211,8 @@ class TensorBoard(Null):
     def _queue(self, job: Callable[[], object]) -> bool:
         if self._closed:
             return False
+        if self._step_scalars is not None:  # what comes next follows them
+            self._write_scalars()
         self._jobs.put(job)
         return True
 
