@@ -3,21 +3,21 @@
 It runs `linear_fit`, `sine_mlp` and a 4-job `linear_fit` sweep into a temporary directory,
 starts `tensorboard --logdir` (the installed package, default loader) on 127.0.0.1 and a
 free port over each, waits until every run is loaded, and photographs each dashboard with
-headless Chromium. It installs nothing; it needs Debian's Chromium:
+headless Chromium. What it needs and does not find, it installs first:
 
-    apt-get install -y chromium                  # /usr/bin/chromium (or set CHROMIUM=...)
+- Debian's Chromium (`apt-get install -y chromium`, through sudo unless run as root); or set
+  CHROMIUM to a Chromium binary to use that one;
+- playwright-core, which drives the same Chromium for the Graphs view: the model's box is
+  opened by a double-click that no URL can ask for. npm installs it into
+  ~/.cache/runner-screenshots (node and npm come from apt-get where missing).
 
-The Graphs view opens the model's box, a double-click that no URL can ask for; it is done
-with playwright-core driving the same Chromium, where node finds it:
-
-    npm install --prefix ~/.cache/runner-screenshots playwright-core
-    NODE_PATH=~/.cache/runner-screenshots/node_modules python docs/screenshots.py
-
-Without it, the Graphs view is taken with the box closed (the script says so).
+`--no-install` installs nothing: without Chromium it stops, without playwright-core the
+Graphs view is taken with the model's box closed (the script says so).
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -33,6 +33,8 @@ from pathlib import Path
 
 DOCS = Path(__file__).resolve().parent
 ROOT = DOCS.parent  # runs start here, as a user's would (experiments/ is importable)
+CACHE = Path.home() / ".cache" / "runner-screenshots"  # where npm puts playwright-core
+PLAYWRIGHT = "playwright-core@1.65.2"
 WINDOW = (1400, 900)
 BUDGET_MS = 10_000  # Chromium's virtual time: TensorBoard fetches, lays out and draws in it
 SWEEP = ("optimizer.lr=0.01,0.1", "seed=1,2")
@@ -79,9 +81,17 @@ const [executablePath, url, out, width, height, flags] = process.argv.slice(1);
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--no-install", action="store_true", help="install nothing")
+    install = not parser.parse_args().no_install
     chromium = os.environ.get("CHROMIUM") or shutil.which("chromium")
+    if chromium is None and install:
+        apt_install("chromium")
+        chromium = shutil.which("chromium")
     if chromium is None:
         sys.exit("no chromium: apt-get install -y chromium (or set CHROMIUM to its path)")
+    if install:
+        install_playwright()
     with tempfile.TemporaryDirectory(prefix="runner-screenshots-") as tmp:
         work = Path(tmp)
         logdirs = {
@@ -96,6 +106,29 @@ def main() -> None:
                         out = DOCS / f"tensorboard-{view}.png"
                         shoot(chromium, f"{url}/{fragment}", out, work, view == "graphs")
                         print(f"{out.relative_to(ROOT)}: {name} {fragment}")
+
+
+def apt_install(*packages: str) -> None:
+    """Debian packages, through sudo unless this is root."""
+    if shutil.which("apt-get") is None:
+        sys.exit(f"no apt-get here: install {' '.join(packages)} yourself")
+    sudo = [] if os.geteuid() == 0 else ["sudo"]
+    print(f"apt-get install -y {' '.join(packages)}")
+    subprocess.run([*sudo, "apt-get", "update", "-qq"], check=True)
+    subprocess.run([*sudo, "apt-get", "install", "-y", "-qq", *packages], check=True)
+
+
+def install_playwright() -> None:
+    """playwright-core into CACHE, unless it is there; a failure only costs the Graphs
+    view its opened model box."""
+    if (CACHE / "node_modules" / "playwright-core").is_dir():
+        return
+    if shutil.which("npm") is None or shutil.which("node") is None:
+        apt_install("nodejs", "npm")
+    print(f"npm install --prefix {CACHE} {PLAYWRIGHT}")
+    done = subprocess.run(["npm", "install", "--prefix", str(CACHE), PLAYWRIGHT], check=False)
+    if done.returncode != 0:
+        print("  npm failed: the Graphs view is taken with the model's box closed")
 
 
 def runner(work: Path, name: str, *args: str) -> Path:
@@ -166,15 +199,17 @@ def open_model(chromium: str, url: str, out: Path) -> bool:
     if node is None:
         print("no node: the Graphs view is taken with the model's box closed")
         return False
+    modules = os.pathsep.join([str(CACHE / "node_modules"), os.environ.get("NODE_PATH", "")])
     done = subprocess.run(
         [node, "-e", OPEN_GRAPH, chromium, url, str(out), *map(str, WINDOW), flags],
         capture_output=True,
         text=True,
         timeout=120,
+        env={**os.environ, "NODE_PATH": modules},
     )
     if done.returncode != 0:
         print(f"playwright-core: {done.stderr.strip()[-500:]}")
-        print("  the Graphs view is taken with the model's box closed (see this file's docstring)")
+        print("  the Graphs view is taken with the model's box closed")
         return False
     return True
 
