@@ -10,7 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, cli, event_accumulator, read_metrics, scalars
+from conftest import ROOT, cli, compose_config, event_accumulator, read_metrics, scalars
+
+from runner.build import build
+from runner.train.loop import train
+from runner.train.state import State
 
 POST_W, POST_B = 1.92383, 1.05029
 
@@ -328,6 +332,28 @@ def test_minibatches_accumulate_clip_and_dtype(run_experiment):
     f64, _ = run_experiment("experiment=linear_fit", "trainer.dtype=float64")
     assert f64["params"]["w"] == pytest.approx(POST_W, abs=1e-5)
     assert f64["params"]["w"] != post_loop()[0]  # computed in float64, not float32
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_an_epochs_loss_weighs_each_minibatch_by_its_share_of_the_data(
+    tmp_path: Path, accumulate: int
+) -> None:
+    """The post's 50 points in minibatches of 20, 20 and 10 (updates of 20, 20, 10 points, or
+    of 40 and 10), nothing learned: each epoch's loss is the mean over all 50 points, which
+    the plain mean of the batch losses would miss, for the short last batch weighs less."""
+    cfg = compose_config(
+        "experiment=linear_fit",
+        "trainer.batch_size=20",
+        f"trainer.accumulate={accumulate}",
+        "trainer.epochs=3",
+        "logger=none",
+    )
+    b = build(cfg, tmp_path)
+    b.optimizer.param_groups[0]["lr"] = 0.0  # w = b = 0 throughout: the loss is mean(y**2)
+    state = train(b, State(), [], None)
+    expected = (b.data.y.double() ** 2).mean().item()
+    assert state.epoch_loss.item() == pytest.approx(expected, rel=1e-6)
+    assert state.fold().item() == pytest.approx(expected, rel=1e-6)  # the best epoch
 
 
 def test_minibatch_runs_are_reproducible(run_experiment):

@@ -55,8 +55,8 @@ def train(b: Built, state: State, observers: Sequence[Observer], save: Save | No
 
                 with saved_bytes() if log_now else nullcontext() as saved:
                     loss = part.step(closure)
-                share = None if group[0] is None else sum(len(g) for g in group) / b.data.n
-                state.epoch_sum = add(state.epoch_sum, loss, share)
+                share = None if group[0] is None else sum(g.shape[0] for g in group) / b.data.n
+                state.add(loss, share)
                 state.step, state.position = state.step + 1, i + t.accumulate
                 recent.add(loss)
                 if log_now:
@@ -95,13 +95,6 @@ def shuffle(b: Built, batch_size: int | None) -> torch.Tensor | None:
     if b.data is None or batch_size is None or batch_size >= b.data.n:
         return None
     return torch.randperm(b.data.n, device=b.data.x.device)
-
-
-def add(total: torch.Tensor | None, loss: torch.Tensor, share: float | None) -> torch.Tensor:
-    """The epoch's loss so far: the batch losses weighted by their share of the data."""
-    if share is None:  # the whole batch: the epoch's loss is this one
-        return loss
-    return loss * share if total is None else total + loss * share
 
 
 class Recent:

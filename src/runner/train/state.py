@@ -5,6 +5,7 @@ Losses stay on the device as tensors: reading them is a host sync, paid only at 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,15 +30,38 @@ class State:
     signal: str | None = None  # SIGINT or SIGTERM for an interrupted run
     rng: dict[str, Any] = field(default_factory=dict)  # every generator, at the last save
     unfolded: list[torch.Tensor] = field(default_factory=list)  # epoch losses not in `best` yet
+    unsummed: list[tuple[torch.Tensor, float]] = field(default_factory=list)  # (loss, share)s
 
     def end_epoch(self) -> None:
         self.epoch += 1
         self.position = 0
-        self.epoch_loss = self.epoch_sum
-        if self.epoch_sum is not None:
-            self.unfolded.append(self.epoch_sum)
+        self.epoch_loss = self.so_far()
+        if self.epoch_loss is not None:
+            self.unfolded.append(self.epoch_loss)
             if len(self.unfolded) >= 1024:  # bounded memory between distant reads
                 self.fold()
+
+    def add(self, loss: torch.Tensor, share: float | None) -> None:
+        """An update's loss and its share of the data (None: the whole batch, whose loss is
+        the epoch's)."""
+        if share is None:
+            self.epoch_sum = loss
+            return
+        self.unsummed.append((loss, share))
+        if len(self.unsummed) >= 1024:  # bounded memory in a long epoch
+            self.so_far()
+
+    def so_far(self) -> torch.Tensor | None:
+        """The epoch's loss so far: the updates' losses weighted by their share of the data,
+        summed once an epoch with one sum and one product per run of equal shares (all but
+        an epoch's last update) rather than two ops every step. A checkpoint keeps `unsummed` as
+        they are, so a resumed run sums the same runs and its epoch loss is bit-identical."""
+        if self.unsummed:
+            for share, run in itertools.groupby(self.unsummed, key=lambda step: step[1]):
+                part = torch.stack([loss for loss, _ in run]).sum() * share
+                self.epoch_sum = part if self.epoch_sum is None else self.epoch_sum + part
+            self.unsummed = []
+        return self.epoch_sum
 
     def fold(self) -> torch.Tensor | None:
         """The lowest epoch loss so far, NaN never winning (`torch.fmin`), brought up to
