@@ -142,6 +142,10 @@ def test_update_ratio_per_parameter(linear_run):
     assert w[0][1] == pytest.approx(1.0)
     assert b[0][1] == pytest.approx(1.0)
     assert 0 < w[3][1] < w[1][1] < 1  # then the updates shrink next to the parameter
+    values = [v for _, v in scalars(run_dir, "param/w")]  # w after each step
+    for step in (1, 2, 3):
+        update = abs(values[step] - values[step - 1])
+        assert w[step][1] == pytest.approx(update / abs(values[step]), rel=1e-4)
 
 
 def test_first_step_gradients_are_the_closed_form(linear_run):

@@ -37,14 +37,15 @@ class Scalars(Observer):
         grad_norms = [vector_norm(g) for g in grads]
         row = [look.loss.reshape(()), *map(one_number, self.params, param_norms)]
         row += [*map(one_number, grads, grad_norms), vector_norm(torch.stack(grad_norms))]
-        for p, old, size in zip(self.params, look.before, param_norms):
-            row.append(vector_norm(p - old) / size.clamp_min(TINY))  # update size / parameter size
+        updates = torch.stack([torch.dist(p, old) for p, old in zip(self.params, look.before)])
+        parts = [torch.stack(row), updates / torch.stack(param_norms).clamp_min(TINY)]  # ratios
         if self.accuracy is not None:
             data, forward = self.b.data, self.b.forward
-            row.append(self.accuracy(forward(data.x), data.y))
+            accuracies = [self.accuracy(forward(data.x), data.y)]
             if data.x_val is not None:
-                row.append(self.accuracy(forward(data.x_val), data.y_val))
-        values = torch.stack([v.float() for v in row]).tolist()  # note: the host sync
+                accuracies.append(self.accuracy(forward(data.x_val), data.y_val))
+            parts.append(torch.stack(accuracies))
+        values = torch.cat(parts).tolist()  # note: the host sync
         lr = float(self.b.optimizer.param_groups[0]["lr"])
         self.latest = dict(zip(self.keys, values)) | {"lr": lr}
         self.logger.scalars(look.step, self.latest)
