@@ -7,6 +7,7 @@ import logging
 import math
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -252,6 +253,26 @@ def test_a_steps_scalars_from_several_calls_are_one_event(tmp_path: Path) -> Non
         (5, ["graph/tree/text_summary"]),  # add_text's tag
         (6, ["loss/train"]),
     ]
+
+
+def test_the_writer_gets_its_work_once_a_handoff_interval_and_at_flush(tmp_path: Path) -> None:
+    """Log calls pile up on the training thread and reach the writer together: none of them
+    before the interval has passed, all of them at `flush` (what a checkpoint calls)."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    def steps() -> list[int]:
+        files = list(tmp_path.glob("events.out.tfevents.*"))
+        return [e.step for f in files for e in EventFileLoader(str(f)).Load() if e.summary.value]
+
+    tb = TensorBoard(tmp_path, handoff_secs=3600)
+    for step in range(50):
+        tb.scalars(step, {"loss/train": 1.0 / (step + 1)})
+    tb.text(49, "graph/tree", TREE)
+    time.sleep(0.5)  # time enough for a writer that had been handed anything
+    assert steps() == []
+    tb.flush()
+    assert steps() == [*range(50), 49]
+    tb.close()
 
 
 def test_a_failing_write_never_reaches_the_caller(

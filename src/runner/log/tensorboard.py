@@ -2,7 +2,7 @@
 
 Loggers only write what they are given (floats, tensors, strings, pixels); the loop decides
 what and when. `TensorBoard` hands each call to one writer thread that owns a `SummaryWriter`,
-so a log step costs the training thread a copy and a queue put.
+so a log step costs the training thread a copy and a list append.
 """
 
 from __future__ import annotations
@@ -56,9 +56,17 @@ class TensorBoard(Null):
 
     writes = True
 
-    def __init__(self, log_dir: str | Path, flush_secs: float = 10.0) -> None:
+    def __init__(
+        self, log_dir: str | Path, flush_secs: float = 10.0, handoff_secs: float = 1.0
+    ) -> None:
         self.log_dir = Path(log_dir)
         self._flush_secs = flush_secs
+        # The writer's work (TensorBoard's pure-Python checksums) holds the GIL, which the
+        # training thread needs between ops: waking it once a second with everything since
+        # costs training less than waking it at every log step. flush and close hand over.
+        self._handoff_secs = handoff_secs
+        self._batch: list[Callable[[], object]] = []  # not handed over yet
+        self._handed = time.monotonic()
         # Every file opens with a session start (SummaryWriter writes one for a purge_step):
         # TensorBoard's Python loader takes a run's first start as its beginning and only a
         # later one as a restart that purges, so a fresh run starts one at step 0 too.
@@ -67,7 +75,7 @@ class TensorBoard(Null):
         self._error: Exception | None = None
         self._closed = False
         self._step_scalars: tuple[int, float, dict[str, float]] | None = None  # not written yet
-        self._jobs: queue.Queue[Callable[[], object] | None] = queue.Queue()
+        self._jobs: queue.Queue[list[Callable[[], object]] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._work, name="runner-tensorboard", daemon=True)
         self._thread.start()
 
@@ -185,9 +193,10 @@ class TensorBoard(Null):
         self._queue(purge_from)
 
     def flush(self) -> None:
-        """Wait until everything handed over so far is in the file."""
+        """Wait until everything logged so far is in the file."""
         done = threading.Event()
         if self._put(lambda w: w.flush()) and self._queue(done.set):  # set even if flush fails
+            self._hand_over()
             done.wait()
 
     def close(self) -> None:
@@ -195,6 +204,7 @@ class TensorBoard(Null):
         handed over after this are dropped."""
         if not self._put(lambda w: w.close()):
             return
+        self._hand_over()
         self._closed = True
         self._jobs.put(None)  # the end
         self._thread.join()
@@ -213,8 +223,14 @@ class TensorBoard(Null):
             return False
         if self._step_scalars is not None:  # what comes next follows them
             self._write_scalars()
-        self._jobs.put(job)
+        self._batch.append(job)
+        if time.monotonic() - self._handed >= self._handoff_secs:
+            self._hand_over()
         return True
+
+    def _hand_over(self) -> None:
+        self._jobs.put(self._batch)
+        self._batch, self._handed = [], time.monotonic()
 
     def _open(self) -> Any:
         """The SummaryWriter, created at the first write: its import is slow, and it takes
@@ -228,11 +244,12 @@ class TensorBoard(Null):
         return self._writer
 
     def _work(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            try:
-                job()
-            except Exception as e:  # a full disk or an odd value must not stop training
-                self._error = self._error or e
+        while (jobs := self._jobs.get()) is not None:
+            for job in jobs:
+                try:
+                    job()
+                except Exception as e:  # a full disk or an odd value must not stop training
+                    self._error = self._error or e
 
 
 def histogram(tag: str, values: torch.Tensor, bins: int = 30) -> Any:
