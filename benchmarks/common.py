@@ -90,15 +90,21 @@ def verdict(ok: bool) -> str:
 
 class Ticks:
     """An observer that only reads `clock` at every epoch's end (after the others), so the
-    one-off work before the first step and after the last is not in the epoch times."""
+    one-off work before the first step and after the last is not in the epoch times. At
+    the end of epoch `last` it first calls `settle` (the logger's `flush`), so the logging
+    handed to the writer thread and not yet written is in the epoch times too."""
 
-    def __init__(self, clock: Callable[[], float]) -> None:
-        self.clock, self.times = clock, []
+    def __init__(
+        self, clock: Callable[[], float], settle: Callable[[], None] | None = None, last: int = 0
+    ) -> None:
+        self.clock, self.times, self.settle, self.last = clock, [], settle, last
 
     def log(self, look: object) -> None:
         pass
 
-    def epoch(self, state: object) -> None:
+    def epoch(self, state: Any) -> None:
+        if self.settle is not None and state.epoch == self.last:
+            self.settle()
         self.times.append(self.clock())
 
     def end(self, state: object) -> None:

@@ -50,12 +50,18 @@ TICKS: list[tuple[float, float]] = []  # (wall, cpu) at the end of each epoch
 
 
 class Ticks:
-    """An observer that only reads the clocks at every epoch's end (after the others)."""
+    """An observer that only reads the clocks at every epoch's end (after the others); at
+    the last one, once what was handed to the TensorBoard writer is written."""
+
+    def __init__(self, b: Built) -> None:
+        self.b = b
 
     def log(self, look: Look) -> None:
         pass
 
     def epoch(self, state: State) -> None:
+        if state.epoch == self.b.checked.trainer.epochs:
+            self.b.logger.flush()
         TICKS.append((time.perf_counter(), time.process_time()))
 
     def end(self, state: State) -> None:
@@ -68,7 +74,7 @@ _observers = runner.run.observers
 
 
 def _ticked_observers(b: Built, start: int) -> list[Observer]:
-    return [*_observers(b, start), Ticks()]
+    return [*_observers(b, start), Ticks(b)]
 
 
 runner.run.observers = _ticked_observers
