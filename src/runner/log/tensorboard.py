@@ -229,8 +229,8 @@ class TensorBoard(Null):
         return True
 
     def _hand_over(self) -> None:
-        self._jobs.put(self._batch)
-        self._batch, self._handed = [], time.monotonic()
+        batch, self._batch, self._handed = self._batch, [], time.monotonic()
+        self._jobs.put(batch)
 
     def _open(self) -> Any:
         """The SummaryWriter, created at the first write: its import is slow, and it takes
