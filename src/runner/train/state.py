@@ -19,7 +19,7 @@ class State:
     epoch: int = 0  # epochs finished
     position: int = 0  # the next batch of the current epoch
     perm: torch.Tensor | None = None  # the current epoch's order; None: the whole batch
-    epoch_sum: torch.Tensor | None = None  # the current epoch's loss so far, on the device
+    epoch_sum: torch.Tensor | None = None  # the current epoch's loss, but for `unsummed`
     epoch_loss: torch.Tensor | None = None  # the last finished epoch's loss
     best: torch.Tensor | None = None  # the lowest epoch loss so far (NaN never wins)
     val_loss: torch.Tensor | None = None  # the last validation loss
@@ -54,8 +54,8 @@ class State:
     def so_far(self) -> torch.Tensor | None:
         """The epoch's loss so far: the updates' losses weighted by their share of the data,
         summed once an epoch with one sum and one product per run of equal shares (all but
-        an epoch's last update) rather than two ops every step. A checkpoint keeps `unsummed` as
-        they are, so a resumed run sums the same runs and its epoch loss is bit-identical."""
+        an epoch's last update) rather than two ops every step. A checkpoint keeps `unsummed`
+        as it is, so a resumed run sums the same runs and its epoch loss is bit-identical."""
         if self.unsummed:
             for share, run in itertools.groupby(self.unsummed, key=lambda step: step[1]):
                 part = torch.stack([loss for loss, _ in run]).sum() * share
