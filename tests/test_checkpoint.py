@@ -24,6 +24,7 @@ from runner.log.tensorboard import TensorBoard
 from runner.observe.scalars import Scalars
 from runner.run import run
 from runner.train.checkpoint import LAST
+from runner.train.state import State
 
 ARGS = (
     "experiment=linear_fit",
@@ -88,6 +89,20 @@ def test_checkpoint_is_weights_only_and_written_atomically(tmp_path):
     assert set(state["modules"]["model"]) == {"w", "b"}
     assert state["optimizer"]["param_groups"][0]["lr"] == 0.05
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.pt"]  # no temp
+
+
+def test_an_epochs_unsummed_losses_are_kept_and_go_to_the_runs_device(tmp_path):
+    """Mid-epoch, a checkpoint keeps the updates' losses not yet summed, read back onto the
+    CPU and then moved to the run's device (the meta device stands in for a GPU here)."""
+    state = State(step=2, position=2)
+    for loss in (0.5, 0.25):
+        state.add(torch.tensor(loss), 0.2)
+    torch.save(state.to_dict(), tmp_path / "state.pt")
+    saved = torch.load(tmp_path / "state.pt", map_location="cpu", weights_only=True)
+    on_cpu = State.from_dict(saved, torch.device("cpu"))
+    assert torch.equal(on_cpu.so_far(), state.so_far())  # the same sum, bit for bit
+    moved = State.from_dict(saved, torch.device("meta"))
+    assert [(loss.device.type, share) for loss, share in moved.unsummed] == [("meta", 0.2)] * 2
 
 
 def test_resume_auto_continues_its_own_run_directory(tmp_path, reference):

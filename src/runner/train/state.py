@@ -83,6 +83,8 @@ class State:
     def from_dict(cls, values: dict[str, Any], device: torch.device) -> State:
         names = {f.name for f in dataclasses.fields(cls)}
         moved = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in values.items()}
+        # a checkpoint is read onto the CPU: the unsummed losses go to the device too
+        moved["unsummed"] = [(loss.to(device), s) for loss, s in values.get("unsummed", [])]
         return cls(**{k: v for k, v in moved.items() if k in names})
 
 
