@@ -255,23 +255,36 @@ def test_a_steps_scalars_from_several_calls_are_one_event(tmp_path: Path) -> Non
     ]
 
 
-def test_the_writer_gets_its_work_once_a_handoff_interval_and_at_flush(tmp_path: Path) -> None:
-    """Log calls pile up on the training thread and reach the writer together: none of them
-    before the interval has passed, all of them at `flush` (what a checkpoint calls)."""
+def steps_in(log_dir: Path) -> list[int]:
+    """The step of every summary record in the event files, in file order."""
     from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
-    def steps() -> list[int]:
-        files = list(tmp_path.glob("events.out.tfevents.*"))
-        return [e.step for f in files for e in EventFileLoader(str(f)).Load() if e.summary.value]
+    files = sorted(log_dir.glob("events.out.tfevents.*"))
+    return [e.step for f in files for e in EventFileLoader(str(f)).Load() if e.summary.value]
 
+
+def test_the_writer_takes_its_work_once_an_interval_and_at_flush(tmp_path: Path) -> None:
+    """Log calls pile up on the training thread and the writer takes them together: none of
+    them before its interval has passed, all of them at `flush` (what a checkpoint calls)."""
     tb = TensorBoard(tmp_path, handoff_secs=3600)
     for step in range(50):
         tb.scalars(step, {"loss/train": 1.0 / (step + 1)})
     tb.text(49, "graph/tree", TREE)
-    time.sleep(0.5)  # time enough for a writer that had been handed anything
-    assert steps() == []
+    time.sleep(0.5)  # time enough for a writer that had been given anything
+    assert steps_in(tmp_path) == []
     tb.flush()
-    assert steps() == [*range(50), 49]
+    assert steps_in(tmp_path) == [*range(50), 49]
+    tb.close()
+
+
+def test_the_last_log_step_is_written_without_another_call(tmp_path: Path) -> None:
+    """A slow run's last log step, its scalars still open for more of the same step, is in
+    the file after the writer's interval, with no later call to push it out."""
+    tb = TensorBoard(tmp_path, handoff_secs=0.2)
+    tb.scalars(0, {"loss/train": 1.0})
+    tb.text(0, "graph/tree", TREE)
+    tb.scalars(7, {"loss/train": 0.5})
+    assert wait_for(lambda: steps_in(tmp_path), lambda steps: steps == [0, 0, 7]) == [0, 0, 7]
     tb.close()
 
 

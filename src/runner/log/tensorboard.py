@@ -1,8 +1,8 @@
 """Where logged values go: TensorBoard event files in the run directory, or nowhere.
 
 Loggers only write what they are given (floats, tensors, strings, pixels); the loop decides
-what and when. `TensorBoard` hands each call to one writer thread that owns a `SummaryWriter`,
-so a log step costs the training thread a copy and a list append.
+what and when. `TensorBoard` leaves each call for one writer thread that owns a
+`SummaryWriter`, so a log step costs the training thread a copy and a list append.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import torch
 
 HParam = int | float | str | bool
 log = logging.getLogger(__name__)
+CLOSE = "close"  # what `close` asks of the writer thread
 
 
 class Null:
@@ -51,7 +52,7 @@ Logger = Null  # the type observers write to
 
 class TensorBoard(Null):
     """Event files straight in `log_dir`, so `tensorboard --logdir outputs` lists each run.
-    Each method copies what it needs and queues a closure for one daemon thread; a failure
+    Each method copies what it needs and leaves a closure for one daemon thread; a failure
     there never reaches training: the first is a warning at `close`."""
 
     writes = True
@@ -62,11 +63,12 @@ class TensorBoard(Null):
         self.log_dir = Path(log_dir)
         self._flush_secs = flush_secs
         # The writer's work (TensorBoard's pure-Python checksums) holds the GIL, which the
-        # training thread needs between ops: waking it once a second with everything since
-        # costs training less than waking it at every log step. flush and close hand over.
+        # training thread needs between ops: the writer wakes once a second (and at flush
+        # and close) and takes everything logged since, which costs training less than a
+        # wake-up at every log step.
         self._handoff_secs = handoff_secs
-        self._batch: list[Callable[[], object]] = []  # not handed over yet
-        self._handed = time.monotonic()
+        self._lock = threading.Lock()  # the writer takes `_batch` and `_step_scalars` too
+        self._batch: list[Callable[[], object]] = []  # logged, not taken by the writer yet
         # Every file opens with a session start (SummaryWriter writes one for a purge_step):
         # TensorBoard's Python loader takes a run's first start as its beginning and only a
         # later one as a restart that purges, so a fresh run starts one at step 0 too.
@@ -75,7 +77,7 @@ class TensorBoard(Null):
         self._error: Exception | None = None
         self._closed = False
         self._step_scalars: tuple[int, float, dict[str, float]] | None = None  # not written yet
-        self._jobs: queue.Queue[list[Callable[[], object]] | None] = queue.Queue()
+        self._requests: queue.Queue[threading.Event | str] = queue.Queue()  # flush, close
         self._thread = threading.Thread(target=self._work, name="runner-tensorboard", daemon=True)
         self._thread.start()
 
@@ -84,14 +86,17 @@ class TensorBoard(Null):
         another step or another kind of data comes: one record to encode and write."""
         if self._closed:
             return
-        if self._step_scalars is not None and self._step_scalars[0] != step:
-            self._write_scalars()
-        if self._step_scalars is None:
-            self._step_scalars = (step, time.time(), {})
-        self._step_scalars[2].update((tag, float(v)) for tag, v in values.items())
+        with self._lock:
+            if self._step_scalars is not None and self._step_scalars[0] != step:
+                self._take_scalars()
+            if self._step_scalars is None:
+                self._step_scalars = (step, time.time(), {})
+            self._step_scalars[2].update((tag, float(v)) for tag, v in values.items())
 
-    def _write_scalars(self) -> None:
-        assert self._step_scalars is not None
+    def _take_scalars(self) -> None:
+        """The pending step's scalars as one job at the end of the batch (the lock held)."""
+        if self._step_scalars is None:
+            return
         (step, wall, items), self._step_scalars = self._step_scalars, None
 
         def add(w: Any) -> None:
@@ -100,7 +105,7 @@ class TensorBoard(Null):
             values = [Summary.Value(tag=tag, simple_value=v) for tag, v in items.items()]
             w.file_writer.add_summary(Summary(value=values), step, wall)
 
-        self._put(add)
+        self._batch.append(lambda: add(self._open()))
 
     def histograms(self, step: int, tensors: Mapping[str, torch.Tensor]) -> None:
         """All of a step's histograms as one event, as `scalars` does, binned here on the
@@ -194,19 +199,18 @@ class TensorBoard(Null):
 
     def flush(self) -> None:
         """Wait until everything logged so far is in the file."""
-        done = threading.Event()
-        if self._put(lambda w: w.flush()) and self._queue(done.set):  # set even if flush fails
-            self._hand_over()
+        if self._put(lambda w: w.flush()):
+            done = threading.Event()  # set even if the flush fails
+            self._requests.put(done)
             done.wait()
 
     def close(self) -> None:
         """Safe to call twice (a `finally` and a signal handler may both close); values
-        handed over after this are dropped."""
+        logged after this are dropped."""
         if not self._put(lambda w: w.close()):
             return
-        self._hand_over()
         self._closed = True
-        self._jobs.put(None)  # the end
+        self._requests.put(CLOSE)
         self._thread.join()
         if self._error is not None:
             log.warning(
@@ -221,16 +225,10 @@ class TensorBoard(Null):
     def _queue(self, job: Callable[[], object]) -> bool:
         if self._closed:
             return False
-        if self._step_scalars is not None:  # what comes next follows them
-            self._write_scalars()
-        self._batch.append(job)
-        if time.monotonic() - self._handed >= self._handoff_secs:
-            self._hand_over()
+        with self._lock:
+            self._take_scalars()  # what comes next follows them
+            self._batch.append(job)
         return True
-
-    def _hand_over(self) -> None:
-        batch, self._batch, self._handed = self._batch, [], time.monotonic()
-        self._jobs.put(batch)
 
     def _open(self) -> Any:
         """The SummaryWriter, created at the first write: its import is slow, and it takes
@@ -244,12 +242,24 @@ class TensorBoard(Null):
         return self._writer
 
     def _work(self) -> None:
-        while (jobs := self._jobs.get()) is not None:
+        """Once a second, or when asked: everything logged since, in order."""
+        while True:
+            try:
+                request = self._requests.get(timeout=self._handoff_secs)
+            except queue.Empty:
+                request = None
+            with self._lock:
+                self._take_scalars()
+                jobs, self._batch = self._batch, []
             for job in jobs:
                 try:
                     job()
                 except Exception as e:  # a full disk or an odd value must not stop training
                     self._error = self._error or e
+            if request == CLOSE:
+                return
+            if isinstance(request, threading.Event):
+                request.set()
 
 
 def histogram(tag: str, values: torch.Tensor, bins: int = 30) -> Any:
