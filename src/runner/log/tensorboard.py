@@ -83,7 +83,8 @@ class TensorBoard(Null):
 
     def scalars(self, step: int, values: Mapping[str, float]) -> None:
         """A step's scalars, from every observer that logs them, go out as one event when
-        another step or another kind of data comes: one record to encode and write."""
+        another step or another kind of data comes, or the writer wakes: one record to encode
+        and write."""
         if self._closed:
             return
         with self._lock:
@@ -219,7 +220,7 @@ class TensorBoard(Null):
             )
 
     def _put(self, job: Callable[[Any], object]) -> bool:
-        """Queue `job(writer)`; False once closed."""
+        """Leave `job(writer)` for the writer thread; False once closed."""
         return self._queue(lambda: job(self._open()))
 
     def _queue(self, job: Callable[[], object]) -> bool:
@@ -242,7 +243,8 @@ class TensorBoard(Null):
         return self._writer
 
     def _work(self) -> None:
-        """Once a second, or when asked: everything logged since, in order."""
+        """Once a second, or when asked: everything logged since, in order (a step whose
+        scalars are still coming is taken too; the rest of them make a second record)."""
         while True:
             try:
                 request = self._requests.get(timeout=self._handoff_secs)
