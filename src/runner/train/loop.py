@@ -16,7 +16,7 @@ from runner.build import Built
 from runner.observe import Look, Observer
 from runner.observe.graph import saved_bytes
 from runner.train import distributed
-from runner.train.state import State
+from runner.train.state import FOLD, State
 
 Save = Callable[[State], None]
 
@@ -101,14 +101,12 @@ class Recent:
     """The losses since the last log step, kept on the device; folded into one tensor when
     many pile up between distant log steps, so memory stays bounded."""
 
-    FOLD = 1024
-
     def __init__(self) -> None:
         self.losses: list[torch.Tensor] = []  # 0-d, one per update, after a 1-D folded one
 
     def add(self, loss: torch.Tensor) -> None:
         self.losses.append(loss)
-        if len(self.losses) >= self.FOLD:
+        if len(self.losses) >= FOLD:
             self.losses = [self.take()]
 
     def take(self) -> torch.Tensor:

@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+FOLD = 1024  # losses a list keeps on the device before one reduction: bounded memory
+
 
 @dataclass
 class State:
@@ -38,7 +40,7 @@ class State:
         self.epoch_loss = self.so_far()
         if self.epoch_loss is not None:
             self.unfolded.append(self.epoch_loss)
-            if len(self.unfolded) >= 1024:  # bounded memory between distant reads
+            if len(self.unfolded) >= FOLD:
                 self.fold()
 
     def add(self, loss: torch.Tensor, share: float | None) -> None:
@@ -48,7 +50,7 @@ class State:
             self.epoch_sum = loss
             return
         self.unsummed.append((loss, share))
-        if len(self.unsummed) >= 1024:  # bounded memory in a long epoch
+        if len(self.unsummed) >= FOLD:  # a long epoch
             self.so_far()
 
     def so_far(self) -> torch.Tensor | None:
