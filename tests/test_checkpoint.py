@@ -115,6 +115,26 @@ def test_resume_auto_continues_its_own_run_directory(tmp_path, reference):
     assert metrics["final_loss"] == reference[0]["final_loss"]
 
 
+def test_resuming_names_what_changes_the_learning_and_says_when_nothing_is_left(tmp_path, caplog):
+    """A changed batch size or learning rate changes what the resumed run learns: named. A
+    changed epoch count or log cadence only says how it goes on: not named."""
+    first = tmp_path / "first"
+    run_in(first, "trainer.epochs=2", "trainer.checkpoint_every=5", "logger=none")
+    changed = ("trainer.batch_size=25", "optimizer.lr=0.01", "trainer.log_every_n_steps=3")
+    with caplog.at_level("WARNING", logger="runner"):
+        run_in(tmp_path / "second", f"trainer.resume={first}", "logger=none", *changed)
+    (warning,) = [r.message for r in caplog.records if "not written with" in r.message]
+    assert "trainer.batch_size" in warning and "optimizer.lr" in warning
+    assert "log_every_n_steps" not in warning and "epochs" not in warning
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="runner"):
+        metrics = run_in(
+            tmp_path / "third", f"trainer.resume={first}", "trainer.epochs=1", "logger=none"
+        )
+    assert metrics["epochs"] == 2 and metrics["steps"] == 10  # nothing trained
+    assert any("nothing is left to train" in r.message for r in caplog.records)
+
+
 class Crashing(TensorBoard):
     """TensorBoard logging that fails at step 285, after step 280 (checkpointed at 280) is
     on disk: what a run that dies between a checkpoint and the next one leaves behind."""

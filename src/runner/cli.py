@@ -22,7 +22,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from runner.config.check import GROUPS, ConfigError, refused_override
+from runner.config.check import GROUPS, ConfigError, did_you_mean, refused_override
 from runner.launch import exit_status
 from runner.sweep import resume
 from runner.sweep.summary import STOP
@@ -92,6 +92,12 @@ def explain(error: Exception, args: Sequence[str]) -> str | None:
     """The runner's one line for an error Hydra raised before the run, or None."""
     if isinstance(error, MissingConfigException) and error.missing_cfg_file in PLUGINS:
         return not_installed(error.missing_cfg_file, PLUGINS[error.missing_cfg_file], args)
+    if isinstance(error, MissingConfigException) and error.options:  # `optimizer=adma`
+        group, _, name = str(error.missing_cfg_file).rpartition("/")
+        return (
+            f"{group}={name} is no option of {group}{did_you_mean(name, error.options)}; "
+            f"{group} has: {', '.join(error.options)}"
+        )
     if isinstance(error, ModuleNotFoundError) and error.name in MODULES:
         return not_installed(MODULES[error.name], error.name, args)
     if isinstance(error, ConfigCompositionException):

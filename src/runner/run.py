@@ -218,7 +218,7 @@ def report(metrics: Mapping[str, Any], run_dir: Path) -> None:
         if metrics.get("val_loss") is not None:
             line += f", validation {metrics['val_loss']:.6g}"
         log.info(line)
-    done = f"{metrics['steps']} steps, {metrics['epochs']} epochs"
+    done = f"{_count(metrics['steps'], 'step')}, {_count(metrics['epochs'], 'epoch')}"
     if first_step:
         done = "one forward and backward pass, no update (trainer.epochs=0),"
     log.info(
@@ -241,3 +241,7 @@ def report(metrics: Mapping[str, Any], run_dir: Path) -> None:
 
 def _shown(loss: float | None) -> str:
     return "n/a" if loss is None else f"{loss:.6g}"
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}" if n == 1 else f"{n} {what}s"

@@ -176,6 +176,12 @@ def build(cfg: DictConfig, run_dir: Path | None) -> Built:
             f"{type(data).__name__}; it must return runner.build.data.Data (x, y tensors) or None"
         )
 
+    if trainer.objective == "val_loss" and (data is None or data.x_val is None):
+        raise ConfigError(
+            "trainer.objective=val_loss but the dataset holds no points out for validation; "
+            "set dataset.val_fraction (such as 0.2) or another trainer.objective"
+        )
+
     model_cfg = dict(opts["model"])
     if "in_features" in model_cfg and model_cfg["in_features"] is None and data is not None:
         model_cfg["in_features"] = data.features
@@ -300,7 +306,10 @@ def check_shapes(forward: Forward, loss_fn: Any, data: Data, model_cfg: Mapping[
     pred = _first("model: the first forward pass", forward, x)
     # a user's module may name its width otherwise: then the message says what to return
     has_key = "out_features" in model_cfg
-    hint = ""
+    hint = (
+        " (dataset.task=regression: the targets are values to fit, not classes; a "
+        "classification loss needs a dataset with dataset.task=classification)"
+    )
     if data.task == "classification":
         classes = data.classes
         width = 1 if pred.dim() == 1 else pred.shape[-1]

@@ -88,10 +88,9 @@ def check_keys(where: str, given: Mapping[str, Any], allowed: typing.Iterable[st
     allowed = list(allowed)
     for key in given:
         if key not in allowed:
-            raise ConfigError(
-                f"unknown key '{where}.{key}'{did_you_mean(key, allowed)}; "
-                f"{where} takes: {', '.join(allowed)}"
-            )
+            name = key if where == "config" else f"{where}.{key}"
+            takes = f"takes: {', '.join(allowed)}" if allowed else "takes no keys"
+            raise ConfigError(f"unknown key '{name}'{did_you_mean(key, allowed)}; {where} {takes}")
 
 
 def _type_ok(value: Any, annotation: Any) -> bool:
@@ -194,10 +193,10 @@ def refused_override(error: BaseException, chosen: Mapping[str, str] | None = No
     line = str(error).partition("use +")[2].strip() or full_key
     where = full_key.rpartition(".")[0]
     keys = [str(k) for k in parent if k != "hydra" and k not in HYDRA_KEYS]
-    if not keys:
-        return f"{line}: {where} is null or empty here; add the key with +{line}"
     if where in RUNTIME_ARGS and "_target_" in parent:
         return _not_taken(line, where, str(key), parent, (chosen or {}).get(where))
+    if not keys:
+        return f"{line}: {where} is null or empty here; add the key with +{line}"
     message = f"{line}: unknown key '{full_key}'{did_you_mean(str(key), keys)}; "
     return message + f"{where or 'the config'} has: {', '.join(keys)}"
 
@@ -213,9 +212,8 @@ def _not_taken(line: str, group: str, key: str, option: Mapping[str, Any], name:
     which = f"the {group} option {name} ({target})" if name else f"the chosen {group} ({target})"
     if key in takes or open_ended:
         return f"{line}: {which} does not set '{key}', which it takes; add it with +{line}"
-    return (
-        f"{line}: {which} has no key '{key}'{did_you_mean(key, takes)}; "
-        f"it takes: {', '.join(takes)}"
+    return f"{line}: {which} has no key '{key}'{did_you_mean(key, takes)}; " + (
+        f"it takes: {', '.join(takes)}" if takes else "it takes none"
     )
 
 
@@ -295,6 +293,17 @@ def arguments(target: Any, runtime: typing.Iterable[str]) -> tuple[list[str], bo
     return names, any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
+def missing(value: Any, key: str = "") -> str | None:
+    """The first key left at OmegaConf's mandatory `???` (`dataset=csv` without a path)."""
+    if value == "???":
+        return key
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            if (found := missing(v, f"{key}.{k}" if key else str(k))) is not None:
+                return found
+    return None
+
+
 @dataclass
 class Checked:
     """What validation hands on: the plain settings the loop reads."""
@@ -307,6 +316,8 @@ class Checked:
 def check(cfg: Mapping[str, Any]) -> Checked:
     """Check the whole composed config (plain containers); raise ConfigError on the first fault."""
     check_keys("config", {k: v for k, v in cfg.items() if k != "hydra"}, ("seed", *GROUPS))
+    if (key := missing(cfg)) is not None:
+        raise ConfigError(f"{key} has no value (??? in the config); set it: {key}=...")
     seed = cfg.get("seed")
     if not _type_ok(seed, int) or seed < 0:
         raise ConfigError(f"seed={seed!r} must be a non-negative integer")

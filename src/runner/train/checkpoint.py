@@ -22,6 +22,11 @@ from runner.train.world import world
 log = logging.getLogger(__name__)
 
 LAST = Path("checkpoints") / "last.pt"
+# how a resumed run goes on, not what it learns: changed without a warning (`trainer.device`
+# covers `trainer.devices` too)
+TRAINER_GOES_ON = ("epochs", "resume", "checkpoint_every", "log_every_n_steps", "device")
+TRAINER_GOES_ON += ("num_nodes", "objective", "early_stop", "check_grads", "compile")
+GOES_ON = (*(f"trainer.{key}" for key in TRAINER_GOES_ON), "logger.")
 FORMAT = 2  # bumped when the layout changes, so an old file is refused with a clear message
 
 
@@ -113,9 +118,13 @@ def load(path: Path, b: Built) -> State:
     _set_rng_state(run.rng, b.device)
     run.status = "running"
     log.info(f"Resuming from {path} at step {run.step} (epoch {run.epoch})")
+    if run.epoch >= b.checked.trainer.epochs:
+        log.warning(
+            f"trainer.epochs={b.checked.trainer.epochs} and the checkpoint has {run.epoch} "
+            "epochs done: nothing is left to train (raise trainer.epochs to go on)"
+        )
     saved = state.get("hparams") or {}
-    how = ("trainer.", "logger.")  # how the run goes on, not what it learns
-    changed = [k for k, v in b.hparams.items() if not k.startswith(how) and saved.get(k) != v]
+    changed = [k for k, v in b.hparams.items() if not k.startswith(GOES_ON) and saved.get(k) != v]
     if saved and changed:
         log.warning(
             f"Resuming with settings the checkpoint was not written with: {', '.join(changed)} "
