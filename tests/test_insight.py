@@ -245,3 +245,28 @@ def test_blobs_dataset():
     assert one.x.shape == (10,) and one.features == 1
     with pytest.raises(ValueError, match="dataset.classes"):
         datasets.blobs(classes=1)
+
+
+@pytest.mark.parametrize(("log_every", "every"), [(5, 7), (25, 10)])
+def test_histograms_and_graph_stats_keep_their_cadence_between_log_steps(
+    tmp_path, log_every, every
+):
+    """`logger.*_every_n_steps` need not be multiples of `trainer.log_every_n_steps`: each
+    multiple of N is covered by the first log step at or after it, and the last step too."""
+    run_dir = tmp_path / "run"
+    overrides = (
+        "experiment=sine_mlp",
+        "trainer.epochs=4",
+        f"trainer.log_every_n_steps={log_every}",
+    )
+    overrides += (f"logger.histogram_every_n_steps={every}", f"logger.graph_every_n_steps={every}")
+    metrics = run(compose_config(*overrides, "logger.figure_every_n_epochs=null"), run_dir)
+    last = metrics["steps"] - 1
+    logged = [step for step, _ in scalars(run_dir, "loss/train")]
+    assert logged[-1] == last and any(step % every for step in logged)
+    covering = {min(s for s in logged if s >= m) for m in range(0, last + 1, every)}
+    expected = sorted(covering | {last})
+    assert [step for step, _ in scalars(run_dir, "graph/nodes")] == expected
+    events = event_accumulator(run_dir)
+    for tag in ("param_hist/0.weight", "grad_hist/0.weight"):
+        assert [e.step for e in events.Histograms(tag)] == expected

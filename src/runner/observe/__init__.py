@@ -38,3 +38,10 @@ class Observer:
 
     def end(self, state: State) -> None:
         """The run's end: after the last step, or the one that stopped it."""
+
+
+def due(step: int, every: int, previous: int, last: int) -> bool:
+    """Whether a costlier kind of logging is due at this log step: at the first (`previous`
+    -1, nothing logged yet), once a multiple of `every` was reached since `previous`, and at
+    the last step. Log steps need not fall on multiples of `every`."""
+    return previous < 0 or step // every > previous // every or step == last

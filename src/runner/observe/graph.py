@@ -15,7 +15,7 @@ import torch
 from torch.autograd.graph import Node
 
 from runner.log.tensorboard import Logger
-from runner.observe import Look, Observer
+from runner.observe import Look, Observer, due
 
 Root = torch.Tensor | Node | None
 Names = Mapping[str, torch.Tensor] | None  # parameters by name, to label their leaves
@@ -194,16 +194,21 @@ def saved_bytes() -> Iterator[SavedBytes]:
 
 
 class GraphStats(Observer):
-    """Graph statistics at the log steps that are multiples of `every`; the first graph also
-    as text (`graph/tree`), kept for graph.txt and graph.dot."""
+    """Graph statistics at the first log step, the first after each multiple of `every` and
+    the last step; the first graph also as text (`graph/tree`), kept for graph.txt and
+    graph.dot."""
 
-    def __init__(self, params: Mapping[str, torch.Tensor], logger: Logger, every: int) -> None:
-        self.params, self.logger, self.every = params, logger, every
+    def __init__(
+        self, params: Mapping[str, torch.Tensor], logger: Logger, every: int, last: int
+    ) -> None:
+        self.params, self.logger, self.every, self.last = params, logger, every, last
+        self.previous = -1  # the step last walked
         self.first: dict[str, str] = {}  # tree, chain, dot of the first graph walked
 
     def log(self, look: Look) -> None:
-        if look.root is None or look.step % self.every != 0:
+        if look.root is None or not due(look.step, self.every, self.previous, self.last):
             return
+        self.previous = look.step
         stats = graph_stats(look.root) | {"graph/saved_bytes": float(look.saved_bytes)}
         self.logger.scalars(look.step, stats)
         if not self.first:
