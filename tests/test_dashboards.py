@@ -118,6 +118,25 @@ def test_a_diverged_run_is_a_failed_hparams_session(site):
 
 
 @pytest.mark.slow
+def test_a_classifiers_hparams_row_has_its_final_accuracies(site):
+    """`hparam/acc` and `hparam/val_acc`: HParams metric columns of a classifier's own
+    experiment, at its last step, equal to its last `acc/train` and `acc/val`."""
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    tb, root, runs = site
+    name = "experiment/mlp_classify"
+    content = event_accumulator(root / name).SummaryMetadata("_hparams_/experiment")
+    data = plugin_data_pb2.HParamsPluginData.FromString(content.plugin_data.content)
+    columns = [m.name.tag for m in data.experiment.metric_infos]
+    assert columns[-2:] == ["hparam/acc", "hparam/val_acc"]
+    for tag, key in (("acc/train", "acc"), ("acc/val", "val_acc")):
+        last_step, last_value = tb.scalars(name, tag)[-1]
+        assert tb.scalars(name, f"hparam/{key}") == [(last_step, pytest.approx(last_value))]
+        assert runs[name][key] == pytest.approx(last_value)
+    assert "acc" not in runs["mlp"] and "hparam/acc" not in tb.tags("scalars")["mlp"]
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_every_custom_scalars_chart_of_a_shipped_experiment_shows_a_tag(site, name):
     """Each chart asks the server for the run's scalar tags its regexes match (TensorBoard's

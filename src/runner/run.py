@@ -64,6 +64,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> dict[s
     watching = observers(b, state.step)
     graph = next(o for o in watching if isinstance(o, GraphStats))
     figures = next(o for o in watching if isinstance(o, Figures))
+    scalars = next(o for o in watching if isinstance(o, Scalars))
     metrics: dict[str, Any] = {"status": "failed"}
     try:
         checked = {"gradcheck": check_grads(b)} if t.check_grads else {}
@@ -76,6 +77,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> dict[s
             state, post = train(b, state, watching, save), {}
         dashboard.add_model_graph(b, b.logger)  # the Graphs dashboard
         metrics = summarise(state, b, time.perf_counter() - started) | post | resumed | checked
+        metrics |= accuracies(scalars.latest)
         if graph.first and leader:
             (run_dir / "graph.txt").write_text(f"{graph.first['chain']}\n\n{graph.first['tree']}\n")
             (run_dir / "graph.dot").write_text(graph.first["dot"])
@@ -161,6 +163,12 @@ def summarise(state: State, b: Built, duration: float) -> dict[str, Any]:
     return metrics
 
 
+def accuracies(latest: Mapping[str, float]) -> dict[str, float]:
+    """A classifier's accuracy at the last step (always a log step): `acc`, `val_acc`."""
+    named = {"acc/train": "acc", "acc/val": "val_acc"}
+    return {key: latest[tag] for tag, key in named.items() if tag in latest}
+
+
 def objective(metrics: Mapping[str, Any], key: str) -> float:
     """The number a sweeper minimises: +inf for a run that diverged or has no such value."""
     value = metrics.get(key)
@@ -184,14 +192,15 @@ def hparams(cfg: DictConfig, overrides: Sequence[str]) -> dict[str, Any]:
 
 
 def hparam_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
-    """The HParams dashboard's metric columns; NaN marks a loss the run never reached."""
+    """The HParams dashboard's metric columns, the accuracies for a classifier; NaN marks a
+    loss the run never reached."""
     out = {}
     for key in ("final_loss", "best_loss", "val_loss"):
         value = metrics.get(key)
         if key == "val_loss" and value is None and metrics.get("status") == "completed":
             continue  # no validation split: no column, rather than NaN in every row
         out[f"hparam/{key}"] = float(value) if isinstance(value, int | float) else math.nan
-    return out
+    return out | {f"hparam/{key}": metrics[key] for key in ("acc", "val_acc") if key in metrics}
 
 
 def write_json(path: Path, data: Mapping[str, Any]) -> None:
