@@ -166,12 +166,19 @@ def test_parallel_launchers_give_the_basic_launchers_results(tmp_path: Path, gri
 
 @pytest.mark.slow
 @JOBLIB
-@pytest.mark.parametrize("presses", [1, 2])
-def test_ctrl_c_stops_a_joblib_sweep_and_keeps_what_its_jobs_did(tmp_path: Path, presses):
+@pytest.mark.parametrize(
+    ("presses", "sig", "group"),
+    [(1, signal.SIGINT, True), (2, signal.SIGINT, True), (1, signal.SIGTERM, False)],
+    ids=["ctrl-c", "ctrl-c twice", "sigterm to the sweep alone"],
+)
+def test_ctrl_c_stops_a_joblib_sweep_and_keeps_what_its_jobs_did(
+    tmp_path: Path, presses, sig, group
+):
     """Ctrl-C at a terminal reaches the sweep and its workers (one process group): running
     jobs stop after their step and write their metrics, queued ones do not start, the
     summary is written, and the exit status is 130, without a traceback. A second Ctrl-C
-    stops it at once, with the same status."""
+    stops it at once, with the same status. A SIGTERM that reaches the sweep's process alone
+    (a scheduler's) stops the running jobs too, through the stop file, and exits 143."""
     sweep_dir = tmp_path / "sweep"
     command = [sys.executable, "-m", "runner", "-m", "experiment=linear_fit", "logger=none"]
     command += ["optimizer.lr=0.01,0.02,0.03,0.04", "trainer.epochs=1000000"]
@@ -192,13 +199,16 @@ def test_ctrl_c_stops_a_joblib_sweep_and_keeps_what_its_jobs_did(tmp_path: Path,
             assert process.poll() is None and time.monotonic() < deadline, "jobs never trained"
             time.sleep(0.1)
         for _ in range(presses):
-            os.killpg(process.pid, signal.SIGINT)
+            if group:
+                os.killpg(process.pid, sig)
+            else:
+                process.send_signal(sig)
             time.sleep(0.05)
         out, _ = process.communicate(timeout=90)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
-    assert process.returncode == 130, out[-3000:]
+    assert process.returncode == 128 + sig, out[-3000:]
     assert "Traceback" not in out and "Interrupted: running jobs stop" in out, out[-4000:]
     if presses == 2:
         assert "Interrupted again: stopped at once" in out
@@ -211,6 +221,9 @@ def test_ctrl_c_stops_a_joblib_sweep_and_keeps_what_its_jobs_did(tmp_path: Path,
     for job in "23":
         assert rows[job]["error"] == "not started: the sweep was interrupted"
     assert not (sweep_dir / STOP).exists()
+    for job in jobs:
+        metrics = json.loads((sweep_dir / job / "metrics.json").read_text())
+        assert metrics["signal"] == sig.name
 
 
 def fake_job(sweep_dir: Path, num: int, metrics: dict[str, Any] | None) -> None:
@@ -335,3 +348,35 @@ def test_slurm_launcher_writes_a_job_array_for_our_sweep(tmp_path: Path, monkeyp
     ):
         assert line in script
     assert "submitit.core._submit" in script
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_a_basic_launcher_sweep_still_writes_the_summary(tmp_path: Path):
+    """The basic launcher runs the jobs in the sweep's own process: Ctrl-C stops the job and
+    the sweep (exit 130), and summary.csv holds the jobs that ran, as for joblib."""
+    sweep_dir = tmp_path / "sweep"
+    command = [sys.executable, "-m", "runner", "-m", "experiment=linear_fit", "logger=none"]
+    command += ["optimizer.lr=0.01,0.02", "trainer.epochs=1000000", "trainer.checkpoint_every=100"]
+    process = subprocess.Popen(
+        [*command, f"hydra.sweep.dir={sweep_dir}"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # even from `cmd &`
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while not (sweep_dir / "0_optimizer.lr=0.01" / "checkpoints" / "last.pt").exists():
+            assert process.poll() is None and time.monotonic() < deadline, "the job never trained"
+            time.sleep(0.1)
+        process.send_signal(signal.SIGINT)
+        out, _ = process.communicate(timeout=90)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, out[-3000:]
+    rows = list(csv.DictReader((sweep_dir / "summary.csv").open()))
+    assert [(r["job"], r["status"]) for r in rows] == [("0", "interrupted")]
+    assert 100 <= int(rows[0]["steps"]) < 1_000_000
+    assert "Sweep summary (1 job, best first)" in out

@@ -25,7 +25,7 @@ from omegaconf.errors import OmegaConfBaseException
 from runner.config.check import GROUPS, ConfigError, did_you_mean, refused_override
 from runner.launch import exit_status
 from runner.sweep import resume
-from runner.sweep.summary import STOP
+from runner.sweep.summary import STOP, summarise
 from runner.train.world import world
 
 log = logging.getLogger("runner")
@@ -176,7 +176,7 @@ def sweep_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> float
         leave_ctrl_c_to_the_sweep()
         return math.inf
     try:
-        metrics = run(cfg, run_dir, overrides)
+        metrics = run(cfg, run_dir, overrides, sweep_dir)
     except Exception as e:
         error = f"{type(e).__name__}: {e}"
         log.error(f"Failed: {error}", exc_info=full_error())
@@ -189,7 +189,8 @@ def sweep_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> float
         # stops the sweep, not only this job; a joblib worker's or submitit job's exit would fail it
         if str(HydraConfig.get().launcher._target_).endswith(".BasicLauncher"):
             log.error("Interrupted: the sweep stops here")
-            sys.exit(130)
+            summarise(sweep_dir)  # the callback's end is never reached
+            sys.exit(exit_status(metrics))
         leave_ctrl_c_to_the_sweep()
         return math.inf  # a worker or a cluster job was stopped (a time limit): the others go on
     return metrics["objective"]

@@ -27,7 +27,7 @@ from runner.observe.scalars import Scalars
 from runner.observe.validation import Validation
 from runner.observe.walkthrough import grad_fns
 from runner.observe.walkthrough import lines as first_step_lines
-from runner.sweep.trial import reporting
+from runner.sweep.trial import Stopped, reporting
 from runner.train import checkpoint, distributed
 from runner.train.loop import total_steps, train
 from runner.train.state import State, number
@@ -37,9 +37,12 @@ log = logging.getLogger(__name__)
 MAX_PARAM_ELEMENTS = 1000  # metrics.json lists parameter values for models up to this size
 
 
-def run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
+def run(
+    cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), sweep_dir: Path | None = None
+) -> dict[str, Any]:
     """0. start or join the run's processes  1. check and build  2. resume  3. train
-    4. write metrics.json  5. close the logs. Only rank 0 of several processes writes."""
+    4. write metrics.json  5. close the logs. Only rank 0 of several processes writes;
+    `sweep_dir`: a sweep's job, which its sweep may stop."""
     if launch.spawns(cfg):  # trainer.devices=N: N processes run it; rank 0's results come back
         metrics = launch.spawn(cfg, run_dir, overrides)
         if resumed := metrics.get("resumed_from"):  # rank 0 logs warnings only: said here
@@ -61,7 +64,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> dict[s
     t = b.checked.trainer
     saving = t.checkpoint_every is not None and leader
     save = partial(checkpoint.save, run_dir / checkpoint.LAST, b) if saving else None
-    watching = observers(b, state.step)
+    watching = observers(b, state.step, sweep_dir)
     graph = next(o for o in watching if isinstance(o, GraphStats))
     figures = next(o for o in watching if isinstance(o, Figures))
     scalars = next(o for o in watching if isinstance(o, Scalars))
@@ -97,7 +100,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> dict[s
     return metrics
 
 
-def observers(b: Built, start: int) -> list[Observer]:
+def observers(b: Built, start: int, sweep_dir: Path | None = None) -> list[Observer]:
     """The fixed list of observers, in the order they look at a log step: divergence first,
     so a run knows it diverged before anything is written."""
     cadence, t, last = b.checked.cadence, b.checked.trainer, total_steps(b) - 1
@@ -112,6 +115,7 @@ def observers(b: Built, start: int) -> list[Observer]:
         Progress(last + 1, start, scalars, shown=world().leader),
         # an Optuna trial: report, maybe prune (rank 0 reports; the ranks agree on pruning)
         *(reporting(t.objective) if world().leader else []),
+        *([] if sweep_dir is None else [Stopped(sweep_dir)]),  # a joblib sweep's Ctrl-C
     ]
 
 

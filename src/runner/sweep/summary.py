@@ -37,7 +37,8 @@ COLUMNS = (
     "error",
 )
 JOBLIB = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"  # its _target_
-STOP = ".interrupted"  # in the sweep directory once Ctrl-C reached a joblib sweep
+# in the sweep directory once Ctrl-C or SIGTERM reached a joblib sweep: the signal's name
+STOP = ".interrupted"
 # ties: lower objective; a pruned trial (an Optuna search) after the completed ones
 ORDER = {"completed": 0, "pruned": 1, "interrupted": 2, "diverged": 3, "failed": 4}
 SCORED = ("completed", "pruned")  # whose objective the sweeper saw
@@ -56,7 +57,7 @@ class Summary(Callback):
             )
         self.fail_on = fail_on
         self.stop: Path | None = None  # the stop file, while a joblib sweep runs
-        self.previous: Any = None  # the SIGINT handler before it
+        self.previous: dict[int, Any] = {}  # the SIGINT and SIGTERM handlers before it
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:  # a different sweep in this sweep dir stops before any job
@@ -65,48 +66,57 @@ class Summary(Callback):
             print(f"Config error: {e}", file=sys.stderr)
             raise SystemExit(2) from None
         name_jobs_by_what_varies(config)
-        # Left to joblib, the first Ctrl-C ended the workers before their jobs wrote anything.
-        # Instead a stop file makes running jobs stop after their step and queued ones not
-        # start, as with the basic launcher. Only the main thread may handle signals.
+        # Left to joblib, the first Ctrl-C ended the workers before their jobs wrote anything,
+        # and a SIGTERM to this process alone left them running. Instead a stop file makes
+        # running jobs stop at their next log step and queued ones not start, as with the
+        # basic launcher. Only the main thread may handle signals.
         main_thread = threading.current_thread() is threading.main_thread()
         if config.hydra.launcher.get("_target_") == JOBLIB and main_thread:
             self.stop = Path(config.hydra.sweep.dir).absolute() / STOP
             self.stop.unlink(missing_ok=True)
-            self.previous = signal.signal(signal.SIGINT, self._interrupted)
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._interrupted)
 
     def _interrupted(self, signum: int, frame: Any) -> None:
         assert self.stop is not None
         if self.stop.exists():  # the second: joblib ends its workers, and the sweep ends here
             print("Interrupted again: stopped at once", file=sys.stderr)
-            raise SystemExit(130)  # no traceback, as with the basic launcher
+            raise SystemExit(128 + signum)  # no traceback, as with the basic launcher
         self.stop.parent.mkdir(parents=True, exist_ok=True)
-        self.stop.touch()  # the workers' jobs see it (`runner.cli.sweep_job`)
+        self.stop.write_text(signal.Signals(signum).name)  # the jobs read it (sweep/trial.py)
         print(
-            "Interrupted: running jobs stop after their step, the others do not start "
+            "Interrupted: running jobs stop at their next log step, the others do not start "
             "(Ctrl-C again to stop at once)",
             file=sys.stderr,
         )
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        interrupted = False
+        by = None  # the signal that interrupted a joblib sweep
         if self.stop is not None:
-            signal.signal(signal.SIGINT, self.previous)
-            interrupted = self.stop.exists()
+            for sig, previous in self.previous.items():
+                signal.signal(sig, previous)
+            by = self.stop.read_text().strip() if self.stop.exists() else None
             self.stop.unlink(missing_ok=True)
             self.stop = None
         sweep_dir = Path(config.hydra.sweep.dir).absolute()  # run dirs print absolute too
         if not sweep_dir.is_dir():  # the sweep stopped before its first job (hydra-core 1.4)
             return
-        rows = collect(sweep_dir)
-        write_csv(sweep_dir / "summary.csv", rows)
-        print(table(rows, sweep_dir))
-        resume.finish(sweep_dir)
-        if interrupted:  # the shell's convention for SIGINT, as the basic launcher's sweep
-            raise SystemExit(130)
+        rows = summarise(sweep_dir)
+        if by is not None:  # the shell's convention: 130 SIGINT, 143 SIGTERM
+            raise SystemExit(128 + signal.Signals[by])
         completed = sum(r["status"] == "completed" for r in rows)
         if completed == 0 or (self.fail_on == "any" and completed < len(rows)):
             # SystemExit passes through Hydra (it catches Exception): the sweep's exit status.
             raise SystemExit(1)
+
+
+def summarise(sweep_dir: Path) -> list[dict[str, Any]]:
+    """summary.csv and the printed table, from what each job left in its directory."""
+    rows = collect(sweep_dir)
+    write_csv(sweep_dir / "summary.csv", rows)
+    print(table(rows, sweep_dir))
+    resume.finish(sweep_dir)
+    return rows
 
 
 def name_jobs_by_what_varies(config: DictConfig) -> None:
@@ -180,7 +190,8 @@ def table(rows: list[dict[str, Any]], sweep_dir: Path) -> str:
         cells = [_cell(row[c], c, sweep_dir) for c in shown]
         lines.append([*cells, " ".join(o for o in overrides if o not in common)])
     widths = [max(map(len, column)) for column in zip(*lines)]
-    text = [f"Sweep summary ({len(rows)} jobs, best first): {sweep_dir / 'summary.csv'}"]
+    jobs = f"{len(rows)} job" + ("" if len(rows) == 1 else "s")
+    text = [f"Sweep summary ({jobs}, best first): {sweep_dir / 'summary.csv'}"]
     if common:
         text.append(f"all jobs: {' '.join(common)}")
     text += ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines]

@@ -1,6 +1,8 @@
-"""The job's side of an Optuna search: at every log step the run reports its objective to its
-own trial, named in its environment by the sweeper, and stops cleanly (`status: pruned`)
-when the study's pruner says so. (Hydra's Optuna plugin never let a job see its trial.)
+"""A sweep job's side of the sweep, at its log steps. In an Optuna search the run reports its
+objective to its own trial, named in its environment by the sweeper, and stops cleanly
+(`status: pruned`) when the study's pruner says so (Hydra's Optuna plugin never let a job
+see its trial). In a joblib sweep that Ctrl-C or SIGTERM reached, it stops as that signal
+would stop it, though the signal reached only the sweep's process.
 """
 
 from __future__ import annotations
@@ -9,9 +11,11 @@ import logging
 import math
 import os
 from collections.abc import Mapping
+from pathlib import Path
 
 from runner.observe import Look, Observer
 from runner.sweep.study import PRUNER, STORAGE, STUDY, TRIAL, open_storage
+from runner.sweep.summary import STOP
 
 log = logging.getLogger(__name__)
 
@@ -57,3 +61,15 @@ class TrialReport(Observer):
         except optuna.exceptions.UpdateFinishedTrialError:  # the study ended it: train on
             log.warning(f"Trial {self.number} is already finished in its study; not reporting")
             self.trial = None
+
+
+class Stopped(Observer):
+    """The stop file `runner.sweep.summary.Summary` writes in the sweep directory."""
+
+    def __init__(self, sweep_dir: Path) -> None:
+        self.stop = sweep_dir / STOP
+
+    def log(self, look: Look) -> None:
+        if look.state.status == "running" and self.stop.exists():
+            look.state.status = "interrupted"  # the loop ends after this step
+            look.state.signal = self.stop.read_text().strip() or "SIGINT"
