@@ -178,8 +178,10 @@ def test_a_rank_that_dies_ends_the_run_with_an_error(tmp_path):
         "experiment=sine_mlp", *args, f"hydra.run.dir={run_dir}", cwd=tmp_path, timeout=90
     )
     assert code == 1 and time.monotonic() - started < 60, out + err
-    assert "rank 1 failed (exit status 3)" in err
-    assert read_metrics(run_dir)["status"] == "failed"
+    assert "Failed: trainer.devices=2: rank 1 failed (exit status 3); every rank stopped" in err
+    metrics = read_metrics(run_dir)
+    assert metrics["status"] == "failed" and metrics["world_size"] == 2
+    assert "rank 1 failed" in metrics["error"]  # not rank 0's dropped connection
 
 
 @pytest.mark.slow

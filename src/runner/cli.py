@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from runner.config.check import GROUPS, ConfigError, did_you_mean, refused_override
-from runner.launch import exit_status
+from runner.launch import RankFailed, exit_status
 from runner.sweep import resume
 from runner.sweep.summary import STOP, summarise
 from runner.train.world import world
@@ -151,6 +151,11 @@ def run_job(
             raise
         print(f"Config error: {e}", file=sys.stderr)
         sys.exit(CONFIG_ERROR)
+    except RankFailed as e:  # the failed rank printed its own traceback
+        if full_error():
+            raise
+        print(f"Failed: {e}", file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, metrics.json says so
         print("Interrupted", file=sys.stderr)
         sys.exit(128 + signal.SIGINT)

@@ -29,6 +29,10 @@ from runner.train.world import world
 QUERIES = ("-h", "--help", "--hydra-help", "--version", "-c", "--cfg", "-i", "--info", "-sc")
 
 
+class RankFailed(RuntimeError):
+    """A process of `trainer.devices=N` failed, so every one stopped: its own error is above."""
+
+
 def follow() -> None:
     """Before Hydra starts: a rank other than 0 under torchrun runs rank 0's config, and
     exits; any other process returns at once."""
@@ -144,9 +148,10 @@ def spawn(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> dict[str,
         rank, failure = e.get_first_failure()
         how = failure.signal_name() if failure.exitcode < 0 else f"exit status {failure.exitcode}"
         error = f"trainer.devices={t.devices}: rank {rank} failed ({how}); every rank stopped"
-        if not fresh:
-            write_json(metrics_json, {"status": "failed", "error": error, "world_size": t.devices})
-        raise RuntimeError(error) from None
+        # rank 0's own metrics, if it wrote any, blame the connection the failed rank dropped
+        failed = {"status": "failed", "error": error, "world_size": t.devices}
+        write_json(metrics_json, written | failed)
+        raise RankFailed(error) from None
     finally:
         if ctrl_c is not None:
             signal.signal(signal.SIGINT, ctrl_c)
