@@ -141,6 +141,11 @@ CASES = [
         ["loss:", "dataset.task=regression", "dataset.task=classification"],
     ),
     (
+        "a callback's own check",
+        ["hydra.callbacks.summary.fail_on=some"],
+        ["hydra.callbacks.summary.fail_on='some'", "use any or all"],
+    ),
+    (
         "validation objective without a split",
         ["trainer.objective=val_loss"],
         ["trainer.objective=val_loss", "dataset.val_fraction"],
@@ -203,6 +208,7 @@ def job_in_process(
 )
 def test_bad_input_stops_with_one_clear_message(overrides, fragments, workdir, monkeypatch, capsys):
     refused = ("trainer.epoch", "seedd", "optimizer.momentum", "optimizer", "loss.delta")
+    refused += ("hydra.callbacks.summary.fail_on",)  # Hydra builds the callback
     hydra_refuses = any(o.split("=")[0] in refused for o in overrides)
     run_it = main_in_process if hydra_refuses else job_in_process
     status, out, err = run_it([*BASE, *overrides], workdir, monkeypatch, capsys)

@@ -104,6 +104,8 @@ def explain(error: Exception, args: Sequence[str]) -> str | None:
         return refused_override(error, chosen_options(args))
     if isinstance(error, ConfigError):
         return str(error)
+    if isinstance(error.__cause__, ConfigError):  # raised inside a callback Hydra built
+        return str(error.__cause__)
     return None
 
 
