@@ -180,6 +180,25 @@ def test_a_trial_reports_each_log_step_and_stops_when_its_pruner_says_so(tmp_pat
     assert study.trials[number].intermediate_values == {0: 0.5, 1: 0.25, 2: 2.0}
 
 
+def test_a_validation_objective_is_reported_at_the_epoch_end_that_computed_it(tmp_path: Path):
+    import optuna
+
+    where = location(None, tmp_path)
+    study = optuna.create_study(study_name="s", storage=open_storage(where))
+    study.set_user_attr(PRUNER, {"_target_": "optuna.pruners.ThresholdPruner", "upper": 1.0})
+    number = study.ask().number
+    [report] = reporting("val_loss", {TRIAL: str(number), STUDY: "s", STORAGE: where})
+    state = State()
+    for val in (0.5, 2.0):  # two epochs of two steps; the first logs, the second ends it
+        for _ in range(2):
+            state.step += 1
+            report.log(Look(state, torch.tensor(9.0), torch.tensor([9.0]), [], None, 0))
+        state.val_loss = torch.tensor(val)
+        report.epoch(state)
+        assert state.status == ("running" if val < 1 else "pruned")  # at the epoch's end
+    assert study.trials[number].intermediate_values == {1: 0.5, 3: 2.0}  # no training loss
+
+
 @pytest.mark.slow
 def test_a_search_keeps_its_study_in_the_sweep_dir_and_continues_it(tmp_path: Path):
     out, sweep_dir, rows = search(tmp_path, "s", *LINEAR, "hydra.sweeper.n_trials=2")
@@ -245,7 +264,7 @@ def test_keys_direction_and_a_wrong_key(tmp_path: Path, capsys):
 
 @pytest.mark.slow
 def test_sine_mlp_search_prunes_a_trial_and_still_succeeds(tmp_path: Path):
-    args = ("experiment=sine_mlp", "hparams_search=sine_mlp_optuna", "trainer.epochs=4")
+    args = ("experiment=sine_mlp", "hparams_search=sine_mlp_optuna", "trainer.epochs=6")
     out, sweep_dir, rows = search(tmp_path, "s", *args, "logger=none", "hydra.sweeper.n_trials=5")
     states = {t.number: t.state.name for t in trials(sweep_dir, "sine_mlp")}
     pruned = [r for r in rows if r["status"] == "pruned"]
@@ -254,7 +273,7 @@ def test_sine_mlp_search_prunes_a_trial_and_still_succeeds(tmp_path: Path):
     assert rows[-len(pruned) :] == pruned  # best first: completed, then pruned
     for row in pruned:  # a clean end, with the objective it had reached
         metrics = read_metrics(Path(row["run_dir"]))
-        assert metrics["status"] == "pruned" and metrics["epochs"] < 4
+        assert metrics["status"] == "pruned" and metrics["epochs"] < 6
         assert math.isfinite(float(row["objective"])) and metrics["objective"] > 0
     assert "Pruned: trial" in out and "pruned" in out.splitlines()[-1]
 

@@ -1,8 +1,9 @@
 """A sweep job's side of the sweep, at its log steps. In an Optuna search the run reports its
-objective to its own trial, named in its environment by the sweeper, and stops cleanly
-(`status: pruned`) when the study's pruner says so (Hydra's Optuna plugin never let a job
-see its trial). In a joblib sweep that Ctrl-C or SIGTERM reached, it stops as that signal
-would stop it, though the signal reached only the sweep's process.
+objective to its own trial (a validation loss at the epoch end that computed it), named in
+its environment by the sweeper, and stops cleanly (`status: pruned`) when the study's pruner
+says so (Hydra's Optuna plugin never let a job see its trial). In a joblib sweep that Ctrl-C
+or SIGTERM reached, it stops as that signal would stop it, though the signal reached only
+the sweep's process.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from runner.observe import Look, Observer
 from runner.sweep.study import PRUNER, STORAGE, STUDY, TRIAL, open_storage
 from runner.sweep.summary import STOP
+from runner.train.state import State
 
 log = logging.getLogger(__name__)
 
@@ -41,22 +43,26 @@ class TrialReport(Observer):
         self.number, self.objective = number, objective
 
     def log(self, look: Look) -> None:
+        if self.objective != "val_loss" and look.state.status == "running":
+            self.report(look.state, look.step, float(look.loss))  # a host sync, at log steps
+
+    def epoch(self, state: State) -> None:
+        if self.objective == "val_loss" and state.val_loss is not None:
+            self.report(state, state.step - 1, float(state.val_loss))  # the epoch's last step
+
+    def report(self, state: State, step: int, value: float) -> None:
+        """Record the objective at `step`; where the study's pruner says so, end the run
+        after this step (every rank agrees on it at the next log step or epoch end)."""
         import optuna
 
-        if self.trial is None or look.state.status != "running":
-            return
-        # the objective as it stands: the last validation loss for trainer.objective=val_loss
-        # (none before the first epoch ends), else the step's training loss
-        loss = look.state.val_loss if self.objective == "val_loss" else look.loss
-        value = None if loss is None else float(loss)  # a host sync, at log steps only
-        if value is None or not math.isfinite(value):
+        if self.trial is None or not math.isfinite(value):
             return
         try:
-            self.storage.set_trial_intermediate_value(self.trial, look.step, value)
+            self.storage.set_trial_intermediate_value(self.trial, step, value)
             if self.pruner is not None and self.pruner.prune(
                 self.study, self.storage.get_trial(self.trial)
             ):
-                look.state.status = "pruned"  # the loop ends after this step
+                state.status = "pruned"
                 log.info(f"Pruned: trial {self.number} stopped by the study's pruner")
         except optuna.exceptions.UpdateFinishedTrialError:  # the study ended it: train on
             log.warning(f"Trial {self.number} is already finished in its study; not reporting")

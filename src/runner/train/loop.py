@@ -73,6 +73,7 @@ def train(b: Built, state: State, observers: Sequence[Observer], save: Save | No
                 b.scheduler.step()
                 for o in at_epochs:
                     o.epoch(state)
+                part.agree(stop, state, True)  # a trial pruned on its validation loss
     if state.status == "running":
         state.status = "completed"
     if save is not None and state.status != "diverged" and recent.finite():
