@@ -145,6 +145,14 @@ CASES = [
         ["hydra.callbacks.summary.fail_on=some"],
         ["hydra.callbacks.summary.fail_on='some'", "use any or all"],
     ),
+    *(
+        (
+            f"a search in the sweeper's params ({kind})",
+            ["hparams_search=linear_fit_optuna", f"hydra.sweeper.params.optimizer.lr={value}"],
+            ["have dots in them", f"an override of its own: 'optimizer.lr={value}'"],
+        )
+        for kind, value in (("a value", "0.5"), ("a search", "interval(0.01,0.5)"))
+    ),
     (
         "validation objective without a split",
         ["trainer.objective=val_loss"],
@@ -209,6 +217,7 @@ def job_in_process(
 def test_bad_input_stops_with_one_clear_message(overrides, fragments, workdir, monkeypatch, capsys):
     refused = ("trainer.epoch", "seedd", "optimizer.momentum", "optimizer", "loss.delta")
     refused += ("hydra.callbacks.summary.fail_on",)  # Hydra builds the callback
+    refused += ("hydra.sweeper.params.optimizer.lr",)
     hydra_refuses = any(o.split("=")[0] in refused for o in overrides)
     run_it = main_in_process if hydra_refuses else job_in_process
     status, out, err = run_it([*BASE, *overrides], workdir, monkeypatch, capsys)

@@ -101,11 +101,25 @@ def explain(error: Exception, args: Sequence[str]) -> str | None:
     if isinstance(error, ModuleNotFoundError) and error.name in MODULES:
         return not_installed(MODULES[error.name], error.name, args)
     if isinstance(error, ConfigCompositionException):
-        return refused_override(error, chosen_options(args))
+        return sweeper_params(error, args) or refused_override(error, chosen_options(args))
     if isinstance(error, ConfigError):
         return str(error)
     if isinstance(error.__cause__, ConfigError):  # raised inside a callback Hydra built
         return str(error.__cause__)
+    return None
+
+
+def sweeper_params(error: Exception, args: Sequence[str]) -> str | None:
+    """`hydra.sweeper.params.optimizer.lr=...`, which Hydra refuses in two ways: the keys of
+    `params` have dots in them (`optimizer.lr`), and a search is its own override."""
+    for arg in args:
+        key, _, value = arg.lstrip("+~").partition("=")
+        if key.startswith("hydra.sweeper.params.") and key in str(error):
+            search = f"{key.removeprefix('hydra.sweeper.params.')}={value}"
+            return (
+                f"{arg}: the keys of hydra.sweeper.params have dots in them, so it cannot "
+                f"reach them; give the search as an override of its own: '{search}'"
+            )
     return None
 
 
