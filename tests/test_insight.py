@@ -104,6 +104,7 @@ def test_wrong_backward_trains_silently_without_the_check(run_experiment, no_fig
     metrics, _ = run_experiment("experiment=linear_fit", "model=broken_grad", "trainer.epochs=20")
     assert metrics["status"] == "completed"
     assert metrics["params"]["w"] == 0.0  # its gradient is w itself: w never moves
+    assert metrics["learned"] == f"w = 0.000, b = {metrics['params']['b']:.3f}"  # what is wrong
 
 
 @pytest.mark.slow

@@ -54,13 +54,16 @@ class Built:
         return self.loss_fn(self.forward(self.data.x[idx]), self.data.y[idx])
 
     def describe(self) -> str:
-        """What was learned, as the post prints it: `y = 1.924x + 1.050`."""
+        """What was learned, as the post prints it: `y = 1.924x + 1.050`; a few scalar
+        parameters by name (`w = 0.000, b = 1.050`); else how many there are."""
         if isinstance(self.model, models.Expression) and self.data is not None:
             text = self.model.describe(self.data.inputs)
             if text is not None:
                 return f"y = {text}"
         if isinstance(self.loss_fn, losses.Expression) and self.loss_fn.objective_only:
             return self.loss_fn.describe()
+        if len(self.params) <= 4 and all(p.numel() == 1 for p in self.params.values()):
+            return ", ".join(f"{name} = {p.item():.3f}" for name, p in self.params.items())
         count = sum(p.numel() for p in self.params.values())
         return f"{count} parameters in {len(self.params)} tensors"
 
