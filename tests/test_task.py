@@ -13,7 +13,7 @@ from runner.build import build
 from runner.build.data import Data
 from runner.config.check import ConfigError
 from runner.observe import draw
-from runner.observe.accuracy import accuracy_fn
+from runner.observe.scalars import accuracy_fn
 
 TORCH_CE = "loss._target_=torch.nn.functional.cross_entropy"
 

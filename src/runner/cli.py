@@ -29,9 +29,8 @@ from runner.sweep.summary import STOP, summarise
 from runner.train.world import world
 
 log = logging.getLogger("runner")
-# hydra-core 1.4 warns at every `instantiate` without an execution whitelist, its own of the
-# `hydra.callbacks` included, a paragraph each on stderr: here every `_target_` comes from
-# the user's own config files and command line, which run as code anyway
+# hydra-core 1.4 warns at every `instantiate` (its own included) without an execution whitelist:
+# here every `_target_` comes from the user's own config files and command line, run as code anyway
 warnings.filterwarnings("ignore", message=r"hydra\.utils\.instantiate\(\) resolved _target_")
 
 FULL_ERROR = "HYDRA_FULL_ERROR"  # Hydra's documented switch: errors propagate as tracebacks
@@ -42,15 +41,13 @@ PLUGINS = {  # a hydra/ option whose config a plugin brings: the package that ho
     "hydra/launcher/submitit_local": "the hydra-submitit-launcher plugin",
     "hydra/launcher/submitit_slurm": "the hydra-submitit-launcher plugin",
 }
-# a module the runner's own sweeper imports when set up: the option that needs it
-MODULES = {"optuna": "hydra/sweeper/optuna"}
+MODULES = {"optuna": "hydra/sweeper/optuna"}  # a module the runner's sweeper imports: its option
 
 
 def main(app: Callable[[], Any]) -> Any:
-    """Run the `@hydra.main` app with HYDRA_FULL_ERROR=1, Hydra's only public way to hand its
-    errors over (a callback starts too late for `trainer.epoch=5`): a refused config becomes
-    one `Config error:` line (exit 2), anything else prints as Hydra prints it (exit 1). The
-    user's own setting stays in RUNNER_FULL_ERROR, for jobs in processes that inherit it."""
+    """Run the `@hydra.main` app with HYDRA_FULL_ERROR=1, Hydra's only public way to hand over
+    its errors: a refused config is one `Config error:` line (exit 2), anything else as Hydra
+    prints it (exit 1). The user's own setting stays in RUNNER_FULL_ERROR for child processes."""
     asked = full_error()
     saved = {key: os.environ.get(key) for key in (FULL_ERROR, ASKED)}
     os.environ.update({ASKED: "1" if asked else "0", FULL_ERROR: "1"})
@@ -60,12 +57,10 @@ def main(app: Callable[[], Any]) -> Any:
         if asked:
             raise
         sys.exit(report(error))
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    finally:  # the environment as it was
+        for key in saved:
+            os.environ.pop(key, None)
+        os.environ.update({key: value for key, value in saved.items() if value is not None})
 
 
 def full_error() -> bool:
@@ -74,10 +69,13 @@ def full_error() -> bool:
 
 
 def report(error: Exception) -> int:
-    """Print an error that stopped Hydra; returns the exit status."""
+    """Print an error that stopped Hydra or a run; returns the exit status."""
     if (message := explain(error, sys.argv[1:])) is not None:
         print(f"Config error: {message}", file=sys.stderr)
         return CONFIG_ERROR
+    if isinstance(error, RankFailed):  # the failed rank printed its own traceback
+        print(f"Failed: {error}", file=sys.stderr)
+        return 1
     if isinstance(error, CompactHydraException):  # as Hydra prints it: no traceback
         print(error, file=sys.stderr)
         if isinstance(error.__cause__, OmegaConfBaseException):
@@ -102,10 +100,9 @@ def explain(error: Exception, args: Sequence[str]) -> str | None:
         return not_installed(MODULES[error.name], error.name, args)
     if isinstance(error, ConfigCompositionException):
         return sweeper_params(error, args) or refused_override(error, chosen_options(args))
-    if isinstance(error, ConfigError):
-        return str(error)
-    if isinstance(error.__cause__, ConfigError):  # raised inside a callback Hydra built
-        return str(error.__cause__)
+    for raised in (error, error.__cause__):  # the cause: raised in a callback Hydra built
+        if isinstance(raised, ConfigError):
+            return str(raised)
     return None
 
 
@@ -144,11 +141,10 @@ def _below_hydra(tb: TracebackType | None) -> TracebackType | None:
     """The traceback from the task function (the first frame after Hydra's) on, or all of it."""
     first, seen_hydra = tb, False
     while tb is not None:
-        module = str(tb.tb_frame.f_globals.get("__name__", ""))
-        if module.partition(".")[0] == "hydra":
-            seen_hydra = True
-        elif seen_hydra:
+        hydra = str(tb.tb_frame.f_globals.get("__name__", "")).partition(".")[0] == "hydra"
+        if seen_hydra and not hydra:
             return tb
+        seen_hydra |= hydra
         tb = tb.tb_next
     return first
 
@@ -162,16 +158,10 @@ def run_job(
         return sweep_job(cfg, run_dir, overrides)
     try:
         metrics = run(cfg, run_dir, overrides)
-    except ConfigError as e:
+    except (ConfigError, RankFailed) as e:
         if full_error():
             raise
-        print(f"Config error: {e}", file=sys.stderr)
-        sys.exit(CONFIG_ERROR)
-    except RankFailed as e:  # the failed rank printed its own traceback
-        if full_error():
-            raise
-        print(f"Failed: {e}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(report(e))
     except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, metrics.json says so
         print("Interrupted", file=sys.stderr)
         sys.exit(128 + signal.SIGINT)
@@ -181,17 +171,14 @@ def run_job(
 
 
 def sweep_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> float:
-    """One job of a sweep: it never raises, since Hydra's sweepers stop at a failed job; a
-    failure goes into its metrics.json with objective +inf, and `runner.sweep.summary.Summary`
-    turns it into the sweep's exit status."""
+    """One job of a sweep. It never raises (Hydra's sweepers stop at a failed job): a failure
+    goes into its metrics.json with objective +inf, and `Summary` makes it the exit status."""
     from runner.run import run, write_json
 
     sweep_dir = Path(HydraConfig.get().sweep.dir).absolute()
-    earlier = resume.pick_up(cfg, run_dir, sweep_dir)  # an earlier run of this sweep's
-    if earlier is not None:  # completed then: its objective, not run again
-        return earlier
-    if (sweep_dir / STOP).exists():
-        # Ctrl-C reached a joblib sweep (`runner.sweep.summary.Summary`): no job starts after it
+    if (earlier := resume.pick_up(cfg, run_dir, sweep_dir)) is not None:  # completed earlier
+        return earlier  # its objective, not run again
+    if (sweep_dir / STOP).exists():  # Ctrl-C reached a joblib sweep (`Summary`): start no job
         error = "not started: the sweep was interrupted"
         write_json(run_dir / "metrics.json", {"status": "interrupted", "error": error})
         leave_ctrl_c_to_the_sweep()

@@ -1,10 +1,6 @@
-"""Starting and joining the processes of one run.
-
-`trainer.devices=N`: the runner starts N processes through PyTorch's elastic launcher and
-reports rank 0's results. Under torchrun, Hydra in each process would pick a run directory
-of its own (Hydra #2070), so a rank other than 0 never starts Hydra: `follow` takes rank 0's
-config and run directory instead. Submitit's tasks share one job directory and join here too.
-"""
+"""Starting and joining the processes of one run: `trainer.devices=N` starts them through
+PyTorch's elastic launcher. Under torchrun a rank other than 0 never starts Hydra, which would
+pick a run directory of its own (Hydra #2070): `follow` takes rank 0's instead."""
 
 from __future__ import annotations
 
@@ -34,8 +30,7 @@ class RankFailed(RuntimeError):
 
 
 def follow() -> None:
-    """Before Hydra starts: a rank other than 0 under torchrun runs rank 0's config, and
-    exits; any other process returns at once."""
+    """Before Hydra starts: a torchrun rank other than 0 runs rank 0's config and exits."""
     w = world()
     if w.size == 1 or "SUBMITIT_EXECUTOR" in os.environ:  # submitit: each task is a Hydra job
         return

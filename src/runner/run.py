@@ -35,14 +35,14 @@ from runner.train.world import world
 
 log = logging.getLogger(__name__)
 MAX_PARAM_ELEMENTS = 1000  # metrics.json lists parameter values for models up to this size
+ACCURACIES = {"acc/train": "acc", "acc/val": "val_acc"}  # a classifier's tags: metrics.json keys
 
 
 def run(
     cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), sweep_dir: Path | None = None
 ) -> dict[str, Any]:
     """0. start or join the run's processes  1. check and build  2. resume  3. train
-    4. write metrics.json  5. close the logs. Only rank 0 of several processes writes;
-    `sweep_dir`: a sweep's job, which its sweep may stop."""
+    4. write metrics.json  5. close the logs. Only rank 0 writes; `sweep_dir`: a sweep's job."""
     if launch.spawns(cfg):  # trainer.devices=N: N processes run it; rank 0's results come back
         metrics = launch.spawn(cfg, run_dir, overrides)
         if resumed := metrics.get("resumed_from"):  # rank 0 logs warnings only: said here
@@ -80,7 +80,8 @@ def run(
             state, post = train(b, state, watching, save), {}
         dashboard.add_model_graph(b, b.logger)  # the Graphs dashboard
         metrics = summarise(state, b, time.perf_counter() - started) | post | resumed | checked
-        metrics |= accuracies(scalars.latest)
+        latest = scalars.latest  # at the last step, always a log step
+        metrics |= {key: latest[tag] for tag, key in ACCURACIES.items() if tag in latest}
         if graph.first and leader:
             (run_dir / "graph.txt").write_text(f"{graph.first['chain']}\n\n{graph.first['tree']}\n")
             (run_dir / "graph.dot").write_text(graph.first["dot"])
@@ -122,9 +123,8 @@ def observers(b: Built, start: int, sweep_dir: Path | None = None) -> list[Obser
 def look_once(
     b: Built, observers: Sequence[Observer], graph: GraphStats
 ) -> tuple[State, dict[str, Any]]:
-    """`trainer.epochs=0`: the forward and backward pass of the post's sections, logged as
-    step 0; nothing is updated. Returns the post's prints (each intermediate result's
-    grad_fn, the lines `report` shows, also under trainer.devices=N), kept in TensorBoard too."""
+    """`trainer.epochs=0`: one forward and backward pass, logged as step 0, no update. Returns
+    the post's prints (each result's grad_fn, the lines `report` shows), also to TensorBoard."""
     before = [p.detach().clone() for p in b.params.values()]
     with saved_bytes() as saved:
         loss = b.loss_on(None)
@@ -167,12 +167,6 @@ def summarise(state: State, b: Built, duration: float) -> dict[str, Any]:
     return metrics
 
 
-def accuracies(latest: Mapping[str, float]) -> dict[str, float]:
-    """A classifier's accuracy at the last step (always a log step): `acc`, `val_acc`."""
-    named = {"acc/train": "acc", "acc/val": "val_acc"}
-    return {key: latest[tag] for tag, key in named.items() if tag in latest}
-
-
 def objective(metrics: Mapping[str, Any], key: str) -> float:
     """The number a sweeper minimises: +inf for a run that diverged or has no such value."""
     value = metrics.get(key)
@@ -196,8 +190,7 @@ def hparams(cfg: DictConfig, overrides: Sequence[str]) -> dict[str, Any]:
 
 
 def hparam_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
-    """The HParams dashboard's metric columns, the accuracies for a classifier; NaN marks a
-    loss the run never reached."""
+    """The HParams metric columns (and a classifier's accuracies); NaN: a loss never reached."""
     out = {}
     for key in ("final_loss", "best_loss", "val_loss"):
         value = metrics.get(key)

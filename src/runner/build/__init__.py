@@ -1,6 +1,5 @@
-"""Config -> components. The only place that calls `instantiate`; device, dtype and seed
-are resolved here once, so the loop never branches on them.
-"""
+"""Config -> components: the only place that calls `instantiate`. Device, dtype and seed are
+resolved here once, so the loop never branches on them."""
 
 from __future__ import annotations
 
@@ -54,18 +53,26 @@ class Built:
         return self.loss_fn(self.forward(self.data.x[idx]), self.data.y[idx])
 
     def describe(self) -> str:
-        """What was learned, as the post prints it: `y = 1.924x + 1.050`; a few scalar
-        parameters by name (`w = 0.000, b = 1.050`); else how many there are."""
+        """What was learned, as the post prints it: `y = 1.924x + 1.050`; else the parameters
+        by name (`w = 0.000, b = 1.050`, tensors as lists) for an objective or a few scalars."""
         if isinstance(self.model, models.Expression) and self.data is not None:
             text = self.model.describe(self.data.inputs)
             if text is not None:
                 return f"y = {text}"
-        if isinstance(self.loss_fn, losses.Expression) and self.loss_fn.objective_only:
-            return self.loss_fn.describe()
-        if len(self.params) <= 4 and all(p.numel() == 1 for p in self.params.values()):
-            return ", ".join(f"{name} = {p.item():.3f}" for name, p in self.params.items())
+        few = len(self.params) <= 4 and all(p.numel() == 1 for p in self.params.values())
+        if few or (isinstance(self.loss_fn, losses.Expression) and self.loss_fn.objective_only):
+            return ", ".join(f"{name} = {_rounded(p)}" for name, p in self.params.items())
         count = sum(p.numel() for p in self.params.values())
         return f"{count} parameters in {len(self.params)} tensors"
+
+
+def _rounded(value: Any) -> str:
+    """A number, or a tensor as nested lists, to 3 decimals."""
+    if isinstance(value, torch.Tensor):
+        return f"{value.item():.3f}" if value.numel() == 1 else _rounded(value.tolist())
+    if isinstance(value, list):
+        return "[" + ", ".join(_rounded(v) for v in value) + "]"
+    return f"{value:.3f}"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -94,9 +101,8 @@ def resolve_device(name: str) -> torch.device:
 def precision(
     amp: str | None, device: torch.device, optimizer: Any
 ) -> tuple[torch.dtype | None, torch.amp.GradScaler | None]:
-    """`trainer.amp`: the step's autocast dtype, and for float16 a `torch.amp.GradScaler`:
-    float16's small gradients underflow to zero, so the scaler scales the loss up before
-    backward and the gradients back down before the update; bfloat16 needs none."""
+    """`trainer.amp`: the autocast dtype and, for float16, a GradScaler, as float16's small
+    gradients underflow to zero unscaled (bfloat16 has float32's range and needs none)."""
     if amp is None:
         return None, None
     if amp == "float16" and device.type != "cuda":
@@ -300,11 +306,8 @@ def check_loss(loss_fn: Callable[..., Any], *args: torch.Tensor, hint: str = "")
 
 
 def check_shapes(forward: Forward, loss_fn: Any, data: Data, model_cfg: Mapping[str, Any]) -> None:
-    """One forward pass on two points, so a shape mismatch is a config error, not a broadcast.
-
-    What the output must be comes from `dataset.task`, never from the loss: one value per
-    point for regression; one logit per class, or one binary logit for two classes.
-    """
+    """One forward pass on two points, so a shape mismatch is a config error, not a broadcast;
+    `dataset.task`, never the loss, says what the output must be."""
     x, y = data.x[:2], data.y[:2]
     pred = _first("model: the first forward pass", forward, x)
     # a user's module may name its width otherwise: then the message says what to return

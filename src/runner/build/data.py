@@ -1,8 +1,5 @@
-"""Datasets as whole tensors: generated from a formula, read from a CSV file, or none.
-
-They are batched by index slices on the device, with no DataLoader in the loop; what the
-targets are is declared by the dataset (`task`), never guessed from the loss.
-"""
+"""Datasets as whole tensors (batched by index slices on the device, no DataLoader): from a
+formula, a CSV file, or none. The dataset declares what its targets are (`task`)."""
 
 from __future__ import annotations
 
@@ -20,10 +17,7 @@ from runner.config.check import ConfigError, check_choice
 @dataclass(frozen=True)
 class Data:
     """Training (and optional validation) tensors; `x` is (n,) for one input, (n, k) for k.
-
-    `y` holds values to fit (`regression`), or class indices (`classification`), kept as
-    torch.long whatever the trainer's dtype, `classes` of them (by default the largest + 1).
-    """
+    `y` holds values to fit, or for `classification` class indices as torch.long."""
 
     x: torch.Tensor
     y: torch.Tensor
@@ -219,12 +213,8 @@ def blobs(
     *,
     dtype: torch.dtype = torch.float32,
 ) -> Data:
-    """Gaussian blobs, one per class, for classification: y holds the class indices.
-
-    Centres sit evenly on a circle of diameter `distance` (in the first two features; on a
-    line for one feature), so `spread / distance` says how much the classes overlap.
-    With `task=regression` the labels become float values to fit instead.
-    """
+    """Gaussian blobs, one per class, centred evenly on a circle of diameter `distance` (a line
+    for one feature), so `spread / distance` says how much the classes overlap."""
     if n < classes:
         raise ConfigError(f"dataset.n={n} must be at least dataset.classes={classes}")
     if classes < 2:

@@ -37,11 +37,8 @@ def bce(input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 class Expression(nn.Module):
-    """A loss formula over `pred`, `y` and parameters of its own.
-
-    With no dataset, every free name is a parameter: the formula is the objective
-    (`(1 - a)**2 + 100*(b - a**2)**2`, or the post's `x**2 + 2*x + 1` with x learned).
-    """
+    """A loss formula over `pred`, `y` and parameters of its own; with no dataset every free
+    name is a parameter and the formula is the objective (`(1 - a)**2 + 100*(b - a**2)**2`)."""
 
     def __init__(
         self,
@@ -81,18 +78,3 @@ class Expression(nn.Module):
                 )
             out = out.sum() if self.reduction == "sum" else out.mean()
         return out
-
-    def describe(self) -> str:
-        """The learned parameters, `a = 1.000, b = 1.000` (tensors as lists)."""
-        parts = []
-        for name, p in self.named_parameters():
-            value = p.detach().cpu()
-            shown = f"{value.item():.3f}" if value.numel() == 1 else _round(value.tolist())
-            parts.append(f"{name} = {shown}")
-        return ", ".join(parts)
-
-
-def _round(value: Any) -> str:
-    if isinstance(value, list):
-        return "[" + ", ".join(_round(v) for v in value) + "]"
-    return f"{value:.3f}"

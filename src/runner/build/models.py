@@ -1,6 +1,5 @@
 """Models: a formula with named parameters, and small `torch.nn` modules; any other
-`torch.nn.Module` works through `_target_`, adapted to the runner's shapes by `forward_fn`.
-"""
+`torch.nn.Module` works through `_target_`, adapted to the runner's shapes by `forward_fn`."""
 
 from __future__ import annotations
 
@@ -30,9 +29,8 @@ def initial_value(key: str, spec: Any) -> torch.Tensor:
     if isinstance(spec, Mapping):
         check_keys(key, spec, ("shape", "init", "std", "low", "high"))
         shape = spec.get("shape", [])
-        if not isinstance(shape, list | tuple) or not all(
-            isinstance(s, int) and s > 0 for s in shape
-        ):
+        valid = isinstance(shape, list | tuple) and all(isinstance(s, int) and s > 0 for s in shape)
+        if not valid:
             raise ConfigError(f"{key}.shape={shape!r} must be a list of positive integers")
         init = spec.get("init", "zeros")
         check_choice(f"{key}.init", init, ("zeros", "normal", "uniform"))
@@ -106,10 +104,9 @@ class Expression(nn.Module):
 
     def describe(self, inputs: Collection[str] = ("x",)) -> str | None:
         """The formula with learned values, as the post prints it; None for tensor parameters."""
-        values = {n: p.detach() for n, p in self.named_parameters()}
-        if any(v.numel() != 1 for v in values.values()):
+        if any(p.numel() != 1 for p in self.parameters()):
             return None
-        return self.formula.render({n: v.item() for n, v in values.items()}, inputs)
+        return self.formula.render({n: p.item() for n, p in self.named_parameters()}, inputs)
 
 
 def linear(in_features: int | None = None, out_features: int = 1) -> nn.Module:

@@ -10,15 +10,10 @@ import torch
 
 class GD:
     """`p -= lr * p.grad` under `no_grad`, then `p.grad.zero_()`: the post's loop, verbatim.
-
-    Not a `torch.optim.Optimizer`, whose constructor imports `torch._dynamo`. torch's
-    schedulers need one, so with a schedule it runs as momentum-free SGD (`as_torch`),
-    the same multiply and subtract.
-    """
+    Not a `torch.optim.Optimizer`, whose constructor imports `torch._dynamo`; with a schedule
+    it runs as momentum-free SGD (`as_torch`), as torch's schedulers need an Optimizer."""
 
     def __init__(self, params: Iterable[torch.Tensor], lr: float = 0.1) -> None:
-        if not lr > 0:
-            raise ValueError(f"lr must be positive, got {lr}")
         # always this one group; the list is the torch shape that schedulers and logging read
         self.param_groups: list[dict[str, Any]] = [{"params": list(params), "lr": lr}]
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import importlib
 import inspect
 import math
@@ -94,9 +95,7 @@ def check_keys(where: str, given: Mapping[str, Any], allowed: typing.Iterable[st
 
 
 def _type_ok(value: Any, annotation: Any) -> bool:
-    """A shallow check of `value` against a simple annotation; unknown shapes pass."""
-    if annotation in (inspect.Parameter.empty, Any):
-        return True
+    """A shallow check of `value` against a simple annotation; unknown shapes (and Any) pass."""
     base = typing.get_origin(annotation) or annotation
     if base in (typing.Union, types.UnionType):
         return any(_type_ok(value, arg) for arg in typing.get_args(annotation))
@@ -168,8 +167,7 @@ def check_trainer(given: Mapping[str, Any]) -> TrainerConfig:
 
 
 def check_backend(name: str) -> None:
-    """A `trainer.compile` backend must be one torch.compile knows (this imports torch's
-    compiler, so only when a backend is named)."""
+    """A `trainer.compile` backend torch.compile knows (imports its compiler, so only if named)."""
     from torch.compiler import list_backends
 
     known = [b for b in list_backends(exclude_tags=()) if not b.endswith("TESTING_ONLY")]
@@ -183,8 +181,7 @@ def check_backend(name: str) -> None:
 def refused_override(error: BaseException, chosen: Mapping[str, str] | None = None) -> str | None:
     """Hydra's refusal of an override whose key the config lacks (`trainer.epoch=5`), said the
     runner's way from the OmegaConf error it chains; None for any other error. `chosen` maps a
-    group to the option picked (`optimizer: adam`); `+key` is suggested only where it would work.
-    """
+    group to its option (`optimizer: adam`); `+key` is suggested only where it would work."""
     cause = error.__cause__
     parent, key = getattr(cause, "parent_node", None), getattr(cause, "key", None)
     full_key = str(getattr(cause, "full_key", None) or key)
@@ -239,17 +236,15 @@ def locate(group: str, target: Any) -> Callable[..., Any]:
     parts = target.split(".")
     for cut in range(len(parts) - 1, 0, -1):
         try:
-            obj: Any = importlib.import_module(".".join(parts[:cut]))
+            module = importlib.import_module(".".join(parts[:cut]))
         except ModuleNotFoundError:
             continue
         except Exception as e:  # an import that fails inside the user's module
             raise ConfigError(f"{group}._target_={target!r}: importing it failed: {e}") from e
         try:
-            for name in parts[cut:]:
-                obj = getattr(obj, name)
+            return functools.reduce(getattr, parts[cut:], module)
         except AttributeError:
             break
-        return obj
     raise ConfigError(
         f"{group}._target_={target!r} cannot be imported; check the module path "
         f"'{module_name or target}' and the name '{attr or target}' (run from the project root "

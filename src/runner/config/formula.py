@@ -1,8 +1,7 @@
 """The formula language: a whitelisted subset of Python expressions, evaluated with torch.
 
-A formula such as ``"w * x + b"`` is parsed with `ast` and compiled, in one walk over the
-tree, into nested closures. Nothing is ever handed to eval/exec, so a config string cannot
-run code: anything outside the whitelist is refused with a message naming the piece.
+A formula (``"w * x + b"``) is parsed with `ast` and compiled into nested closures, never
+handed to eval/exec; anything outside the whitelist is refused with a message naming the piece.
 """
 
 from __future__ import annotations
@@ -43,9 +42,8 @@ class FormulaError(ValueError):
 
 
 def _pow(base: Value, exponent: Value) -> Value:
-    """`**`, except that two plain numbers are raised as floats: `9**9**9` in exact integers
-    would run for minutes, and a negative base to a fractional power would be complex (torch
-    gives nan)."""
+    """`**`, but plain numbers as floats: `9**9**9` in integers would run for minutes, and a
+    negative base to a fractional power would be complex (torch gives nan)."""
     if isinstance(base, torch.Tensor) or isinstance(exponent, torch.Tensor):
         return base**exponent
     result = float(base) ** exponent
@@ -70,26 +68,12 @@ _KINDS = {
     ast.IfExp: "conditional expression",
     ast.Compare: "comparison",
     ast.BoolOp: "boolean operator",
-    ast.ListComp: "comprehension",
-    ast.SetComp: "comprehension",
-    ast.DictComp: "comprehension",
+    **dict.fromkeys((ast.ListComp, ast.SetComp, ast.DictComp), "comprehension"),
     ast.GeneratorExp: "generator expression",
     ast.JoinedStr: "f-string",
     ast.NamedExpr: "assignment expression",
     ast.Starred: "starred argument",  # only a call's argument can be starred
     ast.YieldFrom: "yield",
-}
-_OPERATORS = {
-    ast.FloorDiv: "//",
-    ast.Mod: "%",
-    ast.MatMult: "@",
-    ast.LShift: "<<",
-    ast.RShift: ">>",
-    ast.BitOr: "|",
-    ast.BitXor: "^",
-    ast.BitAnd: "&",
-    ast.Not: "not",
-    ast.Invert: "~",
 }
 _CONSTANT_KINDS = {str: "string", bytes: "bytes", bool: "boolean", complex: "complex number"}
 
@@ -108,14 +92,21 @@ def _text(source: str, node: ast.AST) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def _symbol(op: ast.operator | ast.unaryop) -> str:
+    """An operator as Python writes it (`//`, `not`), from its own unparser rather than a table."""
+    if isinstance(op, ast.unaryop):
+        return ast.unparse(ast.UnaryOp(op, ast.Name("a")))[:-1].strip()
+    return ast.unparse(ast.BinOp(ast.Name("a"), op, ast.Name("b"))).split()[1]
+
+
 def _describe(source: str, node: ast.AST) -> str:
     """What a refused node is, in the user's words: "attribute access '.real'"."""
     text = _text(source, node)
     match node:
         case ast.Attribute(attr=attr):
             return f"attribute access '.{attr}'"
-        case ast.BinOp(op=op) | ast.UnaryOp(op=op) if type(op) in _OPERATORS:
-            return f"operator '{_OPERATORS[type(op)]}' in '{text}'"
+        case ast.BinOp(op=op) | ast.UnaryOp(op=op):  # only the operators _compile refuses
+            return f"operator '{_symbol(op)}' in '{text}'"
         case ast.Constant(value=str() | bytes()):
             return f"{_CONSTANT_KINDS[type(node.value)]} {text}"  # the text has its own quotes
         case ast.Constant(value=value):
@@ -145,7 +136,7 @@ def _compile(node: ast.expr, source: str, names: set[str], depth: int = 0) -> Co
             raise _refused(source, f"name '{name}' is not allowed (no names starting with '_')")
         case ast.Name(id=name):
             names.add(name)
-            return _lookup(name, source)
+            return operator.itemgetter(name)  # a missing value is reported by Formula.__call__
         case ast.BinOp(left=left, op=op, right=right) if type(op) in _BINARY:
             apply, lhs, rhs = _BINARY[type(op)], sub(left), sub(right)
             return lambda env: apply(lhs(env), rhs(env))
@@ -155,17 +146,6 @@ def _compile(node: ast.expr, source: str, names: set[str], depth: int = 0) -> Co
         case ast.Call():
             return _compile_call(node, source, sub)
     raise _refused(source, f"{_describe(source, node)} is not allowed")
-
-
-def _lookup(name: str, source: str) -> Compiled:
-    def lookup(env: Env) -> Value:
-        try:
-            return env[name]
-        except KeyError:
-            given = ", ".join(sorted(env)) or "none"
-            raise _error(source, f"no value for '{name}' (given: {given})") from None
-
-    return lookup
 
 
 def _compile_call(node: ast.Call, source: str, sub: Callable[[ast.expr], Compiled]) -> Compiled:
@@ -230,12 +210,8 @@ class Formula:
     _evaluate: Compiled = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        tree = _parse_tree(self.source)
         names: set[str] = set()
-        try:
-            evaluate = _compile(tree, self.source.lstrip(), names)
-        except RecursionError:  # belt and braces: MAX_DEPTH should stop this first
-            raise _error(self.source, "nested too deeply") from None
+        evaluate = _compile(_parse_tree(self.source), self.source.lstrip(), names)
         object.__setattr__(self, "names", frozenset(names))
         object.__setattr__(self, "_evaluate", evaluate)
 
@@ -245,6 +221,10 @@ class Formula:
     def __call__(self, env: Env) -> Value:
         try:
             return self._evaluate(env)
+        except KeyError as exc:  # only the names' lookups raise it
+            given = ", ".join(sorted(env)) or "none"
+            missing = f"no value for '{exc.args[0]}' (given: {given})"
+            raise _error(self.source.lstrip(), missing) from None
         except torch.OutOfMemoryError:
             raise
         except (ArithmeticError, RuntimeError) as exc:
@@ -265,7 +245,6 @@ def parse(source: str) -> Formula:
 # Python's precedence levels, lowest first; an atom never needs parentheses.
 _ADD, _MUL, _UNARY_LEVEL, _POW, _ATOM = range(1, 6)
 _LEVELS = {ast.Add: _ADD, ast.Sub: _ADD, ast.Mult: _MUL, ast.Div: _MUL, ast.Pow: _POW}
-_SYMBOLS = {ast.Add: " + ", ast.Sub: " - ", ast.Mult: " * ", ast.Div: " / ", ast.Pow: "**"}
 
 
 def _wrap(text: str, needed: bool) -> str:
@@ -294,6 +273,13 @@ def _render(
             text, level = sub(operand)
             sign = "-" if isinstance(op, ast.USub) else "+"
             return sign + _wrap(text, level <= _UNARY_LEVEL), _UNARY_LEVEL
+        case ast.BinOp(
+            left=ast.Name(id=p),
+            op=ast.Mult(),
+            right=ast.Name(id=x) | ast.BinOp(left=ast.Name(id=x), op=ast.Pow()),
+        ) if p in values and x in inputs and x not in values:
+            # a parameter times an input, or an input to a power: "1.924x", "1.000x**2"
+            return sub(node.left)[0] + sub(node.right)[0], _MUL
         case ast.BinOp(left=left, op=op, right=right):
             level = _LEVELS[type(op)]
             (ltext, llevel), (rtext, rlevel) = sub(left), sub(right)
@@ -301,21 +287,9 @@ def _render(
             right_assoc = isinstance(op, ast.Pow)
             ltext = _wrap(ltext, llevel <= level if right_assoc else llevel < level)
             rtext = _wrap(rtext, rlevel < level if right_assoc else rlevel <= level)
-            if isinstance(op, ast.Mult) and _is_term(left, right, values, inputs):
-                return ltext + rtext, _MUL  # "1.924x"
-            symbol = _SYMBOLS[type(op)]
+            symbol = "**" if right_assoc else f" {_symbol(op)} "
             if level == _ADD and rtext.startswith("-"):
                 # adding a negative term reads as subtraction: "2.000x - 0.500"
                 symbol, rtext = (" - " if symbol == " + " else " + "), rtext[1:]
             return ltext + symbol + rtext, level
     raise AssertionError(f"unrendered node {ast.dump(node)}")  # parse refused it already
-
-
-def _is_term(
-    left: ast.expr, right: ast.expr, values: Mapping[str, float], inputs: Collection[str]
-) -> bool:
-    """A parameter times an input, or times an input to a power: "1.924x", "1.000x**2"."""
-    match left, right:
-        case ast.Name(id=p), ast.Name(id=x) | ast.BinOp(left=ast.Name(id=x), op=ast.Pow()):
-            return p in values and x in inputs and x not in values
-    return False

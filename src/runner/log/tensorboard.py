@@ -1,9 +1,6 @@
-"""Where logged values go: TensorBoard event files in the run directory, or nowhere.
-
-Loggers only write what they are given (floats, tensors, strings, pixels); the loop decides
-what and when. `TensorBoard` leaves each call for one writer thread that owns a
-`SummaryWriter`, so a log step costs the training thread a copy and a list append.
-"""
+"""Where logged values go: TensorBoard event files in the run directory, or nowhere. Loggers
+write only what they are given; a `SummaryWriter` on one writer thread does the writing, so a
+log step costs the training thread a copy and a list append."""
 
 from __future__ import annotations
 
@@ -27,8 +24,7 @@ CLOSE = "close"  # what `close` asks of the writer thread
 
 
 class Null:
-    """`logger=none` (metrics.json and the terminal summary only), and the methods every
-    logger has: each takes what it is given and writes it nowhere."""
+    """`logger=none`, and the methods every logger has: each writes nowhere."""
 
     writes = False  # whether anything reaches a file: figures are drawn only for one that does
 
@@ -51,9 +47,8 @@ Logger = Null  # the type observers write to
 
 
 class TensorBoard(Null):
-    """Event files straight in `log_dir`, so `tensorboard --logdir outputs` lists each run.
-    Each method copies what it needs and leaves a closure for one daemon thread; a failure
-    there never reaches training: the first is a warning at `close`."""
+    """Event files straight in `log_dir`, written by a daemon thread; a failure there never
+    reaches training: the first is a warning at `close`."""
 
     writes = True
 
@@ -62,16 +57,13 @@ class TensorBoard(Null):
     ) -> None:
         self.log_dir = Path(log_dir)
         self._flush_secs = flush_secs
-        # The writer's work (TensorBoard's pure-Python checksums) holds the GIL, which the
-        # training thread needs between ops: the writer wakes once a second (and at flush
-        # and close) and takes everything logged since, which costs training less than a
-        # wake-up at every log step.
+        # the writer's work holds the GIL that training needs between ops: it wakes once a
+        # second (and at flush and close) for everything logged since, not at every log step
         self._handoff_secs = handoff_secs
         self._lock = threading.Lock()  # the writer takes `_batch` and `_step_scalars` too
         self._batch: list[Callable[[], object]] = []  # logged, not taken by the writer yet
-        # Every file opens with a session start (SummaryWriter writes one for a purge_step):
-        # TensorBoard's Python loader takes a run's first start as its beginning and only a
-        # later one as a restart that purges, so a fresh run starts one at step 0 too.
+        # every file opens with a session start (one for a purge_step): TensorBoard's loader
+        # purges only at a run's later starts, so a fresh run starts one at step 0 too
         self._purge_step = 0
         self._writer: Any = None  # the SummaryWriter, touched on the writer thread only
         self._error: Exception | None = None
@@ -82,9 +74,7 @@ class TensorBoard(Null):
         self._thread.start()
 
     def scalars(self, step: int, values: Mapping[str, float]) -> None:
-        """A step's scalars, from every observer that logs them, go out as one event when
-        another step or another kind of data comes, or the writer wakes: one record to encode
-        and write."""
+        """A step's scalars, from every observer, go out as one event (one record to write)."""
         if self._closed:
             return
         with self._lock:
@@ -109,9 +99,8 @@ class TensorBoard(Null):
         self._batch.append(lambda: add(self._open()))
 
     def histograms(self, step: int, tensors: Mapping[str, torch.Tensor]) -> None:
-        """All of a step's histograms as one event, as `scalars` does, binned here on the
-        training thread: on the writer thread, binning would hold the GIL while the training
-        thread waits for it after each backward."""
+        """A step's histograms as one event, binned here: on the writer thread, binning would
+        hold the GIL that the training thread waits for after each backward."""
         from tensorboard.compat.proto.summary_pb2 import Summary
 
         values = []
@@ -126,8 +115,7 @@ class TensorBoard(Null):
 
     def text(self, step: int, tag: str, text: str) -> None:
         # Markdown would reflow a tree; four leading spaces keep it a code block.
-        content = "\n".join("    " + line for line in text.splitlines())
-        wall = time.time()
+        content, wall = "\n".join("    " + line for line in text.splitlines()), time.time()
         self._put(lambda w: w.add_text(tag, content, step, wall))
 
     def image(self, step: int, tag: str, pixels: np.ndarray) -> None:
@@ -141,9 +129,8 @@ class TensorBoard(Null):
         self._put(lambda w: w.add_custom_scalars(charts))
 
     def graph(self, model: torch.nn.Module, example: torch.Tensor) -> None:
-        """The model for the Graphs dashboard, traced on the writer thread from a copy in eval
-        mode, so training goes on meanwhile. A model that cannot be traced costs only that
-        dashboard: the reason is logged at debug level."""
+        """The model for the Graphs dashboard, traced from an eval-mode copy off the training
+        thread; one that cannot be traced costs only that dashboard (logged at debug level)."""
         twin, x = copy.deepcopy(model).eval(), example.detach().clone()
 
         def add(w: Any) -> None:
@@ -151,8 +138,7 @@ class TensorBoard(Null):
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
             warnings.filterwarnings("ignore", message="The input to trace is already a Script")
             try:
-                # traced without add_graph's check, which imports much of torch (torch.testing);
-                # add_graph takes a traced module as it is and gives the same graph
+                # traced without add_graph's check, which imports much of torch (torch.testing)
                 w.add_graph(torch.jit.trace(twin, x, check_trace=False), x)
             except Exception as e:
                 log.debug(f"no model graph for TensorBoard (tracing failed: {e})")
@@ -162,9 +148,8 @@ class TensorBoard(Null):
     def hparams(
         self, hparams: Mapping[str, HParam], metrics: Mapping[str, float], step: int, status: str
     ) -> None:
-        """One HParams row for this run, in this event file (`add_hparams` would open a
-        sub-directory), ending in SUCCESS only for status "completed". The metric values are
-        also scalars at `step`, the run's last, so every tag stays in step order."""
+        """One HParams row in this event file (`add_hparams` would open a sub-directory), SUCCESS
+        only for "completed"; the metrics are also scalars at `step`, the run's last."""
         # torch would make a bool a 0/1 number; as a string it reads true/false
         params = {k: str(v).lower() if isinstance(v, bool) else v for k, v in hparams.items()}
         values, wall = {tag: float(v) for tag, v in metrics.items()}, time.time()
@@ -187,8 +172,7 @@ class TensorBoard(Null):
         self._put(add)
 
     def resumed(self, step: int) -> None:
-        """The run goes on from a checkpoint taken at `step` in this directory: whatever an
-        earlier writer logged from `step` on is superseded (SummaryWriter's `purge_step`)."""
+        """A run going on from `step`: what was logged here from `step` on is purged."""
 
         def purge_from() -> None:
             if self._writer is not None:  # already writing: the next write opens a new file
@@ -206,8 +190,7 @@ class TensorBoard(Null):
             done.wait()
 
     def close(self) -> None:
-        """Safe to call twice (a `finally` and a signal handler may both close); values
-        logged after this are dropped."""
+        """Safe to call twice; values logged after this are dropped."""
         if not self._put(lambda w: w.close()):
             return
         self._closed = True
@@ -243,8 +226,7 @@ class TensorBoard(Null):
         return self._writer
 
     def _work(self) -> None:
-        """Once a second, or when asked: everything logged since, in order (a step whose
-        scalars are still coming is taken too; the rest of them make a second record)."""
+        """Once a second, or when asked: everything logged since, in order."""
         while True:
             try:
                 request = self._requests.get(timeout=self._handoff_secs)
@@ -265,9 +247,8 @@ class TensorBoard(Null):
 
 
 def histogram(tag: str, values: torch.Tensor, bins: int = 30) -> Any:
-    """The Summary `add_histogram` writes, binned by torch rather than NumPy, at a fraction of
-    the cost: `bins` equal buckets from the smallest value to the largest (one unit wide
-    around a constant, as NumPy does), as TensorBoard shows 30 buckets whatever it is given."""
+    """The Summary `add_histogram` writes, binned by torch rather than NumPy (far cheaper):
+    `bins` equal buckets from min to max, one unit wide around a constant as NumPy does."""
     from tensorboard.compat.proto.summary_pb2 import HistogramProto, Summary
 
     v = values.detach().flatten().to("cpu", torch.float64)  # a host sync on an accelerator
@@ -284,8 +265,7 @@ def histogram(tag: str, values: torch.Tensor, bins: int = 30) -> Any:
         num=v.numel(),
         sum=total,
         sum_squares=squares,
-        # bucket i counts the values above limit i - 1 up to limit i: an empty first bucket
-        # ends at the left edge
+        # bucket i ends at limit i: an empty first bucket ends at the left edge
         bucket_limit=torch.linspace(left, right, bins + 1, dtype=torch.float64).tolist(),
         bucket=[0.0, *counts],
     )

@@ -1,6 +1,5 @@
-"""Read-only views of training, shown each log step, epoch end and the end. An observer never
-changes the model, the optimizer or the data; the two that end a run early (divergence, early
-stop) do it by setting `state.status`, which the loop reads."""
+"""Read-only views of training at each log step, epoch end and the end. The two that end a run
+early (divergence, early stop) only set `state.status`, which the loop reads."""
 
 from __future__ import annotations
 
@@ -28,20 +27,15 @@ class Look:
 
 
 class Observer:
-    """The three moments the loop shows an observer; each one overrides those it needs."""
+    """The moments the loop shows an observer: `log` right after a log step's update, `epoch`
+    at an epoch's end, `end` after the last step (or the one that stopped the run)."""
 
-    def log(self, look: Look) -> None:
-        """A log step, right after its update."""
-
-    def epoch(self, state: State) -> None:
-        """An epoch's end."""
-
-    def end(self, state: State) -> None:
-        """The run's end: after the last step, or the one that stopped it."""
+    def log(self, look: Look) -> None: ...
+    def epoch(self, state: State) -> None: ...
+    def end(self, state: State) -> None: ...
 
 
 def due(step: int, every: int, previous: int, last: int) -> bool:
-    """Whether a costlier kind of logging is due at this log step: at the first (`previous`
-    -1, nothing logged yet), once a multiple of `every` was reached since `previous`, and at
-    the last step. Log steps need not fall on multiples of `every`."""
+    """Whether costlier logging is due: at the first log step (`previous` -1), the first once a
+    multiple of `every` is passed (log steps need not fall on one), and the last step."""
     return previous < 0 or step // every > previous // every or step == last

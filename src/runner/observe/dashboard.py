@@ -1,5 +1,4 @@
-"""TensorBoard's views beyond the logged values: the Custom Scalars layout, which groups
-the scalar tags into charts, and the model in the Graphs dashboard."""
+"""TensorBoard's views beyond the values: the Custom Scalars charts and the Graphs dashboard."""
 
 from __future__ import annotations
 
@@ -8,37 +7,31 @@ from typing import Any
 
 from runner.build import Built, models
 from runner.log.tensorboard import Logger
-from runner.observe.accuracy import accuracy_fn
+from runner.observe.scalars import accuracy_fn
 
 log = logging.getLogger(__name__)
 
 
 def layout(b: Built) -> dict[str, dict[str, list[Any]]]:
-    """{category: {chart: ["Multiline", [tag regexes]]}}: regexes, so every parameter shows.
-    TensorBoard anchors a regex at the start only (`re.match`): each ends in `$` or names its
-    prefix with the `/`, so `param/.*` never takes `param_hist/w`, nor `lr` a longer tag."""
-    loss_charts: dict[str, list[Any]] = {
-        "loss (train, val)": ["Multiline", [r"loss/train$", r"loss/val$"]],
-        "learning rate": ["Multiline", [r"lr$"]],
-    }
+    """{category: {chart: ["Multiline", [tag regexes]]}}. TensorBoard anchors a regex at the
+    start only: each ends in `$` or a `/`, so `param/.*` never takes `param_hist/w`."""
+    loss = {"loss (train, val)": [r"loss/train$", r"loss/val$"], "learning rate": [r"lr$"]}
     if accuracy_fn(b) is not None:
-        loss_charts["accuracy (train, val)"] = ["Multiline", [r"acc/train$", r"acc/val$"]]
-    return {
-        "loss": loss_charts,
+        loss["accuracy (train, val)"] = [r"acc/train$", r"acc/val$"]
+    charts = {
+        "loss": loss,
         "gradients": {
-            "gradient (value or L2 norm)": ["Multiline", [r"grad/(?!total_norm$).*"]],
-            "total gradient norm": ["Multiline", [r"grad/total_norm$"]],
-            "update size / parameter size": ["Multiline", [r"ratio/.*"]],
+            "gradient (value or L2 norm)": [r"grad/(?!total_norm$).*"],
+            "total gradient norm": [r"grad/total_norm$"],
+            "update size / parameter size": [r"ratio/.*"],
         },
-        "parameters": {"parameter (value or L2 norm)": ["Multiline", [r"param/.*"]]},
+        "parameters": {"parameter (value or L2 norm)": [r"param/.*"]},
         "autograd graph": {
-            "nodes, leaves, depth": [
-                "Multiline",
-                [r"graph/nodes$", r"graph/leaves$", r"graph/depth$"],
-            ],
-            "bytes saved for backward": ["Multiline", [r"graph/saved_bytes$"]],
+            "nodes, leaves, depth": [r"graph/nodes$", r"graph/leaves$", r"graph/depth$"],
+            "bytes saved for backward": [r"graph/saved_bytes$"],
         },
     }
+    return {cat: {c: ["Multiline", tags] for c, tags in cs.items()} for cat, cs in charts.items()}
 
 
 def add_model_graph(b: Built, logger: Logger) -> None:

@@ -1,6 +1,6 @@
-"""The figures' drawing: numpy arrays in, RGB pixels (height, width, 3) uint8 out.
-matplotlib (the optional `plots` extra) is imported inside, so a run that draws nothing never
-loads it; no pyplot: a `Figure` on its own Agg canvas needs no GUI and keeps no global state."""
+"""The figures' drawing: numpy arrays in, RGB pixels (height, width, 3) uint8 out. matplotlib
+(the `plots` extra) is imported only to draw, and without pyplot: a `Figure` on its own Agg
+canvas needs no GUI and keeps no global state."""
 
 from __future__ import annotations
 
@@ -24,9 +24,8 @@ def fit_images(
     x_val: np.ndarray | None = None,
     y_val: np.ndarray | None = None,
 ) -> list[np.ndarray]:
-    """One picture per row of `curves` (the model on `grid`), titled by `whens`, over the data.
-    All share axes set from every curve, so flipping through them shows only the curve move;
-    the data are drawn once as a background and each curve on a copy (matplotlib's blitting)."""
+    """One picture per row of `curves` (the model on `grid`) over the data, titled by `whens`,
+    on shared axes so that only the curve moves; the data are drawn once (blitting)."""
     figure = _figure(6.0, 4.0)
     ax = figure.add_subplot()
     # plot's markers draw faster than scatter's
@@ -101,5 +100,4 @@ def _figure(width: float, height: float) -> Any:
 
 
 def _pixels(canvas: Any) -> np.ndarray:
-    # a copy: the canvas reuses its buffer for the next picture
-    return np.asarray(canvas.buffer_rgba())[:, :, :3].copy()
+    return np.asarray(canvas.buffer_rgba())[:, :, :3].copy()  # the canvas reuses its buffer

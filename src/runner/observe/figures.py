@@ -1,14 +1,10 @@
-"""Pictures for TensorBoard: for 1-D regression the data and the fitted curve (`figure/fit`)
-at the start, every `every_n_epochs` epochs and at the end; for two one-element parameters
-(`linear_fit`'s w and b) the loss landscape with the optimizer's path on it
-(`figure/landscape`). Training keeps only device tensors (curves on a fixed grid, the path),
-so it never waits for the device; the drawing (`runner.observe.draw`) happens at the end.
-"""
+"""Pictures: for 1-D regression the data and the fitted curve (`figure/fit`), for two one-element
+parameters the loss landscape with the optimizer's path (`figure/landscape`). Training keeps
+device tensors only (curves on a fixed grid, the path), so it never waits; drawing is at the end."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -28,7 +24,7 @@ GRID_ELEMENTS = 2**22  # grid points x data points per vmap chunk: bounds the me
 
 
 class Figures(Observer):
-    """What to draw for this run, decided once; the loop calls start, log, epoch and end."""
+    """What to draw, decided once; curves at the start, every `every_n_epochs` epochs, the end."""
 
     def __init__(self, b: Built, logger: Logger, every_n_epochs: int | None) -> None:
         self.b, self.logger, self.every = b, logger, every_n_epochs
@@ -64,10 +60,14 @@ class Figures(Observer):
         self._curve(last, "end")
         if self.path_step != state.step - 1:  # the last step was not a log step
             self._path_point()
-        if self.grid is not None:
-            _safely("fit", self._draw_fit)
+        drawings = {"fit": self._draw_fit} if self.grid is not None else {}
         if self.landscape:
-            _safely("landscape", lambda: self._draw_landscape(last))
+            drawings["landscape"] = lambda: self._draw_landscape(last)
+        for name, draw_it in drawings.items():
+            try:
+                draw_it()
+            except Exception as e:  # a picture is never worth a failed run
+                log.warning(f"figure/{name} skipped: drawing it failed ({type(e).__name__}: {e})")
 
     def _draw_fit(self) -> None:
         data = self.b.data
@@ -105,24 +105,15 @@ class Figures(Observer):
             self.curves.append((step, when, self.b.forward(self.grid).detach()))
 
 
-def _safely(name: str, draw_it: Callable[[], None]) -> None:
-    try:
-        draw_it()
-    except Exception as e:  # a picture is never worth a failed run
-        log.warning(f"figure/{name} skipped: drawing it failed ({type(e).__name__}: {e})")
-
-
+@torch.no_grad()
 def curve_grid(b: Built) -> torch.Tensor | None:
     """Where the fitted curve is drawn: evenly over the data's x range (train and validation);
     None unless the run is 1-D regression (one input column, target and prediction per point)."""
     data = b.data
-    if data is None or b.forward is None or data.task == "classification":
+    if data is None or b.forward is None or data.task == "classification" or data.features != 1:
         return None
-    if data.features != 1 or data.y.dim() != 1:
+    if data.y.dim() != 1 or b.forward(data.x[:2]).shape != (min(2, data.n),):
         return None
-    with torch.no_grad():
-        if b.forward(data.x[:2]).shape != (min(2, data.n),):
-            return None
     xs = [data.x] + ([data.x_val] if data.x_val is not None else [])
     low, high = min(float(x.min()) for x in xs), max(float(x.max()) for x in xs)
     return torch.linspace(low, high, CURVE_POINTS, dtype=data.x.dtype, device=data.x.device)
@@ -134,8 +125,7 @@ def _host(values: torch.Tensor) -> np.ndarray:
 
 @torch.no_grad()
 def landscape_arrays(b: Built, path: torch.Tensor) -> dict[str, np.ndarray]:
-    """What `draw.landscape_image` takes: the loss (on all the training data) over a grid
-    around the path, and the path."""
+    """`draw.landscape_image`'s arrays: the loss on all the training data around the path."""
     lows, highs = path.min(0).values, path.max(0).values
     pad = torch.maximum(0.25 * (highs - lows), 0.05 * path.abs().max(0).values).clamp_min(0.5)
     axes = [torch.linspace(float(lows[i] - pad[i]), float(highs[i] + pad[i]), GRID) for i in (0, 1)]
@@ -152,7 +142,8 @@ def loss_surface(b: Built, first: torch.Tensor, second: torch.Tensor) -> torch.T
     data = b.data
     objective = Objective(b.model, b.loss_fn, *((data.x, data.y) if data else ()))
     (p1, p2) = b.params.values()
-    keys = (objective.key(p1), objective.key(p2))
+    # functional_call names them by their place in the objective (`model.w`, `loss_fn.a`)
+    keys = [next(n for n, p in objective.named_parameters() if p is q) for q in (p1, p2)]
 
     def loss_at(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         values = {keys[0]: u.reshape(p1.shape), keys[1]: v.reshape(p2.shape)}

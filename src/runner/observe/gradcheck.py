@@ -1,7 +1,6 @@
 """`trainer.check_grads=true`: before training, autograd's gradients on the first batch against
-central differences (L(p + eps) - L(p - eps)) / 2 eps of float64 copies, as
-`torch.autograd.gradcheck` does. Autograd trusts a hand-written backward; this catches a wrong one.
-"""
+central differences of float64 copies, as `torch.autograd.gradcheck` does: autograd trusts a
+hand-written backward, this catches a wrong one."""
 
 from __future__ import annotations
 
@@ -31,18 +30,16 @@ class GradCheckError(ConfigError):
 
 
 def check_grads(b: Built) -> dict[str, Any]:
-    """Compare, log (`gradcheck/max_abs_error`, `gradcheck/max_rel_error`) and return the
-    errors; raise GradCheckError naming the worst element when they disagree."""
+    """Compare, log and return the errors; raise GradCheckError naming the worst element."""
     objective = float64_objective(b)
-    params = objective.params()
+    params = named_parameters(objective.model, objective.loss_fn)  # by the names users know
     picks = sample_elements(params, MAX_ELEMENTS)
     # materialized: a parameter the loss does not use has derivative 0, not None
     grads = torch.autograd.grad(objective(), list(params.values()), materialize_grads=True)
     by_name = dict(zip(params, grads))
-    analytic = torch.stack([by_name[name].reshape(-1)[i] for name, i in picks])
-    numeric = central_differences(objective, params, picks)
-    # note: one host sync for the whole check
-    a, n = analytic.cpu(), numeric.cpu()
+    # note: the check's host syncs, once for each side
+    a = torch.stack([by_name[name].reshape(-1)[i] for name, i in picks]).cpu()
+    n = central_differences(objective, params, picks).cpu()
     abs_err = (a - n).abs()
     rel_err = abs_err / n.abs().clamp_min(ATOL)
     errors = {"max_abs_error": abs_err.max().item(), "max_rel_error": rel_err.max().item()}
@@ -65,16 +62,15 @@ def check_grads(b: Built) -> dict[str, Any]:
             "or loss) is the usual cause; set trainer.check_grads=false to train anyway"
         )
     log.info(
-        f"Gradient check passed: {len(picks)} of {result['of_elements']} elements, largest "
+        f"Gradient check passed: {len(picks)} of {of_elements} elements, largest "
         f"absolute error {result['max_abs_error']:.3g}, relative {result['max_rel_error']:.3g}"
     )
     return result
 
 
 class Objective(nn.Module):
-    """The loss of a model (and of a loss formula's own parameters) on fixed data, as a
-    module of its parameters: `torch.func.functional_call` swaps them for other values, and
-    `vmap` over that evaluates the loss at many parameter values in one batched call."""
+    """The loss of a model (and of a loss formula's own parameters) on fixed data, as a module
+    of its parameters, so that `torch.func.functional_call` can swap them for other values."""
 
     def __init__(
         self,
@@ -95,20 +91,14 @@ class Objective(nn.Module):
             return self.loss_fn()
         return self.loss_fn(self.run_model(self.x), self.y)
 
-    def params(self) -> dict[str, nn.Parameter]:
-        """By the names users know (`w`, `0.weight`), as build.named_parameters gives them."""
-        loss = self.loss_fn if isinstance(self.loss_fn, nn.Module) else None
-        return named_parameters(self.model, loss)
-
-    def key(self, param: torch.Tensor) -> str:
-        """The name functional_call needs for a parameter (`model.w`, `loss_fn.a`)."""
-        return next(n for n, p in self.named_parameters() if p is param)
-
 
 def float64_objective(b: Built) -> Objective:
-    """The loss of float64 copies of the model and loss on the first `batch_size` points in
-    data order: drawing the loop's shuffled batch would move the RNG, changing the run."""
-    model, loss_fn = _float64(b.model), _float64(b.loss_fn)
+    """The loss of float64 copies (the run's own parameters untouched) of the model and loss on
+    the first `batch_size` points in data order: drawing a shuffled batch would move the RNG."""
+    model = None if b.model is None else copy.deepcopy(b.model).to(torch.float64)
+    loss_fn = b.loss_fn
+    if isinstance(loss_fn, nn.Module):
+        loss_fn = copy.deepcopy(loss_fn).to(torch.float64)
     if b.data is None:
         return Objective(model, loss_fn)
     size = b.checked.trainer.batch_size or b.data.n
@@ -116,17 +106,11 @@ def float64_objective(b: Built) -> Objective:
     return Objective(model, loss_fn, x, y.double() if y.is_floating_point() else y)
 
 
-def _float64(part: Any) -> Any:
-    # a copy: the run's own parameters (and their float32 values) are left untouched
-    return copy.deepcopy(part).to(torch.float64) if isinstance(part, nn.Module) else part
-
-
 @torch.no_grad()
 def central_differences(
     objective: Objective, params: dict[str, nn.Parameter], picks: list[tuple[str, int]]
 ) -> torch.Tensor:
-    """(L(p + eps e_i) - L(p - eps e_i)) / 2 eps for each picked element, in picks' order:
-    the float64 copy's element is moved by eps each way and put back."""
+    """(L(p + eps e_i) - L(p - eps e_i)) / 2 eps for each picked element, in picks' order."""
     out = []
     for name, index in picks:
         element = params[name].detach().view(-1)[index : index + 1]  # a view: edits reach p

@@ -1,7 +1,6 @@
-"""The autograd graph behind a loss, walked the micrograd way: pure functions of
-``grad_fn.next_functions``. Walks are iterative (a 10,000-op graph must not hit the recursion
-limit) and visit each node once, keyed by identity: torch hands back the same Python object for
-a node while a reference to it is alive, and the walk holds one."""
+"""The autograd graph behind a loss, walked the micrograd way over `grad_fn.next_functions`:
+iteratively (a 10,000-op graph must not hit the recursion limit), each node once by identity
+(torch hands back the same object for a node while the walk holds a reference to it)."""
 
 from __future__ import annotations
 
@@ -25,8 +24,7 @@ NO_GRAPH = "(no autograd graph: the tensor has no grad_fn)"
 
 
 def _node(root: Root) -> Node | None:
-    # a leaf tensor or a detached one has grad_fn None: there is no graph to walk
-    return root.grad_fn if isinstance(root, torch.Tensor) else root
+    return root.grad_fn if isinstance(root, torch.Tensor) else root  # None for a leaf tensor
 
 
 def _children(node: Node) -> list[Node]:
@@ -39,30 +37,24 @@ def _name(node: Node) -> str:
     return type(node).__name__
 
 
-def _param(node: Node, names: Names) -> str | None:
-    """The name of the parameter a leaf node accumulates into, if it is one of `names`."""
-    if _name(node) != LEAF:
-        return None
-    return next((n for n, t in (names or {}).items() if t is node.variable), None)
-
-
-def _label(node: Node, names: Names) -> str:
-    param = _param(node, names)
-    return _name(node) if param is None else f"{_name(node)} ({param})"
+def _label(node: Node, names: Names, form: str = "{op} ({param})") -> str:
+    """The node's op; for a leaf that accumulates into a parameter in `names`, `form`."""
+    variable = getattr(node, "variable", None)  # only AccumulateGrad has one
+    param = next((n for n, t in (names or {}).items() if t is variable), None)
+    return _name(node) if param is None else form.format(op=_name(node), param=param)
 
 
 def _preorder(root: Root) -> list[Node]:
     """Each node once, in the order a recursive DFS would first reach it."""
     start = _node(root)
-    order, seen, stack = [], set(), [start] if start is not None else []
+    seen: dict[Node, None] = {}  # ordered as first reached: the preorder itself
+    stack = [start] if start is not None else []
     while stack:
         node = stack.pop()
-        if node in seen:
-            continue
-        seen.add(node)
-        order.append(node)
-        stack.extend(reversed(_children(node)))  # reversed: first child is popped first
-    return order
+        if node not in seen:
+            seen[node] = None
+            stack.extend(reversed(_children(node)))  # reversed: first child is popped first
+    return list(seen)
 
 
 def grad_fn_names(root: Root) -> list[str]:
@@ -70,31 +62,29 @@ def grad_fn_names(root: Root) -> list[str]:
 
 
 def graph_stats(root: Root) -> dict[str, float]:
-    """Node, leaf and per-op counts and depth (longest path to a leaf, in nodes); all zero
-    without a graph. One postorder walk gives them all, as it runs at every log step."""
+    """Node, leaf and per-op counts and depth (longest path to a leaf, in nodes), all zero
+    without a graph: one postorder walk, as it runs at every log step."""
     start = _node(root)
-    ops: Counter[str] = Counter()
     depth: dict[Node, int] = {}
     children_of: dict[Node, list[Node]] = {}
     stack = [start] if start is not None else []
     while stack:
         node = stack[-1]
         children = children_of.get(node)
-        if children is None:  # first visit: count it, then its unseen children go first
+        if children is None:  # first visit: its unseen children go first
             children = children_of[node] = _children(node)
-            ops[_name(node)] += 1
             stack.extend(c for c in children if c not in children_of)
         else:
             stack.pop()
             if node not in depth:
                 depth[node] = 1 + max((depth[c] for c in children), default=0)
-    stats = {
+    ops = Counter(map(_name, children_of))
+    return {
         "graph/nodes": float(len(children_of)),
         "graph/leaves": float(ops[LEAF]),
         "graph/depth": float(depth[start]) if start is not None else 0.0,
+        **{f"graph/op/{op}": float(n) for op, n in sorted(ops.items())},
     }
-    stats.update({f"graph/op/{op}": float(n) for op, n in sorted(ops.items())})
-    return stats
 
 
 def graph_chain(root: Root, names: Names = None) -> str:
@@ -127,9 +117,8 @@ def graph_chain(root: Root, names: Names = None) -> str:
 
 
 def graph_tree(root: Root, names: Names = None, *, max_lines: int = 200) -> str:
-    """The graph `tree`-style: a node reached again is `X (see above)` without its children,
-    so there is one line per edge plus the root; past `max_lines` the rest is counted in a
-    final `... (N more nodes)` line, so a big MLP stays readable."""
+    """The graph `tree`-style, one line per edge plus the root (a node reached again is
+    `X (see above)`); past `max_lines`, a final `... (N more nodes)` keeps a big MLP readable."""
     start = _node(root)
     if start is None:
         return NO_GRAPH
@@ -157,11 +146,10 @@ def graph_dot(root: Root, names: Names = None) -> str:
     ids = {node: f"n{i}" for i, node in enumerate(nodes)}
     lines = ["digraph autograd {", "  node [shape=box];"]
     for node in nodes:
-        name, param = _name(node), _param(node, names)
-        label = name if param is None else f"{param}\n({name})"
-        shape = ", shape=ellipse" if name == LEAF else ""
         # JSON's string escapes (backslash, quote, newline) are DOT's too
-        lines.append(f"  {ids[node]} [label={json.dumps(label, ensure_ascii=False)}{shape}];")
+        label = json.dumps(_label(node, names, "{param}\n({op})"), ensure_ascii=False)
+        shape = ", shape=ellipse" if _name(node) == LEAF else ""
+        lines.append(f"  {ids[node]} [label={label}{shape}];")
     # one edge per non-None input, repeats kept: h + h really feeds h twice
     lines += [f"  {ids[node]} -> {ids[child]};" for node in nodes for child in _children(node)]
     lines.append("}")
@@ -177,9 +165,8 @@ class SavedBytes:
 
 @contextlib.contextmanager
 def saved_bytes() -> Iterator[SavedBytes]:
-    """The bytes saved for backward by the forward run inside the block, a tensor saved twice
-    counted once. Wrap the forward only: a graph freed inside would let a new tensor at its
-    reused address pass for a repeat."""
+    """The bytes the forward inside the block saved for backward, a tensor saved twice counted
+    once. Wrap the forward only: a new tensor at a freed graph's address would pass for a repeat."""
     saved, seen = SavedBytes(), set()
 
     def pack(t: torch.Tensor) -> torch.Tensor:
@@ -194,9 +181,7 @@ def saved_bytes() -> Iterator[SavedBytes]:
 
 
 class GraphStats(Observer):
-    """Graph statistics at the first log step, the first after each multiple of `every` and
-    the last step; the first graph also as text (`graph/tree`), kept for graph.txt and
-    graph.dot."""
+    """Graph statistics when `due`; the first graph also as text, for graph.txt and graph.dot."""
 
     def __init__(
         self, params: Mapping[str, torch.Tensor], logger: Logger, every: int, last: int

@@ -1,6 +1,4 @@
-"""Histograms of tensor parameters and their gradients (`param_hist/<name>`,
-`grad_hist/<name>`): at the first log step, at the first one after each multiple of
-`histogram_every_n_steps`, and at the last step."""
+"""Histograms of tensor parameters and gradients (`param_hist/<name>`, `grad_hist/<name>`)."""
 
 from __future__ import annotations
 
@@ -11,14 +9,13 @@ from runner.observe import Look, Observer, due
 
 class Histograms(Observer):
     def __init__(self, b: Built, logger: Logger, every: int | None, last: int) -> None:
-        self.logger, self.every, self.last = logger, every, last
+        self.logger, self.last = logger, last
         self.tensors = {n: p for n, p in b.params.items() if p.numel() > 1}
+        self.every = every if self.tensors else None  # None: nothing to show
         self.previous = -1  # the step last logged
 
     def log(self, look: Look) -> None:
-        if not self.tensors or self.every is None:
-            return
-        if not due(look.step, self.every, self.previous, self.last):
+        if self.every is None or not due(look.step, self.every, self.previous, self.last):
             return
         self.previous = look.step
         tensors = {}

@@ -1,5 +1,4 @@
-"""The progress bar: shown on a terminal only, moved at log steps so the steps between them
-pay nothing for it."""
+"""The progress bar: on a terminal only, moved at log steps so the steps between pay nothing."""
 
 from __future__ import annotations
 

@@ -1,9 +1,10 @@
-"""The numbers of a log step: loss, each parameter and gradient (the value of a one-element
-tensor, the L2 norm of a larger one), the total gradient norm, the learning rate, how big the
-update was next to its parameter, and the accuracy for classification. One tensor is built
-on the device and moved to the host in one go: the log step's one sync."""
+"""The numbers of a log step: loss, parameters and gradients (a larger tensor's L2 norm), the
+total gradient norm, the learning rate, each update's size next to its parameter's, and the
+accuracy for classification, moved to the host as one tensor: the log step's one sync."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch.linalg import vector_norm
@@ -11,9 +12,21 @@ from torch.linalg import vector_norm
 from runner.build import Built
 from runner.log.tensorboard import Logger
 from runner.observe import Look, Observer
-from runner.observe.accuracy import accuracy_fn
 
 TINY = 1e-12  # keeps the update ratio finite for a parameter that is exactly zero
+
+
+def accuracy_fn(b: Built) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
+    """The share of points whose predicted class is their label; None for regression."""
+    if b.data is None or b.forward is None or b.data.task != "classification":
+        return None
+
+    def share_right(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        # the runner squeezes a width-1 output to (n,): one logit, class 1 when > 0
+        guess = (logits > 0).long() if logits.dim() == 1 else logits.argmax(-1)
+        return (guess == y).float().mean()
+
+    return share_right
 
 
 class Scalars(Observer):

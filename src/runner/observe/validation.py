@@ -39,8 +39,7 @@ class Validation(Observer):
             with torch.no_grad():
                 state.val_loss = self.b.loss_fn(self.b.forward(data.x_val), data.y_val)
             self.pending.append((state.step - 1, state.val_loss.float()))
-        stop = self.early_stop
-        if stop is None:
+        if (stop := self.early_stop) is None:
             return
         watched = state.epoch_loss if state.val_loss is None else state.val_loss
         value = math.inf if watched is None else float(watched)

@@ -1,6 +1,5 @@
-"""What a `trainer.epochs=0` run shows: one forward and one backward pass, printed the way
-the autograd post prints them (`y = 16.0`, `a.grad_fn = None`, `dy/dx = 8.0`), nothing updated.
-"""
+"""What a `trainer.epochs=0` run shows: one forward and backward pass, printed as the autograd
+post prints them (`y = 16.0`, `a.grad_fn = None`, `dy/dx = 8.0`)."""
 
 from __future__ import annotations
 

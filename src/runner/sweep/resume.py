@@ -1,10 +1,6 @@
-"""Finishing a grid sweep: the same multirun again, with the same `hydra.sweep.dir`, runs
-only what the earlier one left undone.
-
-At the sweep's start (`check`) the jobs already in the sweep directory must be, number by
-number, the jobs this sweep plans, or the sweep stops; Hydra rewrites a job's `.hydra/` when
-it starts, so they are recorded then, in `RECORD`. Each job (`pick_up`) then takes up what
-its directory holds. Optuna's sweeper keeps its own record, in its study.
+"""Finishing a grid sweep: the same multirun again, with the same `hydra.sweep.dir`, runs only
+what the earlier one left undone. `check` records the earlier jobs at the sweep's start (Hydra
+rewrites a job's `.hydra/` when the job starts); `pick_up` takes up what a job's directory holds.
 """
 
 from __future__ import annotations
@@ -39,8 +35,7 @@ class Job:
 
 
 def check(config: DictConfig) -> None:
-    """Record the jobs an earlier run of this same sweep left, or raise a `ConfigError` when
-    the sweep directory holds a different sweep."""
+    """Record the jobs an earlier run of this sweep left; a different sweep is a ConfigError."""
     sweep_dir = Path(config.hydra.sweep.dir).absolute()
     (sweep_dir / RECORD).unlink(missing_ok=True)  # a killed sweep's record is not this one's
     if not str(config.hydra.sweeper.get("_target_")).endswith(".BasicSweeper"):  # not a grid
@@ -68,8 +63,7 @@ def earlier_jobs(sweep_dir: Path) -> list[Job]:
 
 
 def job_dirs(sweep_dir: Path) -> list[tuple[Path, int]]:
-    """The job directories of a multirun under `sweep_dir`, with their numbers; a single
-    run's directory put there has no number (`???`) and is no job."""
+    """The job directories under `sweep_dir` and their numbers (a single run's has `???`)."""
     jobs = []
     for path in sorted(sweep_dir.glob("**/.hydra/hydra.yaml")):
         run_dir, num = path.parent.parent, read_yaml(path)["hydra"]["job"].get("num")
@@ -79,9 +73,8 @@ def job_dirs(sweep_dir: Path) -> list[tuple[Path, int]]:
 
 
 def planned_jobs(config: DictConfig, sweep_dir: Path) -> list[list[str]]:
-    """Each job's overrides, in job order, as Hydra's grid sweeper makes them: the cartesian
-    product of the sweeper's `params` and the command line's overrides, a key given twice
-    taking its first place and its last value."""
+    """Each job's overrides as Hydra's grid sweeper makes them: a key given twice takes its
+    first place and its last value."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
@@ -107,8 +100,7 @@ def planned_jobs(config: DictConfig, sweep_dir: Path) -> list[list[str]]:
 
 
 def difference(earlier: list[Job], planned: list[list[str]]) -> str | None:
-    """How the earlier jobs differ from the planned ones, or None when each is the planned
-    job of its number (the order of its overrides aside)."""
+    """How the earlier jobs differ from the planned ones (their order aside), or None."""
     for job in earlier:
         if job.num >= len(planned):
             return f"it has a job {job.num} ({' '.join(job.overrides)}), this sweep has none"
@@ -125,9 +117,8 @@ def difference(earlier: list[Job], planned: list[list[str]]) -> str | None:
 
 
 def pick_up(cfg: DictConfig, run_dir: Path, sweep_dir: Path) -> float | None:
-    """Returns the recorded objective of a job that completed earlier: it is not run again.
-    Otherwise (None) it runs: on from an interrupted run's checkpoint, or afresh in a
-    cleared directory, so that no TensorBoard tag's steps go backwards."""
+    """The objective of a job that completed earlier, which is not run again; otherwise None,
+    and it runs on from its checkpoint or afresh, so that no tag's steps go backwards."""
     from runner.train.checkpoint import LAST  # torch: imported by the job, not by the CLI
 
     if run_dir.absolute() not in {sweep_dir / job["dir"] for job in record(sweep_dir)}:
@@ -149,8 +140,7 @@ def pick_up(cfg: DictConfig, run_dir: Path, sweep_dir: Path) -> float | None:
 
 
 def start_over(run_dir: Path) -> None:
-    """Clear what an earlier run wrote, but `.hydra/` (this job's own by now) and the open
-    log file, which takes this run's lines after the earlier run's."""
+    """Clear what an earlier run wrote, but `.hydra/` (this job's own by now) and the open log."""
     for path in run_dir.iterdir():
         if path.name == ".hydra" or path.suffix == ".log":
             continue
@@ -161,7 +151,7 @@ def start_over(run_dir: Path) -> None:
 
 
 def finish(sweep_dir: Path) -> None:
-    """At the sweep's end: say how many jobs completed earlier, and remove the record."""
+    """Say how many jobs completed earlier, and remove the record."""
     skipped = sum(job["status"] == "completed" for job in record(sweep_dir))
     (sweep_dir / RECORD).unlink(missing_ok=True)
     if skipped:

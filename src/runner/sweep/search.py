@@ -1,10 +1,9 @@
-"""An Optuna search through Hydra's launcher: ask the study for trials, launch them as jobs in
-batches of `n_jobs`, tell the study how each job ended. The study is the search's only state,
-so the same command with the same sweep directory continues it.
-"""
+"""An Optuna search through Hydra's launcher: ask, launch in batches of `n_jobs`, tell. The
+study is the search's only state, so the same command and sweep directory continue it."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -62,7 +61,7 @@ class Search:
         self.space = search_space(params, arguments)
         self.env = {STUDY: study_name or "search", STORAGE: location(storage, sweep_dir)}
         name, where = self.env[STUDY], open_storage(self.env[STORAGE])
-        study = optuna.create_study(
+        self.study = study = optuna.create_study(
             storage=where, study_name=name, direction=direction, load_if_exists=True
         )
         if study.direction.name.lower() != direction:
@@ -77,12 +76,12 @@ class Search:
                 retry(study, trial.number, trial.params)
         pruner_cfg = OmegaConf.to_container(pruner, resolve=True) if pruner else None
         study.set_user_attr(PRUNER, pruner_cfg)  # the jobs build it (runner.sweep.trial)
-        # a seeded sampler starts after the trials the study holds: a continued study does
-        # not repeat its first trials, and the same command still runs the same trials
-        offset = len(study.get_trials(deepcopy=False))
-        self.study = optuna.load_study(
-            study_name=name, storage=where, sampler=seeded(sampler, offset)
-        )
+        if sampler is not None:  # None: Optuna's default, an unseeded TPE
+            # a seed moves on by the trials the study holds: a continued study does not repeat
+            # its first trials, and the same command still runs the same trials
+            seed = sampler.get("seed")
+            seeded = {} if seed is None else {"seed": seed + len(study.get_trials(deepcopy=False))}
+            study.sampler = instantiate(sampler, **seeded)
 
     def run(self, launcher: Launcher) -> None:
         """Ask, launch and tell, batch by batch, until the study holds `n_trials`."""
@@ -115,13 +114,11 @@ class Search:
     def launch(self, launcher: Launcher, trials: list[Trial]) -> list[JobReturn]:
         """Each job numbered by its trial: one launch per run of consecutive trial numbers
         (every batch, unless another search shares the study)."""
-        jobs = [[*self.space.overrides(t.params), env_set(TRIAL, str(t.number))] for t in trials]
         returns: list[JobReturn] = []
-        start = 0
-        for end in range(1, len(trials) + 1):
-            if end == len(trials) or trials[end].number != trials[end - 1].number + 1:
-                returns += launcher.launch(jobs[start:end], initial_job_idx=trials[start].number)
-                start = end
+        for _, group in itertools.groupby(enumerate(trials), lambda it: it[1].number - it[0]):
+            run = [t for _, t in group]
+            jobs = [[*self.space.overrides(t.params), env_set(TRIAL, str(t.number))] for t in run]
+            returns += launcher.launch(jobs, initial_job_idx=run[0].number)
         return returns
 
     def shared(self) -> list[str]:
@@ -151,13 +148,6 @@ class Search:
             retry(self.study, trial.number, trial.params)
         else:
             self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-
-
-def seeded(sampler: DictConfig | None, offset: int) -> optuna.samplers.BaseSampler:
-    if sampler is None:
-        return optuna.samplers.TPESampler()
-    seed = sampler.get("seed")
-    return instantiate(sampler, **({} if seed is None else {"seed": seed + offset}))
 
 
 def retry(study: optuna.Study, number: int, params: dict[str, Any]) -> None:

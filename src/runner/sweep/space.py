@@ -1,6 +1,5 @@
-"""An Optuna search space from Hydra's override grammar: `hydra.sweeper.params` and the sweeps
-of the command line become Optuna distributions, every other override is passed to each
-trial as it was written."""
+"""An Optuna search space from Hydra's override grammar: sweeps become Optuna distributions,
+every other override goes to each trial as it was written."""
 
 from __future__ import annotations
 
@@ -9,13 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import (
-    ChoiceSweep,
-    IntervalSweep,
-    Override,
-    RangeSweep,
-    Transformer,
-)
+from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep, Transformer
 from optuna.distributions import (
     BaseDistribution,
     CategoricalDistribution,
@@ -44,21 +37,28 @@ def search_space(params: Mapping[str, Any], arguments: Sequence[str]) -> Space:
     """`params` first, then the command line's overrides: a later one for a key wins."""
     lines = [f"{key}={value}" for key, value in params.items()] + list(arguments)
     parsed = OverridesParser.create().parse_overrides(lines)
-    by_key = {override.get_key_element(): override for override in parsed}
     space = Space()
-    for key, override in by_key.items():
+    for key, override in {override.get_key_element(): override for override in parsed}.items():
         if not override.is_sweep_override():
             assert override.input_line is not None
             space.fixed.append(override.input_line)
             continue
         value = override.value()
+        # sorted: shuffle(...) iterates in a random order
+        values = sorted(override.sweep_iterator()) if isinstance(value, RangeSweep) else []
         if isinstance(value, ChoiceSweep) or (isinstance(value, RangeSweep) and value.shuffle):
-            originals = value.list if isinstance(value, ChoiceSweep) else _values(override)
+            originals = value.list if isinstance(value, ChoiceSweep) else values
             choices = [Transformer.encode(v) for v in originals]
             space.distributions[key] = CategoricalDistribution(choices)
             space.texts[key] = {c: Transformer.str(v) for c, v in zip(choices, originals)}
-        elif isinstance(value, RangeSweep):
-            space.distributions[key] = _stepped(key, _values(override), abs(value.step))
+        elif isinstance(value, RangeSweep):  # what a grid sweep of it runs: a, a + step, ... < b
+            step = abs(value.step)
+            if not values:
+                raise ConfigError(f"hydra.sweeper.params: {key}=range(...) holds no value")
+            if all(isinstance(v, int) for v in values):
+                space.distributions[key] = IntDistribution(values[0], values[-1], step=int(step))
+            else:
+                space.distributions[key] = FloatDistribution(values[0], values[-1], step=step)
         elif isinstance(value, IntervalSweep):
             log = "log" in value.tags  # interval bounds are floats in Hydra's grammar
             space.distributions[key] = FloatDistribution(value.start, value.end, log=log)
@@ -69,16 +69,3 @@ def search_space(params: Mapping[str, Any], arguments: Sequence[str]) -> Space:
                 "range(a, b[, step]) or a plain value"
             )
     return space
-
-
-def _stepped(key: str, values: list[Any], step: float) -> BaseDistribution:
-    """range(a, b, step) holds what a grid sweep of it runs: a, a + step, ... below b."""
-    if not values:
-        raise ConfigError(f"hydra.sweeper.params: {key}=range(...) holds no value")
-    if all(isinstance(v, int) for v in values):
-        return IntDistribution(values[0], values[-1], step=int(step))
-    return FloatDistribution(values[0], values[-1], step=step)
-
-
-def _values(override: Override) -> list[Any]:
-    return sorted(override.sweep_iterator())  # sorted: shuffle(...) iterates in a random order

@@ -1,10 +1,6 @@
-"""Where an Optuna search's study lives, and how a job finds its own trial in it.
-
-The sweeper and its jobs open the same storage: by default Optuna's journal file in the
-sweep directory (written under a file lock, so parallel jobs share it safely), or any Optuna
-storage URL. Each job learns its trial from environment variables set by a `hydra.job.env_set`
-override, which keeps them out of its directory name, overrides.yaml and HParams columns.
-"""
+"""Where an Optuna search's study lives, and how a job finds its own trial in it: through
+environment variables (a `hydra.job.env_set` override), which stay out of its directory name,
+overrides.yaml and HParams columns."""
 
 from __future__ import annotations
 
@@ -30,8 +26,8 @@ def location(storage: str | None, sweep_dir: Path) -> str:
 
 
 def open_storage(where: str) -> BaseStorage:
-    """A URL (`sqlite:///optuna.db`, `postgresql://...`) is Optuna's database storage; a
-    path is a journal file, which `optuna-dashboard <path>` opens as well."""
+    """A URL is Optuna's database storage; a path is a journal file (written under a file lock,
+    so parallel jobs share it), which `optuna-dashboard <path>` opens as well."""
     import optuna
     from optuna.storages.journal import JournalFileBackend
 

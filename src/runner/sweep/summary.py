@@ -1,9 +1,6 @@
-"""The start and end of a sweep. At the start, job directories are named by what varies
-between jobs, and a joblib sweep is made to stop cleanly on Ctrl-C. At the end: `summary.csv`,
-the same table printed best first, and an exit status that says whether every job worked.
-
-It reads only what each job left in its own directory, so any launcher works alike.
-"""
+"""The start and end of a sweep: job directories named by what varies, a clean Ctrl-C for
+joblib, and at the end `summary.csv`, the table printed best first, and the exit status. It
+reads only what each job left in its own directory, so any launcher works alike."""
 
 from __future__ import annotations
 
@@ -13,7 +10,7 @@ import signal
 import sys
 import threading
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -66,10 +63,9 @@ class Summary(Callback):
             print(f"Config error: {e}", file=sys.stderr)
             raise SystemExit(2) from None
         name_jobs_by_what_varies(config)
-        # Left to joblib, the first Ctrl-C ended the workers before their jobs wrote anything,
-        # and a SIGTERM to this process alone left them running. Instead a stop file makes
-        # running jobs stop at their next log step and queued ones not start, as with the
-        # basic launcher. Only the main thread may handle signals.
+        # Left to joblib, Ctrl-C ended the workers before their jobs wrote anything, and a
+        # SIGTERM to this process alone left them running. A stop file makes running jobs stop
+        # at their next log step and queued ones not start. Only the main thread gets signals.
         main_thread = threading.current_thread() is threading.main_thread()
         if config.hydra.launcher.get("_target_") == JOBLIB and main_thread:
             self.stop = Path(config.hydra.sweep.dir).absolute() / STOP
@@ -113,16 +109,19 @@ class Summary(Callback):
 def summarise(sweep_dir: Path) -> list[dict[str, Any]]:
     """summary.csv and the printed table, from what each job left in its directory."""
     rows = collect(sweep_dir)
-    write_csv(sweep_dir / "summary.csv", rows)
+    # None as an empty cell; floats as Python writes them, the shortest exact text
+    with (sweep_dir / "summary.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
     print(table(rows, sweep_dir))
     resume.finish(sweep_dir)
     return rows
 
 
 def name_jobs_by_what_varies(config: DictConfig) -> None:
-    """Job directories named by the overrides that differ (`3_optimizer.lr=0.2,seed=2`): one
-    more Hydra override excludes the shared keys from `override_dirname`, for any sweeper or
-    launcher, since each job's config is composed from the sweep's `hydra.overrides.hydra`."""
+    """Job directories named by the overrides that differ (`3_optimizer.lr=0.2,seed=2`), through
+    `hydra.overrides.hydra`, which every job's config is composed from, for any launcher."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     overrides = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
@@ -168,14 +167,6 @@ def rank(row: Mapping[str, Any]) -> tuple[int, float, int]:
     return ORDER.get(row["status"], len(ORDER)), float(row["objective"]), row["job"]
 
 
-def write_csv(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
-    """None as an empty cell; floats as Python writes them, the shortest exact text."""
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def table(rows: list[dict[str, Any]], sweep_dir: Path) -> str:
     """The rows as a terminal table: 6 significant digits, run directories relative to the
     sweep, and only the overrides that differ between jobs."""
@@ -204,9 +195,8 @@ def table(rows: list[dict[str, Any]], sweep_dir: Path) -> str:
 def _cell(value: Any, column: str, sweep_dir: Path) -> str:
     if value is None:
         return "-"
-    if column == "run_dir":
-        path = Path(value)
-        return str(path.relative_to(sweep_dir)) if path.is_relative_to(sweep_dir) else value
+    if column == "run_dir":  # under sweep_dir: `collect` found it there
+        return str(Path(value).relative_to(sweep_dir))
     if isinstance(value, float):
         return f"{value:.6g}"
     return str(value)

@@ -1,10 +1,6 @@
-"""A sweep job's side of the sweep, at its log steps. In an Optuna search the run reports its
-objective to its own trial (a validation loss at the epoch end that computed it), named in
-its environment by the sweeper, and stops cleanly (`status: pruned`) when the study's pruner
-says so (Hydra's Optuna plugin never let a job see its trial). In a joblib sweep that Ctrl-C
-or SIGTERM reached, it stops as that signal would stop it, though the signal reached only
-the sweep's process.
-"""
+"""A sweep job's side of the sweep, at its log steps: in an Optuna search it reports to its own
+trial (named in its environment) and stops as `pruned` when the pruner says so; in a joblib
+sweep it stops as the Ctrl-C or SIGTERM that reached only the sweep's process would stop it."""
 
 from __future__ import annotations
 
@@ -51,8 +47,8 @@ class TrialReport(Observer):
             self.report(state, state.step - 1, float(state.val_loss))  # the epoch's last step
 
     def report(self, state: State, step: int, value: float) -> None:
-        """Record the objective at `step`; where the study's pruner says so, end the run
-        after this step (every rank agrees on it at the next log step or epoch end)."""
+        """Record the objective at `step`; a pruned run ends after this step (every rank
+        agrees on it at the next log step or epoch end)."""
         import optuna
 
         if self.trial is None or not math.isfinite(value):

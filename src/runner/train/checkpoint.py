@@ -1,5 +1,4 @@
-"""Checkpoints: everything a run needs to continue exactly (modules, gradients, optimizer,
-scheduler, `State` with every generator), written atomically, read with
+"""Checkpoints: everything a run needs to continue exactly, written atomically and read with
 `torch.load(weights_only=True)`: like a formula, a checkpoint cannot run code."""
 
 from __future__ import annotations
@@ -22,8 +21,7 @@ from runner.train.world import world
 log = logging.getLogger(__name__)
 
 LAST = Path("checkpoints") / "last.pt"
-# how a resumed run goes on, not what it learns: changed without a warning (`trainer.device`
-# covers `trainer.devices` too)
+# changed without a warning: how a run goes on, not what it learns (`device` covers `devices`)
 TRAINER_GOES_ON = ("epochs", "resume", "checkpoint_every", "log_every_n_steps", "device")
 TRAINER_GOES_ON += ("num_nodes", "objective", "early_stop", "check_grads", "compile")
 GOES_ON = (*(f"trainer.{key}" for key in TRAINER_GOES_ON), "logger.")
@@ -31,8 +29,7 @@ FORMAT = 2  # bumped when the layout changes, so an old file is refused with a c
 
 
 def locate(resume: Any, run_dir: Path) -> Path | None:
-    """The checkpoint `trainer.resume` names: a run directory, a checkpoint file, or `auto`
-    (this run directory's own, when it has one; otherwise the run starts afresh)."""
+    """The checkpoint `trainer.resume` names: a run directory, a file, or `auto` (this one's)."""
     if not isinstance(resume, str):
         return None  # null, or a wrong type that the config check reports
     if resume == "auto":
@@ -149,7 +146,7 @@ def _modules(b: Built) -> dict[str, torch.nn.Module]:
 def _rng_state(device: torch.device) -> dict[str, Any]:
     """Every generator a run draws from: torch (CPU, and the accelerator in use), Python, NumPy."""
     version, words, gauss = random.getstate()
-    # 625 words as one tensor rather than 625 pickled ints: a checkpoint's save time halves
+    # 625 words as one tensor rather than 625 pickled ints: far quicker to save
     python = (version, torch.tensor(words, dtype=torch.int64), gauss)
     state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": python}
     if device.type == "cuda":

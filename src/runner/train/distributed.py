@@ -1,10 +1,6 @@
-"""One run over several processes: PyTorch's DDP, with every decision taken once.
-
-Each step's global batch is split into disjoint shards of one permutation, DDP averages the
-gradients and the loss is averaged over the ranks, so every rank sees the same loss and
-parameters and the observers' decisions agree by construction. A signal, which reaches the
-ranks at different moments, is agreed on at log steps.
-"""
+"""One run over several processes with PyTorch's DDP. Each rank takes a disjoint shard of every
+batch and DDP and `mean` average gradients and loss, so the observers' decisions agree by
+construction; a signal, which reaches ranks at different moments, is agreed on at log steps."""
 
 from __future__ import annotations
 
@@ -82,8 +78,7 @@ def interrupted(stop: Any, state: State, log_now: bool) -> None:
 
 @dataclass
 class Part:
-    """This process's part of each step. For one process at full precision each piece is
-    the plain call itself, so the default run pays nothing."""
+    """This process's part of each step; for one process at full precision, the plain calls."""
 
     loss_on: LossOn  # forward and loss
     step: Callable[[Callable[[], torch.Tensor]], torch.Tensor]  # optimizer.step(closure)
@@ -107,8 +102,8 @@ def part(b: Built, w: World | None = None) -> Part:
 
 
 def sharded(b: Built, w: World) -> LossOn:
-    """The loss on this rank's shard of a batch, through DDP; a shard smaller than the
-    others' is weighted down, so that the ranks' mean is the whole batch's mean."""
+    """The loss on this rank's shard of a batch, through DDP, weighted so that the ranks' mean
+    is the whole batch's."""
     if b.data is None or b.model is None:
         raise ConfigError(
             "dataset=none has no data to split over processes, so each would compute the "
@@ -155,8 +150,7 @@ def broadcast(value: torch.Tensor | None) -> torch.Tensor | None:
 
 
 def agreed(stop: Any, state: State, log_now: bool) -> None:
-    """At log steps: a signal that reached any rank, or a trial that rank 0's pruner
-    stopped, ends the run on every rank after this step (a host sync, at log steps only)."""
+    """At log steps (a host sync): a signal on any rank or rank 0's pruner stops every rank."""
     if not log_now:
         return
     flags = torch.tensor([stop.signal is not None, state.status == "pruned"], dtype=torch.float)
@@ -177,8 +171,7 @@ def autocast(loss_on: LossOn, device: str, dtype: torch.dtype) -> LossOn:
 
 
 def scaled(scaler: torch.amp.GradScaler, optimizer: Any) -> tuple[Callable, Callable, Callable]:
-    """float16's scaler: backward from the scaled loss, the gradients unscaled before
-    clipping and the update, an update skipped when they overflowed."""
+    """float16's scaler: scaled backward, unscaled clipping, overflowed updates skipped."""
 
     def step(closure: Callable[[], torch.Tensor]) -> torch.Tensor:
         loss = closure()

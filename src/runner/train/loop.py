@@ -1,6 +1,5 @@
-"""train(): the training loop, top to bottom. At log steps, epoch ends and the end, a fixed
-list of read-only observers (`runner.observe`) looks at what happened. Losses stay on the
-device between log steps, so a log step is the only host sync."""
+"""train(): the training loop, top to bottom, with read-only observers at log steps, epoch ends
+and the end. Losses stay on the device between log steps, the only host syncs."""
 
 from __future__ import annotations
 
@@ -99,8 +98,7 @@ def shuffle(b: Built, batch_size: int | None) -> torch.Tensor | None:
 
 
 class Recent:
-    """The losses since the last log step, kept on the device; folded into one tensor when
-    many pile up between distant log steps, so memory stays bounded."""
+    """The losses since the last log step, on the device; folded when many pile up."""
 
     def __init__(self) -> None:
         self.losses: list[torch.Tensor] = []  # 0-d, one per update, after a 1-D folded one
@@ -125,8 +123,7 @@ class Stop:
 
 @contextmanager
 def stop_on_signals() -> Iterator[Stop]:
-    """Ctrl-C and SIGTERM stop the loop after the current step (the logs are kept and a
-    checkpoint is written); a second one stops at once."""
+    """Ctrl-C and SIGTERM stop the loop after the current step; a second one stops at once."""
     stop = Stop()
 
     def handler(signum: int, frame: Any) -> None:

@@ -1,6 +1,5 @@
-"""Where a run is and what it has seen: everything the loop carries from one step to the next,
-so a checkpoint of it with the model, optimizer and scheduler continues a run bit for bit.
-Losses stay on the device as tensors: reading them is a host sync, paid only at log steps."""
+"""Everything the loop carries from one step to the next, so a checkpoint continues a run bit
+for bit. Losses stay on the device: reading one is a host sync, paid only at log steps."""
 
 from __future__ import annotations
 
@@ -44,8 +43,7 @@ class State:
                 self.fold()
 
     def add(self, loss: torch.Tensor, share: float | None) -> None:
-        """An update's loss and its share of the data (None: the whole batch, whose loss is
-        the epoch's)."""
+        """An update's loss and its share of the data (None: the whole batch)."""
         if share is None:
             self.epoch_sum = loss
             return
@@ -54,10 +52,8 @@ class State:
             self.so_far()
 
     def so_far(self) -> torch.Tensor | None:
-        """The epoch's loss so far: the updates' losses weighted by their share of the data,
-        summed once an epoch with one sum and one product per run of equal shares (all but
-        an epoch's last update) rather than two ops every step. A checkpoint keeps `unsummed`
-        as it is, so a resumed run sums the same runs and its epoch loss is bit-identical."""
+        """The epoch's loss so far: one sum and product per run of equal shares, not two ops a
+        step. A checkpoint keeps `unsummed`, so a resumed run sums alike, bit for bit."""
         if self.unsummed:
             for share, run in itertools.groupby(self.unsummed, key=lambda step: step[1]):
                 part = torch.stack([loss for loss, _ in run]).sum() * share
@@ -66,8 +62,7 @@ class State:
         return self.epoch_sum
 
     def fold(self) -> torch.Tensor | None:
-        """The lowest epoch loss so far, NaN never winning (`torch.fmin`), brought up to
-        date in one reduction for many epochs rather than one op per epoch."""
+        """The lowest epoch loss so far (NaN never wins), one reduction for many epochs."""
         if self.unfolded:
             losses = torch.stack(self.unfolded)
             nan = torch.isnan(losses)

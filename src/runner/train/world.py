@@ -1,7 +1,5 @@
-"""Which process of a run this one is: from torchrun's variables (RANK, WORLD_SIZE, ...), or
-from `submitit.JobEnvironment` for a submitit job of several tasks. No torch is imported, so
-the entry point can ask before Hydra starts.
-"""
+"""Which process of a run this one is, from torchrun's variables or a submitit job of several
+tasks. Imports no torch, so the entry point can ask before Hydra starts."""
 
 from __future__ import annotations
 
