@@ -48,6 +48,17 @@ CASES = [
         ],
     ),
     ("wrong type", ["trainer.epochs=abc"], ["trainer.epochs='abc'", "an integer"]),
+    (
+        "formula with parentheses unquoted",
+        ["model.formula=sin(x)*w"],
+        [
+            "model.formula=sin(x)*w: Hydra cannot read this override (mismatched input '*' "
+            "expecting <EOF>); Hydra's grammar reads ( ) [ ] { } ' , itself: quote the value "
+            "twice, shell quotes around Hydra quotes: 'model.formula=\"sin(x)*w\"'"
+        ],
+    ),
+    ("override without =", ["epochs"], ["epochs: Hydra cannot read", "key=value"]),
+    ("unknown sweep function", ["optimizer.lr=intervl(0.1,1)"], ["Unknown function 'intervl'"]),
     ("zero lr", ["optimizer.lr=0"], ["optimizer.lr=0", "positive"]),
     ("negative lr", ["optimizer.lr=-1"], ["optimizer.lr=-1", "positive"]),
     ("nan lr", ["optimizer.lr=nan"], ["optimizer.lr=nan", "finite number"]),
@@ -218,7 +229,8 @@ def test_bad_input_stops_with_one_clear_message(overrides, fragments, workdir, m
     refused = ("trainer.epoch", "seedd", "optimizer.momentum", "optimizer", "loss.delta")
     refused += ("hydra.callbacks.summary.fail_on",)  # Hydra builds the callback
     refused += ("hydra.sweeper.params.optimizer.lr",)
-    hydra_refuses = any(o.split("=")[0] in refused for o in overrides)
+    unreadable = ("model.formula=sin(x)*w", "epochs", "optimizer.lr=intervl(0.1,1)")  # grammar
+    hydra_refuses = any(o.split("=")[0] in refused or o in unreadable for o in overrides)
     run_it = main_in_process if hydra_refuses else job_in_process
     status, out, err = run_it([*BASE, *overrides], workdir, monkeypatch, capsys)
     assert status == 2, (out, err)
@@ -272,9 +284,10 @@ def test_plus_is_suggested_exactly_where_the_key_would_then_be_accepted(override
 
 
 def test_a_hydra_error_it_does_not_explain_is_hydras_message(workdir, monkeypatch, capsys):
-    status, out, err = main_in_process([*BASE, "trainer.epochs=[1"], workdir, monkeypatch, capsys)
+    args = [*BASE, "optimizer.lr=0.1,0.2"]  # a sweep's values, without -m
+    status, out, err = main_in_process(args, workdir, monkeypatch, capsys)
     assert status == 1
-    assert "no viable alternative at input '[1'" in err
+    assert "Ambiguous value for argument 'optimizer.lr=0.1,0.2'" in err
     assert "Traceback" not in out + err and "Config error" not in err
 
 

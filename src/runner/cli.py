@@ -17,7 +17,12 @@ from types import TracebackType
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import CompactHydraException, ConfigCompositionException, MissingConfigException
+from hydra.errors import (
+    CompactHydraException,
+    ConfigCompositionException,
+    MissingConfigException,
+    OverrideParseException,
+)
 from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
@@ -100,6 +105,8 @@ def explain(error: Exception, args: Sequence[str]) -> str | None:
         return not_installed(MODULES[error.name], error.name, args)
     if isinstance(error, ConfigCompositionException):
         return sweeper_params(error, args) or refused_override(error, chosen_options(args))
+    if isinstance(error, OverrideParseException):
+        return unreadable(error)
     for raised in (error, error.__cause__):  # the cause: raised in a callback Hydra built
         if isinstance(raised, ConfigError):
             return str(raised)
@@ -118,6 +125,25 @@ def sweeper_params(error: Exception, args: Sequence[str]) -> str | None:
                 f"reach them; give the search as an override of its own: '{search}'"
             )
     return None
+
+
+def unreadable(error: OverrideParseException) -> str:
+    """An override Hydra's grammar cannot read, named (Hydra's message may leave it out),
+    with the usual cause: a character the grammar reads itself, unquoted."""
+    lines = str(error).splitlines()
+    skip = ("Error parsing override", "See https")
+    reason = "; ".join(line for line in lines if line.strip() and not line.startswith(skip))
+    key, equals, value = error.override.partition("=")
+    if not equals and not key.startswith("~"):
+        fix = "an override is key=value (+key=value adds a key, ~key deletes one)"
+    elif any(c in value for c in "()[]{}',") and value[:1] not in "'\"":
+        fix = (
+            "Hydra's grammar reads ( ) [ ] { } ' , itself: quote the value twice, shell "
+            f"quotes around Hydra quotes: '{key}=\"{value}\"'"
+        )
+    else:
+        fix = "the override grammar: https://hydra.cc/docs/advanced/override_grammar/basic"
+    return f"{error.override}: Hydra cannot read this override ({reason}); {fix}"
 
 
 def not_installed(option: str, needed: str, args: Sequence[str]) -> str:
