@@ -221,6 +221,8 @@ def test_logistic_blobs_logs_accuracy(run_experiment, no_figures):
     assert acc_train[-1][1] > 0.9 and acc_val[-1][1] > 0.85
     assert all(0.0 <= v <= 1.0 for _, v in acc_train + acc_val)
     assert metrics["status"] == "completed"
+    (w1, w2), b = metrics["params"]["weight"][0], metrics["params"]["bias"][0]
+    assert metrics["learned"] == f"weight = [[{w1:.3f}, {w2:.3f}]], bias = {b:.3f}"
 
 
 def test_mlp_classify_learns(run_experiment, no_figures):

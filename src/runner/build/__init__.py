@@ -54,12 +54,12 @@ class Built:
 
     def describe(self) -> str:
         """What was learned, as the post prints it: `y = 1.924x + 1.050`; else the parameters
-        by name (`w = 0.000, b = 1.050`, tensors as lists) for an objective or a few scalars."""
+        by name (`w = 0.000, b = 1.050`, tensors as lists) for an objective or a few numbers."""
         if isinstance(self.model, models.Expression) and self.data is not None:
             text = self.model.describe(self.data.inputs)
             if text is not None:
                 return f"y = {text}"
-        few = len(self.params) <= 4 and all(p.numel() == 1 for p in self.params.values())
+        few = sum(p.numel() for p in self.params.values()) <= 8  # one line's worth
         if few or (isinstance(self.loss_fn, losses.Expression) and self.loss_fn.objective_only):
             return ", ".join(f"{name} = {_rounded(p)}" for name, p in self.params.items())
         count = sum(p.numel() for p in self.params.values())
