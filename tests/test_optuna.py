@@ -31,7 +31,7 @@ from runner.sweep.study import (
     location,
     open_storage,
 )
-from runner.sweep.trial import reporting
+from runner.sweep.trial import TrialReport, reporting
 from runner.train.state import State
 
 pytestmark = pytest.mark.skipif(
@@ -161,15 +161,21 @@ def test_search_space_from_the_override_grammar():
     assert quoted.overrides({"dataset.path": "a b.csv"}) == ["dataset.path=a\\ b.csv"]
 
 
-def test_a_trial_reports_each_log_step_and_stops_when_its_pruner_says_so(tmp_path: Path):
+def trial_report(tmp_path: Path, objective: str) -> tuple[Any, int, TrialReport]:
+    """A study whose pruner stops a trial above 1.0, its first trial, and that trial's reporter."""
     import optuna
 
-    assert reporting("final_loss", {}) == []  # no Optuna search, no reporting
     where = location(None, tmp_path)
     study = optuna.create_study(study_name="s", storage=open_storage(where))
     study.set_user_attr(PRUNER, {"_target_": "optuna.pruners.ThresholdPruner", "upper": 1.0})
     number = study.ask().number
-    [report] = reporting("final_loss", {TRIAL: str(number), STUDY: "s", STORAGE: where})
+    [report] = reporting(objective, {TRIAL: str(number), STUDY: "s", STORAGE: where})
+    return study, number, report
+
+
+def test_a_trial_reports_each_log_step_and_stops_when_its_pruner_says_so(tmp_path: Path):
+    assert reporting("final_loss", {}) == []  # no Optuna search, no reporting
+    study, number, report = trial_report(tmp_path, "final_loss")
     state = State()
     for loss in (0.5, 0.25, 2.0, 0.1):  # the pruner stops it above 1.0
         state.step += 1
@@ -181,13 +187,7 @@ def test_a_trial_reports_each_log_step_and_stops_when_its_pruner_says_so(tmp_pat
 
 
 def test_a_validation_objective_is_reported_at_the_epoch_end_that_computed_it(tmp_path: Path):
-    import optuna
-
-    where = location(None, tmp_path)
-    study = optuna.create_study(study_name="s", storage=open_storage(where))
-    study.set_user_attr(PRUNER, {"_target_": "optuna.pruners.ThresholdPruner", "upper": 1.0})
-    number = study.ask().number
-    [report] = reporting("val_loss", {TRIAL: str(number), STUDY: "s", STORAGE: where})
+    study, number, report = trial_report(tmp_path, "val_loss")
     state = State()
     for val in (0.5, 2.0):  # two epochs of two steps; the first logs, the second ends it
         for _ in range(2):
