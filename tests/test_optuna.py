@@ -199,6 +199,14 @@ def test_a_validation_objective_is_reported_at_the_epoch_end_that_computed_it(tm
     assert study.trials[number].intermediate_values == {1: 0.5, 3: 2.0}  # no training loss
 
 
+def test_an_early_stop_at_the_epoch_end_the_pruner_would_stop_stays_completed(tmp_path: Path):
+    study, number, report = trial_report(tmp_path, "val_loss")
+    state = State(step=4, val_loss=torch.tensor(2.0), status="completed")  # early-stopped
+    report.epoch(state)
+    assert state.status == "completed"
+    assert study.trials[number].intermediate_values == {3: 2.0}  # reported all the same
+
+
 @pytest.mark.slow
 def test_a_search_keeps_its_study_in_the_sweep_dir_and_continues_it(tmp_path: Path):
     out, sweep_dir, rows = search(tmp_path, "s", *LINEAR, "hydra.sweeper.n_trials=2")

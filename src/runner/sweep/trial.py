@@ -55,8 +55,10 @@ class TrialReport(Observer):
             return
         try:
             self.storage.set_trial_intermediate_value(self.trial, step, value)
-            if self.pruner is not None and self.pruner.prune(
-                self.study, self.storage.get_trial(self.trial)
+            if (  # an early stop at this epoch's end stands: the run completed
+                state.status == "running"
+                and self.pruner is not None
+                and self.pruner.prune(self.study, self.storage.get_trial(self.trial))
             ):
                 state.status = "pruned"
                 log.info(f"Pruned: trial {self.number} stopped by the study's pruner")
