@@ -3,12 +3,14 @@ one run directory, the one-process result, resume, divergence and a dying rank."
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -16,7 +18,10 @@ from conftest import compose_config, event_accumulator, read_metrics
 
 from runner.build import build
 from runner.config.check import ConfigError
+from runner.observe import Observer
 from runner.train import distributed
+from runner.train.loop import train
+from runner.train.state import State
 from runner.train.world import World
 
 # sine_mlp with batches of 50: shards of 25 points, 13 and 12 per rank (uneven on purpose)
@@ -257,6 +262,35 @@ def test_one_process_pays_nothing_for_the_parts_it_does_not_use(tmp_path):
     assert part.loss_on == b.loss_on and part.step == b.optimizer.step
     loss = torch.tensor(1.0)
     assert part.mean(loss) is loss and part.scale(loss) is loss
+
+
+def test_a_trial_pruned_at_an_epoch_end_is_agreed_on_there(tmp_path, monkeypatch):
+    """Rank 0's pruner judges a validation loss at an epoch's end: the ranks must agree on
+    stopping there too, not only at log steps, or the others would train on alone."""
+    b = build(compose_config("experiment=sine_mlp", "logger=none", "trainer.epochs=3"), None)
+    asked: list[tuple[int, bool]] = []
+    own = distributed.part
+
+    def recording(b: Any) -> distributed.Part:
+        part = own(b)
+        agree = part.agree
+
+        def agreeing(stop: Any, state: State, log_now: bool) -> None:
+            asked.append((state.step, log_now))
+            agree(stop, state, log_now)
+
+        part.agree = agreeing
+        return part
+
+    class PrunesAtTheFirstEpochEnd(Observer):
+        def epoch(self, state: State) -> None:
+            state.status = "pruned"
+
+    monkeypatch.setattr(distributed, "part", recording)
+    state = train(b, State(), [PrunesAtTheFirstEpochEnd()], None)
+    per_epoch = math.ceil(800 / 64)  # sine_mlp's training points in batches of 64
+    assert state.status == "pruned" and state.step == per_epoch and state.epoch == 1
+    assert asked[-1] == (per_epoch, True)  # agreed on at the epoch's end, before any step
 
 
 @pytest.mark.cuda
