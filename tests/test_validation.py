@@ -58,6 +58,11 @@ CASES = [
         ],
     ),
     ("override without =", ["epochs"], ["epochs: Hydra cannot read", "key=value"]),
+    (
+        "deleting a null key",
+        ["~trainer.grad_clip"],
+        ["~trainer.grad_clip: Hydra deletes only a key that holds a value"],
+    ),
     ("unknown sweep function", ["optimizer.lr=intervl(0.1,1)"], ["Unknown function 'intervl'"]),
     ("zero lr", ["optimizer.lr=0"], ["optimizer.lr=0", "positive"]),
     ("negative lr", ["optimizer.lr=-1"], ["optimizer.lr=-1", "positive"]),
@@ -230,6 +235,7 @@ def test_bad_input_stops_with_one_clear_message(overrides, fragments, workdir, m
     refused += ("hydra.callbacks.summary.fail_on",)  # Hydra builds the callback
     refused += ("hydra.sweeper.params.optimizer.lr",)
     unreadable = ("model.formula=sin(x)*w", "epochs", "optimizer.lr=intervl(0.1,1)")  # grammar
+    unreadable += ("~trainer.grad_clip",)  # Hydra refuses to delete a null key
     hydra_refuses = any(o.split("=")[0] in refused or o in unreadable for o in overrides)
     run_it = main_in_process if hydra_refuses else job_in_process
     status, out, err = run_it([*BASE, *overrides], workdir, monkeypatch, capsys)

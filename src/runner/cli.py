@@ -104,7 +104,11 @@ def explain(error: Exception, args: Sequence[str]) -> str | None:
     if isinstance(error, ModuleNotFoundError) and error.name in MODULES:
         return not_installed(MODULES[error.name], error.name, args)
     if isinstance(error, ConfigCompositionException):
-        return sweeper_params(error, args) or refused_override(error, chosen_options(args))
+        return (
+            sweeper_params(error, args)
+            or not_deleted(error)
+            or refused_override(error, chosen_options(args))
+        )
     if isinstance(error, OverrideParseException):
         return unreadable(error)
     for raised in (error, error.__cause__):  # the cause: raised in a callback Hydra built
@@ -125,6 +129,18 @@ def sweeper_params(error: Exception, args: Sequence[str]) -> str | None:
                 f"reach them; give the search as an override of its own: '{search}'"
             )
     return None
+
+
+def not_deleted(error: Exception) -> str | None:
+    """`~key` where the key is absent or null: Hydra says "does not exist" for both."""
+    message = str(error)
+    if not (message.startswith("Could not delete from config. '") and "does not exist" in message):
+        return None
+    key = message.split("'")[1]
+    return (
+        f"~{key}: Hydra deletes only a key that holds a value, and {key} is null or not in "
+        "the config (spelled right?); a null setting is off already: leave the override out"
+    )
 
 
 def unreadable(error: OverrideParseException) -> str:
