@@ -1,6 +1,7 @@
-"""A sweep job's side of the sweep, at its log steps: in an Optuna search it reports to its own
-trial (named in its environment) and stops as `pruned` when the pruner says so; in a joblib
-sweep it stops as the Ctrl-C or SIGTERM that reached only the sweep's process would stop it."""
+"""A sweep job's side of the sweep: in an Optuna search it reports to its own trial (named in
+its environment) at log steps, or a validation loss at epoch ends, and stops as `pruned` when
+the pruner says so; in a joblib sweep it stops, at a log step, as the Ctrl-C or SIGTERM that
+reached only the sweep's process would stop it."""
 
 from __future__ import annotations
 
