@@ -226,6 +226,37 @@ def test_ctrl_c_stops_a_joblib_sweep_and_keeps_what_its_jobs_did(
         assert metrics["signal"] == sig.name
 
 
+def test_a_job_never_reads_the_stop_file_before_the_signal_is_in_it(tmp_path: Path, monkeypatch):
+    """A job that looks while the sweep writes the stop file sees either no file or the whole
+    signal name, so a SIGTERM is never recorded as the "SIGINT" an empty file defaults to."""
+    from types import SimpleNamespace
+
+    from runner.sweep.summary import Summary
+    from runner.sweep.trial import Stopped
+    from runner.train.state import State
+
+    summary, job = Summary(), Stopped(tmp_path)
+    summary.stop = tmp_path / STOP
+    seen: list[str] = []
+    write = Path.write_text
+
+    def write_looked_at_midway(self: Path, text: str, *args: Any, **kwargs: Any) -> int:
+        self.touch()  # the file exists, empty, as it does while a write is under way
+        state = State()
+        job.log(SimpleNamespace(state=state))
+        seen.append(f"{state.status} {state.signal}")
+        return write(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", write_looked_at_midway)
+    summary._interrupted(signal.SIGTERM, None)
+    monkeypatch.undo()
+    late = State()
+    job.log(SimpleNamespace(state=late))
+    assert seen == ["running None"]  # midway: nothing to read yet
+    assert (late.status, late.signal) == ("interrupted", "SIGTERM")
+    assert [p.name for p in tmp_path.iterdir()] == [STOP]
+
+
 def fake_job(sweep_dir: Path, num: int, metrics: dict[str, Any] | None) -> None:
     """A job directory as Hydra and the runner leave it (metrics None: it died first)."""
     run_dir = sweep_dir / str(num)

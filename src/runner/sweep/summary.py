@@ -79,7 +79,10 @@ class Summary(Callback):
             print("Interrupted again: stopped at once", file=sys.stderr)
             raise SystemExit(128 + signum)  # no traceback, as with the basic launcher
         self.stop.parent.mkdir(parents=True, exist_ok=True)
-        self.stop.write_text(signal.Signals(signum).name)  # the jobs read it (sweep/trial.py)
+        # the jobs read it (sweep/trial.py): whole, by a rename, never seen empty
+        part = self.stop.with_name(f"{STOP}.part")
+        part.write_text(signal.Signals(signum).name)
+        part.replace(self.stop)
         print(
             "Interrupted: running jobs stop at their next log step, the others do not start "
             "(Ctrl-C again to stop at once)",
