@@ -151,10 +151,22 @@ CASES = [
         ["dataset=csv", "dataset.x=a", "dataset.y=b"],
         ["dataset.path has no value", "dataset.path=..."],
     ),
+    *(
+        (
+            f"classification loss on values ({loss})",
+            [loss],
+            [f"loss: {name} reads classes, and dataset.task=regression holds values"],
+        )
+        for loss, name in (
+            ("loss=cross_entropy", "cross_entropy"),
+            ("loss=bce", "bce"),  # which would train on values, to a negative loss
+            ("loss._target_=torch.nn.functional.nll_loss", "nll_loss"),
+        )
+    ),
     (
-        "classification loss on values",
-        ["loss=cross_entropy"],
-        ["loss:", "dataset.task=regression", "dataset.task=classification"],
+        "a loss's own refusal",
+        ["loss=huber", "loss.delta=-1"],
+        ["loss: computing it on the first batch failed: huber_loss does not support"],
     ),
     (
         "a callback's own check",
@@ -168,6 +180,42 @@ CASES = [
             ["have dots in them", f"an override of its own: 'optimizer.lr={value}'"],
         )
         for kind, value in (("a value", "0.5"), ("a search", "interval(0.01,0.5)"))
+    ),
+    (
+        "a setting torch refuses",
+        ["optimizer=sgd", "optimizer.momentum=-1"],
+        ["optimizer: building torch.optim.SGD failed: Invalid momentum value: -1"],
+    ),
+    ("zero scheduler period", ["scheduler=step", "scheduler.step_size=0"], ["step_size=0"]),
+    (
+        "adding a key the config has",
+        ["+trainer.epochs=5"],
+        ["+trainer.epochs: the config has trainer.epochs already", "++trainer.epochs="],
+    ),
+    (
+        "a sweep without -m",
+        ["optimizer.lr=0.1,0.2"],
+        ["optimizer.lr=0.1,0.2: a comma-separated value is a sweep", "add -m"],
+    ),
+    (
+        "a dict the shell split",
+        ["trainer.early_stop={patience:", "10}"],
+        ["{patience:: Hydra cannot read", "in shell quotes around the whole override"],
+    ),
+    (
+        "an interpolation of nothing",
+        ["optimizer.lr=${oops}"],
+        ["optimizer.lr=${oops}: Interpolation key 'oops' not found", "${trainer.epochs}"],
+    ),
+    (
+        "a search without -m",
+        ["hparams_search=linear_fit_optuna"],
+        ["hparams_search=linear_fit_optuna is a search", "add -m"],
+    ),
+    (
+        "a split with nothing to train on",
+        ["dataset.val_fraction=0.99"],
+        ["dataset.val_fraction=0.99 holds out 50 of 50 points", "leaves 0 to train on"],
     ),
     (
         "validation objective without a split",
@@ -233,9 +281,11 @@ def job_in_process(
 def test_bad_input_stops_with_one_clear_message(overrides, fragments, workdir, monkeypatch, capsys):
     refused = ("trainer.epoch", "seedd", "optimizer.momentum", "optimizer", "loss.delta")
     refused += ("hydra.callbacks.summary.fail_on",)  # Hydra builds the callback
-    refused += ("hydra.sweeper.params.optimizer.lr",)
+    refused += ("hydra.sweeper.params.optimizer.lr", "+trainer.epochs")
+    refused += ("hparams_search",)  # told apart from a sweep by Hydra's own record
     unreadable = ("model.formula=sin(x)*w", "epochs", "optimizer.lr=intervl(0.1,1)")  # grammar
-    unreadable += ("~trainer.grad_clip",)  # Hydra refuses to delete a null key
+    unreadable += ("trainer.early_stop={patience:", "optimizer.lr=${oops}")
+    unreadable += ("~trainer.grad_clip", "optimizer.lr=0.1,0.2")  # Hydra refuses these
     hydra_refuses = any(o.split("=")[0] in refused or o in unreadable for o in overrides)
     run_it = main_in_process if hydra_refuses else job_in_process
     status, out, err = run_it([*BASE, *overrides], workdir, monkeypatch, capsys)
@@ -290,10 +340,11 @@ def test_plus_is_suggested_exactly_where_the_key_would_then_be_accepted(override
 
 
 def test_a_hydra_error_it_does_not_explain_is_hydras_message(workdir, monkeypatch, capsys):
-    args = [*BASE, "optimizer.lr=0.1,0.2"]  # a sweep's values, without -m
+    args = [*BASE, "hydra.job.chdir=maybe"]  # Hydra's own setting
     status, out, err = main_in_process(args, workdir, monkeypatch, capsys)
     assert status == 1
-    assert "Ambiguous value for argument 'optimizer.lr=0.1,0.2'" in err
+    assert "Error merging override hydra.job.chdir=maybe" in err
+    assert "Value 'maybe' is not a valid bool" in err
     assert "Traceback" not in out + err and "Config error" not in err
 
 

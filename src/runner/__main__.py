@@ -6,7 +6,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from runner import cli, launch
 
@@ -21,7 +21,8 @@ BASE = {"version_base": "1.3"} if hydra.__version__.startswith("1.3.") else {}
 @hydra.main(config_path=str(CONFIGS), config_name="config", **BASE)
 def app(cfg: DictConfig) -> float:
     hc = HydraConfig.get()  # what Hydra knows of this job
-    return cli.run_job(cfg, Path(hc.runtime.output_dir), hc.mode, list(hc.overrides.task))
+    overrides = OmegaConf.to_container(hc.overrides.task)  # as typed: `${...}` unresolved
+    return cli.run_job(cfg, Path(hc.runtime.output_dir), hc.mode, overrides)
 
 
 def main() -> None:

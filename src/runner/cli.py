@@ -25,7 +25,7 @@ from hydra.errors import (
 )
 from hydra.types import RunMode
 from omegaconf import DictConfig
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
 
 from runner.config.check import GROUPS, ConfigError, did_you_mean, refused_override
 from runner.launch import RankFailed, exit_status
@@ -46,6 +46,7 @@ PLUGINS = {  # a hydra/ option whose config a plugin brings: the package that ho
     "hydra/launcher/submitit_local": "the hydra-submitit-launcher plugin",
     "hydra/launcher/submitit_slurm": "the hydra-submitit-launcher plugin",
 }
+SEARCH = "hparams_search"  # the group of Optuna searches
 MODULES = {"optuna": "hydra/sweeper/optuna"}  # a module the runner's sweeper imports: its option
 
 
@@ -107,10 +108,17 @@ def explain(error: Exception, args: Sequence[str]) -> str | None:
         return (
             sweeper_params(error, args)
             or not_deleted(error)
+            or hydra_hint(error)
             or refused_override(error, chosen_options(args))
         )
     if isinstance(error, OverrideParseException):
         return unreadable(error)
+    if isinstance(error, InterpolationResolutionError):  # `optimizer.lr=${oops}`
+        named = [arg for arg in args if "${" in arg]
+        return (
+            f"{named[0] + ': ' if named else ''}{str(error).splitlines()[0]}; ${{...}} names "
+            "another key of the config, such as ${trainer.epochs}"
+        )
     for raised in (error, error.__cause__):  # the cause: raised in a callback Hydra built
         if isinstance(raised, ConfigError):
             return str(raised)
@@ -143,6 +151,27 @@ def not_deleted(error: Exception) -> str | None:
     )
 
 
+def hydra_hint(error: Exception) -> str | None:
+    """Two refusals Hydra explains over several lines, each as one: `+key=value` for a key the
+    config has, and a comma-separated value (a sweep's) without -m."""
+    first, *_ = str(error).splitlines() or [""]
+    if first.startswith("Could not append to config. An item is already at '"):
+        key = first.split("'")[1]
+        return (
+            f"+{key}: the config has {key} already, and + adds only a key it lacks; "
+            f"set it with {key}=... (or ++{key}=..., which sets or adds)"
+        )
+    if first.startswith("Ambiguous value for argument '"):
+        override = first.split("'", 1)[1].rstrip("'")
+        key, _, value = override.partition("=")
+        # a config group's option (`optimizer=gd,adam`) is neither a list nor a string
+        other = f"; for a list write {key}=[{value}], for a string '{key}=\"{value}\"'"
+        return f"{override}: a comma-separated value is a sweep, one job per value: add -m" + (
+            other if "." in key else ""
+        )
+    return None
+
+
 def unreadable(error: OverrideParseException) -> str:
     """An override Hydra's grammar cannot read, named (Hydra's message may leave it out),
     with the usual cause: a character the grammar reads itself, unquoted."""
@@ -152,6 +181,11 @@ def unreadable(error: OverrideParseException) -> str:
     key, equals, value = error.override.partition("=")
     if not equals and not key.startswith("~"):
         fix = "an override is key=value (+key=value adds a key, ~key deletes one)"
+    elif value.startswith(("[", "{")):  # a list or dict, which the shell split at its spaces?
+        fix = (
+            "a list or dict reaches Hydra whole, its brackets balanced, in shell quotes "
+            f"around the whole override: '{key}={value}...'"
+        )
     elif any(c in value for c in "()[]{}',") and value[:1] not in "'\"":
         fix = (
             "Hydra's grammar reads ( ) [ ] { } ' , itself: quote the value twice, shell "
@@ -165,7 +199,7 @@ def unreadable(error: OverrideParseException) -> str:
 def not_installed(option: str, needed: str, args: Sequence[str]) -> str:
     """`hydra/launcher=joblib needs the hydra-joblib-launcher plugin`, and how to install it."""
     group, _, name = option.rpartition("/")
-    searches = [a for a in args if a.startswith("hparams_search=")]
+    searches = [a for a in args if a.startswith(f"{SEARCH}=")]
     by = f" (chosen by {searches[-1]})" if searches and group.endswith("sweeper") else ""
     return (
         f"{group}={name}{by} needs {needed}, which is not installed; pip install "
@@ -199,8 +233,10 @@ def run_job(
     if mode == RunMode.MULTIRUN:
         return sweep_job(cfg, run_dir, overrides)
     try:
+        if HydraConfig.initialized() and (search := HydraConfig.get().runtime.choices.get(SEARCH)):
+            raise ConfigError(f"{SEARCH}={search} is a search, which runs as a sweep: add -m")
         metrics = run(cfg, run_dir, overrides)
-    except (ConfigError, RankFailed) as e:
+    except (ConfigError, RankFailed, InterpolationResolutionError) as e:
         if full_error():
             raise
         sys.exit(report(e))

@@ -236,7 +236,10 @@ def build(cfg: DictConfig, run_dir: Path | None) -> Built:
     if trainer.compile is not False:
         forward = compiled(forward, data, trainer)
 
-    optimizer = _instantiate("optimizer", opts["optimizer"])(list(params.values()))
+    make_optimizer = _instantiate("optimizer", opts["optimizer"])
+    # torch checks some settings only here (SGD's momentum, Adam's betas)
+    building = f"optimizer: building {opts['optimizer']['_target_']}"
+    optimizer = _first(building, make_optimizer, list(params.values()))
     if trainer.accumulate > 1 and isinstance(optimizer, torch.optim.LBFGS):
         raise ConfigError("optimizer=lbfgs re-evaluates the loss itself; set trainer.accumulate=1")
     make_scheduler = _instantiate("scheduler", opts["scheduler"])
@@ -305,6 +308,12 @@ def check_loss(loss_fn: Callable[..., Any], *args: torch.Tensor, hint: str = "")
         )
 
 
+# classification losses by name (torch's functions and modules, the runner's own)
+CLASSIFYING = {"cross_entropy", "bce", "nll_loss", "binary_cross_entropy"}
+CLASSIFYING |= {"binary_cross_entropy_with_logits", "CrossEntropyLoss", "NLLLoss", "BCELoss"}
+CLASSIFYING |= {"BCEWithLogitsLoss"}
+
+
 def check_shapes(forward: Forward, loss_fn: Any, data: Data, model_cfg: Mapping[str, Any]) -> None:
     """One forward pass on two points, so a shape mismatch is a config error, not a broadcast;
     `dataset.task`, never the loss, says what the output must be."""
@@ -312,10 +321,14 @@ def check_shapes(forward: Forward, loss_fn: Any, data: Data, model_cfg: Mapping[
     pred = _first("model: the first forward pass", forward, x)
     # a user's module may name its width otherwise: then the message says what to return
     has_key = "out_features" in model_cfg
-    hint = (
-        " (dataset.task=regression: the targets are values to fit, not classes; a "
-        "classification loss needs a dataset with dataset.task=classification)"
-    )
+    hint = ""
+    loss_name = getattr(getattr(loss_fn, "func", loss_fn), "__name__", type(loss_fn).__name__)
+    if data.task == "regression" and loss_name in CLASSIFYING:  # which would run on values
+        raise ConfigError(
+            f"loss: {loss_name} reads classes, and dataset.task=regression holds values to "
+            "fit; pick a regression loss (loss=mse, mae or huber) or a dataset with "
+            "dataset.task=classification"
+        )
     if data.task == "classification":
         classes = data.classes
         width = 1 if pred.dim() == 1 else pred.shape[-1]

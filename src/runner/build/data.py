@@ -100,9 +100,11 @@ def split(
         return Data(x, y, task=task, classes=classes)
     n_val = round(x.shape[0] * val_fraction)
     if n_val == 0 or n_val == x.shape[0]:
+        n = x.shape[0]
         raise ConfigError(
-            f"dataset.val_fraction={val_fraction} leaves {n_val} of {x.shape[0]} points for "
-            "validation; use more points or another fraction"
+            f"dataset.val_fraction={val_fraction} holds out {n_val} of {n} points for "
+            f"validation and leaves {n - n_val} to train on; each needs at least one: use more "
+            "points or another fraction"
         )
     perm = torch.randperm(x.shape[0])
     val, train = perm[:n_val], perm[n_val:]

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 GROUPS = ("dataset", "model", "loss", "optimizer", "scheduler", "trainer", "logger")
+PERIODS = ("step_size", "T_max")  # StepLR's and CosineAnnealingLR's, in epochs
 HYDRA_KEYS = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_")
 RUNTIME_ARGS = {  # what each builder passes its `_target_` itself, not from the config
     "dataset": ("dtype",),
@@ -330,4 +331,12 @@ def check(cfg: Mapping[str, Any]) -> Checked:
         check_target(group, given, runtime)
         options[group] = given
     trainer = check_trainer(dict(cfg.get("trainer") or {}))
+    for key in PERIODS:  # torch divides by them at the first epoch's end
+        value = options["scheduler"].get(key)
+        if (
+            key in options["scheduler"]
+            and trainer.epochs > 0
+            and not (_type_ok(value, int) and value > 0)
+        ):
+            raise ConfigError(f"scheduler.{key}={value!r} must be a positive integer")
     return Checked(trainer=trainer, cadence=cadence, options=options)
