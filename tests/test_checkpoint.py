@@ -135,6 +135,18 @@ def test_resuming_names_what_changes_the_learning_and_says_when_nothing_is_left(
     assert any("nothing is left to train" in r.message for r in caplog.records)
 
 
+def test_a_resumed_run_checkpoints_as_the_run_it_resumed(tmp_path, reference):
+    """Resumed in place twice without trainer.checkpoint_every, a run keeps the checkpoint's
+    cadence, so the second resume starts where the first resumed run ended, not before it."""
+    run_dir = tmp_path / "run"
+    run_in(run_dir, "trainer.epochs=30", EVERY, "logger=none")
+    run_in(run_dir, "trainer.epochs=50", "trainer.resume=auto", "logger=none")
+    assert torch.load(run_dir / LAST, weights_only=True)["state"]["step"] == 250
+    metrics = run_in(run_dir, "trainer.resume=auto", "logger=none")
+    assert metrics["resumed_from"]["step"] == 250
+    assert metrics["final_loss"] == reference[0]["final_loss"]
+
+
 class Crashing(TensorBoard):
     """TensorBoard logging that fails at step 285, after step 280 (checkpointed at 280) is
     on disk: what a run that dies between a checkpoint and the next one leaves behind."""

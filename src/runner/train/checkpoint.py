@@ -121,6 +121,10 @@ def load(path: Path, b: Built) -> State:
             "epochs done: nothing is left to train (raise trainer.epochs to go on)"
         )
     saved = state.get("hparams") or {}
+    t, every = b.checked.trainer, saved.get("trainer.checkpoint_every")
+    if t.checkpoint_every is None and isinstance(every, int):  # resumable in turn
+        t.checkpoint_every = every
+        log.info(f"Checkpointing every {every} steps, as the run resumed from did")
     changed = [k for k, v in b.hparams.items() if not k.startswith(GOES_ON) and saved.get(k) != v]
     if saved and changed:
         log.warning(
