@@ -39,6 +39,7 @@ CASES = [
     ("unknown key", ["trainer.epoch=5"], ["trainer.epoch=5", "did you mean 'epochs'"]),
     ("added unknown key", ["+trainer.epoch=5"], ["'trainer.epoch'", "did you mean 'epochs'"]),
     ("unknown top-level key", ["seedd=1"], ["seedd=1", "did you mean 'seed'"]),
+    ("misspelled experiment", ["experimnet=sine_mlp"], ["did you mean 'experiment'"]),
     (
         "key the optimizer lacks",
         ["optimizer=adam", "optimizer.momentum=0.9"],
@@ -279,7 +280,14 @@ def job_in_process(
     ],
 )
 def test_bad_input_stops_with_one_clear_message(overrides, fragments, workdir, monkeypatch, capsys):
-    refused = ("trainer.epoch", "seedd", "optimizer.momentum", "optimizer", "loss.delta")
+    refused = (
+        "trainer.epoch",
+        "seedd",
+        "experimnet",
+        "optimizer.momentum",
+        "optimizer",
+        "loss.delta",
+    )
     refused += ("hydra.callbacks.summary.fail_on",)  # Hydra builds the callback
     refused += ("hydra.sweeper.params.optimizer.lr", "+trainer.epochs")
     refused += ("hparams_search",)  # told apart from a sweep by Hydra's own record

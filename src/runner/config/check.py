@@ -191,6 +191,7 @@ def refused_override(error: BaseException, chosen: Mapping[str, str] | None = No
     line = str(error).partition("use +")[2].strip() or full_key
     where = full_key.rpartition(".")[0]
     keys = [str(k) for k in parent if k != "hydra" and k not in HYDRA_KEYS]
+    keys += [] if where else ["experiment", "hparams_search"]  # groups that add no key
     if where in RUNTIME_ARGS and "_target_" in parent:
         return _not_taken(line, where, str(key), parent, (chosen or {}).get(where))
     if not keys:
