@@ -81,6 +81,7 @@ def logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
         first.scalars(step, {"x": float(step)})
         if step % 3 == 0:
             first.histograms(step, {"param_hist/w": weights(step)})
+    first.hparams(HPARAMS, {"hparam/final_loss": 9.0}, step=9, status="interrupted")
     first.close()
     second = TensorBoard(logs / "resumed")
     second.resumed(5)
@@ -88,6 +89,7 @@ def logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
         second.scalars(step, {"x": 100.0 + step})
         if step % 3 == 0:
             second.histograms(step, {"param_hist/w": weights(100 + step)})
+    second.hparams(HPARAMS, {"hparam/final_loss": 7.0}, step=7, status="completed")
     second.close()
     return logs
 
@@ -165,7 +167,7 @@ def test_hparams_one_row_per_run_with_its_status(server: Server) -> None:
     assert [m["name"]["tag"] for m in experiment["metricInfos"]] == list(METRICS)
 
     groups = {group["name"]: group for group in server.session_groups()}
-    assert sorted(groups) == ["diverged", "main"]  # `resumed` logged no hparams
+    assert sorted(groups) == ["diverged", "main", "resumed"]
     main = groups["main"]
     assert main["hparams"] == {**HPARAMS, "trainer.amp": "true"}
     assert {m["name"]["tag"]: m["value"] for m in main["metricValues"]} == METRICS
@@ -177,6 +179,10 @@ def test_hparams_one_row_per_run_with_its_status(server: Server) -> None:
         "hparam/best_loss": 1.0,
     }
     assert [s["status"] for s in diverged["sessions"]] == ["STATUS_FAILURE"]
+    # interrupted at step 9, resumed in place from step 5: the resumed run's end and metric
+    resumed = groups["resumed"]
+    assert [s["status"] for s in resumed["sessions"]] == ["STATUS_SUCCESS"]
+    assert [(m["trainingStep"], m["value"]) for m in resumed["metricValues"]] == [(7, 7.0)]
     # the metric values are scalars at the last step, after every other step of the run
     assert server.scalars("main", "hparam/final_loss") == [(N - 1, 0.25)]
 

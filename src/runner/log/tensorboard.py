@@ -149,7 +149,9 @@ class TensorBoard(Null):
         self, hparams: Mapping[str, HParam], metrics: Mapping[str, float], step: int, status: str
     ) -> None:
         """One HParams row in this event file (`add_hparams` would open a sub-directory), SUCCESS
-        only for "completed"; the metrics are also scalars at `step`, the run's last."""
+        only for "completed"; the metrics are also scalars at `step`, the run's last. An
+        interrupted run has no end yet: TensorBoard keeps a run's first session end, so one
+        written here would outlast the SUCCESS of the run resumed in this directory."""
         # torch would make a bool a 0/1 number; as a string it reads true/false
         params = {k: str(v).lower() if isinstance(v, bool) else v for k, v in hparams.items()}
         values, wall = {tag: float(v) for tag, v in metrics.items()}, time.time()
@@ -164,7 +166,8 @@ class TensorBoard(Null):
                 data = plugin_data_pb2.HParamsPluginData.FromString(plugin.content)
                 data.session_end_info.status = api_pb2.STATUS_FAILURE
                 plugin.content = data.SerializeToString()
-            for summary in (experiment, start, end):
+            ended = () if status == "interrupted" else (end,)
+            for summary in (experiment, start, *ended):
                 w.file_writer.add_summary(summary, step, wall)
             for tag, v in values.items():
                 w.add_scalar(tag, v, step, wall)
