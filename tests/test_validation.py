@@ -214,6 +214,16 @@ CASES = [
         ["hparams_search=linear_fit_optuna is a search", "add -m"],
     ),
     (
+        "a misspelled logger key added",
+        ["logger=tensorboard", "+logger.histogram_every_n_step=10"],
+        ["did you mean 'histogram_every_n_steps'", "figure_every_n_epochs, flush_secs"],
+    ),
+    (
+        "a writer that would never wait",
+        ["logger=tensorboard", "+logger.handoff_secs=-1"],
+        ["logger.handoff_secs=-1 must be a positive number of seconds"],
+    ),
+    (
         "a split with nothing to train on",
         ["dataset.val_fraction=0.99"],
         ["dataset.val_fraction=0.99 holds out 50 of 50 points", "leaves 0 to train on"],

@@ -254,9 +254,15 @@ def locate(group: str, target: Any) -> Callable[..., Any]:
     )
 
 
-def check_target(group: str, given: Mapping[str, Any], runtime: typing.Iterable[str] = ()) -> None:
+def check_target(
+    group: str,
+    given: Mapping[str, Any],
+    runtime: typing.Iterable[str] = (),
+    also: typing.Iterable[str] = (),
+) -> None:
     """An option's keys and simple types against its `_target_`'s signature, less the
-    `runtime` arguments the builder passes itself (the optimizer's params)."""
+    `runtime` arguments the builder passes itself (the optimizer's params); `also`: the
+    group's keys the runner reads itself (the logger's cadence), taken too."""
     target = locate(group, given.get("_target_"))
     taken = arguments(target, runtime)
     if taken is None:
@@ -264,7 +270,7 @@ def check_target(group: str, given: Mapping[str, Any], runtime: typing.Iterable[
     named, accepts_any = taken
     keys = {k: v for k, v in given.items() if k not in HYDRA_KEYS}
     if not accepts_any:
-        check_keys(group, keys, named)
+        check_keys(group, keys, [*also, *named])
     try:
         hints = typing.get_type_hints(target.__init__ if inspect.isclass(target) else target)
     except Exception:  # unresolvable annotations in third-party code: skip the type check
@@ -326,10 +332,11 @@ def check(cfg: Mapping[str, Any]) -> Checked:
                 f"{group}={given!r} is not an option with a _target_; "
                 f"pick one of the files in configs/{group}/"
             )
-        given = dict(given)
+        given, also = dict(given), []
         if group == "logger":
             cadence, given = check_cadence(given)
-        check_target(group, given, runtime)
+            also = [f.name for f in dataclasses.fields(LoggerCadence)]
+        check_target(group, given, runtime, also)
         options[group] = given
     trainer = check_trainer(dict(cfg.get("trainer") or {}))
     for key in PERIODS:  # torch divides by them at the first epoch's end

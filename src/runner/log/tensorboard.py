@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from runner.config.check import ConfigError
+
 HParam = int | float | str | bool
 log = logging.getLogger(__name__)
 CLOSE = "close"  # what `close` asks of the writer thread
@@ -55,6 +57,9 @@ class TensorBoard(Null):
     def __init__(
         self, log_dir: str | Path, flush_secs: float = 10.0, handoff_secs: float = 1.0
     ) -> None:
+        for key, secs in (("flush_secs", flush_secs), ("handoff_secs", handoff_secs)):
+            if not (isinstance(secs, int | float) and 0 < secs < math.inf):
+                raise ConfigError(f"logger.{key}={secs!r} must be a positive number of seconds")
         self.log_dir = Path(log_dir)
         self._flush_secs = flush_secs
         # the writer's work holds the GIL that training needs between ops: it wakes once a
