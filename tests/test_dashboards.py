@@ -114,6 +114,7 @@ def test_a_diverged_run_is_a_failed_hparams_session(site):
     assert sessions["diverged"]["status"] == "STATUS_FAILURE"
     final = {m["name"]["tag"]: m["value"] for m in sessions["diverged"]["metricValues"]}
     assert math.isnan(float(final["hparam/final_loss"]))  # a loss it never reached
+    assert "hparam/val_loss" not in final  # no validation split: no column, diverged or not
     assert sessions["mlp"]["status"] == "STATUS_SUCCESS"
 
 

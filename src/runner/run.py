@@ -94,7 +94,9 @@ def run(
         if leader:
             write_json(run_dir / "metrics.json", metrics)
         step = max(state.step - 1, 0)
-        b.logger.hparams(hparams(cfg, overrides), hparam_metrics(metrics), step, metrics["status"])
+        validates = b.data is not None and b.data.x_val is not None
+        row = hparam_metrics(metrics, validates)
+        b.logger.hparams(hparams(cfg, overrides), row, step, metrics["status"])
         b.logger.close()
         distributed.leave()
     report(metrics, run_dir)
@@ -189,13 +191,12 @@ def hparams(cfg: DictConfig, overrides: Sequence[str]) -> dict[str, Any]:
     return columns
 
 
-def hparam_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
-    """The HParams metric columns (and a classifier's accuracies); NaN: a loss never reached."""
+def hparam_metrics(metrics: Mapping[str, Any], validates: bool) -> dict[str, float]:
+    """The HParams metric columns (and a classifier's accuracies); NaN: a loss never reached.
+    `hparam/val_loss` only with a validation split, even for a run that diverged."""
     out = {}
-    for key in ("final_loss", "best_loss", "val_loss"):
+    for key in ("final_loss", "best_loss", "val_loss")[: 3 if validates else 2]:
         value = metrics.get(key)
-        if key == "val_loss" and value is None and metrics.get("status") == "completed":
-            continue  # no validation split: no column, rather than NaN in every row
         out[f"hparam/{key}"] = float(value) if isinstance(value, int | float) else math.nan
     return out | {f"hparam/{key}": metrics[key] for key in ("acc", "val_acc") if key in metrics}
 
