@@ -197,6 +197,7 @@ def test_ctrl_c_mid_epoch_writes_a_checkpoint_that_resumes_exactly(
     assert loop["step"] == metrics["steps"] < 400 and loop["position"] % 5 != 0  # mid-epoch
     resumed = run_in(tmp_path / "resumed", f"trainer.resume={stopped}", "logger=none")
     assert resumed["status"] == "completed" and resumed["steps"] == 400
+    assert "signal" not in resumed  # the Ctrl-C stopped the first run, not this one
     assert resumed["params"] == reference[0]["params"]
 
 

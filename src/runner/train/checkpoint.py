@@ -113,7 +113,7 @@ def load(path: Path, b: Built) -> State:
             "experiment and model the checkpoint was written with"
         ) from e
     _set_rng_state(run.rng, b.device)
-    run.status = "running"
+    run.status, run.signal = "running", None  # what stopped the run before is over
     log.info(f"Resuming from {path} at step {run.step} (epoch {run.epoch})")
     if run.epoch >= b.checked.trainer.epochs:
         log.warning(
