@@ -337,3 +337,13 @@ def test_two_gpus_with_nccl_end_where_one_does(tmp_path, run_experiment):
     )
     assert code == 0, out + err
     assert read_metrics(tmp_path / "r")["final_loss"] == pytest.approx(one["final_loss"], rel=1e-3)
+
+
+@pytest.mark.parametrize("text", ["10m", "0", "-5", "inf"])
+def test_a_bad_collective_timeout_is_a_config_error_naming_it(monkeypatch, text):
+    """RUNNER_DIST_TIMEOUT_S is read when processes join (a single process never reads it)."""
+    monkeypatch.setenv(distributed.TIMEOUT, text)
+    with pytest.raises(ConfigError, match=f"RUNNER_DIST_TIMEOUT_S='{text}' must be a positive"):
+        distributed.timeout()
+    monkeypatch.setenv(distributed.TIMEOUT, "2.5")
+    assert distributed.timeout().total_seconds() == 2.5

@@ -4,6 +4,7 @@ construction; a signal, which reaches ranks at different moments, is agreed on a
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,8 +20,7 @@ from runner.config.check import ConfigError
 from runner.train.state import State
 from runner.train.world import World, world
 
-# how long a collective waits for a rank that stopped answering
-TIMEOUT = timedelta(seconds=float(os.environ.get("RUNNER_DIST_TIMEOUT_S", 600)))
+TIMEOUT = "RUNNER_DIST_TIMEOUT_S"  # how long a collective waits for a rank that stopped answering
 LossOn = Callable[[torch.Tensor | None], torch.Tensor]  # a batch's indices (None: all) -> loss
 
 
@@ -31,11 +31,22 @@ def join(w: World, sent: Any) -> Any:
     # gloo carries CPU tensors (and this handshake), nccl CUDA ones
     backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
     dist.init_process_group(
-        backend, init_method=w.address, rank=w.rank, world_size=w.size, timeout=TIMEOUT
+        backend, init_method=w.address, rank=w.rank, world_size=w.size, timeout=timeout()
     )
     box = [sent]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def timeout() -> timedelta:
+    text = os.environ.get(TIMEOUT, "600")
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds < math.inf:
+        raise ConfigError(f"{TIMEOUT}={text!r} must be a positive number of seconds")
+    return timedelta(seconds=seconds)
 
 
 def pin(w: World, device: str) -> None:
