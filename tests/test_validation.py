@@ -366,6 +366,20 @@ def test_a_hydra_error_it_does_not_explain_is_hydras_message(workdir, monkeypatc
     assert "Traceback" not in out + err and "Config error" not in err
 
 
+def test_ctrl_c_before_a_run_starts_is_exit_130_without_a_traceback(monkeypatch, capsys):
+    """Ctrl-C while Hydra starts or torch imports, before the run's own handler is set."""
+    from runner import cli
+
+    def starting() -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(starting)
+    assert stopped.value.code == 130
+    assert capsys.readouterr().err == "Interrupted\n"
+
+
 @pytest.mark.parametrize("asked", [False, True])
 def test_a_failed_sweep_job_shows_its_traceback_only_when_asked(tmp_path, monkeypatch, asked):
     """The entry point sets HYDRA_FULL_ERROR=1 for Hydra; a job (here, or in a worker that

@@ -63,6 +63,11 @@ def main(app: Callable[[], Any]) -> Any:
         if asked:
             raise
         sys.exit(report(error))
+    except KeyboardInterrupt:  # Ctrl-C before a run's own handler (Hydra starting, imports)
+        if asked:
+            raise
+        print("Interrupted", file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)
     finally:  # the environment as it was
         for key in saved:
             os.environ.pop(key, None)
@@ -274,7 +279,7 @@ def sweep_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> float
         # in the process that started the sweep (Hydra's basic launcher), Ctrl-C or SIGTERM
         # stops the sweep, not only this job; a joblib worker's or submitit job's exit would fail it
         if str(HydraConfig.get().launcher._target_).endswith(".BasicLauncher"):
-            log.error("Interrupted: the sweep stops here")
+            log.error("Interrupted: the sweep stops here; run the same command again to finish it")
             summarise(sweep_dir)  # the callback's end is never reached
             sys.exit(exit_status(metrics))
         leave_ctrl_c_to_the_sweep()

@@ -99,7 +99,7 @@ def run(
         b.logger.hparams(hparams(cfg, overrides), row, step, metrics["status"])
         b.logger.close()
         distributed.leave()
-    report(metrics, run_dir)
+    report(metrics, run_dir, sweep_dir)
     return metrics
 
 
@@ -209,7 +209,7 @@ def write_json(path: Path, data: Mapping[str, Any]) -> None:
     tmp.replace(path)
 
 
-def report(metrics: Mapping[str, Any], run_dir: Path) -> None:
+def report(metrics: Mapping[str, Any], run_dir: Path, sweep_dir: Path | None = None) -> None:
     """The end-of-run summary, led by the post's line: `Learned: y = 1.924x + 1.050`;
     for trainer.epochs=0, the pass itself: `y = 16.0`, `a.grad_fn = None`, `dy/dx = 8.0`."""
     first_step = metrics.get("first_step")
@@ -241,6 +241,8 @@ def report(metrics: Mapping[str, Any], run_dir: Path) -> None:
         resume = "set trainer.checkpoint_every to be able to resume"
         if (run_dir / checkpoint.LAST).is_file():
             resume = f"continue with trainer.resume={run_dir}"
+        if sweep_dir is not None:  # a grid job goes on from its checkpoint, a trial anew
+            resume = f"the sweep's command with hydra.sweep.dir={sweep_dir} finishes the sweep"
         by = metrics.get("signal", "a signal")
         log.info(f"Interrupted by {by} at step {metrics['steps']}; {resume}")
     log.info(f"Run directory: {run_dir}")
