@@ -60,6 +60,11 @@ CASES = [
     ),
     ("override without =", ["epochs"], ["epochs: Hydra cannot read", "key=value"]),
     (
+        "a search with a parenthesis missing",
+        ["optimizer.lr=tag(log, interval(0.01, 1.0)"],
+        ["Hydra cannot read", "tag(...) is Hydra's sweep syntax: check its parentheses"],
+    ),
+    (
         "deleting a null key",
         ["~trainer.grad_clip"],
         ["~trainer.grad_clip: Hydra deletes only a key that holds a value"],
@@ -303,6 +308,7 @@ def test_bad_input_stops_with_one_clear_message(overrides, fragments, workdir, m
     refused += ("hparams_search",)  # told apart from a sweep by Hydra's own record
     unreadable = ("model.formula=sin(x)*w", "epochs", "optimizer.lr=intervl(0.1,1)")  # grammar
     unreadable += ("trainer.early_stop={patience:", "optimizer.lr=${oops}")
+    unreadable += ("optimizer.lr=tag(log, interval(0.01, 1.0)",)
     unreadable += ("~trainer.grad_clip", "optimizer.lr=0.1,0.2")  # Hydra refuses these
     hydra_refuses = any(o.split("=")[0] in refused or o in unreadable for o in overrides)
     run_it = main_in_process if hydra_refuses else job_in_process

@@ -47,6 +47,7 @@ PLUGINS = {  # a hydra/ option whose config a plugin brings: the package that ho
     "hydra/launcher/submitit_slurm": "the hydra-submitit-launcher plugin",
 }
 SEARCH = "hparams_search"  # the group of Optuna searches
+SWEEP_FUNCTIONS = {"choice", "range", "interval", "tag", "glob", "sort", "shuffle"}  # Hydra's
 MODULES = {"optuna": "hydra/sweeper/optuna"}  # a module the runner's sweeper imports: its option
 
 
@@ -186,6 +187,12 @@ def unreadable(error: OverrideParseException) -> str:
     key, equals, value = error.override.partition("=")
     if not equals and not key.startswith("~"):
         fix = "an override is key=value (+key=value adds a key, ~key deletes one)"
+    elif value.partition("(")[0] in SWEEP_FUNCTIONS:  # quoted, it would be a string
+        fix = (
+            f"{value.partition('(')[0]}(...) is Hydra's sweep syntax: check its parentheses and "
+            "arguments, with shell quotes around the whole override "
+            "(https://hydra.cc/docs/advanced/override_grammar/extended/)"
+        )
     elif value.startswith(("[", "{")):  # a list or dict, which the shell split at its spaces?
         fix = (
             "a list or dict reaches Hydra whole, its brackets balanced, in shell quotes "
