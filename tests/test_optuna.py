@@ -236,6 +236,41 @@ def test_a_search_keeps_its_study_in_the_sweep_dir_and_continues_it(tmp_path: Pa
     )
 
 
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("hydra.sweeper.n_trials=0",), "hydra.sweeper.n_trials=0 is not allowed"),
+        (("optimizer.lr=interval(1.0, 0.01)",), "interval(1.0, 0.01): `low <= high` must hold"),
+        (("optimizer.lr=tag(log, interval(0, 1))",), "`low > 0` must hold for `log=True`"),
+        (("hydra.sweeper.storage=nosuchdb://x",), "storage='nosuchdb://x' cannot be opened"),
+        (("~hydra.sweeper.params",), "hydra/sweeper=optuna has nothing to search"),
+        (("+hydra.sweeper.n_trial=3",), "unknown key 'hydra.sweeper.n_trial' (did you mean"),
+    ],
+    ids=["no trials", "empty interval", "log from 0", "storage", "no search space", "typo"],
+)
+def test_a_search_it_cannot_run_is_one_config_error(tmp_path: Path, capsys, args, message):
+    status, _, sweep_dir, _ = sweep(tmp_path, "bad", *LINEAR, *args)
+    err = capsys.readouterr().err
+    assert status == 2 and "Traceback" not in err, err
+    (line,) = [line for line in err.splitlines() if line.startswith("Config error: ")]
+    assert message in line
+    assert not sweep_dir.exists()  # stopped before any trial
+
+
+def test_a_continued_study_refuses_other_settings(tmp_path: Path, capsys):
+    """As a grid sweep dir does: trials of other settings would not be comparable."""
+    search(tmp_path, "s", *LINEAR, "hydra.sweeper.n_trials=1")
+    capsys.readouterr()
+    other = ("trainer.epochs=6", "optimizer.lr=tag(log, interval(0.5, 2.0))")
+    status, _, sweep_dir, _ = sweep(tmp_path, "s", *LINEAR, "hydra.sweeper.n_trials=2", *other)
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith("Config error")]
+    assert status == 2
+    assert "searched with other settings (optimizer.lr, trainer.epochs=5, trainer.epochs=6)" in line
+    assert [t.state.name for t in trials(sweep_dir, "linear_fit")] == ["COMPLETE"]  # no trial
+    search(tmp_path, "s", *LINEAR, "hydra.sweeper.n_trials=2")  # more trials: the same search
+    assert len(trials(sweep_dir, "linear_fit")) == 2
+
+
 @pytest.mark.slow
 def test_the_same_seed_runs_the_same_trials_and_beats_the_default_lr(tmp_path, run_experiment):
     _, a, rows_a = search(tmp_path, "a", *LINEAR, "hydra.sweeper.n_trials=4")
@@ -309,9 +344,12 @@ def test_parallel_trials_share_one_study(tmp_path: Path, launcher: str, n_trials
 @JOBLIB
 def test_ctrl_c_stops_a_parallel_search_which_the_same_command_continues(tmp_path: Path):
     sweep_dir = tmp_path / "s"
-    long = ("trainer.epochs=1000000", "trainer.checkpoint_every=100")
+    # long enough to be stopped, short enough to be finished: a continued study runs the
+    # same settings (reports every 100 steps: at every step, the journal is the bottleneck)
+    long = ("trainer.epochs=20000", "trainer.checkpoint_every=100", "logger=none")
+    long += ("trainer.log_every_n_steps=100",)
     parallel = ("hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweeper.n_jobs=2")
-    command = [sys.executable, "-m", "runner", "-m", *LINEAR[:2], "logger=none", *long]
+    command = [sys.executable, "-m", "runner", "-m", *LINEAR[:2], *long]
     command += [*parallel, "hydra.sweeper.n_trials=4", f"hydra.sweep.dir={sweep_dir}"]
     process = subprocess.Popen(
         command,
@@ -337,7 +375,7 @@ def test_ctrl_c_stops_a_parallel_search_which_the_same_command_continues(tmp_pat
     stopped = trials(sweep_dir, "linear_fit")
     assert [t.state.name for t in stopped] == ["FAIL", "FAIL", "WAITING", "WAITING"]
 
-    search(tmp_path, "s", *LINEAR, *parallel, "hydra.sweeper.n_trials=4")
+    search(tmp_path, "s", *LINEAR[:2], *long, *parallel, "hydra.sweeper.n_trials=4")
     after = trials(sweep_dir, "linear_fit")
     assert [t.state.name for t in after[2:]] == ["COMPLETE"] * 4
     assert [t.params for t in after[2:4]] == [t.params for t in stopped[:2]]  # run again

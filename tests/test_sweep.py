@@ -226,6 +226,14 @@ def test_ctrl_c_stops_a_joblib_sweep_and_keeps_what_its_jobs_did(
         assert metrics["signal"] == sig.name
 
 
+@JOBLIB
+def test_joblib_with_no_jobs_is_a_config_error(tmp_path: Path, capsys):
+    args = ("experiment=linear_fit", "optimizer.lr=0.1,0.2", "hydra/launcher=joblib")
+    status, _, sweep_dir, _ = sweep(tmp_path, "none", *args, "hydra.launcher.n_jobs=0")
+    assert status == 2 and not (sweep_dir / "0_optimizer.lr=0.1").exists()
+    assert "Config error: hydra.launcher.n_jobs=0 runs no job" in capsys.readouterr().err
+
+
 def test_a_job_never_reads_the_stop_file_before_the_signal_is_in_it(tmp_path: Path, monkeypatch):
     """A job that looks while the sweep writes the stop file sees either no file or the whole
     signal name, so a SIGTERM is never recorded as the "SIGINT" an empty file defaults to."""

@@ -42,8 +42,13 @@ class OptunaSweeper(Sweeper):
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
     ) -> None:
+        from runner.config.check import check_keys
+
         # without optuna, ModuleNotFoundError: runner.cli names the pip install
         from runner.sweep.search import Search
+
+        known = [k for k in CONFIG if not k.startswith("_")]
+        check_keys("hydra.sweeper", self.keys, known)  # `+hydra.sweeper.n_trial=3`
 
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config
@@ -51,7 +56,7 @@ class OptunaSweeper(Sweeper):
         # the study opens before any job: a bad key or storage stops the sweep with its own
         # message, not with the end-of-sweep summary of no jobs
         self.search = Search(
-            **self.keys,
+            **{k: self.keys.get(k, CONFIG[k]) for k in known},  # `~hydra.sweeper.params`
             sweep_dir=Path(config.hydra.sweep.dir).absolute(),
             arguments=list(config.hydra.overrides.task),
         )

@@ -19,7 +19,7 @@ from optuna.trial import Trial, TrialState
 
 from runner.config.check import ConfigError
 from runner.sweep.resume import read_metrics
-from runner.sweep.space import search_space
+from runner.sweep.space import Space, search_space
 from runner.sweep.study import PRUNER, STORAGE, STUDY, SWEEP_DIR, TRIAL, location, open_storage
 from runner.sweep.summary import STOP, quote
 
@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 RESULTS = "optimization_results.yaml"  # the best trial, where Hydra's Optuna plugin wrote it
 # what n_trials counts: a failed trial does not, so the next search tries again
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+SEARCHED = "runner:search"  # the study's user attribute: the search that began it
 
 
 class Search:
@@ -51,7 +52,7 @@ class Search:
                 f"hydra.sweeper.direction={direction!r} is not allowed; use minimize or "
                 "maximize (one objective: multi-objective searches are not supported)"
             )
-        for key, value, least in (("n_trials", n_trials, 0), ("n_jobs", n_jobs, 1)):
+        for key, value, least in (("n_trials", n_trials, 1), ("n_jobs", n_jobs, 1)):
             if not isinstance(value, int) or value < least:
                 raise ConfigError(
                     f"hydra.sweeper.{key}={value!r} is not allowed; use an integer >= {least}"
@@ -59,6 +60,11 @@ class Search:
         self.direction, self.n_trials, self.n_jobs = direction, n_trials, n_jobs
         self.sweep_dir = sweep_dir
         self.space = search_space(params, arguments)
+        if not self.space.distributions:  # every trial would run the same config
+            raise ConfigError(
+                "hydra/sweeper=optuna has nothing to search; give a search such as "
+                "'optimizer.lr=tag(log, interval(0.001, 1.0))' or pick hparams_search=..."
+            )
         self.env = {STUDY: study_name or "search", STORAGE: location(storage, sweep_dir)}
         name, where = self.env[STUDY], open_storage(self.env[STORAGE])
         self.study = study = optuna.create_study(
@@ -70,6 +76,7 @@ class Search:
                 f"{self.env[STORAGE]} was made to {study.direction.name.lower()}; set "
                 "hydra.sweeper.study_name or hydra.sweep.dir to start another"
             )
+        same_search(study, self.space, f"the study {name!r} in {self.env[STORAGE]}")
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if trial.user_attrs.get(SWEEP_DIR) == str(sweep_dir):  # this search's, killed
                 log.warning(f"Trial {trial.number} was left running: failed, and queued again")
@@ -148,6 +155,23 @@ class Search:
             retry(self.study, trial.number, trial.params)
         else:
             self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+
+
+def same_search(study: optuna.Study, space: Space, where: str) -> None:
+    """A continued study runs the search that began it: other settings would mix trials that
+    are not comparable (a grid sweep dir refuses them alike)."""
+    searched = {"fixed": sorted(space.fixed)} | {k: repr(d) for k, d in space.distributions.items()}
+    before = study.user_attrs.get(SEARCHED)
+    if before is None:  # a new study
+        study.set_user_attr(SEARCHED, searched)
+    elif before != searched:
+        fixed = set(before.pop("fixed", [])) ^ set(searched.pop("fixed"))
+        keys = {k for k in before.keys() | searched.keys() if before.get(k) != searched.get(k)}
+        raise ConfigError(
+            f"{where} was searched with other settings ({', '.join(sorted(fixed | keys))}); "
+            "give the same ones to continue it, or set hydra.sweep.dir (or "
+            "hydra.sweeper.study_name) to start another"
+        )
 
 
 def retry(study: optuna.Study, number: int, params: dict[str, Any]) -> None:

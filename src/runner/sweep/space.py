@@ -61,7 +61,10 @@ def search_space(params: Mapping[str, Any], arguments: Sequence[str]) -> Space:
                 space.distributions[key] = FloatDistribution(values[0], values[-1], step=step)
         elif isinstance(value, IntervalSweep):
             log = "log" in value.tags  # interval bounds are floats in Hydra's grammar
-            space.distributions[key] = FloatDistribution(value.start, value.end, log=log)
+            try:
+                space.distributions[key] = FloatDistribution(value.start, value.end, log=log)
+            except ValueError as e:  # low > high; a log interval from 0
+                raise ConfigError(f"{override.input_line}: {e}") from e
         else:
             raise ConfigError(
                 f"hydra.sweeper.params: {override.input_line} is not a search the Optuna "

@@ -7,6 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from runner.config.check import ConfigError
+
 if TYPE_CHECKING:
     from optuna.storages import BaseStorage
 
@@ -32,6 +34,12 @@ def open_storage(where: str) -> BaseStorage:
     from optuna.storages.journal import JournalFileBackend
 
     if "://" in where:
-        return optuna.storages.get_storage(where)
+        if where.startswith("sqlite:///"):  # its directory, made as a journal file's is
+            Path(where.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            return optuna.storages.get_storage(where)
+        except Exception as e:  # no driver, no server, a bad URL: the user's setting
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ConfigError(f"hydra.sweeper.storage={where!r} cannot be opened: {reason}") from e
     Path(where).parent.mkdir(parents=True, exist_ok=True)
     return optuna.storages.JournalStorage(JournalFileBackend(where))

@@ -58,6 +58,8 @@ class Summary(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:  # a different sweep in this sweep dir stops before any job
+            if config.hydra.launcher.get("n_jobs", 1) == 0:  # joblib's: cores, -1 all of them
+                raise ConfigError("hydra.launcher.n_jobs=0 runs no job; use 1 or more, or -1")
             resume.check(config)
         except ConfigError as e:  # ends as runner.cli ends a bad config: Hydra would only warn
             print(f"Config error: {e}", file=sys.stderr)
