@@ -7,12 +7,16 @@
 #   bash benchmarks/cuda.sh     # PYTHON=... picks the interpreter; SKIP=step,large,ddp,whole,sweep,suite skips those
 set -uo pipefail
 cd "$(dirname "$0")/.."
-out=${OUT:-cuda-logs}
-mkdir -p "$out"
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 py=${PYTHON:-python3}
 xdist=$($py -c "import xdist" 2>/dev/null && echo "-n 8")
 
+if ! $py -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
+    echo "No CUDA device here: benchmarks/cuda.sh is for a machine with one" >&2
+    exit 1
+fi
+out=${OUT:-cuda-logs}
+mkdir -p "$out"
 nvidia-smi -L
 $py -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
 timeout 150 $py -m pytest -q -p no:cacheprovider -m cuda -rs 2>&1 | tee "$out/cuda_tests.log"

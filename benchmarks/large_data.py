@@ -122,6 +122,8 @@ def main() -> None:
     args = parser.parse_args()
     global DEVICE
     DEVICE = torch.device(args.device)
+    if DEVICE.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"No CUDA device here: --device {args.device} needs one")
     loops = {
         "runner (default logging)": runner,
         "runner, no histograms": lambda n, e: runner(n, e, "logger.histogram_every_n_steps=null"),

@@ -150,6 +150,8 @@ def main() -> None:
     args = parser.parse_args()
     global DEVICE, clock
     DEVICE = torch.device(args.device)
+    if DEVICE.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"No CUDA device here: --device {args.device} needs one")
     if DEVICE.type == "cuda" or args.wall:
         clock = time.perf_counter
     n = args.epochs
