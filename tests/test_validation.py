@@ -49,6 +49,7 @@ CASES = [
         ],
     ),
     ("wrong type", ["trainer.epochs=abc"], ["trainer.epochs='abc'", "an integer"]),
+    ("capitalised choice", ["trainer.amp=BFloat16"], ["did you mean 'bfloat16'"]),
     (
         "formula with parentheses unquoted",
         ["model.formula=sin(x)*w"],

@@ -72,8 +72,10 @@ class EarlyStop:
 
 
 def did_you_mean(name: str, choices: typing.Iterable[str]) -> str:
-    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+    """The closest choice, ignoring case (`BFloat16` is bfloat16, not float16)."""
+    by_case = {c.lower(): c for c in choices}
+    close = difflib.get_close_matches(name.lower(), list(by_case), n=1, cutoff=0.6)
+    return f" (did you mean '{by_case[close[0]]}'?)" if close else ""
 
 
 def check_choice(key: str, value: Any, allowed: typing.Sequence[Any]) -> None:
