@@ -22,6 +22,9 @@ from runner.config.check import ConfigError, check
 from runner.train.world import world
 
 # what rank 0 answers without running (`--cfg job`, `--help`): the other ranks just exit
+ELASTIC_LOGS = ("torch.distributed.elastic", "torch.distributed.launcher.api")
+ELASTIC_LOGS += ("torch.distributed.elastic.agent.server.api",)
+ELASTIC_LOGS += ("torch.distributed.elastic.multiprocessing.errors", "torch.multiprocessing.spawn")
 QUERIES = ("-h", "--help", "--hydra-help", "--version", "-c", "--cfg", "-i", "--info", "-sc")
 
 
@@ -131,6 +134,12 @@ def spawn(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> dict[str,
     )
     metrics_json, started = run_dir / "metrics.json", time.time()
     ctrl_c = signal.signal(signal.SIGINT, signal.SIG_IGN) if handles else None
+    # the launcher's own log (a rank's exit status with its traceback, the others terminated)
+    # says again what the ranks and the summary below say
+    quiet = {name: logging.getLogger(name) for name in ELASTIC_LOGS}
+    levels = {name: log.level for name, log in quiet.items()}
+    for log in quiet.values():
+        log.setLevel(logging.CRITICAL)
     try:
         ranks = elastic_launch(config, rank_main)(plain, str(run_dir), list(overrides))
     except (ChildFailedError, SignalException) as e:
@@ -150,6 +159,8 @@ def spawn(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> dict[str,
     finally:
         if ctrl_c is not None:
             signal.signal(signal.SIGINT, ctrl_c)
+        for name, level in levels.items():
+            quiet[name].setLevel(level)
     if "config_error" in ranks[0]:
         raise ConfigError(ranks[0]["config_error"])
     return ranks[0]
