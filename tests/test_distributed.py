@@ -192,6 +192,21 @@ def test_a_rank_that_dies_ends_the_run_with_an_error(tmp_path):
 
 
 @pytest.mark.slow
+def test_under_torchrun_the_rank_left_behind_says_it_lost_a_peer_not_a_traceback(tmp_path):
+    (tmp_path / "faulty.py").write_text(FAULTY)
+    run_dir = tmp_path / "run"
+    args = ["loss._target_=faulty.mse", "+loss.at=12", "+loss.fault=exit"]
+    code, out, err = runner(
+        "experiment=sine_mlp", *args, f"hydra.run.dir={run_dir}", cwd=tmp_path, torchrun=True
+    )
+    assert code != 0
+    assert "Failed: rank 0 lost the connection to another rank, which failed" in err, err
+    assert "Error executing job" not in err  # Hydra's traceback of rank 0's gloo error
+    metrics = read_metrics(run_dir)
+    assert metrics["status"] == "failed" and metrics["world_size"] == 2
+
+
+@pytest.mark.slow
 def test_objective_only_over_two_processes_is_one_config_error(tmp_path):
     args = ("experiment=rosenbrock", "trainer.devices=2", f"hydra.run.dir={tmp_path / 'run'}")
     code, out, err = runner(*args, cwd=tmp_path)

@@ -29,7 +29,7 @@ QUERIES = ("-h", "--help", "--hydra-help", "--version", "-c", "--cfg", "-i", "--
 
 
 class RankFailed(RuntimeError):
-    """A process of `trainer.devices=N` failed, so every one stopped: its own error is above."""
+    """A process of the run failed, so every one stopped: its own error is above."""
 
 
 def follow() -> None:

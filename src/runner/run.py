@@ -88,7 +88,12 @@ def run(
     except BaseException as e:
         metrics["error"] = f"{type(e).__name__}: {e}"
         metrics["status"] = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
-        metrics["steps"] = state.step
+        metrics["steps"], metrics["world_size"] = state.step, world().size
+        if distributed.lost_a_rank(e):  # its traceback would blame this rank
+            raise launch.RankFailed(
+                f"rank {world().rank} lost the connection to another rank, which failed "
+                f"(torchrun's report names it) at step {state.step}"
+            ) from None
         raise
     finally:
         if leader:

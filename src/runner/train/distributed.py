@@ -72,6 +72,13 @@ def check_gpus(processes: int, device: str) -> None:
         )
 
 
+def lost_a_rank(e: BaseException) -> bool:
+    """Whether a collective failed because another rank is gone (gloo and NCCL name
+    themselves in their errors): the failure is that rank's, not this one's."""
+    text = str(e).lower()
+    return world().size > 1 and isinstance(e, RuntimeError) and ("gloo" in text or "nccl" in text)
+
+
 def leave() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
