@@ -122,6 +122,16 @@ CASES = [
         ["model output has shape (2, 3)", "target has shape (2,)", "model.out_features=1"],
     ),
     (
+        "a parameter as wide as two points",  # broadcasts over the first two: not over three
+        ["+model.params.w=[1.0,2.0]", "trainer.batch_size=2"],
+        ["model.formula", "size of tensor a (2) must match the size of tensor b (3)"],
+    ),
+    (
+        "a parameter named y",
+        ['model.formula="w*x + b + y"'],
+        ["y names what the model predicts, so it cannot be a parameter too"],
+    ),
+    (
         "unknown target",
         ["model._target_=nowhere.Model"],
         ["model._target_='nowhere.Model'", "cannot be imported"],

@@ -315,10 +315,13 @@ CLASSIFYING |= {"BCEWithLogitsLoss"}
 
 
 def check_shapes(forward: Forward, loss_fn: Any, data: Data, model_cfg: Mapping[str, Any]) -> None:
-    """One forward pass on two points, so a shape mismatch is a config error, not a broadcast;
-    `dataset.task`, never the loss, says what the output must be."""
+    """A forward pass on two points (and three), so a shape mismatch is a config error, not a
+    broadcast; `dataset.task`, never the loss, says what the output must be."""
     x, y = data.x[:2], data.y[:2]
     pred = _first("model: the first forward pass", forward, x)
+    if data.task == "regression" and data.n > 2 and tuple(pred.shape) == tuple(y.shape):
+        x, y = data.x[:3], data.y[:3]  # a parameter of two numbers broadcasts over 2 points
+        pred = _first("model: the first forward pass", forward, x)
     # a user's module may name its width otherwise: then the message says what to return
     has_key = "out_features" in model_cfg
     hint = ""

@@ -81,6 +81,11 @@ class Expression(nn.Module):
         super().__init__()
         self.formula = parse_formula("model", formula)
         self.names = add_parameters(self, "model", self.formula, INPUT_NAME.fullmatch, params or {})
+        if "y" in self.names:  # the model's output is y = formula: a parameter y reads as it
+            raise ConfigError(
+                f"model.formula={formula!r}: y names what the model predicts, so it cannot be a "
+                "parameter too; rename it"
+            )
         if not any(INPUT_NAME.fullmatch(n) for n in self.formula.names):
             raise ConfigError(
                 f"model.formula={formula!r} does not use the input x; "
