@@ -341,12 +341,8 @@ def check(cfg: Mapping[str, Any]) -> Checked:
         check_target(group, given, runtime, also)
         options[group] = given
     trainer = check_trainer(dict(cfg.get("trainer") or {}))
-    for key in PERIODS:  # torch divides by them at the first epoch's end
-        value = options["scheduler"].get(key)
-        if (
-            key in options["scheduler"]
-            and trainer.epochs > 0
-            and not (_type_ok(value, int) and value > 0)
-        ):
-            raise ConfigError(f"scheduler.{key}={value!r} must be a positive integer")
+    sched = options["scheduler"]
+    for key in PERIODS if trainer.epochs > 0 else ():  # torch divides by them at an epoch end
+        if key in sched and not (_type_ok(sched[key], int) and sched[key] > 0):
+            raise ConfigError(f"scheduler.{key}={sched[key]!r} must be a positive integer")
     return Checked(trainer=trainer, cadence=cadence, options=options)
