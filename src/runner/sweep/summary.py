@@ -178,7 +178,7 @@ def table(rows: list[dict[str, Any]], sweep_dir: Path) -> str:
     if not rows:
         return f"Sweep summary: no job directories under {sweep_dir}"
     split = [r["overrides"].split() for r in rows]
-    common = [o for o in split[0] if all(o in s for s in split)]
+    common = [o for o in split[0] if all(o in s for s in split)] if len(rows) > 1 else []
     hidden = ("overrides", "error")  # the overrides go last, errors below the table
     shown = [c for c in COLUMNS if c not in hidden and any(r[c] is not None for r in rows)]
     lines = [[*shown, "overrides"]]
