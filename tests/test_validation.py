@@ -240,6 +240,16 @@ CASES = [
         ["logger.handoff_secs=-1 must be a positive number of seconds"],
     ),
     (
+        "a deleted group",
+        ["~logger"],
+        ["logger=null is not an option", "logger=none, tensorboard (logger=none turns it off)"],
+    ),
+    (
+        "early stop as a number",
+        ["trainer.early_stop=10"],
+        ["trainer.early_stop=10 is not a dict ('key={a: 1, b: 2}', in shell quotes) or null"],
+    ),
+    (
         "a split with nothing to train on",
         ["dataset.val_fraction=0.99"],
         ["dataset.val_fraction=0.99 holds out 50 of 50 points", "leaves 0 to train on"],
@@ -381,6 +391,15 @@ def test_a_hydra_error_it_does_not_explain_is_hydras_message(workdir, monkeypatc
     assert "Error merging override hydra.job.chdir=maybe" in err
     assert "Value 'maybe' is not a valid bool" in err
     assert "Traceback" not in out + err and "Config error" not in err
+
+
+def test_a_config_dir_that_is_not_there_is_one_line(workdir, monkeypatch, capsys):
+    args = ["--config-dir", "nowhere", *BASE]
+    status, out, err = main_in_process(args, workdir, monkeypatch, capsys)
+    assert status == 2 and err.strip() == (
+        f"Config error: Additional config directory '{workdir / 'nowhere'}' not found; "
+        "--config-dir takes a directory of config files that exists"
+    )
 
 
 def test_ctrl_c_before_a_run_starts_is_exit_130_without_a_traceback(monkeypatch, capsys):

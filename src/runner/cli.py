@@ -22,6 +22,7 @@ from hydra.errors import (
     ConfigCompositionException,
     MissingConfigException,
     OverrideParseException,
+    SearchPathException,
 )
 from hydra.types import RunMode
 from omegaconf import DictConfig
@@ -119,6 +120,8 @@ def explain(error: Exception, args: Sequence[str]) -> str | None:
         )
     if isinstance(error, OverrideParseException):
         return unreadable(error)
+    if isinstance(error, SearchPathException):  # `--config-dir nodir`
+        return f"{error}; --config-dir takes a directory of config files that exists"
     if isinstance(error, InterpolationResolutionError):  # `optimizer.lr=${oops}`
         named = [arg for arg in args if "${" in arg]
         return (

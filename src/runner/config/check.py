@@ -15,8 +15,10 @@ import types
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+CONFIGS = Path(__file__).parents[1] / "configs"  # the shipped options of each group
 GROUPS = ("dataset", "model", "loss", "optimizer", "scheduler", "trainer", "logger")
 PERIODS = ("step_size", "T_max")  # StepLR's and CosineAnnealingLR's, in epochs
 HYDRA_KEYS = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_")
@@ -117,6 +119,8 @@ def _type_name(annotation: Any) -> str:
     names = {int: "an integer", float: "a finite number", str: "a string", bool: "true or false"}
     if annotation in names:
         return names[annotation]
+    if typing.get_origin(annotation) is dict:
+        return "a dict ('key={a: 1, b: 2}', in shell quotes)"
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
     if len(args) == 1 and type(None) in typing.get_args(annotation):
         return f"{_type_name(args[0])} or null"
@@ -330,9 +334,12 @@ def check(cfg: Mapping[str, Any]) -> Checked:
     for group, runtime in RUNTIME_ARGS.items():
         given = cfg.get(group)
         if not isinstance(given, Mapping) or "_target_" not in given:
+            shipped = sorted(f.stem for f in (CONFIGS / group).glob("*.yaml"))
             raise ConfigError(
-                f"{group}={given!r} is not an option with a _target_; "
-                f"pick one of the files in configs/{group}/"
+                f"{group}={'null' if given is None else repr(given)} is not an option with a "
+                "_target_; pick one of the files "
+                f"in configs/{group}/: {group}={', '.join(shipped)}"
+                + (f" ({group}=none turns it off)" if "none" in shipped else "")
             )
         given, also = dict(given), []
         if group == "logger":
