@@ -245,8 +245,20 @@ def test_a_search_keeps_its_study_in_the_sweep_dir_and_continues_it(tmp_path: Pa
         (("hydra.sweeper.storage=nosuchdb://x",), "storage='nosuchdb://x' cannot be opened"),
         (("~hydra.sweeper.params",), "hydra/sweeper=optuna has nothing to search"),
         (("+hydra.sweeper.n_trial=3",), "unknown key 'hydra.sweeper.n_trial' (did you mean"),
+        (
+            ("hydra.sweeper.sampler._target_=optuna.samplers.RandomSamplr",),
+            "hydra.sweeper.sampler: Error locating target 'optuna.samplers.RandomSamplr'",
+        ),
     ],
-    ids=["no trials", "empty interval", "log from 0", "storage", "no search space", "typo"],
+    ids=[
+        "no trials",
+        "empty interval",
+        "log from 0",
+        "storage",
+        "no search space",
+        "typo",
+        "sampler",
+    ],
 )
 def test_a_search_it_cannot_run_is_one_config_error(tmp_path: Path, capsys, args, message):
     status, _, sweep_dir, _ = sweep(tmp_path, "bad", *LINEAR, *args)
