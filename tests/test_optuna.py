@@ -249,6 +249,10 @@ def test_a_search_keeps_its_study_in_the_sweep_dir_and_continues_it(tmp_path: Pa
             ("hydra.sweeper.sampler._target_=optuna.samplers.RandomSamplr",),
             "hydra.sweeper.sampler: Error locating target 'optuna.samplers.RandomSamplr'",
         ),
+        (
+            ("+hydra.sweeper.pruner._target_=optuna.pruners.MedianPrunr",),
+            "hydra.sweeper.pruner: Error locating target 'optuna.pruners.MedianPrunr'",
+        ),
     ],
     ids=[
         "no trials",
@@ -258,6 +262,7 @@ def test_a_search_keeps_its_study_in_the_sweep_dir_and_continues_it(tmp_path: Pa
         "no search space",
         "typo",
         "sampler",
+        "pruner",
     ],
 )
 def test_a_search_it_cannot_run_is_one_config_error(tmp_path: Path, capsys, args, message):

@@ -65,15 +65,16 @@ class Search:
                 "hydra/sweeper=optuna has nothing to search; give a search such as "
                 "'optimizer.lr=tag(log, interval(0.001, 1.0))' or pick hparams_search=..."
             )
-        try:  # before the study is made: a misspelled _target_, a key the sampler lacks
-            if sampler is not None:
-                instantiate(sampler)
-        except Exception as e:
-            lines = (
-                line.partition(", set env var HYDRA_FULL_ERROR")[0] for line in str(e).splitlines()
-            )
-            reason = " ".join(x.strip() for x in lines if x.strip() and "full_key:" not in x)
-            raise ConfigError(f"hydra.sweeper.sampler: {reason}") from e
+        for key, built in (("sampler", sampler), ("pruner", pruner)):
+            try:  # before the study is made (the jobs build the pruner): a misspelled
+                if built is not None:  # _target_, a key it does not take
+                    instantiate(built)
+            except Exception as e:
+                lines = (
+                    x.partition(", set env var HYDRA_FULL_ERROR")[0] for x in f"{e}".split("\n")
+                )
+                reason = " ".join(x.strip() for x in lines if x.strip() and "full_key:" not in x)
+                raise ConfigError(f"hydra.sweeper.{key}: {reason}") from e
         self.env = {STUDY: study_name or "search", STORAGE: location(storage, sweep_dir)}
         name, where = self.env[STUDY], open_storage(self.env[STORAGE])
         self.study = study = optuna.create_study(
