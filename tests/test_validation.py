@@ -230,6 +230,16 @@ CASES = [
         ["hparams_search=linear_fit_optuna is a search", "add -m"],
     ),
     (
+        "a sweeper without -m",
+        ["hydra/sweeper=optuna"],
+        ["hydra/sweeper=optuna is a search, which runs as a sweep: add -m"],
+    ),
+    (
+        "a search's values without -m",
+        ["optimizer.lr=interval(0.01,1)"],
+        ["optimizer.lr=interval(0.01,1) is a search, one value per job: add -m"],
+    ),
+    (
         "a misspelled logger key added",
         ["logger=tensorboard", "+logger.histogram_every_n_step=10"],
         ["did you mean 'histogram_every_n_steps'", "figure_every_n_epochs, flush_secs"],
@@ -326,11 +336,12 @@ def test_bad_input_stops_with_one_clear_message(overrides, fragments, workdir, m
     )
     refused += ("hydra.callbacks.summary.fail_on",)  # Hydra builds the callback
     refused += ("hydra.sweeper.params.optimizer.lr", "+trainer.epochs")
-    refused += ("hparams_search",)  # told apart from a sweep by Hydra's own record
+    refused += ("hparams_search", "hydra/sweeper")  # told from a sweep by Hydra's record
     unreadable = ("model.formula=sin(x)*w", "epochs", "optimizer.lr=intervl(0.1,1)")  # grammar
     unreadable += ("trainer.early_stop={patience:", "optimizer.lr=${oops}")
     unreadable += ("optimizer.lr=tag(log, interval(0.01, 1.0)",)
     unreadable += ("~trainer.grad_clip", "optimizer.lr=0.1,0.2")  # Hydra refuses these
+    unreadable += ("optimizer.lr=interval(0.01,1)",)
     hydra_refuses = any(o.split("=")[0] in refused or o in unreadable for o in overrides)
     run_it = main_in_process if hydra_refuses else job_in_process
     status, out, err = run_it([*BASE, *overrides], workdir, monkeypatch, capsys)

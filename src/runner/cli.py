@@ -161,8 +161,8 @@ def not_deleted(error: Exception) -> str | None:
 
 
 def hydra_hint(error: Exception) -> str | None:
-    """Two refusals Hydra explains over several lines, each as one: `+key=value` for a key the
-    config has, and a comma-separated value (a sweep's) without -m."""
+    """Refusals Hydra explains over several lines, each as one: `+key=value` for a key the
+    config has, and a sweep's values or search without -m."""
     first, *_ = str(error).splitlines() or [""]
     if first.startswith("Could not append to config. An item is already at '"):
         key = first.split("'")[1]
@@ -170,6 +170,9 @@ def hydra_hint(error: Exception) -> str | None:
             f"+{key}: the config has {key} already, and + adds only a key it lacks; "
             f"set it with {key}=... (or ++{key}=..., which sets or adds)"
         )
+    if first.startswith("Sweep parameters '"):  # `optimizer.lr=interval(0.1, 1)` without -m
+        override = first.split("'")[1]
+        return f"{override} is a search, one value per job: add -m"
     if first.startswith("Ambiguous value for argument '"):
         override = first.split("'", 1)[1].rstrip("'")
         key, _, value = override.partition("=")
@@ -248,8 +251,12 @@ def run_job(
     if mode == RunMode.MULTIRUN:
         return sweep_job(cfg, run_dir, overrides)
     try:
-        if HydraConfig.initialized() and (search := HydraConfig.get().runtime.choices.get(SEARCH)):
-            raise ConfigError(f"{SEARCH}={search} is a search, which runs as a sweep: add -m")
+        choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
+        for group in (SEARCH, "hydra/sweeper"):  # a search, which a single run would leave out
+            if choices.get(group) not in (None, "basic"):
+                raise ConfigError(
+                    f"{group}={choices[group]} is a search, which runs as a sweep: add -m"
+                )
         metrics = run(cfg, run_dir, overrides)
     except (ConfigError, RankFailed, InterpolationResolutionError) as e:
         if full_error():
