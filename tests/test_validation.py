@@ -421,10 +421,15 @@ def test_ctrl_c_before_a_run_starts_is_exit_130_without_a_traceback(monkeypatch,
         raise KeyboardInterrupt
 
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-    with pytest.raises(SystemExit) as stopped:
-        cli.main(starting)
-    assert stopped.value.code == 130
-    assert capsys.readouterr().err == "Interrupted\n"
+    for argv, said in (
+        (["runner"], ""),
+        (["runner", "-m"], "; the same command finishes the sweep"),
+    ):
+        monkeypatch.setattr(sys, "argv", argv)
+        with pytest.raises(SystemExit) as stopped:
+            cli.main(starting)
+        assert stopped.value.code == 130
+        assert capsys.readouterr().err == f"Interrupted{said}\n"
 
 
 @pytest.mark.parametrize("asked", [False, True])

@@ -68,7 +68,11 @@ def main(app: Callable[[], Any]) -> Any:
     except KeyboardInterrupt:  # Ctrl-C before a run's own handler (Hydra starting, imports)
         if asked:
             raise
-        print("Interrupted", file=sys.stderr)
+        sweep = {"-m", "--multirun"} & set(sys.argv)
+        print(
+            "Interrupted" + ("; the same command finishes the sweep" if sweep else ""),
+            file=sys.stderr,
+        )
         sys.exit(128 + signal.SIGINT)
     finally:  # the environment as it was
         for key in saved:
