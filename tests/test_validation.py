@@ -205,6 +205,21 @@ CASES = [
     ),
     ("zero scheduler period", ["scheduler=step", "scheduler.step_size=0"], ["step_size=0"]),
     (
+        "a schedule to a negative lr",
+        ["scheduler=cosine", "scheduler.eta_min=-1"],
+        ["scheduler.eta_min=-1 must be zero or a positive number"],
+    ),
+    (
+        "a schedule to a zero lr",
+        ["scheduler=exponential", "scheduler.gamma=0"],
+        ["scheduler.gamma=0 must be a positive number"],
+    ),
+    (
+        "a loss formula with a typo for y",
+        ["loss=expression", 'loss.formula="mean((pred - Y)**2)"'],
+        ["loss.formula='mean((pred - Y)**2)' does not use y: a loss over data compares"],
+    ),
+    (
         "adding a key the config has",
         ["+trainer.epochs=5"],
         ["+trainer.epochs: the config has trainer.epochs already", "++trainer.epochs="],

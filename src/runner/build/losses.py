@@ -55,6 +55,13 @@ class Expression(nn.Module):
         self.objective_only = objective_only
         data_names = () if objective_only else ("pred", "y")
         add_parameters(self, "loss", self.formula, data_names.__contains__, params or {})
+        unused = [n for n in data_names if n not in self.formula.names]
+        if unused:  # a typo (`Y`) would be a parameter, and the loss would train on nothing
+            raise ConfigError(
+                f"loss.formula={formula!r} does not use {' or '.join(unused)}: a loss over data "
+                "compares pred with y, such as mean((pred - y)**2); with no data use "
+                "dataset=none and model=none"
+            )
         if objective_only and not self.formula.names:
             raise ConfigError(f"loss.formula={formula!r} has no parameters to learn")
 

@@ -20,7 +20,9 @@ from typing import Any
 
 CONFIGS = Path(__file__).parents[1] / "configs"  # the shipped options of each group
 GROUPS = ("dataset", "model", "loss", "optimizer", "scheduler", "trainer", "logger")
-PERIODS = ("step_size", "T_max")  # StepLR's and CosineAnnealingLR's, in epochs
+# scheduler settings the learning rate needs positive: (an integer?, zero allowed?)
+SCHEDULE = {"step_size": (True, False), "T_max": (True, False)}  # torch divides by them
+SCHEDULE |= {"gamma": (False, False), "eta_min": (False, True)}  # the lr stays > 0 (>= 0)
 HYDRA_KEYS = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_")
 RUNTIME_ARGS = {  # what each builder passes its `_target_` itself, not from the config
     "dataset": ("dtype",),
@@ -349,7 +351,9 @@ def check(cfg: Mapping[str, Any]) -> Checked:
         options[group] = given
     trainer = check_trainer(dict(cfg.get("trainer") or {}))
     sched = options["scheduler"]
-    for key in PERIODS if trainer.epochs > 0 else ():  # torch divides by them at an epoch end
-        if key in sched and not (_type_ok(sched[key], int) and sched[key] > 0):
-            raise ConfigError(f"scheduler.{key}={sched[key]!r} must be a positive integer")
+    for key, (whole, zero) in SCHEDULE.items() if trainer.epochs > 0 else ():
+        value = sched.get(key, 1)
+        if not (_type_ok(value, int if whole else float) and (value > 0 or zero and value == 0)):
+            kind = f"{'zero or ' if zero else ''}a positive {'integer' if whole else 'number'}"
+            raise ConfigError(f"scheduler.{key}={value!r} must be {kind}")
     return Checked(trainer=trainer, cadence=cadence, options=options)
