@@ -215,6 +215,31 @@ CASES = [
         ["scheduler.gamma=0 must be a positive number"],
     ),
     (
+        "a regression loss on classes",
+        ["experiment=logistic_blobs", "loss=huber"],
+        ["loss: huber_loss compares values, and dataset.task=classification holds class"],
+    ),
+    (
+        "targets a formula makes NaN",
+        ['dataset.formula="log(x - 1)"'],
+        ["dataset: y holds NaN or infinite values (dataset.formula='log(x - 1)')"],
+    ),
+    (
+        "a NaN starting value",
+        ["+model.params.w=nan"],
+        ["model: the first forward pass gives NaN or infinite values at the starting"],
+    ),
+    (
+        "a loss that starts NaN",
+        ["loss=expression", 'loss.formula="mean(log(pred - 5) + y)"'],
+        ["loss: computing it on the first batch gives nan at the starting parameters"],
+    ),
+    (
+        "a line search torch lacks",
+        ["optimizer=lbfgs", "optimizer.line_search_fn=wolfe"],
+        ["optimizer.line_search_fn='wolfe' is not allowed; use null or strong_wolfe"],
+    ),
+    (
         "a loss formula with a typo for y",
         ["loss=expression", 'loss.formula="mean((pred - Y)**2)"'],
         ["loss.formula='mean((pred - Y)**2)' does not use y: a loss over data compares"],
@@ -417,6 +442,28 @@ def test_a_hydra_error_it_does_not_explain_is_hydras_message(workdir, monkeypatc
     assert "Error merging override hydra.job.chdir=maybe" in err
     assert "Value 'maybe' is not a valid bool" in err
     assert "Traceback" not in out + err and "Config error" not in err
+
+
+def test_a_model_output_autograd_cannot_train_through_is_a_config_error():
+    from runner.build import check_shapes
+    from runner.build.data import Data
+    from runner.build.losses import mse
+
+    data = Data(torch.linspace(0, 1, 5), torch.zeros(5))
+    w = torch.nn.Parameter(torch.tensor(1.0))
+    for forward in (lambda x: (w * x).detach(), lambda x: (w * x).long()):
+        with pytest.raises(ConfigError, match="does not depend on its parameters through autograd"):
+            check_shapes(forward, mse, data, {})
+    check_shapes(lambda x: w * x, mse, data, {})  # the same, differentiable: passes
+
+
+def test_points_and_targets_that_do_not_pair_up_are_a_config_error():
+    from runner.build import check_data
+    from runner.build.data import Data
+
+    with pytest.raises(ConfigError, match="x holds 10 points and y 7; one target a point"):
+        check_data(Data(torch.linspace(0, 1, 10), torch.zeros(7)), None)
+    check_data(Data(torch.linspace(0, 1, 10), torch.zeros(10)), None)
 
 
 def test_a_config_dir_that_is_not_there_is_one_line(workdir, monkeypatch, capsys):

@@ -21,7 +21,15 @@ from runner.build import losses, models
 from runner.build.data import Data
 from runner.build.models import Forward
 from runner.build.optim import GD, Constant
-from runner.config.check import Checked, ConfigError, TrainerConfig, arguments, check, locate
+from runner.config.check import (
+    Checked,
+    ConfigError,
+    TrainerConfig,
+    arguments,
+    check,
+    check_choice,
+    locate,
+)
 from runner.log.tensorboard import Logger, Null
 
 
@@ -184,6 +192,8 @@ def build(cfg: DictConfig, run_dir: Path | None) -> Built:
             f"dataset._target_={opts['dataset']['_target_']!r} returned "
             f"{type(data).__name__}; it must return runner.build.data.Data (x, y tensors) or None"
         )
+    if data is not None:
+        check_data(data, opts["dataset"].get("formula"))
 
     if trainer.objective == "val_loss" and (data is None or data.x_val is None):
         raise ConfigError(
@@ -240,6 +250,10 @@ def build(cfg: DictConfig, run_dir: Path | None) -> Built:
     # torch checks some settings only here (SGD's momentum, Adam's betas)
     building = f"optimizer: building {opts['optimizer']['_target_']}"
     optimizer = _first(building, make_optimizer, list(params.values()))
+    if isinstance(optimizer, torch.optim.LBFGS):  # torch checks its line search at the first step
+        check_choice(
+            "optimizer.line_search_fn", optimizer.defaults["line_search_fn"], (None, "strong_wolfe")
+        )
     if trainer.accumulate > 1 and isinstance(optimizer, torch.optim.LBFGS):
         raise ConfigError("optimizer=lbfgs re-evaluates the loss itself; set trainer.accumulate=1")
     make_scheduler = _instantiate("scheduler", opts["scheduler"])
@@ -285,10 +299,12 @@ def compiled(forward: Forward | None, data: Data | None, trainer: TrainerConfig)
     return fast
 
 
-def _first(failed: str, fn: Callable[..., Any], *args: Any, hint: str = "") -> Any:
+def _first(
+    failed: str, fn: Callable[..., Any], *args: Any, hint: str = "", grad: bool = False
+) -> Any:
     """Call `fn` once before training, so that its failure is a config error before any work."""
     try:
-        with torch.no_grad():
+        with torch.set_grad_enabled(grad):
             return fn(*args)
     except ConfigError:
         raise
@@ -300,6 +316,11 @@ def check_loss(loss_fn: Callable[..., Any], *args: torch.Tensor, hint: str = "")
     """The objective, or the loss on the first batch, once: `.backward()` needs a scalar."""
     what = "computing it on the first batch" if args else "evaluating the objective"
     value = _first(f"loss: {what}", loss_fn, *args, hint=hint)
+    if isinstance(value, torch.Tensor) and value.dim() == 0 and not torch.isfinite(value):
+        raise ConfigError(
+            f"loss: {what} gives {value.item()} at the starting parameters, before any "
+            "update; look at the formulas and the parameters' starting values"
+        )
     if not isinstance(value, torch.Tensor) or value.dim() != 0:
         shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
         raise ConfigError(
@@ -312,16 +333,46 @@ def check_loss(loss_fn: Callable[..., Any], *args: torch.Tensor, hint: str = "")
 CLASSIFYING = {"cross_entropy", "bce", "nll_loss", "binary_cross_entropy"}
 CLASSIFYING |= {"binary_cross_entropy_with_logits", "CrossEntropyLoss", "NLLLoss", "BCELoss"}
 CLASSIFYING |= {"BCEWithLogitsLoss"}
+REGRESSING = {"mse", "mae", "mse_loss", "l1_loss", "huber_loss", "smooth_l1_loss"}
+REGRESSING |= {"MSELoss", "L1Loss", "HuberLoss", "SmoothL1Loss"}
+
+
+def check_data(data: Data, formula: str | None) -> None:
+    """Points and targets that pair up and are finite: a NaN target would read as a run that
+    diverged at its first step."""
+    splits = [("x", data.x, "y", data.y), ("x_val", data.x_val, "y_val", data.y_val)]
+    for xn, x, yn, y in splits:
+        if x is None or y is None:
+            continue
+        if x.shape[0] != y.shape[0]:
+            raise ConfigError(
+                f"dataset: {xn} holds {x.shape[0]} points and {yn} {y.shape[0]}; one target a point"
+            )
+        for name, t in ((xn, x), (yn, y)):
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                where = f" (dataset.formula={formula!r})" if formula else ""
+                raise ConfigError(f"dataset: {name} holds NaN or infinite values{where}")
 
 
 def check_shapes(forward: Forward, loss_fn: Any, data: Data, model_cfg: Mapping[str, Any]) -> None:
     """A forward pass on two points (and three), so a shape mismatch is a config error, not a
     broadcast; `dataset.task`, never the loss, says what the output must be."""
     x, y = data.x[:2], data.y[:2]
-    pred = _first("model: the first forward pass", forward, x)
+    pred = _first("model: the first forward pass", forward, x, grad=True)
     if data.task == "regression" and data.n > 2 and tuple(pred.shape) == tuple(y.shape):
         x, y = data.x[:3], data.y[:3]  # a parameter of two numbers broadcasts over 2 points
-        pred = _first("model: the first forward pass", forward, x)
+        pred = _first("model: the first forward pass", forward, x, grad=True)
+    if isinstance(pred, torch.Tensor) and not pred.requires_grad:
+        raise ConfigError(
+            f"model: its output ({pred.dtype}) does not depend on its parameters through "
+            "autograd (a detached or integer tensor), so backward() cannot train them; return "
+            "a float tensor computed from them"
+        )
+    if isinstance(pred, torch.Tensor) and not bool(torch.isfinite(pred).all()):
+        raise ConfigError(
+            "model: the first forward pass gives NaN or infinite values at the starting "
+            "parameters; look at the model's formula and the parameters' starting values"
+        )
     # a user's module may name its width otherwise: then the message says what to return
     has_key = "out_features" in model_cfg
     hint = ""
@@ -331,6 +382,11 @@ def check_shapes(forward: Forward, loss_fn: Any, data: Data, model_cfg: Mapping[
             f"loss: {loss_name} reads classes, and dataset.task=regression holds values to "
             "fit; pick a regression loss (loss=mse, mae or huber) or a dataset with "
             "dataset.task=classification"
+        )
+    if data.task == "classification" and loss_name in REGRESSING:
+        raise ConfigError(
+            f"loss: {loss_name} compares values, and dataset.task=classification holds class "
+            "indices; pick loss=cross_entropy (or loss=bce for one binary logit)"
         )
     if data.task == "classification":
         classes = data.classes
