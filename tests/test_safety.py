@@ -61,6 +61,19 @@ def test_divergence_stops_at_the_first_bad_step_and_exits_1(tmp_path, caplog, lo
     ]
 
 
+def test_a_loss_bad_before_any_update_is_not_blamed_on_the_learning_rate(tmp_path, caplog):
+    """NaN beyond the points the build checks (x > 0.5): the first step's loss, no update yet."""
+    cfg = compose_config("experiment=linear_fit", 'model.formula="w*x + b + log(0.5 - x)"')
+    with caplog.at_level(logging.INFO), pytest.raises(SystemExit) as stopped:
+        run_job(cfg, tmp_path / "run", RunMode.RUN, {})
+    assert stopped.value.code == 1
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Diverged: the")]
+    assert said == [
+        "Diverged: the loss became NaN or infinite at step 0; before any update: look at the "
+        "data, the formulas and the starting values"
+    ]
+
+
 def test_a_signal_asks_to_stop_and_a_second_one_stops_at_once():
     before = signal.getsignal(signal.SIGTERM)
     with stop_on_signals() as stop:

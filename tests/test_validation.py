@@ -61,6 +61,11 @@ CASES = [
     ),
     ("override without =", ["epochs"], ["epochs: Hydra cannot read", "key=value"]),
     (
+        "Hydra quotes around the whole override",
+        ['"loss.formula=(pred - y)**2"'],
+        ["Hydra's quotes go around the value only: 'loss.formula=\"(pred - y)**2\"'"],
+    ),
+    (
         "a search with a parenthesis missing",
         ["optimizer.lr=tag(log, interval(0.01, 1.0)"],
         ["Hydra cannot read", "tag(...) is Hydra's sweep syntax: check its parentheses"],
@@ -381,7 +386,7 @@ def test_bad_input_stops_with_one_clear_message(overrides, fragments, workdir, m
     unreadable += ("trainer.early_stop={patience:", "optimizer.lr=${oops}")
     unreadable += ("optimizer.lr=tag(log, interval(0.01, 1.0)",)
     unreadable += ("~trainer.grad_clip", "optimizer.lr=0.1,0.2")  # Hydra refuses these
-    unreadable += ("optimizer.lr=interval(0.01,1)",)
+    unreadable += ("optimizer.lr=interval(0.01,1)", '"loss.formula=(pred - y)**2"')
     hydra_refuses = any(o.split("=")[0] in refused or o in unreadable for o in overrides)
     run_it = main_in_process if hydra_refuses else job_in_process
     status, out, err = run_it([*BASE, *overrides], workdir, monkeypatch, capsys)

@@ -193,10 +193,13 @@ def unreadable(error: OverrideParseException) -> str:
     with the usual cause: a character the grammar reads itself, unquoted."""
     lines = str(error).splitlines()
     skip = ("Error parsing override", "See https")
-    reason = "; ".join(line for line in lines if line.strip() and not line.startswith(skip))
+    shown = (x for x in lines if x.strip() not in ("", "^") and not x.startswith(skip))
+    reason = "; ".join(shown)
     key, equals, value = error.override.partition("=")
     if not equals and not key.startswith("~"):
         fix = "an override is key=value (+key=value adds a key, ~key deletes one)"
+    elif key.startswith(("'", '"')):  # `'"loss.formula=(pred - y)**2"'`
+        fix = f"Hydra's quotes go around the value only: '{key[1:]}=\"{value[:-1]}\"'"
     elif value.partition("(")[0] in SWEEP_FUNCTIONS:  # quoted, it would be a string
         fix = (
             f"{value.partition('(')[0]}(...) is Hydra's sweep syntax: check its parentheses and "

@@ -221,9 +221,11 @@ def report(metrics: Mapping[str, Any], run_dir: Path, sweep_dir: Path | None = N
     for line in first_step or [f"Learned: {metrics['learned']}"]:
         log.info(line)
     if metrics["status"] == "diverged":
+        fix = "try a lower optimizer.lr (or set trainer.grad_clip)"
+        if metrics["diverged_step"] == 0:  # before any update: not the learning rate
+            fix = "before any update: look at the data, the formulas and the starting values"
         log.info(
-            f"Diverged: the loss became NaN or infinite at step {metrics['diverged_step']}; "
-            "try a lower optimizer.lr (or set trainer.grad_clip)"
+            f"Diverged: the loss became NaN or infinite at step {metrics['diverged_step']}; {fix}"
         )
     elif not first_step:
         line = f"Final loss: {_shown(metrics['final_loss'])} (best {_shown(metrics['best_loss'])})"
