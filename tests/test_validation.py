@@ -96,6 +96,21 @@ CASES = [
         ["dataset.path='bad.csv'", "line 3 has 1 fields", "header has 2"],
     ),
     (
+        "csv header with a name twice",
+        ["dataset=csv", "dataset.path=twice.csv", "dataset.x=a", "dataset.y=b"],
+        ["dataset.path='twice.csv': the header names a twice"],
+    ),
+    (
+        "csv target as input",
+        ["dataset=csv", "dataset.path=good.csv", "dataset.x=b", "dataset.y=b"],
+        ["dataset.x='b' with dataset.y='b': x names one or more columns, each once, and not"],
+    ),
+    (
+        "csv path a directory",
+        ["dataset=csv", "dataset.path=.", "dataset.x=a", "dataset.y=b"],
+        ["dataset.path='.': a directory, not a file"],
+    ),
+    (
         "missing column",
         ["dataset=csv", "dataset.path=good.csv", "dataset.x=zz", "dataset.y=b"],
         ["dataset.x='zz'", "columns: a, b"],
@@ -322,6 +337,7 @@ MARKS = {"absent cuda": NO_CUDA, "absent mps": NO_MPS}
 def workdir(tmp_path: Path) -> Path:
     (tmp_path / "good.csv").write_text("a,b\n1,2\n3,4\n")
     (tmp_path / "bad.csv").write_text("a,b\n1,2\n3\n")
+    (tmp_path / "twice.csv").write_text("a,a,b\n1,2,3\n")
     return tmp_path
 
 
@@ -460,6 +476,16 @@ def test_a_model_output_autograd_cannot_train_through_is_a_config_error():
         with pytest.raises(ConfigError, match="does not depend on its parameters through autograd"):
             check_shapes(forward, mse, data, {})
     check_shapes(lambda x: w * x, mse, data, {})  # the same, differentiable: passes
+
+
+def test_a_csv_saved_with_a_byte_order_mark_reads_its_first_column(tmp_path):
+    """As Excel saves UTF-8: the mark is not part of the first column's name."""
+    from runner.build.data import csv
+
+    path = tmp_path / "excel.csv"
+    path.write_bytes("\ufeffa,b\n1,2\n3,4\n".encode())
+    data = csv(str(path), x="a", y="b")
+    assert data.x.tolist() == [1.0, 3.0] and data.y.tolist() == [2.0, 4.0]
 
 
 def test_points_and_targets_that_do_not_pair_up_are_a_config_error():

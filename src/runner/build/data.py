@@ -158,17 +158,25 @@ def csv(
     """Columns of a CSV file with a header row; several x columns become x1..xk."""
     file = Path(path)
     if not file.is_file():
+        what = "a directory, not a file" if file.is_dir() else "no such file"
         raise ConfigError(
-            f"dataset.path={path!r}: no such file (looked in {file.resolve().parent}); "
+            f"dataset.path={path!r}: {what} (looked in {file.resolve().parent}); "
             "paths are read relative to where the command was started"
         )
     columns = [x] if isinstance(x, str) else list(x)
-    with file.open(newline="") as fh:
+    if not columns or y in columns or len(set(columns)) < len(columns):
+        raise ConfigError(
+            f"dataset.x={x!r} with dataset.y={y!r}: x names one or more columns, each once, "
+            "and not the target's"
+        )
+    with file.open(newline="", encoding="utf-8-sig") as fh:  # -sig: Excel's byte-order mark
         reader = csvlib.reader(fh)
         header = next(reader, None)
         if not header:
             raise ConfigError(f"dataset.path={path!r} is empty; expected a header row of names")
         header = [h.strip() for h in header]
+        if twice := sorted({h for h in header if header.count(h) > 1}):
+            raise ConfigError(f"dataset.path={path!r}: the header names {', '.join(twice)} twice")
         for key, name in [("x", c) for c in columns] + [("y", y)]:
             if name not in header:
                 raise ConfigError(
