@@ -466,7 +466,7 @@ def test_a_hydra_error_it_does_not_explain_is_hydras_message(workdir, monkeypatc
 
 
 def test_a_model_output_autograd_cannot_train_through_is_a_config_error():
-    from runner.build import check_shapes
+    from runner.build.checks import check_shapes
     from runner.build.data import Data
     from runner.build.losses import mse
 
@@ -489,7 +489,7 @@ def test_a_csv_saved_with_a_byte_order_mark_reads_its_first_column(tmp_path):
 
 
 def test_points_and_targets_that_do_not_pair_up_are_a_config_error():
-    from runner.build import check_data
+    from runner.build.checks import check_data
     from runner.build.data import Data
 
     with pytest.raises(ConfigError, match="x holds 10 points and y 7; one target a point"):

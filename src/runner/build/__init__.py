@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from runner.build import losses, models
+from runner.build.checks import check_data, check_loss, check_shapes, first_call
 from runner.build.data import Data
 from runner.build.models import Forward
 from runner.build.optim import GD, Constant
@@ -249,7 +250,7 @@ def build(cfg: DictConfig, run_dir: Path | None) -> Built:
     make_optimizer = _instantiate("optimizer", opts["optimizer"])
     # torch checks some settings only here (SGD's momentum, Adam's betas)
     building = f"optimizer: building {opts['optimizer']['_target_']}"
-    optimizer = _first(building, make_optimizer, list(params.values()))
+    optimizer = first_call(building, make_optimizer, list(params.values()))
     if isinstance(optimizer, torch.optim.LBFGS):  # torch checks its line search at the first step
         check_choice(
             "optimizer.line_search_fn", optimizer.defaults["line_search_fn"], (None, "strong_wolfe")
@@ -297,123 +298,3 @@ def compiled(forward: Forward | None, data: Data | None, trainer: TrainerConfig)
     except Exception as e:
         raise ConfigError(f"trainer.compile={backend!r}: torch.compile failed: {e}") from e
     return fast
-
-
-def _first(
-    failed: str, fn: Callable[..., Any], *args: Any, hint: str = "", grad: bool = False
-) -> Any:
-    """Call `fn` once before training, so that its failure is a config error before any work."""
-    try:
-        with torch.set_grad_enabled(grad):
-            return fn(*args)
-    except ConfigError:
-        raise
-    except Exception as e:
-        raise ConfigError(f"{failed} failed: {e}{hint}") from e
-
-
-def check_loss(loss_fn: Callable[..., Any], *args: torch.Tensor, hint: str = "") -> None:
-    """The objective, or the loss on the first batch, once: `.backward()` needs a scalar."""
-    what = "computing it on the first batch" if args else "evaluating the objective"
-    value = _first(f"loss: {what}", loss_fn, *args, hint=hint)
-    if isinstance(value, torch.Tensor) and value.dim() == 0 and not torch.isfinite(value):
-        raise ConfigError(
-            f"loss: {what} gives {value.item()} at the starting parameters, before any "
-            "update; look at the formulas and the parameters' starting values"
-        )
-    if not isinstance(value, torch.Tensor) or value.dim() != 0:
-        shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-        raise ConfigError(
-            f"loss: it gives {shape}, and .backward() needs a scalar tensor; "
-            "make it return one (loss=expression takes loss.reduction=sum or mean)"
-        )
-
-
-# classification losses by name (torch's functions and modules, the runner's own)
-CLASSIFYING = {"cross_entropy", "bce", "nll_loss", "binary_cross_entropy"}
-CLASSIFYING |= {"binary_cross_entropy_with_logits", "CrossEntropyLoss", "NLLLoss", "BCELoss"}
-CLASSIFYING |= {"BCEWithLogitsLoss"}
-REGRESSING = {"mse", "mae", "mse_loss", "l1_loss", "huber_loss", "smooth_l1_loss"}
-REGRESSING |= {"MSELoss", "L1Loss", "HuberLoss", "SmoothL1Loss"}
-
-
-def check_data(data: Data, formula: str | None) -> None:
-    """Points and targets that pair up and are finite: a NaN target would read as a run that
-    diverged at its first step."""
-    splits = [("x", data.x, "y", data.y), ("x_val", data.x_val, "y_val", data.y_val)]
-    for xn, x, yn, y in splits:
-        if x is None or y is None:
-            continue
-        if x.shape[0] != y.shape[0]:
-            raise ConfigError(
-                f"dataset: {xn} holds {x.shape[0]} points and {yn} {y.shape[0]}; one target a point"
-            )
-        for name, t in ((xn, x), (yn, y)):
-            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-                where = f" (dataset.formula={formula!r})" if formula else ""
-                raise ConfigError(f"dataset: {name} holds NaN or infinite values{where}")
-
-
-def check_shapes(forward: Forward, loss_fn: Any, data: Data, model_cfg: Mapping[str, Any]) -> None:
-    """A forward pass on two points (and three), so a shape mismatch is a config error, not a
-    broadcast; `dataset.task`, never the loss, says what the output must be."""
-    x, y = data.x[:2], data.y[:2]
-    pred = _first("model: the first forward pass", forward, x, grad=True)
-    if data.task == "regression" and data.n > 2 and tuple(pred.shape) == tuple(y.shape):
-        x, y = data.x[:3], data.y[:3]  # a parameter of two numbers broadcasts over 2 points
-        pred = _first("model: the first forward pass", forward, x, grad=True)
-    if isinstance(pred, torch.Tensor) and not pred.requires_grad:
-        raise ConfigError(
-            f"model: its output ({pred.dtype}) does not depend on its parameters through "
-            "autograd (a detached or integer tensor), so backward() cannot train them; return "
-            "a float tensor computed from them"
-        )
-    if isinstance(pred, torch.Tensor) and not bool(torch.isfinite(pred).all()):
-        raise ConfigError(
-            "model: the first forward pass gives NaN or infinite values at the starting "
-            "parameters; look at the model's formula and the parameters' starting values"
-        )
-    # a user's module may name its width otherwise: then the message says what to return
-    has_key = "out_features" in model_cfg
-    hint = ""
-    loss_name = getattr(getattr(loss_fn, "func", loss_fn), "__name__", type(loss_fn).__name__)
-    if data.task == "regression" and loss_name in CLASSIFYING:  # which would run on values
-        raise ConfigError(
-            f"loss: {loss_name} reads classes, and dataset.task=regression holds values to "
-            "fit; pick a regression loss (loss=mse, mae or huber) or a dataset with "
-            "dataset.task=classification"
-        )
-    if data.task == "classification" and loss_name in REGRESSING:
-        raise ConfigError(
-            f"loss: {loss_name} compares values, and dataset.task=classification holds class "
-            "indices; pick loss=cross_entropy (or loss=bce for one binary logit)"
-        )
-    if data.task == "classification":
-        classes = data.classes
-        width = 1 if pred.dim() == 1 else pred.shape[-1]
-        fits = width == classes or (width == 1 and classes == 2)
-        if pred.dim() > 2 or pred.shape[0] != y.shape[0] or not fits:
-            fix, binary = (
-                (f"set model.out_features={classes} (one logit per class)", "model.out_features=1")
-                if has_key
-                else (f"make the model return {classes} logits per point", "one")
-            )
-            raise ConfigError(
-                f"model output has shape {tuple(pred.shape)} for {y.shape[0]} points, but "
-                f"dataset.task=classification has {classes} classes; {fix}"
-                + (f" or {binary} (one binary logit, for loss=bce)" if classes == 2 else "")
-            )
-        hint = (
-            " (dataset.task=classification: the targets are class indices, and the model "
-            f"gives {'one binary logit' if width == 1 else f'{width} logits'} a point: "
-            f"{'bce' if width == 1 else 'cross_entropy'} reads that)"
-        )
-    elif tuple(pred.shape) != tuple(y.shape):
-        maybe_classes = pred.dim() == 2 and y.dim() == 1  # logits for class indices?
-        raise ConfigError(
-            f"model output has shape {tuple(pred.shape)} for {y.shape[0]} points but the "
-            f"target has shape {tuple(y.shape)}; make the model return one value per point"
-            + (" (model.out_features=1)" if has_key else "")
-            + (", or set dataset.task=classification if y holds classes" if maybe_classes else "")
-        )
-    check_loss(loss_fn, pred, y, hint=hint)
