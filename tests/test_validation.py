@@ -49,6 +49,11 @@ CASES = [
         ],
     ),
     ("wrong type", ["trainer.epochs=abc"], ["trainer.epochs='abc'", "an integer"]),
+    (
+        "wrong type for a number or tensor",  # torch annotates weight_decay `float | Tensor`
+        ["optimizer=sgd", "optimizer.weight_decay=abc"],
+        ["optimizer.weight_decay='abc' is not a finite number"],
+    ),
     ("capitalised choice", ["trainer.amp=BFloat16"], ["did you mean 'bfloat16'"]),
     (
         "formula with parentheses unquoted",

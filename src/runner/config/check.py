@@ -105,7 +105,7 @@ def _type_ok(value: Any, annotation: Any) -> bool:
     """A shallow check of `value` against a simple annotation; unknown shapes (and Any) pass."""
     base = typing.get_origin(annotation) or annotation
     if base in (typing.Union, types.UnionType):
-        return any(_type_ok(value, arg) for arg in typing.get_args(annotation))
+        return any(_type_ok(value, arg) for arg in _members(annotation))
     if isinstance(value, bool) and base in (int, float):
         return False  # bool is an int subclass, but no number in a config
     if base is float:
@@ -123,10 +123,17 @@ def _type_name(annotation: Any) -> str:
         return names[annotation]
     if typing.get_origin(annotation) is dict:
         return "a dict ('key={a: 1, b: 2}', in shell quotes)"
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    if len(args) == 1 and type(None) in typing.get_args(annotation):
-        return f"{_type_name(args[0])} or null"
+    args = [a for a in _members(annotation) if a is not type(None)]
+    if len(args) == 1:
+        null = type(None) in typing.get_args(annotation)
+        return f"{_type_name(args[0])}{' or null' if null else ''}"
     return getattr(annotation, "__name__", str(annotation))
+
+
+def _members(annotation: Any) -> list[Any]:
+    """A union's types but torch's (`float | Tensor`): no config value is a torch object."""
+    args = typing.get_args(annotation)
+    return [a for a in args if not getattr(a, "__module__", "").startswith("torch")] or list(args)
 
 
 def check_value(key: str, value: Any, annotation: Any) -> None:
