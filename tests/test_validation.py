@@ -50,6 +50,11 @@ CASES = [
     ),
     ("wrong type", ["trainer.epochs=abc"], ["trainer.epochs='abc'", "an integer"]),
     (
+        "a pair given one number",
+        ["optimizer=adam", "+optimizer.betas=[0.9]"],
+        ["optimizer.betas=[0.9] is not a list of 2 (finite number, finite number)"],
+    ),
+    (
         "wrong type for a number or tensor",  # torch annotates weight_decay `float | Tensor`
         ["optimizer=sgd", "optimizer.weight_decay=abc"],
         ["optimizer.weight_decay='abc' is not a finite number"],

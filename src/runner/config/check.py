@@ -111,6 +111,10 @@ def _type_ok(value: Any, annotation: Any) -> bool:
     if base is float:
         return isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
     if base in (list, tuple):
+        args = typing.get_args(annotation)
+        if base is tuple and args and Ellipsis not in args:  # `tuple[float, float]`: Adam's betas
+            ok = isinstance(value, list | tuple) and len(value) == len(args)
+            return ok and all(_type_ok(v, a) for v, a in zip(value, args, strict=False))
         return isinstance(value, list | tuple)
     if base in (type(None), bool, int, str, dict):
         return isinstance(value, base)
@@ -123,6 +127,9 @@ def _type_name(annotation: Any) -> str:
         return names[annotation]
     if typing.get_origin(annotation) is dict:
         return "a dict ('key={a: 1, b: 2}', in shell quotes)"
+    if typing.get_origin(annotation) is tuple and Ellipsis not in typing.get_args(annotation):
+        each = ", ".join(_type_name(a).removeprefix("a ") for a in typing.get_args(annotation))
+        return f"a list of {len(typing.get_args(annotation))} ({each})"
     args = [a for a in _members(annotation) if a is not type(None)]
     if len(args) == 1:
         null = type(None) in typing.get_args(annotation)
