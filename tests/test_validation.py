@@ -50,6 +50,12 @@ CASES = [
     ),
     ("wrong type", ["trainer.epochs=abc"], ["trainer.epochs='abc'", "an integer"]),
     (
+        "a layer of no width",
+        ["experiment=sine_mlp", "model.out_features=0"],
+        ["model.out_features=0 must be a positive integer"],
+    ),
+    ("a null choice", ["experiment=sine_mlp", "model.activation=null"], ["activation=null is"]),
+    (
         "a pair given one number",
         ["optimizer=adam", "+optimizer.betas=[0.9]"],
         ["optimizer.betas=[0.9] is not a list of 2 (finite number, finite number)"],

@@ -115,9 +115,16 @@ class Expression(nn.Module):
 
 
 def linear(in_features: int | None = None, out_features: int = 1) -> nn.Module:
+    check_widths(in_features, out_features)
+    return nn.Linear(in_features, out_features)
+
+
+def check_widths(in_features: int | None, out_features: int) -> None:
     if in_features is None:
         raise ConfigError("model.in_features is null and the dataset did not fill it in")
-    return nn.Linear(in_features, out_features)
+    for key, width in (("in_features", in_features), ("out_features", out_features)):
+        if width < 1:  # torch makes an empty layer (0) or fails deep inside (< 0)
+            raise ConfigError(f"model.{key}={width} must be a positive integer")
 
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
@@ -140,8 +147,7 @@ class MLP(nn.Sequential):
         out_features: int = 1,
     ) -> None:
         check_choice("model.activation", activation, list(ACTIVATIONS))
-        if in_features is None:
-            raise ConfigError("model.in_features is null and the dataset did not fill it in")
+        check_widths(in_features, out_features)
         if not all(isinstance(h, int) and h > 0 for h in hidden):
             raise ConfigError(f"model.hidden={list(hidden)!r} must be a list of positive integers")
         widths = [in_features, *hidden]

@@ -145,7 +145,8 @@ def _members(annotation: Any) -> list[Any]:
 
 def check_value(key: str, value: Any, annotation: Any) -> None:
     if not _type_ok(value, annotation):
-        raise ConfigError(f"{key}={value!r} is not {_type_name(annotation)}")
+        shown = "null" if value is None else repr(value)  # as the config writes it
+        raise ConfigError(f"{key}={shown} is not {_type_name(annotation)}")
 
 
 def _check_dataclass(where: str, given: Mapping[str, Any], schema: type) -> Any:
