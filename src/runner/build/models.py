@@ -148,7 +148,7 @@ class MLP(nn.Sequential):
     ) -> None:
         check_choice("model.activation", activation, list(ACTIVATIONS))
         check_widths(in_features, out_features)
-        if not all(isinstance(h, int) and h > 0 for h in hidden):
+        if not all(type(h) is int and h > 0 for h in hidden):  # not a bool, either
             raise ConfigError(f"model.hidden={list(hidden)!r} must be a list of positive integers")
         widths = [in_features, *hidden]
         layers: list[nn.Module] = []
