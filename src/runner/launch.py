@@ -22,9 +22,13 @@ from runner.config.check import ConfigError, check
 from runner.train.world import world
 
 # what rank 0 answers without running (`--cfg job`, `--help`): the other ranks just exit
-ELASTIC_LOGS = ("torch.distributed.elastic", "torch.distributed.launcher.api")
-ELASTIC_LOGS += ("torch.distributed.elastic.agent.server.api",)
-ELASTIC_LOGS += ("torch.distributed.elastic.multiprocessing.errors", "torch.multiprocessing.spawn")
+ELASTIC_LOGS = (  # the elastic launcher's loggers, those that set their own level too
+    "torch.distributed.elastic",
+    "torch.distributed.elastic.agent.server.api",
+    "torch.distributed.elastic.multiprocessing.errors",
+    "torch.distributed.launcher.api",
+    "torch.multiprocessing.spawn",
+)
 QUERIES = ("-h", "--help", "--hydra-help", "--version", "-c", "--cfg", "-i", "--info", "-sc")
 
 

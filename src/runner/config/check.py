@@ -69,6 +69,9 @@ class LoggerCadence:
     figure_every_n_epochs: int | None = 50
 
 
+CADENCE = [f.name for f in dataclasses.fields(LoggerCadence)]  # read by the loop, not the logger
+
+
 @dataclass
 class EarlyStop:
     patience: int = 10
@@ -143,10 +146,14 @@ def _members(annotation: Any) -> list[Any]:
     return [a for a in args if not getattr(a, "__module__", "").startswith("torch")] or list(args)
 
 
+def shown(value: Any) -> str:
+    """A value as the config writes it: null, not None."""
+    return "null" if value is None else repr(value)
+
+
 def check_value(key: str, value: Any, annotation: Any) -> None:
     if not _type_ok(value, annotation):
-        shown = "null" if value is None else repr(value)  # as the config writes it
-        raise ConfigError(f"{key}={shown} is not {_type_name(annotation)}")
+        raise ConfigError(f"{key}={shown(value)} is not {_type_name(annotation)}")
 
 
 def _check_dataclass(where: str, given: Mapping[str, Any], schema: type) -> Any:
@@ -241,14 +248,13 @@ def _not_taken(line: str, group: str, key: str, option: Mapping[str, Any], name:
 
 def check_cadence(given: Mapping[str, Any]) -> tuple[LoggerCadence, dict[str, Any]]:
     """The logger's cadence keys, checked, and the rest of it, for its `_target_`."""
-    keys = [f.name for f in dataclasses.fields(LoggerCadence)]
-    ours = {k: v for k, v in given.items() if k in keys}
+    ours = {k: v for k, v in given.items() if k in CADENCE}
     cadence = _check_dataclass("logger", ours, LoggerCadence)
-    for key in keys:
+    for key in CADENCE:
         value = getattr(cadence, key)
         if value is not None and value < 1:
             raise ConfigError(f"logger.{key}={value} must be a positive integer or null")
-    return cadence, {k: v for k, v in given.items() if k not in keys}
+    return cadence, {k: v for k, v in given.items() if k not in CADENCE}
 
 
 def locate(group: str, target: Any) -> Callable[..., Any]:
@@ -353,7 +359,7 @@ def check(cfg: Mapping[str, Any]) -> Checked:
         if not isinstance(given, Mapping) or "_target_" not in given:
             shipped = sorted(f.stem for f in (CONFIGS / group).glob("*.yaml"))
             raise ConfigError(
-                f"{group}={'null' if given is None else repr(given)} is not an option with a "
+                f"{group}={shown(given)} is not an option with a "
                 "_target_; pick one of the files "
                 f"in configs/{group}/: {group}={', '.join(shipped)}"
                 + (f" ({group}=none turns it off)" if "none" in shipped else "")
@@ -361,7 +367,7 @@ def check(cfg: Mapping[str, Any]) -> Checked:
         given, also = dict(given), []
         if group == "logger":
             cadence, given = check_cadence(given)
-            also = [f.name for f in dataclasses.fields(LoggerCadence)]
+            also = CADENCE
         check_target(group, given, runtime, also)
         options[group] = given
     trainer = check_trainer(dict(cfg.get("trainer") or {}))
