@@ -219,7 +219,7 @@ CASES = [
     (
         "a loss's own refusal",
         ["loss=huber", "loss.delta=-1"],
-        ["loss: computing it on the first batch failed: huber_loss does not support"],
+        ["loss (loss.delta=-1): computing it on the first batch failed: huber_loss does not"],
     ),
     (
         "a callback's own check",
@@ -268,7 +268,10 @@ CASES = [
     (
         "a loss that starts NaN",
         ["loss=expression", 'loss.formula="mean(log(pred - 5) + y)"'],
-        ["loss: computing it on the first batch gives nan at the starting parameters"],
+        [
+            "loss (loss.formula='mean(log(pred - 5) + y)'",
+            "computing it on the first batch gives nan at the starting parameters",
+        ],
     ),
     (
         "a line search torch lacks",

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from runner.build import losses, models
-from runner.build.checks import check_data, check_loss, check_shapes, first_call
+from runner.build.checks import check_data, check_loss, check_shapes, first_call, labelled
 from runner.build.data import Data
 from runner.build.models import Forward
 from runner.build.optim import GD, Constant
@@ -240,10 +240,11 @@ def build(cfg: DictConfig, run_dir: Path | None) -> Built:
     if not params:
         raise ConfigError("the experiment has no parameters to learn")
     forward = None if model is None else models.forward_fn(model)
+    loss_label = labelled("loss", loss_cfg)
     if data is None or forward is None:
-        check_loss(loss_fn)
+        check_loss(loss_fn, label=loss_label)
     else:
-        check_shapes(forward, loss_fn, data, model_cfg)
+        check_shapes(forward, loss_fn, data, model_cfg, loss_label)
     if trainer.compile is not False:
         forward = compiled(forward, data, trainer)
 

@@ -10,7 +10,7 @@ import torch
 
 from runner.build.data import Data
 from runner.build.models import Forward
-from runner.config.check import ConfigError
+from runner.config.check import HYDRA_KEYS, ConfigError, shown
 
 
 def first_call(
@@ -26,13 +26,16 @@ def first_call(
         raise ConfigError(f"{failed} failed: {e}{hint}") from e
 
 
-def check_loss(loss_fn: Callable[..., Any], *args: torch.Tensor, hint: str = "") -> None:
-    """The objective, or the loss on the first batch, once: `.backward()` needs a scalar."""
+def check_loss(
+    loss_fn: Callable[..., Any], *args: torch.Tensor, hint: str = "", label: str = "loss"
+) -> None:
+    """The objective, or the loss on the first batch, once: `.backward()` needs a scalar.
+    `label` names the loss's settings (`loss (loss.delta=0)`), one of which may be at fault."""
     what = "computing it on the first batch" if args else "evaluating the objective"
-    value = first_call(f"loss: {what}", loss_fn, *args, hint=hint)
+    value = first_call(f"{label}: {what}", loss_fn, *args, hint=hint)
     if isinstance(value, torch.Tensor) and value.dim() == 0 and not torch.isfinite(value):
         raise ConfigError(
-            f"loss: {what} gives {value.item()} at the starting parameters, before any "
+            f"{label}: {what} gives {value.item()} at the starting parameters, before any "
             "update; look at the formulas and the parameters' starting values"
         )
     if not isinstance(value, torch.Tensor) or value.dim() != 0:
@@ -49,6 +52,12 @@ CLASSIFYING |= {"binary_cross_entropy_with_logits", "CrossEntropyLoss", "NLLLoss
 CLASSIFYING |= {"BCEWithLogitsLoss"}
 REGRESSING = {"mse", "mae", "mse_loss", "l1_loss", "huber_loss", "smooth_l1_loss"}
 REGRESSING |= {"MSELoss", "L1Loss", "HuberLoss", "SmoothL1Loss"}
+
+
+def labelled(group: str, option: Mapping[str, Any]) -> str:
+    """A group with the settings its option was given: `loss (loss.delta=0)`."""
+    settings = [f"{group}.{k}={shown(v)}" for k, v in option.items() if k not in HYDRA_KEYS]
+    return f"{group} ({', '.join(settings)})" if settings else group
 
 
 def check_data(data: Data, formula: str | None) -> None:
@@ -68,7 +77,9 @@ def check_data(data: Data, formula: str | None) -> None:
                 raise ConfigError(f"dataset: {name} holds NaN or infinite values{where}")
 
 
-def check_shapes(forward: Forward, loss_fn: Any, data: Data, model_cfg: Mapping[str, Any]) -> None:
+def check_shapes(
+    forward: Forward, loss_fn: Any, data: Data, model_cfg: Mapping[str, Any], loss_label: str
+) -> None:
     """A forward pass on two points (and three), so a shape mismatch is a config error, not a
     broadcast; `dataset.task`, never the loss, says what the output must be."""
     x, y = data.x[:2], data.y[:2]
@@ -130,4 +141,4 @@ def check_shapes(forward: Forward, loss_fn: Any, data: Data, model_cfg: Mapping[
             + (" (model.out_features=1)" if has_key else "")
             + (", or set dataset.task=classification if y holds classes" if maybe_classes else "")
         )
-    check_loss(loss_fn, pred, y, hint=hint)
+    check_loss(loss_fn, pred, y, hint=hint, label=loss_label)
