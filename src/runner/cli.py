@@ -31,7 +31,7 @@ from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseExceptio
 from runner.config.check import GROUPS, ConfigError, did_you_mean, refused_override
 from runner.launch import RankFailed, exit_status
 from runner.sweep import resume
-from runner.sweep.summary import STOP, summarise
+from runner.sweep.summary import STOP, stop_jobs, summarise
 from runner.train.world import world
 
 log = logging.getLogger("runner")
@@ -192,7 +192,7 @@ def unreadable(error: OverrideParseException) -> str:
     """An override Hydra's grammar cannot read, named (Hydra's message may leave it out),
     with the usual cause: a character the grammar reads itself, unquoted."""
     lines = str(error).splitlines()
-    skip = ("Error parsing override", "See https")
+    skip = ("Error parsing override", "Error when parsing index", "See https")  # 1.3, 1.4
     shown = (x for x in lines if x.strip() not in ("", "^") and not x.startswith(skip))
     reason = "; ".join(shown)
     key, equals, value = error.override.partition("=")
@@ -304,7 +304,8 @@ def sweep_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> float
         # stops the sweep, not only this job; a joblib worker's or submitit job's exit would fail it
         if str(HydraConfig.get().launcher._target_).endswith(".BasicLauncher"):
             log.error("Interrupted: the sweep stops here; run the same command again to finish it")
-            summarise(sweep_dir)  # the callback's end is never reached
+            summarise(sweep_dir)  # hydra-core 1.3 never reaches the callback's end, 1.4 does:
+            stop_jobs(sweep_dir, metrics.get("signal") or "SIGINT")  # then it only exits
             sys.exit(exit_status(metrics))
         leave_ctrl_c_to_the_sweep()
         return math.inf  # a worker or a cluster job was stopped (a time limit): the others go on

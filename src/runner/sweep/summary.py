@@ -65,13 +65,13 @@ class Summary(Callback):
             print(f"Config error: {e}", file=sys.stderr)
             raise SystemExit(2) from None
         name_jobs_by_what_varies(config)
+        (Path(config.hydra.sweep.dir).absolute() / STOP).unlink(missing_ok=True)  # an old one
         # Left to joblib, Ctrl-C ended the workers before their jobs wrote anything, and a
         # SIGTERM to this process alone left them running. A stop file makes running jobs stop
         # at their next log step and queued ones not start. Only the main thread gets signals.
         main_thread = threading.current_thread() is threading.main_thread()
         if config.hydra.launcher.get("_target_") == JOBLIB and main_thread:
             self.stop = Path(config.hydra.sweep.dir).absolute() / STOP
-            self.stop.unlink(missing_ok=True)
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self.previous[sig] = signal.signal(sig, self._interrupted)
 
@@ -80,11 +80,7 @@ class Summary(Callback):
         if self.stop.exists():  # the second: joblib ends its workers, and the sweep ends here
             print("Interrupted again: stopped at once", file=sys.stderr)
             raise SystemExit(128 + signum)  # no traceback, as with the basic launcher
-        self.stop.parent.mkdir(parents=True, exist_ok=True)
-        # the jobs read it (sweep/trial.py): whole, by a rename, never seen empty
-        part = self.stop.with_name(f"{STOP}.part")
-        part.write_text(signal.Signals(signum).name)
-        part.replace(self.stop)
+        stop_jobs(self.stop.parent, signal.Signals(signum).name)
         print(
             "Interrupted: running jobs stop at their next log step, the others do not start "
             "(Ctrl-C again to stop at once)",
@@ -92,14 +88,15 @@ class Summary(Callback):
         )
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        by = None  # the signal that interrupted a joblib sweep
-        if self.stop is not None:
-            for sig, previous in self.previous.items():
-                signal.signal(sig, previous)
-            by = self.stop.read_text().strip() if self.stop.exists() else None
-            self.stop.unlink(missing_ok=True)
-            self.stop = None
+        for sig, previous in self.previous.items():
+            signal.signal(sig, previous)
         sweep_dir = Path(config.hydra.sweep.dir).absolute()  # run dirs print absolute too
+        stop = sweep_dir / STOP
+        by = stop.read_text().strip() if stop.exists() else None  # the signal that stopped it
+        stop.unlink(missing_ok=True)
+        if by is not None and self.stop is None:  # a basic launcher's job summarised and exits
+            raise SystemExit(128 + signal.Signals[by])  # (hydra-core 1.4 ends the sweep here too)
+        self.stop = None
         if not sweep_dir.is_dir():  # the sweep stopped before its first job (hydra-core 1.4)
             return
         rows = summarise(sweep_dir)
@@ -109,6 +106,14 @@ class Summary(Callback):
         if completed == 0 or (self.fail_on == "any" and completed < len(rows)):
             # SystemExit passes through Hydra (it catches Exception): the sweep's exit status.
             raise SystemExit(1)
+
+
+def stop_jobs(sweep_dir: Path, signal_name: str) -> None:
+    """The stop file: the jobs read it (sweep/trial.py), whole, by a rename, never empty."""
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    part = sweep_dir / f"{STOP}.part"
+    part.write_text(signal_name)
+    part.replace(sweep_dir / STOP)
 
 
 def summarise(sweep_dir: Path) -> list[dict[str, Any]]:
