@@ -13,6 +13,7 @@ import torch
 from conftest import ROOT, cli, compose_config, event_accumulator, read_metrics, scalars
 
 from runner.build import build
+from runner.run import run
 from runner.train.loop import train
 from runner.train.state import State
 
@@ -99,6 +100,46 @@ def test_log_every_n_steps_and_validation_split(run_experiment):
     assert [s for s, _ in scalars(run_dir, "loss/train")] == [0, 10, 20, 29]
     assert [s for s, _ in scalars(run_dir, "loss/val")] == list(range(30))
     assert read_metrics(run_dir)["val_loss"] is not None
+
+
+class DropoutNet(torch.nn.Module):
+    """Batch norm and dropout: what a forward pass gives depends on the training mode."""
+
+    def __init__(self, hidden=(16,), activation="tanh", in_features=1, out_features=1) -> None:
+        super().__init__()
+        width = hidden[0]
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(in_features, width),
+            torch.nn.BatchNorm1d(width),
+            torch.nn.Tanh(),
+            torch.nn.Dropout(0.5),
+            torch.nn.Linear(width, out_features),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def test_validation_sees_the_model_in_eval_mode(tmp_path: Path):
+    """loss/val is the eval-mode loss of the model as trained (dropout off, batch norm's running
+    statistics, which looking does not move); training goes on in training mode."""
+    overrides = ["experiment=sine_mlp", "model._target_=test_runner.DropoutNet", "logger=none"]
+    overrides += ["trainer.epochs=3", "trainer.checkpoint_every=1000", "dataset.n=200"]
+    metrics = run(compose_config(*overrides), tmp_path / "run")
+    b = build(compose_config(*overrides), None)  # the same data, and a model to load into
+    saved = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    b.model.load_state_dict(saved["modules"]["model"])
+    b.model.eval()
+    with torch.no_grad():
+        by_hand = float(b.loss_fn(b.forward(b.data.x_val), b.data.y_val))
+    assert metrics["val_loss"] == pytest.approx(by_hand, rel=1e-6)
+    assert metrics["val_loss"] != pytest.approx(float(b.loss_fn(*train_mode(b))), rel=1e-3)
+
+
+def train_mode(b):
+    b.model.train()
+    with torch.no_grad():
+        return b.forward(b.data.x_val), b.data.y_val
 
 
 def test_the_post_data_is_generated_in_the_post_order():

@@ -244,9 +244,10 @@ def build(cfg: DictConfig, run_dir: Path | None) -> Built:
     if data is None or forward is None:
         check_loss(loss_fn, label=loss_label)
     else:
-        check_shapes(forward, loss_fn, data, model_cfg, loss_label)
+        with models.evaluating(model, grad=True):  # no batch norm statistics moved
+            check_shapes(forward, loss_fn, data, model_cfg, loss_label)
     if trainer.compile is not False:
-        forward = compiled(forward, data, trainer)
+        forward = compiled(forward, data, trainer, model)
 
     make_optimizer = _instantiate("optimizer", opts["optimizer"])
     # torch checks some settings only here (SGD's momentum, Adam's betas)
@@ -284,7 +285,9 @@ def build(cfg: DictConfig, run_dir: Path | None) -> Built:
     )
 
 
-def compiled(forward: Forward | None, data: Data | None, trainer: TrainerConfig) -> Forward:
+def compiled(
+    forward: Forward | None, data: Data | None, trainer: TrainerConfig, model: nn.Module | None
+) -> Forward:
     """`trainer.compile`, compiled here on a batch of the loop's shape with gradients on, so
     a backend that fails is a config error and the first step does not pay for the compile."""
     if forward is None or data is None:
@@ -294,8 +297,12 @@ def compiled(forward: Forward | None, data: Data | None, trainer: TrainerConfig)
         )
     backend = trainer.compile
     fast = torch.compile(forward, backend="inductor" if backend is True else backend)
+    buffers = [] if model is None else [t.clone() for t in model.buffers()]
     try:
-        fast(data.x[: trainer.batch_size])  # None: the whole batch
+        fast(data.x[: trainer.batch_size])  # None: the whole batch; in training mode, as steps
     except Exception as e:
         raise ConfigError(f"trainer.compile={backend!r}: torch.compile failed: {e}") from e
+    with torch.no_grad():  # batch norm's statistics as they were: the batch is not seen twice
+        for t, saved in zip(model.buffers() if model is not None else [], buffers):
+            t.copy_(saved)
     return fast

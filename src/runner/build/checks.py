@@ -78,7 +78,11 @@ def check_data(data: Data, formula: str | None) -> None:
 
 
 def check_shapes(
-    forward: Forward, loss_fn: Any, data: Data, model_cfg: Mapping[str, Any], loss_label: str
+    forward: Forward,
+    loss_fn: Any,
+    data: Data,
+    model_cfg: Mapping[str, Any],
+    loss_label: str = "loss",
 ) -> None:
     """A forward pass on two points (and three), so a shape mismatch is a config error, not a
     broadcast; `dataset.task`, never the loss, says what the output must be."""

@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -172,3 +173,18 @@ def forward_fn(model: nn.Module) -> Forward:
         return out.squeeze(-1) if out.dim() == 2 and out.shape[-1] == 1 else out
 
     return forward
+
+
+@contextmanager
+def evaluating(model: nn.Module | None, grad: bool = False) -> Iterator[None]:
+    """For what only looks (checks, validation, accuracy, figures): the model in eval mode, so
+    dropout is off and batch norm reads its running statistics without moving them."""
+    training = model is not None and model.training
+    if training:
+        model.eval()
+    try:
+        with torch.set_grad_enabled(grad):
+            yield
+    finally:
+        if training:
+            model.train()

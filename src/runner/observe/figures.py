@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from runner.build import Built
+from runner.build.models import evaluating
 from runner.log.tensorboard import Logger
 from runner.observe import Look, Observer, draw
 from runner.observe.gradcheck import Objective
@@ -99,21 +100,21 @@ class Figures(Observer):
             values = [p.detach().reshape(()) for p in self.b.params.values()]
             self.path.append(torch.stack(values))  # a new tensor: later updates leave it
 
-    @torch.no_grad()
     def _curve(self, step: int, when: str) -> None:
         if self.grid is not None and self.b.forward is not None:
-            self.curves.append((step, when, self.b.forward(self.grid).detach()))
+            with evaluating(self.b.model):
+                self.curves.append((step, when, self.b.forward(self.grid).detach()))
 
 
-@torch.no_grad()
 def curve_grid(b: Built) -> torch.Tensor | None:
     """Where the fitted curve is drawn: evenly over the data's x range (train and validation);
     None unless the run is 1-D regression (one input column, target and prediction per point)."""
     data = b.data
     if data is None or b.forward is None or data.task == "classification" or data.features != 1:
         return None
-    if data.y.dim() != 1 or b.forward(data.x[:2]).shape != (min(2, data.n),):
-        return None
+    with evaluating(b.model):
+        if data.y.dim() != 1 or b.forward(data.x[:2]).shape != (min(2, data.n),):
+            return None
     xs = [data.x] + ([data.x_val] if data.x_val is not None else [])
     low, high = min(float(x.min()) for x in xs), max(float(x.max()) for x in xs)
     return torch.linspace(low, high, CURVE_POINTS, dtype=data.x.dtype, device=data.x.device)
@@ -135,7 +136,6 @@ def landscape_arrays(b: Built, path: torch.Tensor) -> dict[str, np.ndarray]:
     return {"first": first, "second": second, "surface": surface.numpy(), "path": path.numpy()}
 
 
-@torch.no_grad()
 def loss_surface(b: Built, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
     """The loss at each (first[i], second[i]) for the two parameters, as a CPU tensor:
     batched with vmap, point by point for a model that vmap cannot batch."""
@@ -151,9 +151,10 @@ def loss_surface(b: Built, first: torch.Tensor, second: torch.Tensor) -> torch.T
 
     first, second = first.to(p1.device, p1.dtype), second.to(p1.device, p1.dtype)
     chunk = max(1, GRID_ELEMENTS // (data.n if data is not None else 1))
-    try:
-        values = torch.func.vmap(loss_at, chunk_size=chunk)(first, second)
-    except Exception as e:  # the same numbers, one at a time
-        log.debug(f"loss landscape point by point (vmap failed: {e})")
-        values = torch.stack([loss_at(u, v) for u, v in zip(first, second)])
+    with evaluating(b.model):
+        try:
+            values = torch.func.vmap(loss_at, chunk_size=chunk)(first, second)
+        except Exception as e:  # the same numbers, one at a time
+            log.debug(f"loss landscape point by point (vmap failed: {e})")
+            values = torch.stack([loss_at(u, v) for u, v in zip(first, second)])
     return values.double().cpu()

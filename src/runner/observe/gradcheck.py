@@ -95,7 +95,8 @@ class Objective(nn.Module):
 def float64_objective(b: Built) -> Objective:
     """The loss of float64 copies (the run's own parameters untouched) of the model and loss on
     the first `batch_size` points in data order: drawing a shuffled batch would move the RNG."""
-    model = None if b.model is None else copy.deepcopy(b.model).to(torch.float64)
+    # eval mode: dropout would draw new masks for each evaluation the differences compare
+    model = None if b.model is None else copy.deepcopy(b.model).to(torch.float64).eval()
     loss_fn = b.loss_fn
     if isinstance(loss_fn, nn.Module):
         loss_fn = copy.deepcopy(loss_fn).to(torch.float64)

@@ -10,6 +10,7 @@ import torch
 from torch.linalg import vector_norm
 
 from runner.build import Built
+from runner.build.models import evaluating
 from runner.log.tensorboard import Logger
 from runner.observe import Look, Observer
 
@@ -54,9 +55,10 @@ class Scalars(Observer):
         parts = [torch.stack(row), updates / torch.stack(param_norms).clamp_min(TINY)]  # ratios
         if self.accuracy is not None:
             data, forward = self.b.data, self.b.forward
-            accuracies = [self.accuracy(forward(data.x), data.y)]
-            if data.x_val is not None:
-                accuracies.append(self.accuracy(forward(data.x_val), data.y_val))
+            with evaluating(self.b.model):
+                accuracies = [self.accuracy(forward(data.x), data.y)]
+                if data.x_val is not None:
+                    accuracies.append(self.accuracy(forward(data.x_val), data.y_val))
             parts.append(torch.stack(accuracies))
         values = torch.cat(parts).tolist()  # note: the host sync
         lr = float(self.b.optimizer.param_groups[0]["lr"])

@@ -9,6 +9,7 @@ import math
 import torch
 
 from runner.build import Built
+from runner.build.models import evaluating
 from runner.config.check import EarlyStop
 from runner.log.tensorboard import Logger
 from runner.observe import Look, Observer
@@ -36,7 +37,7 @@ class Validation(Observer):
     def epoch(self, state: State) -> None:
         data = self.b.data
         if data is not None and data.x_val is not None and self.b.forward is not None:
-            with torch.no_grad():
+            with evaluating(self.b.model):
                 state.val_loss = self.b.loss_fn(self.b.forward(data.x_val), data.y_val)
             self.pending.append((state.step - 1, state.val_loss.float()))
         if (stop := self.early_stop) is None:
