@@ -655,3 +655,25 @@ def test_full_error_shows_hydras_traceback_for_a_refused_override(tmp_path):
     proc = cli(*args, cwd=tmp_path, env={"HYDRA_FULL_ERROR": "1"})
     assert proc.returncode == 1
     assert "Traceback" in proc.stderr and "Could not override 'trainer.epoch'" in proc.stderr
+
+
+def test_an_own_option_named_as_a_shipped_one_is_refused(tmp_path, monkeypatch, capsys):
+    """Hydra reads the shipped configs before a --config-dir: a user's optimizer/adam.yaml would
+    be passed over in silence, so it is refused; under another name it is the one used."""
+    mine = tmp_path / "mine" / "optimizer"
+    mine.mkdir(parents=True)
+    option = "_target_: torch.optim.Adam\n_partial_: true\nlr: 0.123\n"
+    (mine / "adam.yaml").write_text(option)
+    (mine / "adam_mine.yaml").write_text(option)
+    args = ["--config-dir", str(tmp_path / "mine"), "logger=none", "trainer.epochs=1"]
+    status, _, err = main_in_process([*args, "optimizer=adam"], tmp_path, monkeypatch, capsys)
+    assert status == 2
+    assert err.strip().splitlines() == [
+        f"Config error: optimizer=adam: {mine / 'adam.yaml'} has the name of a shipped option, "
+        "and Hydra reads the runner's own configs/ first, so yours would be passed over; give "
+        "it another name (such as optimizer=adam_mine)"
+    ]
+    monkeypatch.setattr(sys, "argv", ["runner", *args, "optimizer=adam_mine", "--cfg", "job"])
+    GlobalHydra.instance().clear()
+    main()
+    assert "lr: 0.123" in capsys.readouterr().out

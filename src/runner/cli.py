@@ -28,7 +28,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
 
-from runner.config.check import GROUPS, ConfigError, did_you_mean, refused_override
+from runner.config.check import CONFIGS, GROUPS, ConfigError, did_you_mean, refused_override
 from runner.launch import RankFailed, exit_status
 from runner.sweep import resume
 from runner.sweep.summary import STOP, stop_jobs, summarise
@@ -250,6 +250,27 @@ def _below_hydra(tb: TracebackType | None) -> TracebackType | None:
     return first
 
 
+def not_shadowed() -> None:
+    """Refuse a chosen option that a `--config-dir` holds under a shipped option's name: Hydra
+    reads the runner's own configs first, so the user's file would be passed over in silence."""
+    if not HydraConfig.initialized():
+        return
+    runtime = HydraConfig.get().runtime
+    sources = runtime.config_sources
+    own = [Path(s.path) for s in sources if s.schema == "file" and s.provider != "main"]
+    for group, option in runtime.choices.items():
+        name = f"{group}/{option}.yaml"
+        if option is None or group.startswith("hydra") or not (CONFIGS / name).is_file():
+            continue
+        for folder in own:
+            if (folder / name).is_file():
+                raise ConfigError(
+                    f"{group}={option}: {folder / name} has the name of a shipped option, "
+                    "and Hydra reads the runner's own configs/ first, so yours would be passed "
+                    f"over; give it another name (such as {group}={option}_mine)"
+                )
+
+
 def run_job(
     cfg: DictConfig, run_dir: Path, mode: RunMode | None, overrides: Sequence[str]
 ) -> float:
@@ -258,6 +279,7 @@ def run_job(
     if mode == RunMode.MULTIRUN:
         return sweep_job(cfg, run_dir, overrides)
     try:
+        not_shadowed()
         choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
         for group in (SEARCH, "hydra/sweeper"):  # a search, which a single run would leave out
             if choices.get(group) not in (None, "basic"):
@@ -291,6 +313,7 @@ def sweep_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> float
         leave_ctrl_c_to_the_sweep()
         return math.inf
     try:
+        not_shadowed()
         metrics = run(cfg, run_dir, overrides, sweep_dir)
     except Exception as e:
         error = f"{type(e).__name__}: {e}"
