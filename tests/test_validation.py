@@ -677,3 +677,22 @@ def test_an_own_option_named_as_a_shipped_one_is_refused(tmp_path, monkeypatch, 
     GlobalHydra.instance().clear()
     main()
     assert "lr: 0.123" in capsys.readouterr().out
+
+
+def test_an_import_that_fails_inside_the_users_module_names_its_cause(tmp_path, monkeypatch):
+    """A module that imports what is not installed is not a wrong `_target_` path."""
+    from runner.config.check import locate
+
+    package = tmp_path / "mine_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "needs.py").write_text("import not_installed_anywhere\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConfigError) as caught:
+        locate("model", "mine_pkg.needs.Net")
+    assert str(caught.value) == (
+        "model._target_='mine_pkg.needs.Net': importing it failed: "
+        "No module named 'not_installed_anywhere'"
+    )
+    with pytest.raises(ConfigError, match="cannot be imported; check the module path"):
+        locate("model", "mine_pkg.absent.Net")  # the path itself is wrong

@@ -266,10 +266,13 @@ def locate(group: str, target: Any) -> Callable[..., Any]:
     module_name, _, attr = target.rpartition(".")
     parts = target.split(".")
     for cut in range(len(parts) - 1, 0, -1):
+        name = ".".join(parts[:cut])
         try:
-            module = importlib.import_module(".".join(parts[:cut]))
-        except ModuleNotFoundError:
-            continue
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name is None or name == e.name or name.startswith(e.name + "."):
+                continue  # the path itself: a shorter one may be the module
+            raise ConfigError(f"{group}._target_={target!r}: importing it failed: {e}") from e
         except Exception as e:  # an import that fails inside the user's module
             raise ConfigError(f"{group}._target_={target!r}: importing it failed: {e}") from e
         try:
