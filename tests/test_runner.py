@@ -13,6 +13,7 @@ import torch
 from conftest import ROOT, cli, compose_config, event_accumulator, read_metrics, scalars
 
 from runner.build import build
+from runner.config.check import ConfigError
 from runner.run import run
 from runner.train.loop import train
 from runner.train.state import State
@@ -140,6 +141,44 @@ def train_mode(b):
     b.model.train()
     with torch.no_grad():
         return b.forward(b.data.x_val), b.data.y_val
+
+
+class NoClosure:
+    """A hand-written optimizer that updates from `.grad` and never calls the closure."""
+
+    def __init__(self, params, lr: float = 0.1) -> None:
+        self.param_groups = [{"params": list(params), "lr": lr}]
+
+    def step(self, closure=None) -> None:
+        with torch.no_grad():
+            for p in self.param_groups[0]["params"]:
+                if p.grad is not None:
+                    p -= self.param_groups[0]["lr"] * p.grad
+
+    def zero_grad(self) -> None:
+        for p in self.param_groups[0]["params"]:
+            p.grad = None
+
+
+class ReturnsNothing(NoClosure):
+    """The same, calling the closure first but returning None, as many hand-written ones do."""
+
+    def step(self, closure=None) -> None:
+        closure()
+        super().step()
+
+
+def test_a_users_optimizer_may_return_nothing_but_must_call_the_closure(tmp_path: Path):
+    """The loss comes from the closure's own record; a step that never calls it computes no
+    gradients, which is one config line rather than a traceback."""
+    base = ["experiment=linear_fit", "logger=none"]
+    metrics = run(
+        compose_config(*base, "optimizer._target_=test_runner.ReturnsNothing"), tmp_path / "a"
+    )
+    w, b, _, _ = post_loop()
+    assert metrics["params"] == {"w": pytest.approx(w, abs=1e-6), "b": pytest.approx(b, abs=1e-6)}
+    with pytest.raises(ConfigError, match=r"NoClosure.step\(closure\) returned without calling"):
+        run(compose_config(*base, "optimizer._target_=test_runner.NoClosure"), tmp_path / "b")
 
 
 def test_the_post_data_is_generated_in_the_post_order():

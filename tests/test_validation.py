@@ -242,6 +242,16 @@ CASES = [
     ),
     ("zero scheduler period", ["scheduler=step", "scheduler.step_size=0"], ["step_size=0"]),
     (
+        "a schedule torch refuses",
+        ["scheduler._target_=torch.optim.lr_scheduler.OneCycleLR", "+scheduler.max_lr=0.1"],
+        ["scheduler: building torch.optim.lr_scheduler.OneCycleLR failed: You must define"],
+    ),
+    (
+        "a schedule stepped on a metric",
+        ["scheduler._target_=torch.optim.lr_scheduler.ReduceLROnPlateau"],
+        ["ReduceLROnPlateau' steps on a metric, and the runner steps the schedule once an"],
+    ),
+    (
         "a schedule to a negative lr",
         ["scheduler=cosine", "scheduler.eta_min=-1"],
         ["scheduler.eta_min=-1 must be zero or a positive number"],

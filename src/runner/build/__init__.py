@@ -263,7 +263,15 @@ def build(cfg: DictConfig, run_dir: Path | None) -> Built:
     schedule = getattr(make_scheduler, "func", make_scheduler)  # the class a partial builds
     if isinstance(optimizer, GD) and schedule is not Constant:
         optimizer = optimizer.as_torch()  # torch's schedulers take only torch's optimizers
-    scheduler = make_scheduler(optimizer)
+    building = f"scheduler: building {opts['scheduler']['_target_']}"
+    scheduler = first_call(building, make_scheduler, optimizer)
+    takes = arguments(type(scheduler).step, ())  # the loop steps it once an epoch, no argument
+    if takes is not None and "metrics" in takes[0]:
+        raise ConfigError(
+            f"scheduler._target_={opts['scheduler']['_target_']!r} steps on a metric, and the "
+            "runner steps the schedule once an epoch without one; use scheduler=step, "
+            "exponential or cosine, or a schedule of epochs (LambdaLR, OneCycleLR, ...)"
+        )
     amp, scaler = precision(trainer.amp, device, optimizer)
     # run_dir None: a DDP rank other than 0, which writes nothing
     logger = Null() if run_dir is None else _instantiate("logger", opts["logger"])(log_dir=run_dir)

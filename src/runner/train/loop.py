@@ -12,12 +12,17 @@ from typing import Any
 import torch
 
 from runner.build import Built
+from runner.config.check import ConfigError
 from runner.observe import Look, Observer
 from runner.observe.graph import saved_bytes
 from runner.train import distributed
 from runner.train.state import FOLD, State
 
 Save = Callable[[State], None]
+NO_CLOSURE = (
+    "optimizer: {}.step(closure) returned without calling closure(), which computes the loss "
+    "and the gradients; call it first (loss = closure()), as torch's optimizers do"
+)
 
 
 def train(b: Built, state: State, observers: Sequence[Observer], save: Save | None) -> State:
@@ -36,9 +41,9 @@ def train(b: Built, state: State, observers: Sequence[Observer], save: Save | No
                 group = batches[i : i + t.accumulate]
                 log_now = state.step % t.log_every_n_steps == 0 or state.step == last
                 before = [p.detach().clone() for p in params] if log_now else []
-                roots: list[torch.Tensor] = []
+                calls: list[tuple[torch.Tensor, torch.Tensor]] = []  # (loss, its graph's root)
 
-                def closure(group: list = group, roots: list = roots) -> torch.Tensor:
+                def closure(group: list = group, calls: list = calls) -> torch.Tensor:
                     b.optimizer.zero_grad()
                     losses = []
                     for idx in group:
@@ -49,17 +54,21 @@ def train(b: Built, state: State, observers: Sequence[Observer], save: Save | No
                     if t.grad_clip is not None:
                         part.unscale()
                         torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
-                    roots.append(loss)  # the graph the observers walk
-                    return part.mean(losses[0] if len(losses) == 1 else torch.stack(losses).mean())
+                    mean = part.mean(losses[0] if len(losses) == 1 else torch.stack(losses).mean())
+                    calls.append((mean, loss))  # the last root is the graph observers walk
+                    return mean
 
                 with saved_bytes() if log_now else nullcontext() as saved:
-                    loss = part.step(closure)
+                    part.step(closure)
+                if not calls:
+                    raise ConfigError(NO_CLOSURE.format(type(b.optimizer).__name__))
+                loss = calls[0][0]  # the loss before the update, as LBFGS returns it
                 share = None if group[0] is None else sum(g.shape[0] for g in group) / b.data.n
                 state.add(loss, share)
                 state.step, state.position = state.step + 1, i + t.accumulate
                 recent.add(loss)
                 if log_now:
-                    look = Look(state, loss, recent.take(), before, roots[-1], saved.total)
+                    look = Look(state, loss, recent.take(), before, calls[-1][1], saved.total)
                     for o in observers:
                         o.log(look)
                 if save is not None and state.step % t.checkpoint_every == 0 and recent.finite():
