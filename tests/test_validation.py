@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import hydra
+import numpy as np
 import pytest
 import torch
 from conftest import cli, compose_config
@@ -25,6 +26,7 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from runner.__main__ import main
+from runner.build.data import Data
 from runner.cli import ASKED, chosen_options, run_job
 from runner.config.check import ConfigError, check, refused_override
 
@@ -240,6 +242,31 @@ CASES = [
         ["optimizer=sgd", "optimizer.momentum=-1"],
         ["optimizer: building torch.optim.SGD failed: Invalid momentum value: -1"],
     ),
+    (
+        "a dataset of numpy arrays",
+        ["~dataset", "+dataset._target_=test_validation.numpy_data"],
+        ["dataset: Data.x is a numpy.ndarray, and Data holds torch tensors: torch.as_tensor"],
+    ),
+    (
+        "a dataset of another dtype",
+        ["~dataset", "+dataset._target_=test_validation.float64_data"],
+        ["dataset: x holds torch.float64, and the run computes in torch.float32"],
+    ),
+    (
+        "targets as a column",
+        ["~dataset", "+dataset._target_=test_validation.column_data"],
+        ["dataset: the targets have shape (20, 1), and the model gives one value a point"],
+    ),
+    (
+        "a model that returns a dict",
+        ["experiment=sine_mlp", "model._target_=test_validation.DictOut"],
+        ["model: its forward returns dict, and the runner takes a tensor: the predictions"],
+    ),
+    (
+        "an optimizer without _partial_",
+        ["~optimizer._partial_"],
+        ["missing 1 required positional argument: 'params'; the runner passes the optimizer"],
+    ),
     ("zero scheduler period", ["scheduler=step", "scheduler.step_size=0"], ["step_size=0"]),
     (
         "a schedule torch refuses",
@@ -360,6 +387,32 @@ CASES = [
         ["trainer.objective=val_loss", "dataset.val_fraction"],
     ),
 ]
+
+
+class DictOut(torch.nn.Module):
+    def __init__(self, hidden=(), activation="", in_features=1, out_features=1) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(in_features, out_features)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"y": self.linear(x)}
+
+
+def numpy_data(dtype: torch.dtype) -> Data:
+    x = np.linspace(0, 1, 20)
+    return Data(x, 2 * x + 1)
+
+
+def float64_data(dtype: torch.dtype) -> Data:
+    x = torch.linspace(0, 1, 20, dtype=torch.float64)
+    return Data(x, 2 * x + 1)
+
+
+def column_data(dtype: torch.dtype) -> Data:
+    x = torch.linspace(0, 1, 20, dtype=dtype)
+    return Data(x, (2 * x + 1).unsqueeze(-1))
+
+
 HYDRA_1_4 = pytest.mark.skipif(
     not hydra.__version__.startswith("1.3."), reason="hydra-core 1.4 deletes a null key as asked"
 )
@@ -526,8 +579,8 @@ def test_points_and_targets_that_do_not_pair_up_are_a_config_error():
     from runner.build.data import Data
 
     with pytest.raises(ConfigError, match="x holds 10 points and y 7; one target a point"):
-        check_data(Data(torch.linspace(0, 1, 10), torch.zeros(7)), None)
-    check_data(Data(torch.linspace(0, 1, 10), torch.zeros(10)), None)
+        check_data(Data(torch.linspace(0, 1, 10), torch.zeros(7)), None, torch.float32)
+    check_data(Data(torch.linspace(0, 1, 10), torch.zeros(10)), None, torch.float32)
 
 
 def test_a_config_dir_that_is_not_there_is_one_line(workdir, monkeypatch, capsys):

@@ -143,7 +143,13 @@ def _instantiate(group: str, node: Any, **runtime: Any) -> Any:
             cause = cause.__cause__
         if isinstance(cause, ConfigError):
             raise cause from e
-        raise ConfigError(f"{group}: building {node.get('_target_')!r} failed: {cause}") from e
+        hint = ""
+        partial = group in ("loss", "optimizer", "scheduler") and not node.get("_partial_")
+        if partial and "required positional argument" in str(cause):  # `params`, `optimizer`
+            hint = f"; the runner passes the {group} those itself: add _partial_: true to it"
+        raise ConfigError(
+            f"{group}: building {node.get('_target_')!r} failed: {cause}{hint}"
+        ) from e
 
 
 def named_parameters(model: nn.Module | None, loss: Any) -> dict[str, nn.Parameter]:
@@ -194,7 +200,7 @@ def build(cfg: DictConfig, run_dir: Path | None) -> Built:
             f"{type(data).__name__}; it must return runner.build.data.Data (x, y tensors) or None"
         )
     if data is not None:
-        check_data(data, opts["dataset"].get("formula"))
+        check_data(data, opts["dataset"].get("formula"), dtype)
 
     if trainer.objective == "val_loss" and (data is None or data.x_val is None):
         raise ConfigError(
@@ -238,7 +244,10 @@ def build(cfg: DictConfig, run_dir: Path | None) -> Built:
             module.to(device=device, dtype=dtype)
     params = named_parameters(model, loss_fn)
     if not params:
-        raise ConfigError("the experiment has no parameters to learn")
+        raise ConfigError(
+            "the experiment has no parameters to learn: the model (or a loss formula) must "
+            "hold at least one torch.nn.Parameter"
+        )
     forward = None if model is None else models.forward_fn(model)
     loss_label = labelled("loss", loss_cfg)
     if data is None or forward is None:

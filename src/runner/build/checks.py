@@ -60,9 +60,9 @@ def labelled(group: str, option: Mapping[str, Any]) -> str:
     return f"{group} ({', '.join(settings)})" if settings else group
 
 
-def check_data(data: Data, formula: str | None) -> None:
-    """Points and targets that pair up and are finite: a NaN target would read as a run that
-    diverged at its first step."""
+def check_data(data: Data, formula: str | None, dtype: torch.dtype) -> None:
+    """Points and targets that pair up, are finite and of the run's dtype: a NaN target would
+    read as a run that diverged at its first step."""
     splits = [("x", data.x, "y", data.y), ("x_val", data.x_val, "y_val", data.y_val)]
     for xn, x, yn, y in splits:
         if x is None or y is None:
@@ -72,6 +72,11 @@ def check_data(data: Data, formula: str | None) -> None:
                 f"dataset: {xn} holds {x.shape[0]} points and {yn} {y.shape[0]}; one target a point"
             )
         for name, t in ((xn, x), (yn, y)):
+            if t.dtype != dtype and (t is x or data.task == "regression"):
+                raise ConfigError(
+                    f"dataset: {name} holds {t.dtype}, and the run computes in {dtype} "
+                    f"(trainer.dtype); make the tensors with the dtype the runner passes"
+                )
             if t.is_floating_point() and not bool(torch.isfinite(t).all()):
                 where = f" (dataset.formula={formula!r})" if formula else ""
                 raise ConfigError(f"dataset: {name} holds NaN or infinite values{where}")
@@ -139,6 +144,12 @@ def check_shapes(
         )
     elif tuple(pred.shape) != tuple(y.shape):
         maybe_classes = pred.dim() == 2 and y.dim() == 1  # logits for class indices?
+        if pred.dim() == 1 and tuple(y.shape[1:]) == (1,):  # a column of targets
+            raise ConfigError(
+                f"dataset: the targets have shape {tuple(data.y.shape)}, and the model gives one "
+                "value a point, shape (n,); a dataset's y holds one target a point, shape (n,) "
+                "(y.squeeze(-1))"
+            )
         raise ConfigError(
             f"model output has shape {tuple(pred.shape)} for {y.shape[0]} points but the "
             f"target has shape {tuple(y.shape)}; make the model return one value per point"

@@ -28,6 +28,15 @@ class Data:
 
     def __post_init__(self) -> None:
         # here rather than in each builder, so a dataset of the user's own gets the same checks
+        for name in ("x", "y", "x_val", "y_val"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, torch.Tensor):
+                kind = type(value).__module__.replace("builtins", "") + "." + type(value).__name__
+                raise ConfigError(
+                    f"dataset: Data.{name} is a {kind.lstrip('.')}, and Data holds torch "
+                    f"tensors: torch.as_tensor({name}, dtype=dtype), with the dtype the runner "
+                    "passes the dataset"
+                )
         check_choice("dataset.task", self.task, ("regression", "classification"))
         if self.task == "classification":
             # frozen: the labels are set once, here, as the integers they are

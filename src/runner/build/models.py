@@ -170,6 +170,11 @@ def forward_fn(model: nn.Module) -> Forward:
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         out = model(x.unsqueeze(-1) if x.dim() == 1 else x)
+        if not isinstance(out, torch.Tensor):
+            raise ConfigError(
+                f"model: its forward returns {type(out).__name__}, and the runner takes a "
+                "tensor: the predictions, one value (or one logit per class) a point"
+            )
         return out.squeeze(-1) if out.dim() == 2 and out.shape[-1] == 1 else out
 
     return forward
