@@ -115,6 +115,18 @@ def test_csv_classification_reads_integer_labels(tmp_path: Path):
     assert regression.data.y.dtype == torch.float32
 
 
+def test_csv_with_another_delimiter_reads_the_same_numbers(tmp_path: Path):
+    (tmp_path / "comma.csv").write_text("a,b,label\n0.5,1,2\n1.5,-2,3\n")
+    (tmp_path / "semi.csv").write_text("a;b;label\n0.5;1;2\n1.5;-2;3\n")
+    tables = []
+    for name, more in (("comma", []), ("semi", ['dataset.delimiter=";"'])):
+        common = ["dataset=csv", f"dataset.path={tmp_path / name}.csv", "dataset.x=[a,b]"]
+        cfg = compose_config(*common, "dataset.y=label", "model=linear", "logger=none", *more)
+        data = build(cfg, tmp_path).data
+        tables.append((data.x.tolist(), data.y.tolist()))
+    assert tables[0] == tables[1] == ([[0.5, 1.0], [1.5, -2.0]], [2.0, 3.0])
+
+
 def test_csv_classification_refuses_a_label_that_is_no_class_index(tmp_path: Path):
     csv = write_csv(tmp_path / "c.csv", ["0", "1.5", "1"])
     with pytest.raises(ConfigError, match=r"class indices 0, 1, 2, .* but one is 1\.5"):

@@ -367,6 +367,22 @@ CASES = [
         ["logger.handoff_secs=-1 must be a positive number of seconds"],
     ),
     (
+        "a semicolon-separated file",
+        ["dataset=csv", "dataset.path=semi.csv", "dataset.x=a", "dataset.y=b"],
+        ["columns: a;b (split by ';'? set 'dataset.delimiter=\";\"')"],
+    ),
+    (
+        "an empty cell",
+        ["dataset=csv", "dataset.path=holes.csv", "dataset.x=a", "dataset.y=b"],
+        ["dataset.path='holes.csv' line 5, column b: '' is not a finite number"],
+    ),
+    (
+        "a word for a class",
+        ["dataset=csv", "dataset.path=words.csv", "dataset.x=a", "dataset.y=b"]
+        + ["dataset.task=classification", "experiment=logistic_blobs"],
+        ["dataset.path='words.csv' line 2, column b: 'cat' is no class index 0, 1, 2, ..."],
+    ),
+    (
         "a deleted group",
         ["~logger"],
         ["logger=null is not an option", "logger=none, tensorboard (logger=none turns it off)"],
@@ -424,6 +440,9 @@ def workdir(tmp_path: Path) -> Path:
     (tmp_path / "good.csv").write_text("a,b\n1,2\n3,4\n")
     (tmp_path / "bad.csv").write_text("a,b\n1,2\n3\n")
     (tmp_path / "twice.csv").write_text("a,a,b\n1,2,3\n")
+    (tmp_path / "semi.csv").write_text("a;b\n1;2\n3;4\n")
+    (tmp_path / "holes.csv").write_text('a,b,note\n1,2,"two\nlines"\n3,,x\n')
+    (tmp_path / "words.csv").write_text("a,b\n1,cat\n3,0\n")
     return tmp_path
 
 

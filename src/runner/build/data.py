@@ -161,6 +161,7 @@ def csv(
     y: str = "y",
     val_fraction: float = 0.0,
     task: str = "regression",
+    delimiter: str = ",",
     *,
     dtype: torch.dtype = torch.float32,
 ) -> Data:
@@ -178,8 +179,10 @@ def csv(
             f"dataset.x={x!r} with dataset.y={y!r}: x names one or more columns, each once, "
             "and not the target's"
         )
+    if not (isinstance(delimiter, str) and len(delimiter) == 1):
+        raise ConfigError(f"dataset.delimiter={delimiter!r} must be one character, such as ';'")
     with file.open(newline="", encoding="utf-8-sig") as fh:  # -sig: Excel's byte-order mark
-        reader = csvlib.reader(fh)
+        reader = csvlib.reader(fh, delimiter=delimiter)
         header = next(reader, None)
         if not header:
             raise ConfigError(f"dataset.path={path!r} is empty; expected a header row of names")
@@ -188,13 +191,21 @@ def csv(
             raise ConfigError(f"dataset.path={path!r}: the header names {', '.join(twice)} twice")
         for key, name in [("x", c) for c in columns] + [("y", y)]:
             if name not in header:
+                other = next((c for c in ";\t|" if len(header) == 1 and c in header[0]), None)
                 raise ConfigError(
                     f"dataset.{key}={name!r} is not a column of {path}; "
                     f"columns: {', '.join(header)}"
+                    + (
+                        f" (split by {other!r}? set 'dataset.delimiter=\"{other}\"')"
+                        if other
+                        else ""
+                    )
                 )
         index = [header.index(name) for name in [*columns, y]]
         rows: list[list[float]] = []
-        for line, row in enumerate(reader, start=2):
+        names = [*columns, y]
+        for row in reader:
+            line = reader.line_num  # the file's line, a quoted field may span several
             if not any(cell.strip() for cell in row):
                 continue
             if len(row) != len(header):
@@ -202,18 +213,28 @@ def csv(
                     f"dataset.path={path!r} line {line} has {len(row)} fields, "
                     f"the header has {len(header)}"
                 )
-            try:
-                values = [float(row[i]) for i in index]
-            except ValueError as e:
-                raise ConfigError(f"dataset.path={path!r} line {line}: {e}") from e
-            if not all(math.isfinite(v) for v in values):
-                raise ConfigError(f"dataset.path={path!r} line {line}: a value is not finite")
+            values = [number(row[i]) for i in index]
+            for name, i, value in zip(names, index, values):
+                if not math.isfinite(value):
+                    classes = task == "classification" and name == y
+                    raise ConfigError(
+                        f"dataset.path={path!r} line {line}, column {name}: {row[i]!r} is "
+                        + ("no class index 0, 1, 2, ..." if classes else "not a finite number")
+                    )
             rows.append(values)
     if not rows:
         raise ConfigError(f"dataset.path={path!r} has a header but no rows")
     table = torch.tensor(rows, dtype=dtype)
     xs = table[:, 0] if len(columns) == 1 else table[:, : len(columns)]
     return split(xs.contiguous(), table[:, -1].contiguous(), val_fraction, task)
+
+
+def number(cell: str) -> float:
+    """A cell's number; NaN for what is none (an empty cell, a word)."""
+    try:
+        return float(cell)
+    except ValueError:
+        return math.nan
 
 
 def none(*, dtype: torch.dtype = torch.float32) -> None:
