@@ -258,6 +258,16 @@ CASES = [
         ["dataset: the targets have shape (20, 1), and the model gives one value a point"],
     ),
     (
+        "a model formula over the whole batch",
+        ['model.formula="w * mean(x) + b"'],
+        ["model.formula='w * mean(x) + b': mean(...) reduces over the points"],
+    ),
+    (
+        "a parameter named as a constant",
+        ["+model.params.e=1.0"],
+        ["model.params.e: e is the constant 2.71828 in formulas (pi, e), not a parameter"],
+    ),
+    (
         "a model that returns a dict",
         ["experiment=sine_mlp", "model._target_=test_validation.DictOut"],
         ["model: its forward returns dict, and the runner takes a tensor: the predictions"],

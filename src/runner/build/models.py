@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
@@ -12,9 +13,10 @@ import torch
 from torch import nn
 
 from runner.config.check import ConfigError, check_choice, check_keys
-from runner.config.formula import Formula, FormulaError, parse
+from runner.config.formula import CONSTANTS, Formula, FormulaError, parse
 
 INPUT_NAME = re.compile(r"x\d*")
+REDUCTIONS = ("mean", "sum")  # over the points: a loss's, never a model's
 Forward = Callable[[torch.Tensor], torch.Tensor]  # data in, predictions out
 
 
@@ -55,6 +57,11 @@ def add_parameters(
     starts at 0.0 unless `params` gives its value. Returns their names."""
     names = sorted(n for n in formula.names if not inputs(n))
     for name in params:
+        if name in CONSTANTS:
+            raise ConfigError(
+                f"{key}.params.{name}: {name} is the constant {CONSTANTS[name]:.6g} in formulas "
+                f"({', '.join(CONSTANTS)}), not a parameter; give the parameter another name"
+            )
         if name not in names:
             raise ConfigError(
                 f"{key}.params.{name}: the formula {formula.source!r} has no parameter "
@@ -87,6 +94,14 @@ class Expression(nn.Module):
                 f"model.formula={formula!r}: y names what the model predicts, so it cannot be a "
                 "parameter too; rename it"
             )
+        tree = ast.walk(ast.parse(self.formula.source.lstrip(), mode="eval"))  # parsed already
+        for node in tree:
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) in REDUCTIONS:
+                raise ConfigError(
+                    f"model.formula={formula!r}: {node.func.id}(...) reduces over the points, "
+                    "so each prediction would depend on the whole batch; a model gives one "
+                    f"value a point ({' and '.join(REDUCTIONS)} belong in a loss formula)"
+                )
         if not any(INPUT_NAME.fullmatch(n) for n in self.formula.names):
             raise ConfigError(
                 f"model.formula={formula!r} does not use the input x; "
