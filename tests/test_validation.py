@@ -384,7 +384,7 @@ CASES = [
     (
         "an empty cell",
         ["dataset=csv", "dataset.path=holes.csv", "dataset.x=a", "dataset.y=b"],
-        ["dataset.path='holes.csv' line 5, column b: '' is not a finite number"],
+        ["dataset.path='holes.csv' line 4, column b: '' is not a finite number"],
     ),
     (
         "a word for a class",
