@@ -268,6 +268,11 @@ CASES = [
         ["model.params.e: e is the constant 2.71828 in formulas (pi, e), not a parameter"],
     ),
     (
+        "a _target_ over an option with other keys",
+        ["experiment=sine_mlp", "model._target_=test_validation.DictOut", "+model.formula=x"],
+        ["unknown key 'model.formula'", "formula comes from the option model=expression, which"],
+    ),
+    (
         "a model that returns a dict",
         ["experiment=sine_mlp", "model._target_=test_validation.DictOut"],
         ["model: its forward returns dict, and the runner takes a tensor: the predictions"],

@@ -302,7 +302,10 @@ def check_target(
     named, accepts_any = taken
     keys = {k: v for k, v in given.items() if k not in HYDRA_KEYS}
     if not accepts_any:
-        check_keys(group, keys, [*also, *named])
+        try:
+            check_keys(group, keys, [*also, *named])
+        except ConfigError as e:
+            raise ConfigError(f"{e}{left_over(group, keys, [*also, *named])}") from None
     try:
         hints = typing.get_type_hints(target.__init__ if inspect.isclass(target) else target)
     except Exception:  # unresolvable annotations in third-party code: skip the type check
@@ -314,6 +317,25 @@ def check_target(
         check_value(f"{group}.lr", keys["lr"], float)
         if not keys["lr"] > 0:
             raise ConfigError(f"{group}.lr={keys['lr']} must be a positive number")
+
+
+def left_over(group: str, keys: typing.Iterable[str], taken: list[str]) -> str:
+    """A hint for keys a shipped option set under a `_target_` that replaced it (an experiment's
+    inline `model: {_target_: ...}` over the default `model: expression` keeps its formula)."""
+    import yaml
+
+    unknown = [k for k in keys if k not in taken]
+    for path in sorted((CONFIGS / group).glob("*.yaml")):
+        option = yaml.safe_load(path.read_text()) or {}
+        if unknown and all(k in option for k in unknown):
+            fix = f"pick `override /{group}: none` in the experiment's defaults list"
+            if not (CONFIGS / group / "none.yaml").is_file():
+                fix = f"delete {'them' if len(unknown) > 1 else 'it'} with ~{group}.{unknown[0]}"
+            return (
+                f" ({', '.join(unknown)} {'come' if len(unknown) > 1 else 'comes'} from the "
+                f"option {group}={path.stem}, which a _target_ set over it does not remove: {fix})"
+            )
+    return ""
 
 
 def arguments(target: Any, runtime: typing.Iterable[str]) -> tuple[list[str], bool] | None:
