@@ -251,3 +251,51 @@ def test_corrupt_truncated_or_foreign_checkpoints_are_config_errors(tmp_path):
             run_in(tmp_path / f"resume_{name}", f"trainer.resume={path}", "logger=none")
     with pytest.raises(ConfigError, match="does not fit this experiment"):
         run_in(tmp_path / "foreign", "model=linear", f"trainer.resume={good}", "logger=none")
+
+
+def test_a_resume_refuses_another_optimizer_and_mid_epoch_another_batch_size(tmp_path, monkeypatch):
+    """The optimizer's state is its own kind's, and an epoch's place counts batches: neither
+    can change under a checkpoint (a batch size may, at an epoch's end)."""
+    stopped = tmp_path / "stopped"
+    press_ctrl_c_at_a_log_step(monkeypatch, after=0)  # step 20: the 1st batch of epoch 5
+    run_in(stopped, EVERY, "logger=none")
+    monkeypatch.undo()
+    resume = (f"trainer.resume={stopped}", "logger=none")
+    with pytest.raises(ConfigError, match=r"written with trainer.batch_size=10 in the middle"):
+        run_in(tmp_path / "a", *resume, "trainer.batch_size=25")
+    with pytest.raises(ConfigError, match=r"optimizer._target_=runner.build.optim.GD and this"):
+        run_in(tmp_path / "b", *resume, "optimizer=adam")
+    assert run_in(tmp_path / "c", *resume)["status"] == "completed"
+
+
+def test_a_resumed_early_stopped_run_that_trains_on_is_no_early_stop(tmp_path):
+    first = tmp_path / "first"
+    stop_at_once = "trainer.early_stop={patience: 1, min_delta: 10}"  # no gain is that large
+    metrics = run_in(first, stop_at_once, "trainer.checkpoint_every=5", "logger=none")
+    assert metrics["early_stopped_epoch"] == 2
+    resumed = run_in(tmp_path / "second", f"trainer.resume={first}", "logger=none")
+    assert resumed["epochs"] == 80 and "early_stopped_epoch" not in resumed
+
+
+def test_a_signal_after_the_last_step_lets_the_results_be_written(tmp_path, monkeypatch):
+    """SIGTERM while the figures are drawn (a job's time limit, say): the run completed, and
+    metrics.json says so; it is not lost to the default handler."""
+    from runner.observe.figures import Figures
+
+    def default_handler_ran(signum, frame):  # noqa: ANN001, ANN202
+        raise AssertionError("SIGTERM reached the handler the run should have replaced")
+
+    end = Figures.end
+
+    def terminate_then_end(self, state):  # noqa: ANN001, ANN202
+        os.kill(os.getpid(), signal.SIGTERM)
+        end(self, state)
+
+    previous = signal.signal(signal.SIGTERM, default_handler_ran)
+    monkeypatch.setattr(Figures, "end", terminate_then_end)
+    try:
+        metrics = run_in(tmp_path / "run", "trainer.epochs=3")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert metrics["status"] == "completed"
+    assert read_metrics(tmp_path / "run")["status"] == "completed"

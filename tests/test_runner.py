@@ -258,7 +258,7 @@ def test_expression_parameter_initialisers():
 
     torch.manual_seed(0)
     m = Expression(
-        "sum(v * x) + s + t + u",
+        "v * x + s + t + u",
         {
             "v": [1.0, 2.0, 3.0],
             "s": 2.5,

@@ -29,7 +29,7 @@ from runner.observe.walkthrough import grad_fns
 from runner.observe.walkthrough import lines as first_step_lines
 from runner.sweep.trial import Stopped, reporting
 from runner.train import checkpoint, distributed
-from runner.train.loop import total_steps, train
+from runner.train.loop import stop_on_signals, total_steps, train
 from runner.train.state import State, number
 from runner.train.world import world
 
@@ -69,41 +69,47 @@ def run(
     figures = next(o for o in watching if isinstance(o, Figures))
     scalars = next(o for o in watching if isinstance(o, Scalars))
     metrics: dict[str, Any] = {"status": "failed"}
-    try:
-        checked = {"gradcheck": check_grads(b)} if t.check_grads else {}
-        b.logger.layout(dashboard.layout(b))  # the Custom Scalars dashboard
-        if state.step == 0:  # a resumed run drew its start already
-            figures.start()
-        if t.epochs == 0:  # one forward and backward pass to look at, no update
-            state, post = look_once(b, watching, graph)
-        else:
-            state, post = train(b, state, watching, save), {}
-        dashboard.add_model_graph(b, b.logger)  # the Graphs dashboard
-        metrics = summarise(state, b, time.perf_counter() - started) | post | resumed | checked
-        latest = scalars.latest  # at the last step, always a log step
-        metrics |= {key: latest[tag] for tag, key in ACCURACIES.items() if tag in latest}
-        if graph.first and leader:
-            (run_dir / "graph.txt").write_text(f"{graph.first['chain']}\n\n{graph.first['tree']}\n")
-            (run_dir / "graph.dot").write_text(graph.first["dot"])
-    except BaseException as e:
-        metrics["error"] = f"{type(e).__name__}: {e}"
-        metrics["status"] = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
-        metrics["steps"], metrics["world_size"] = state.step, world().size
-        if distributed.lost_a_rank(e):  # its traceback would blame this rank
-            raise launch.RankFailed(
-                f"rank {world().rank} lost the connection to another rank, which failed "
-                f"(torchrun's report names it) at step {state.step}"
-            ) from None
-        raise
-    finally:
-        if leader:
-            write_json(run_dir / "metrics.json", metrics)
-        step = max(state.step - 1, 0)
-        validates = b.data is not None and b.data.x_val is not None
-        row = hparam_metrics(metrics, validates)
-        b.logger.hparams(hparams(cfg, overrides), row, step, metrics["status"])
-        b.logger.close()
-        distributed.leave()
+    # a signal after the last step lets the results be written; the loop stops on the first
+    with stop_on_signals() as stop:
+        try:
+            checked = {"gradcheck": check_grads(b)} if t.check_grads else {}
+            b.logger.layout(dashboard.layout(b))  # the Custom Scalars dashboard
+            if state.step == 0:  # a resumed run drew its start already
+                figures.start()
+            if t.epochs == 0:  # one forward and backward pass to look at, no update
+                state, post = look_once(b, watching, graph)
+            else:
+                state, post = train(b, state, watching, save, stop), {}
+            dashboard.add_model_graph(b, b.logger)  # the Graphs dashboard
+            metrics = summarise(state, b, time.perf_counter() - started) | post | resumed | checked
+            latest = scalars.latest  # at the last step, always a log step
+            metrics |= {key: latest[tag] for tag, key in ACCURACIES.items() if tag in latest}
+            if graph.first and leader:
+                (run_dir / "graph.txt").write_text(
+                    f"{graph.first['chain']}\n\n{graph.first['tree']}\n"
+                )
+                (run_dir / "graph.dot").write_text(graph.first["dot"])
+        except BaseException as e:
+            metrics["error"] = f"{type(e).__name__}: {e}"
+            metrics["status"] = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+            metrics["steps"], metrics["world_size"] = state.step, world().size
+            if isinstance(e, KeyboardInterrupt) and stop.signal is not None:
+                metrics["signal"] = stop.signal  # the first of two: the second stopped it
+            if distributed.lost_a_rank(e):  # its traceback would blame this rank
+                raise launch.RankFailed(
+                    f"rank {world().rank} lost the connection to another rank, which failed "
+                    f"(torchrun's report names it) at step {state.step}"
+                ) from None
+            raise
+        finally:
+            if leader:
+                write_json(run_dir / "metrics.json", metrics)
+            step = max(state.step - 1, 0)
+            validates = b.data is not None and b.data.x_val is not None
+            row = hparam_metrics(metrics, validates)
+            b.logger.hparams(hparams(cfg, overrides), row, step, metrics["status"])
+            b.logger.close()
+            distributed.leave()
     report(metrics, run_dir, sweep_dir)
     return metrics
 
@@ -247,7 +253,7 @@ def report(metrics: Mapping[str, Any], run_dir: Path, sweep_dir: Path | None = N
     if metrics["status"] == "interrupted":
         resume = "set trainer.checkpoint_every to be able to resume"
         if (run_dir / checkpoint.LAST).is_file():
-            resume = f"continue with trainer.resume={run_dir}"
+            resume = f"continue with the same command and trainer.resume={run_dir}"
         if sweep_dir is not None:  # a grid job goes on from its checkpoint, a trial anew
             resume = f"the sweep's command with hydra.sweep.dir={sweep_dir} finishes the sweep"
         by = metrics.get("signal", "a signal")

@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -34,11 +36,14 @@ def locate(resume: Any, run_dir: Path) -> Path | None:
         return None  # null, or a wrong type that the config check reports
     if resume == "auto":
         own = run_dir / LAST
-        return own if own.is_file() else None
+        if not own.is_file():
+            log.info(f"trainer.resume=auto: no checkpoint in {run_dir}, so the run starts afresh")
+            return None
+        return own
     given = Path(resume)
     for path in (given, given / LAST, given / LAST.name):
         if path.is_file():
-            return path
+            return path.absolute()
     raise ConfigError(
         f"trainer.resume={resume!r}: no checkpoint there (looked for {given}, {given / LAST}); "
         "give a run directory that has checkpoints/last.pt, a checkpoint file, or auto"
@@ -50,10 +55,14 @@ def claim(run_dir: Path, source: Path | None) -> None:
     continuing = source is not None and run_dir.resolve() in source.resolve().parents
     for name in ("metrics.json", str(LAST)):
         if (run_dir / name).exists() and not continuing:
+            go_on = (
+                "or continue that run with trainer.resume=auto"
+                if (run_dir / LAST).is_file()
+                else "that run has no checkpoint to continue from (trainer.checkpoint_every)"
+            )
             raise ConfigError(
                 f"hydra.run.dir={str(run_dir)!r} already holds a run ({name}); pick a new "
-                "directory (the default one is new for every run), or continue that run "
-                "with trainer.resume=auto"
+                f"directory (the default one is new for every run); {go_on}"
             )
     run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -91,11 +100,15 @@ def load(path: Path, b: Built) -> State:
             "or not a checkpoint; resume from another checkpoint or start afresh without "
             "trainer.resume"
         ) from e
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
+    if not isinstance(state, dict) or "format" not in state:
+        raise ConfigError(f"trainer.resume: {path} is not a runner checkpoint")
+    if state["format"] != FORMAT:
         raise ConfigError(
-            f"trainer.resume: {path} is not a runner checkpoint of format {FORMAT}; "
-            "resume from a checkpoint this version of runner wrote"
+            f"trainer.resume: {path} is a runner checkpoint of format {state['format']}, and "
+            f"this version of runner reads format {FORMAT}; resume with the version that wrote it"
         )
+    saved = state.get("hparams") or {}
+    refuse_changes(saved, b.hparams, state.get("state"))
     try:
         for name, module in _modules(b).items():
             module.load_state_dict(state["modules"][name])
@@ -113,14 +126,14 @@ def load(path: Path, b: Built) -> State:
             "experiment and model the checkpoint was written with"
         ) from e
     _set_rng_state(run.rng, b.device)
-    run.status, run.signal = "running", None  # what stopped the run before is over
+    # what stopped the run before is over
+    run.status, run.signal, run.early_stopped_epoch = "running", None, None
     log.info(f"Resuming from {path} at step {run.step} (epoch {run.epoch})")
     if run.epoch >= b.checked.trainer.epochs:
         log.warning(
             f"trainer.epochs={b.checked.trainer.epochs} and the checkpoint has {run.epoch} "
             "epochs done: nothing is left to train (raise trainer.epochs to go on)"
         )
-    saved = state.get("hparams") or {}
     t, every = b.checked.trainer, saved.get("trainer.checkpoint_every")
     if t.checkpoint_every is None and isinstance(every, int):  # resumable in turn
         t.checkpoint_every = every
@@ -129,15 +142,34 @@ def load(path: Path, b: Built) -> State:
     if saved and changed:
         log.warning(
             f"Resuming with settings the checkpoint was not written with: {', '.join(changed)} "
-            "(the parameters and the optimizer's state, learning rate included, are the "
-            "checkpoint's)"
+            "(the parameters, the optimizer's state and the learning-rate schedule, with its "
+            "own settings, are the checkpoint's)"
         )
     return run
 
 
+def refuse_changes(saved: Mapping[str, Any], now: Mapping[str, Any], run: Any) -> None:
+    """Changes a checkpoint cannot go on with: another optimizer (its state is another's), and
+    another batch size mid-epoch (the epoch's place counts batches)."""
+    position, perm = (
+        (run.get("position", 0), run.get("perm")) if isinstance(run, dict) else (0, None)
+    )
+    size = saved.get("trainer.batch_size")
+    batches = 1 if perm is None or not isinstance(size, int) else math.ceil(len(perm) / size)
+    keys = ["optimizer._target_"] + (["trainer.batch_size"] if 0 < position < batches else [])
+    for key in keys:
+        if key in saved and saved[key] != now.get(key):
+            raise ConfigError(
+                f"trainer.resume: the checkpoint was written with {key}={saved[key]} "
+                + ("in the middle of an epoch, " if key == "trainer.batch_size" else "")
+                + f"and this run has {key}={now.get(key)}; resume with {key}={saved[key]}"
+            )
+
+
 def _reason(e: BaseException, limit: int = 160) -> str:
-    """An exception's message on one short line."""
-    text = " ".join(str(e).split()) or type(e).__name__
+    """An exception's message on one short line, with its kind (and no terminal colours)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", " ".join(str(e).split()))
+    text = f"{type(e).__name__}: {text}" if text else type(e).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

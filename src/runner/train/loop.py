@@ -25,14 +25,21 @@ NO_CLOSURE = (
 )
 
 
-def train(b: Built, state: State, observers: Sequence[Observer], save: Save | None) -> State:
-    """Run from `state` to the last epoch (or until an observer or a signal stops it)."""
+def train(
+    b: Built,
+    state: State,
+    observers: Sequence[Observer],
+    save: Save | None,
+    stop: Stop | None = None,
+) -> State:
+    """Run from `state` to the last epoch (or until an observer or a signal stops it); `stop`:
+    the caller's own signal handling (`stop_on_signals`), which then outlasts the loop."""
     t, params = b.checked.trainer, list(b.params.values())
     last = total_steps(b) - 1
     recent = Recent()  # each update's loss since the last log step
     part = distributed.part(b)  # this process's share of each step: all of it, for one
     at_epochs = [o for o in observers if type(o).epoch is not Observer.epoch]  # listed once
-    with stop_on_signals() as stop:
+    with nullcontext(stop) if stop is not None else stop_on_signals() as stop:
         while state.epoch < t.epochs and state.status == "running":
             if state.position == 0:  # a new epoch, in a new order
                 state.perm, state.epoch_sum = part.same(shuffle(b, t.batch_size)), None
