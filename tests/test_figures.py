@@ -323,3 +323,25 @@ def test_no_model_no_graph(tmp_path):
     logger = Recorder()
     dashboard.add_model_graph(built(tmp_path, "experiment=rosenbrock"), logger)
     assert logger.graphs == []
+
+
+def test_a_resumed_runs_path_starts_at_its_checkpoint(tmp_path, monkeypatch):
+    """A resumed run draws no start curve (the first run did) and its landscape path starts
+    at the parameters it resumed with, marked as such, not at the first run's start."""
+    b = built(tmp_path, "experiment=linear_fit")
+    with torch.no_grad():
+        b.params["w"].fill_(1.5)  # as a checkpoint would leave them
+        b.params["b"].fill_(0.5)
+    labels = []
+    landscape_image = draw.landscape_image
+
+    def keep_label(*args: Any, **kwargs: Any) -> np.ndarray:
+        labels.append(kwargs["start"])
+        return landscape_image(*args, **kwargs)
+
+    monkeypatch.setattr(draw, "landscape_image", keep_label)
+    fig = Figures(b, Recorder(), every_n_epochs=50, start=120)
+    train_by_hand(b, fig, 3)
+    assert fig.path[0].tolist() == [0.5, 1.5]  # (b, w), the order of b.params
+    assert [when for _, when, _ in fig.curves] == ["end"]
+    assert labels == ["resumed (step 120)"]

@@ -74,8 +74,7 @@ def run(
         try:
             checked = {"gradcheck": check_grads(b)} if t.check_grads else {}
             b.logger.layout(dashboard.layout(b))  # the Custom Scalars dashboard
-            if state.step == 0:  # a resumed run drew its start already
-                figures.start()
+            figures.start()
             if t.epochs == 0:  # one forward and backward pass to look at, no update
                 state, post = look_once(b, watching, graph)
             else:
@@ -125,7 +124,7 @@ def observers(b: Built, start: int, sweep_dir: Path | None = None) -> list[Obser
         GraphStats(b.params, b.logger, cadence.graph_every_n_steps or t.log_every_n_steps, last),
         Histograms(b, b.logger, cadence.histogram_every_n_steps, last),
         Validation(b, b.logger, None if t.early_stop is None else EarlyStop(**t.early_stop)),
-        Figures(b, b.logger, cadence.figure_every_n_epochs),
+        Figures(b, b.logger, cadence.figure_every_n_epochs, start),
         Progress(last + 1, start, scalars, shown=world().leader),
         # an Optuna trial: report, maybe prune (rank 0 reports; the ranks agree on pruning)
         *(reporting(t.objective) if world().leader else []),

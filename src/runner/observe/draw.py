@@ -66,7 +66,12 @@ def _limits(data_y: np.ndarray, curves: np.ndarray) -> tuple[float, float]:
 
 
 def landscape_image(
-    first: np.ndarray, second: np.ndarray, surface: np.ndarray, path: np.ndarray, names: list[str]
+    first: np.ndarray,
+    second: np.ndarray,
+    surface: np.ndarray,
+    path: np.ndarray,
+    names: list[str],
+    start: str = "start",
 ) -> np.ndarray:
     """Contours of the loss (`surface[i, j]` at `first[j], second[i]`) with the optimizer's
     path (one row per point, first parameter then second) on top."""
@@ -80,7 +85,7 @@ def landscape_image(
     filled = ax.contourf(first, second, shown, levels=30, cmap="viridis")
     figure.colorbar(filled, ax=ax, label=label)
     ax.plot(path[:, 0], path[:, 1], color="white", linewidth=1.5, marker=".", markersize=3)
-    ax.plot(*path[0], marker="o", color="white", markeredgecolor="black", label="start")
+    ax.plot(*path[0], marker="o", color="white", markeredgecolor="black", label=start)
     ax.plot(*path[-1], marker="*", markersize=12, color="red", markeredgecolor="black", label="end")
     ax.set(xlabel=names[0], ylabel=names[1], title="loss landscape and the optimizer's path")
     ax.legend(loc="upper right")

@@ -27,8 +27,12 @@ GRID_ELEMENTS = 2**22  # grid points x data points per vmap chunk: bounds the me
 class Figures(Observer):
     """What to draw, decided once; curves at the start, every `every_n_epochs` epochs, the end."""
 
-    def __init__(self, b: Built, logger: Logger, every_n_epochs: int | None) -> None:
+    def __init__(
+        self, b: Built, logger: Logger, every_n_epochs: int | None, start: int = 0
+    ) -> None:
         self.b, self.logger, self.every = b, logger, every_n_epochs
+        # a resumed run's path starts where its checkpoint did, not at the first run's start
+        self.start_label = "start" if start == 0 else f"resumed (step {start})"
         # logger=none: nothing at all; no matplotlib: one line, then nothing
         on = logger.writes and draw.available()
         if logger.writes and not on:
@@ -40,8 +44,10 @@ class Figures(Observer):
         self.path_step = -1  # the step after which the last path point was taken
 
     def start(self) -> None:
-        """Before the first update: the first curve and the path's first point."""
-        self._curve(0, "start")
+        """Before the first update: the first curve (a resumed run's first run drew it) and the
+        path's first point."""
+        if self.start_label == "start":
+            self._curve(0, "start")
         self._path_point()
 
     def log(self, look: Look) -> None:
@@ -92,7 +98,8 @@ class Figures(Observer):
         if not bool(torch.isfinite(path).all()):
             log.info("no loss landscape: the parameters left the finite numbers")
             return
-        pixels = draw.landscape_image(**landscape_arrays(self.b, path), names=list(self.b.params))
+        arrays = landscape_arrays(self.b, path)
+        pixels = draw.landscape_image(**arrays, names=list(self.b.params), start=self.start_label)
         self.logger.image(step, "figure/landscape", pixels)
 
     def _path_point(self) -> None:
