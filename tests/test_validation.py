@@ -258,6 +258,16 @@ CASES = [
         ["dataset: the targets have shape (20, 1), and the model gives one value a point"],
     ),
     (
+        "a search in a grid sweep",
+        ["-m", "optimizer.lr=interval(0.01,1)"],
+        ["optimizer.lr=interval(0.01,1): a grid sweep runs lists of values (a,b,c), and a"],
+    ),
+    (
+        "a sweep and a config to show",
+        ["-m", "--cfg", "job", "optimizer.lr=0.1,0.2"],
+        ["-m runs a sweep, and --cfg, --info or --shell-completion show something and run"],
+    ),
+    (
         "a model formula over the whole batch",
         ['model.formula="w * mean(x) + b"'],
         ["model.formula='w * mean(x) + b': mean(...) reduces over the points"],
@@ -525,7 +535,9 @@ def test_bad_input_stops_with_one_clear_message(overrides, fragments, workdir, m
     unreadable += ("optimizer.lr=interval(0.01,1)", '"loss.formula=(pred - y)**2"')
     hydra_refuses = any(o.split("=")[0] in refused or o in unreadable for o in overrides)
     run_it = main_in_process if hydra_refuses else job_in_process
-    status, out, err = run_it([*BASE, *overrides], workdir, monkeypatch, capsys)
+    flags = [o for o in overrides if o.startswith("-")] + (["job"] if "--cfg" in overrides else [])
+    others = [o for o in overrides if o not in flags]  # argparse takes the options first
+    status, out, err = run_it([*flags, *BASE, *others], workdir, monkeypatch, capsys)
     assert status == 2, (out, err)
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("Config error: "), err

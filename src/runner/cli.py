@@ -10,7 +10,6 @@ import signal
 import sys
 import threading
 import traceback
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -35,9 +34,6 @@ from runner.sweep.summary import STOP, stop_jobs, summarise
 from runner.train.world import world
 
 log = logging.getLogger("runner")
-# hydra-core 1.4 warns at every `instantiate` (its own included) without an execution whitelist:
-# here every `_target_` comes from the user's own config files and command line, run as code anyway
-warnings.filterwarnings("ignore", message=r"hydra\.utils\.instantiate\(\) resolved _target_")
 
 FULL_ERROR = "HYDRA_FULL_ERROR"  # Hydra's documented switch: errors propagate as tracebacks
 ASKED = "RUNNER_FULL_ERROR"  # the user's own HYDRA_FULL_ERROR, while `main` sets Hydra's
@@ -124,6 +120,17 @@ def explain(error: Exception, args: Sequence[str]) -> str | None:
         )
     if isinstance(error, OverrideParseException):
         return unreadable(error)
+    if str(error).startswith("BasicSweeper does not support sweep type"):  # interval(...), -m
+        search = next((a for a in args if "interval(" in a), "a search")
+        return (
+            f"{search}: a grid sweep runs lists of values (a,b,c), and a search runs in an "
+            f"Optuna sweep: add {SEARCH}=<a file of configs/{SEARCH}/> or hydra/sweeper=optuna"
+        )
+    if str(error).startswith("Only one of --run, --multirun, --cfg"):  # `-m ... --cfg job`
+        return (
+            "-m runs a sweep, and --cfg, --info or --shell-completion show something and run "
+            "nothing: give one of them (--cfg job without -m, with one value a key)"
+        )
     if isinstance(error, SearchPathException):  # `--config-dir nodir`
         return f"{error}; --config-dir takes a directory of config files that exists"
     if isinstance(error, InterpolationResolutionError):  # `optimizer.lr=${oops}`

@@ -9,6 +9,7 @@ file. Of two registrations the last imported wins, and Hydra imports plugins alp
 
 from __future__ import annotations
 
+from inspect import signature
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,12 @@ CONFIG = {  # the keys are hydra-optuna-sweeper's, plus storage and pruner
     "params": {},  # key: interval(a, b), tag(log, interval(a, b)), choice(...), range(...), a value
     "pruner": None,  # an optuna.pruners `_target_`; None: trials report, and run to their end
 }
-ConfigStore.instance().store(group="hydra/sweeper", name="optuna", node=CONFIG, provider="runner")
+# a joblib or submitit worker registers it again, and so may hydra-optuna-sweeper: hydra-core
+# 1.4 warns at a replacement not asked for (`replace`, which 1.3 lacks, asks)
+REPLACE = {"replace": True} if "replace" in signature(ConfigStore.store).parameters else {}
+ConfigStore.instance().store(
+    group="hydra/sweeper", name="optuna", node=CONFIG, provider="runner", **REPLACE
+)
 
 
 class OptunaSweeper(Sweeper):

@@ -33,13 +33,13 @@ def open_storage(where: str) -> BaseStorage:
     import optuna
     from optuna.storages.journal import JournalFileBackend
 
-    if "://" in where:
+    try:
+        if "://" not in where:
+            Path(where).parent.mkdir(parents=True, exist_ok=True)
+            return optuna.storages.JournalStorage(JournalFileBackend(where))
         if where.startswith("sqlite:///"):  # its directory, made as a journal file's is
             Path(where.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        try:
-            return optuna.storages.get_storage(where)
-        except Exception as e:  # no driver, no server, a bad URL: the user's setting
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ConfigError(f"hydra.sweeper.storage={where!r} cannot be opened: {reason}") from e
-    Path(where).parent.mkdir(parents=True, exist_ok=True)
-    return optuna.storages.JournalStorage(JournalFileBackend(where))
+        return optuna.storages.get_storage(where)
+    except Exception as e:  # no driver, no server, a bad URL or path: the user's setting
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"hydra.sweeper.storage={where!r} cannot be opened: {reason}") from e

@@ -53,6 +53,7 @@ class Summary(Callback):
                 f"hydra.callbacks.summary.fail_on={fail_on!r} is not allowed; use any or all"
             )
         self.fail_on = fail_on
+        self.started = False  # the sweep passed the start's checks (hydra-core 1.4 ends it anyway)
         self.stop: Path | None = None  # the stop file, while a joblib sweep runs
         self.previous: dict[int, Any] = {}  # the SIGINT and SIGTERM handlers before it
 
@@ -64,6 +65,7 @@ class Summary(Callback):
         except ConfigError as e:  # ends as runner.cli ends a bad config: Hydra would only warn
             print(f"Config error: {e}", file=sys.stderr)
             raise SystemExit(2) from None
+        self.started = True
         name_jobs_by_what_varies(config)
         (Path(config.hydra.sweep.dir).absolute() / STOP).unlink(missing_ok=True)  # an old one
         # Left to joblib, Ctrl-C ended the workers before their jobs wrote anything, and a
@@ -88,6 +90,8 @@ class Summary(Callback):
         )
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if not self.started:  # refused at the start: nothing of this sweep to summarise
+            return
         for sig, previous in self.previous.items():
             signal.signal(sig, previous)
         sweep_dir = Path(config.hydra.sweep.dir).absolute()  # run dirs print absolute too
