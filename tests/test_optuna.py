@@ -243,6 +243,7 @@ def test_a_search_keeps_its_study_in_the_sweep_dir_and_continues_it(tmp_path: Pa
         (("optimizer.lr=interval(1.0, 0.01)",), "interval(1.0, 0.01): `low <= high` must hold"),
         (("optimizer.lr=tag(log, interval(0, 1))",), "`low > 0` must hold for `log=True`"),
         (("hydra.sweeper.storage=nosuchdb://x",), "storage='nosuchdb://x' cannot be opened"),
+        (("hydra.sweeper.storage=/dev/null/x.journal",), "x.journal' cannot be opened"),
         (("~hydra.sweeper.params",), "hydra/sweeper=optuna has nothing to search"),
         (("+hydra.sweeper.n_trial=3",), "unknown key 'hydra.sweeper.n_trial' (did you mean"),
         (
@@ -259,6 +260,7 @@ def test_a_search_keeps_its_study_in_the_sweep_dir_and_continues_it(tmp_path: Pa
         "empty interval",
         "log from 0",
         "storage",
+        "a journal below a file",
         "no search space",
         "typo",
         "sampler",

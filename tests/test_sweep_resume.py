@@ -92,6 +92,7 @@ def test_a_different_sweep_in_the_same_dir_stops_before_any_job(finished, capsys
     assert err.startswith(f"Config error: hydra.sweep.dir='{sweep_dir}' holds a different sweep")
     assert told in err and "\n" not in err
     assert "Launching" not in out  # no job ran, none was named
+    assert "Sweep summary" not in out  # nor the old sweep summarised (hydra-core 1.4 ends it)
     assert (sorted(sweep_dir.iterdir()), stamp(job_dir(sweep_dir, 0))) == before
 
 
