@@ -82,6 +82,7 @@ def two(tmp_path_factory) -> Path:
     cwd = tmp_path_factory.mktemp("two")
     code, out, err = runner(*SINE, *EVERY, "trainer.devices=2", cwd=cwd)
     assert code == 0, out + err
+    assert "Warning" not in out + err  # from neither process (hydra-core 1.4 would warn)
     return only_run(cwd)
 
 
