@@ -281,8 +281,10 @@ def end_of_sweep(sweep_dir: Path, fail_on: str) -> int:
     from runner.sweep.summary import Summary
 
     config = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep_dir)}}})
+    summary = Summary(fail_on=fail_on)
+    summary.started = True  # as its start, which these hand-made jobs skip, would leave it
     try:
-        Summary(fail_on=fail_on).on_multirun_end(config=config)
+        summary.on_multirun_end(config=config)
     except SystemExit as e:
         return int(e.code)
     return 0
