@@ -73,8 +73,8 @@ class Ticks:
 _observers = runner.run.observers
 
 
-def _ticked_observers(b: Built, start: int) -> list[Observer]:
-    return [*_observers(b, start), Ticks(b)]
+def _ticked_observers(b: Built, start: int, sweep_dir: Path | None = None) -> list[Observer]:
+    return [*_observers(b, start, sweep_dir), Ticks(b)]
 
 
 runner.run.observers = _ticked_observers

@@ -388,7 +388,7 @@ CASES = [
     ),
     (
         "a writer that would never wait",
-        ["logger=tensorboard", "+logger.handoff_secs=-1"],
+        ["logger=tensorboard", "logger.handoff_secs=-1"],
         ["logger.handoff_secs=-1 must be a positive number of seconds"],
     ),
     (
