@@ -119,12 +119,15 @@ def test_csv_with_another_delimiter_reads_the_same_numbers(tmp_path: Path):
     (tmp_path / "comma.csv").write_text("a,b,label\n0.5,1,2\n1.5,-2,3\n")
     (tmp_path / "semi.csv").write_text("a;b;label\n0.5;1;2\n1.5;-2;3\n")
     tables = []
-    for name, more in (("comma", []), ("semi", ['dataset.delimiter=";"'])):
+    (tmp_path / "tab.csv").write_text("a\tb\tlabel\n0.5\t1\t2\n1.5\t-2\t3\n")
+    delimiters = [("comma", []), ("semi", ['dataset.delimiter=";"'])]
+    delimiters += [("tab", ['dataset.delimiter="\\t"'])]  # as typed: a backslash and a t
+    for name, more in delimiters:
         common = ["dataset=csv", f"dataset.path={tmp_path / name}.csv", "dataset.x=[a,b]"]
         cfg = compose_config(*common, "dataset.y=label", "model=linear", "logger=none", *more)
         data = build(cfg, tmp_path).data
         tables.append((data.x.tolist(), data.y.tolist()))
-    assert tables[0] == tables[1] == ([[0.5, 1.0], [1.5, -2.0]], [2.0, 3.0])
+    assert tables[0] == tables[1] == tables[2] == ([[0.5, 1.0], [1.5, -2.0]], [2.0, 3.0])
 
 
 def test_csv_classification_refuses_a_label_that_is_no_class_index(tmp_path: Path):

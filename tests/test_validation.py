@@ -25,7 +25,7 @@ from hydra.errors import ConfigCompositionException
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
-from runner.__main__ import main
+from runner.__main__ import CONFIGS, main
 from runner.build.data import Data
 from runner.cli import ASKED, chosen_options, run_job
 from runner.config.check import ConfigError, check, refused_override
@@ -279,13 +279,27 @@ CASES = [
     ),
     (
         "a _target_ over an option with other keys",
+        ["model._target_=test_validation.DictOut"],
+        [
+            "unknown key 'model.formula'",
+            "(formula, params come from the option model=expression, which a _target_ set over"
+            " it does not remove: start from model=none (`override /model: none` in an",
+        ],
+    ),
+    (
+        "a key of the user's own, not the option's",
         ["experiment=sine_mlp", "model._target_=test_validation.DictOut", "+model.formula=x"],
-        ["unknown key 'model.formula'", "formula comes from the option model=expression, which"],
+        ["unknown key 'model.formula'; model takes: hidden, activation, in_features, out_f"],
     ),
     (
         "a model that returns a dict",
         ["experiment=sine_mlp", "model._target_=test_validation.DictOut"],
         ["model: its forward returns dict, and the runner takes a tensor: the predictions"],
+    ),
+    (
+        "class indices as a column",
+        ["~dataset", "+dataset._target_=test_validation.class_column_data"],
+        ["but they have shape (20, 1); make y of shape (n,) (y.squeeze(-1))"],
     ),
     (
         "an optimizer without _partial_",
@@ -439,6 +453,54 @@ class DictOut(torch.nn.Module):
         return {"y": self.linear(x)}
 
 
+def token_data(dtype: torch.dtype) -> Data:
+    tokens = torch.arange(40) % 10
+    return Data(tokens, tokens % 2, task="classification")  # integer inputs, an embedding's
+
+
+def class_column_data(dtype: torch.dtype) -> Data:
+    return Data(
+        torch.linspace(0, 1, 20, dtype=dtype),
+        (torch.arange(20) % 2).unsqueeze(-1),
+        task="classification",
+    )
+
+
+class Embed(torch.nn.Module):
+    def __init__(self, hidden=(), activation="", in_features=1, out_features=2) -> None:
+        super().__init__()
+        self.embedding = torch.nn.Embedding(10, out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.embedding(x.squeeze(-1))
+
+
+def test_valid_inputs_the_new_checks_let_through(tmp_path, monkeypatch, capsys):
+    """Integer inputs (token ids), a reduction over a parameter, and a --config-dir file that
+    is the shipped one: none is refused."""
+    from runner.build import build
+    from runner.build.models import Expression
+
+    cfg = compose_config(
+        "experiment=mlp_classify",
+        "~dataset",
+        "+dataset._target_=test_validation.token_data",
+        "model._target_=test_validation.Embed",
+        "model.out_features=2",
+        "logger=none",
+    )
+    assert build(cfg, tmp_path).data.x.dtype == torch.long
+    assert [n for n, _ in Expression("sum(w) * x + b", {"w": [0.5, 0.5]}).named_parameters()]
+    mine = tmp_path / "mine" / "optimizer"
+    mine.mkdir(parents=True)
+    (mine / "adam.yaml").write_text((CONFIGS / "optimizer" / "adam.yaml").read_text())
+    args = ["--config-dir", str(tmp_path / "mine"), "optimizer=adam", "--cfg", "job"]
+    monkeypatch.setattr(sys, "argv", ["runner", *args])
+    GlobalHydra.instance().clear()
+    main()
+    assert "torch.optim.Adam" in capsys.readouterr().out
+
+
 def numpy_data(dtype: torch.dtype) -> Data:
     x = np.linspace(0, 1, 20)
     return Data(x, 2 * x + 1)
@@ -528,6 +590,7 @@ def test_bad_input_stops_with_one_clear_message(overrides, fragments, workdir, m
     refused += ("hydra.callbacks.summary.fail_on",)  # Hydra builds the callback
     refused += ("hydra.sweeper.params.optimizer.lr", "+trainer.epochs")
     refused += ("hparams_search", "hydra/sweeper")  # told from a sweep by Hydra's record
+    refused += ("model._target_",)  # the chosen option, named from Hydra's record
     unreadable = ("model.formula=sin(x)*w", "epochs", "optimizer.lr=intervl(0.1,1)")  # grammar
     unreadable += ("trainer.early_stop={patience:", "optimizer.lr=${oops}")
     unreadable += ("optimizer.lr=tag(log, interval(0.01, 1.0)",)

@@ -3,6 +3,7 @@ whether the run worked, and an objective for sweepers."""
 
 from __future__ import annotations
 
+import filecmp
 import logging
 import math
 import os
@@ -270,7 +271,8 @@ def not_shadowed() -> None:
         if option is None or group.startswith("hydra") or not (CONFIGS / name).is_file():
             continue
         for folder in own:
-            if (folder / name).is_file():
+            mine = folder / name
+            if mine.is_file() and not filecmp.cmp(mine, CONFIGS / name, shallow=False):
                 raise ConfigError(
                     f"{group}={option}: {folder / name} has the name of a shipped option, "
                     "and Hydra reads the runner's own configs/ first, so yours would be passed "

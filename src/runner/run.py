@@ -54,7 +54,8 @@ def run(
     started = time.perf_counter()
     source = checkpoint.locate(OmegaConf.select(cfg, "trainer.resume"), run_dir)
     if leader:
-        checkpoint.claim(run_dir, source)  # never write over another run's results
+        # never write over another run's results
+        checkpoint.claim(run_dir, source, OmegaConf.select(cfg, "trainer.resume"))
     b = build(cfg, run_dir if leader else None)
     state, resumed = State(), {}
     if source is not None:

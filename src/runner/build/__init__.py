@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -184,7 +185,9 @@ def build(cfg: DictConfig, run_dir: Path | None) -> Built:
     """Check the config, then build data, model, loss, optimizer, scheduler and logger."""
     plain = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(plain, dict)
-    checked = check(plain)
+    # each group's option as Hydra picked it, for messages (none when composed outside a run)
+    chosen = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
+    checked = check(plain, chosen)
     opts, trainer = checked.options, checked.trainer
     device = resolve_device(trainer.device)
     dtype = getattr(torch, trainer.dtype)  # float32 or float64, as checked

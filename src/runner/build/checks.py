@@ -72,7 +72,8 @@ def check_data(data: Data, formula: str | None, dtype: torch.dtype) -> None:
                 f"dataset: {xn} holds {x.shape[0]} points and {yn} {y.shape[0]}; one target a point"
             )
         for name, t in ((xn, x), (yn, y)):
-            if t.dtype != dtype and (t is x or data.task == "regression"):
+            # integer inputs (an embedding's token ids) and class indices stay integers
+            if t.is_floating_point() and t.dtype != dtype:
                 raise ConfigError(
                     f"dataset: {name} holds {t.dtype}, and the run computes in {dtype} "
                     f"(trainer.dtype); make the tensors with the dtype the runner passes"

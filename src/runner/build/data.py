@@ -66,9 +66,11 @@ class Data:
 def class_count(y: torch.Tensor, y_val: torch.Tensor | None, classes: int | None) -> int:
     """The number of classes of integer labels 0..classes-1 (floats holding integers pass)."""
     if y.dim() != 1 or (y_val is not None and y_val.dim() != 1):
+        column = tuple(y.shape[1:]) == (1,)  # one index a point, as a column: squeeze it
+        fix = "make y of shape (n,) (y.squeeze(-1))" if column else "set dataset.task=regression"
         raise ConfigError(
             f"dataset.task=classification needs one class index per point (targets of shape "
-            f"(n,)), but they have shape {tuple(y.shape)}; set dataset.task=regression"
+            f"(n,)), but they have shape {tuple(y.shape)}; {fix}"
         )
     labels = y if y_val is None else torch.cat([y, y_val])
     bad = labels < 0
@@ -179,6 +181,7 @@ def csv(
             f"dataset.x={x!r} with dataset.y={y!r}: x names one or more columns, each once, "
             "and not the target's"
         )
+    delimiter = {"\\t": "\t"}.get(delimiter, delimiter)  # a tab as typed: 'dataset.delimiter="\t"'
     if not (isinstance(delimiter, str) and len(delimiter) == 1):
         raise ConfigError(f"dataset.delimiter={delimiter!r} must be one character, such as ';'")
     with file.open(newline="", encoding="utf-8-sig") as fh:  # -sig: Excel's byte-order mark
@@ -192,20 +195,21 @@ def csv(
         for key, name in [("x", c) for c in columns] + [("y", y)]:
             if name not in header:
                 other = next((c for c in ";\t|" if len(header) == 1 and c in header[0]), None)
+                typed = "\\t" if other == "\t" else other
                 raise ConfigError(
                     f"dataset.{key}={name!r} is not a column of {path}; "
                     f"columns: {', '.join(header)}"
                     + (
-                        f" (split by {other!r}? set 'dataset.delimiter=\"{other}\"')"
+                        f" (split by {other!r}? set 'dataset.delimiter=\"{typed}\"')"
                         if other
                         else ""
                     )
                 )
         index = [header.index(name) for name in [*columns, y]]
         rows: list[list[float]] = []
-        names = [*columns, y]
-        for row in reader:
-            line = reader.line_num  # the file's line, a quoted field may span several
+        names, start = [*columns, y], reader.line_num + 1
+        for row in reader:  # `line`: the record's first line in the file (a field may span more)
+            line, start = start, reader.line_num + 1
             if not any(cell.strip() for cell in row):
                 continue
             if len(row) != len(header):

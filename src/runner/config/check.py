@@ -291,6 +291,7 @@ def check_target(
     given: Mapping[str, Any],
     runtime: typing.Iterable[str] = (),
     also: typing.Iterable[str] = (),
+    option: str | None = None,
 ) -> None:
     """An option's keys and simple types against its `_target_`'s signature, less the
     `runtime` arguments the builder passes itself (the optimizer's params); `also`: the
@@ -305,7 +306,7 @@ def check_target(
         try:
             check_keys(group, keys, [*also, *named])
         except ConfigError as e:
-            raise ConfigError(f"{e}{left_over(group, keys, [*also, *named])}") from None
+            raise ConfigError(f"{e}{left_over(group, option, keys, [*also, *named])}") from None
     try:
         hints = typing.get_type_hints(target.__init__ if inspect.isclass(target) else target)
     except Exception:  # unresolvable annotations in third-party code: skip the type check
@@ -319,23 +320,24 @@ def check_target(
             raise ConfigError(f"{group}.lr={keys['lr']} must be a positive number")
 
 
-def left_over(group: str, keys: typing.Iterable[str], taken: list[str]) -> str:
-    """A hint for keys a shipped option set under a `_target_` that replaced it (an experiment's
-    inline `model: {_target_: ...}` over the default `model: expression` keeps its formula)."""
+def left_over(group: str, option: str | None, keys: typing.Iterable[str], taken: list[str]) -> str:
+    """A hint for keys the chosen shipped option set under a `_target_` set over it (an
+    experiment's inline `model: {_target_: ...}` over the default `model: expression`)."""
     import yaml
 
     unknown = [k for k in keys if k not in taken]
-    for path in sorted((CONFIGS / group).glob("*.yaml")):
-        option = yaml.safe_load(path.read_text()) or {}
-        if unknown and all(k in option for k in unknown):
-            fix = f"pick `override /{group}: none` in the experiment's defaults list"
-            if not (CONFIGS / group / "none.yaml").is_file():
-                fix = f"delete {'them' if len(unknown) > 1 else 'it'} with ~{group}.{unknown[0]}"
-            return (
-                f" ({', '.join(unknown)} {'come' if len(unknown) > 1 else 'comes'} from the "
-                f"option {group}={path.stem}, which a _target_ set over it does not remove: {fix})"
-            )
-    return ""
+    path = CONFIGS / group / f"{option}.yaml"
+    if not unknown or option is None or not path.is_file():
+        return ""
+    if not all(k in (yaml.safe_load(path.read_text()) or {}) for k in unknown):
+        return ""  # the user's own keys
+    fix = f"delete {'them' if len(unknown) > 1 else 'it'} with ~{group}.{unknown[0]}"
+    if (CONFIGS / group / "none.yaml").is_file():
+        fix = f"start from {group}=none (`override /{group}: none` in an experiment's defaults)"
+    return (
+        f" ({', '.join(unknown)} {'come' if len(unknown) > 1 else 'comes'} from the option "
+        f"{group}={option}, which a _target_ set over it does not remove: {fix})"
+    )
 
 
 def arguments(target: Any, runtime: typing.Iterable[str]) -> tuple[list[str], bool] | None:
@@ -370,8 +372,9 @@ class Checked:
     options: dict[str, dict[str, Any]]
 
 
-def check(cfg: Mapping[str, Any]) -> Checked:
-    """Check the whole composed config (plain containers); raise ConfigError on the first fault."""
+def check(cfg: Mapping[str, Any], chosen: Mapping[str, Any] | None = None) -> Checked:
+    """Check the whole composed config (plain containers); raise ConfigError on the first fault.
+    `chosen`: each group's option as Hydra picked it (`optimizer: sgd`), where known."""
     check_keys("config", {k: v for k, v in cfg.items() if k != "hydra"}, ("seed", *GROUPS))
     if (key := missing(cfg)) is not None:
         raise ConfigError(f"{key} has no value (??? in the config); set it: {key}=...")
@@ -393,7 +396,7 @@ def check(cfg: Mapping[str, Any]) -> Checked:
         if group == "logger":
             cadence, given = check_cadence(given)
             also = CADENCE
-        check_target(group, given, runtime, also)
+        check_target(group, given, runtime, also, (chosen or {}).get(group))
         options[group] = given
     trainer = check_trainer(dict(cfg.get("trainer") or {}))
     sched = options["scheduler"]

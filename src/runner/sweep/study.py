@@ -42,4 +42,6 @@ def open_storage(where: str) -> BaseStorage:
         return optuna.storages.get_storage(where)
     except Exception as e:  # no driver, no server, a bad URL or path: the user's setting
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if isinstance(e, FileExistsError | NotADirectoryError):  # a folder on the way is a file
+            reason = f"{e.filename} is a file, not a directory"
         raise ConfigError(f"hydra.sweeper.storage={where!r} cannot be opened: {reason}") from e

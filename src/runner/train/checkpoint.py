@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from runner.build import Built
-from runner.config.check import ConfigError
+from runner.config.check import CONFIGS, ConfigError
 from runner.train.state import State
 from runner.train.world import world
 
@@ -27,6 +27,7 @@ LAST = Path("checkpoints") / "last.pt"
 TRAINER_GOES_ON = ("epochs", "resume", "checkpoint_every", "log_every_n_steps", "device")
 TRAINER_GOES_ON += ("num_nodes", "objective", "early_stop", "check_grads", "compile")
 GOES_ON = (*(f"trainer.{key}" for key in TRAINER_GOES_ON), "logger.")
+OPTIMIZERS = sorted((CONFIGS / "optimizer").glob("*.yaml"))  # to name one in a message
 FORMAT = 2  # bumped when the layout changes, so an old file is refused with a clear message
 
 
@@ -36,10 +37,7 @@ def locate(resume: Any, run_dir: Path) -> Path | None:
         return None  # null, or a wrong type that the config check reports
     if resume == "auto":
         own = run_dir / LAST
-        if not own.is_file():
-            log.info(f"trainer.resume=auto: no checkpoint in {run_dir}, so the run starts afresh")
-            return None
-        return own
+        return own if own.is_file() else None
     given = Path(resume)
     for path in (given, given / LAST, given / LAST.name):
         if path.is_file():
@@ -50,7 +48,7 @@ def locate(resume: Any, run_dir: Path) -> Path | None:
     )
 
 
-def claim(run_dir: Path, source: Path | None) -> None:
+def claim(run_dir: Path, source: Path | None, resume: Any = None) -> None:
     """Make the run directory, refusing one holding results of a run this one does not continue."""
     continuing = source is not None and run_dir.resolve() in source.resolve().parents
     for name in ("metrics.json", str(LAST)):
@@ -65,6 +63,8 @@ def claim(run_dir: Path, source: Path | None) -> None:
                 f"directory (the default one is new for every run); {go_on}"
             )
     run_dir.mkdir(parents=True, exist_ok=True)
+    if source is None and resume == "auto":
+        log.info(f"trainer.resume=auto: no checkpoint in {run_dir}, so the run starts afresh")
 
 
 def save(path: Path, b: Built, run: State) -> None:
@@ -159,10 +159,16 @@ def refuse_changes(saved: Mapping[str, Any], now: Mapping[str, Any], run: Any) -
     keys = ["optimizer._target_"] + (["trainer.batch_size"] if 0 < position < batches else [])
     for key in keys:
         if key in saved and saved[key] != now.get(key):
+            fix = f"{key}={saved[key]}"
+            if key == "optimizer._target_":  # the shipped option that sets it, if one does
+                sets = f"_target_: {saved[key]}\n"
+                fix = next(
+                    (f"optimizer={p.stem}" for p in OPTIMIZERS if sets in p.read_text()), fix
+                )
             raise ConfigError(
                 f"trainer.resume: the checkpoint was written with {key}={saved[key]} "
                 + ("in the middle of an epoch, " if key == "trainer.batch_size" else "")
-                + f"and this run has {key}={now.get(key)}; resume with {key}={saved[key]}"
+                + f"and this run has {key}={now.get(key)}; resume with {fix}"
             )
 
 
