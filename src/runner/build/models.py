@@ -96,13 +96,10 @@ class Expression(nn.Module):
             )
         tree = ast.walk(ast.parse(self.formula.source.lstrip(), mode="eval"))  # parsed already
         for node in tree:  # `sum(w) * x` reduces a parameter, `sum(w * x)` the points
+            if not (isinstance(node, ast.Call) and getattr(node.func, "id", None) in REDUCTIONS):
+                continue
             over = {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
-            inputs = any(INPUT_NAME.fullmatch(name) for name in over)
-            if (
-                isinstance(node, ast.Call)
-                and getattr(node.func, "id", None) in REDUCTIONS
-                and inputs
-            ):
+            if any(INPUT_NAME.fullmatch(name) for name in over):
                 raise ConfigError(
                     f"model.formula={formula!r}: {node.func.id}(...) reduces over the points, "
                     "so each prediction would depend on the whole batch; a model gives one "
