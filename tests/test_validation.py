@@ -27,8 +27,8 @@ from omegaconf import OmegaConf
 
 from runner.__main__ import CONFIGS, main
 from runner.build.data import Data
-from runner.cli import ASKED, chosen_options, run_job
-from runner.config.check import ConfigError, check, refused_override
+from runner.cli import ASKED, chosen_options, refused_override, run_job
+from runner.config.check import ConfigError, check
 
 BASE = ("experiment=linear_fit", "logger=none", "trainer.epochs=2")
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")

@@ -11,7 +11,7 @@ import signal
 import sys
 import threading
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -28,7 +28,16 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
 
-from runner.config.check import CONFIGS, GROUPS, ConfigError, did_you_mean, refused_override
+from runner.config.check import (
+    CONFIGS,
+    GROUPS,
+    HYDRA_KEYS,
+    RUNTIME_ARGS,
+    ConfigError,
+    arguments,
+    did_you_mean,
+    locate,
+)
 from runner.launch import RankFailed, exit_status
 from runner.sweep import resume
 from runner.sweep.summary import STOP, stop_jobs, summarise
@@ -158,6 +167,43 @@ def sweeper_params(error: Exception, args: Sequence[str]) -> str | None:
                 f"reach them; give the search as an override of its own: '{search}'"
             )
     return None
+
+
+def refused_override(error: BaseException, chosen: Mapping[str, str] | None = None) -> str | None:
+    """Hydra's refusal of an override whose key the config lacks (`trainer.epoch=5`), said the
+    runner's way from the OmegaConf error it chains; None for any other error. `chosen` maps a
+    group to its option (`optimizer: adam`); `+key` is suggested only where it would work."""
+    cause = error.__cause__
+    parent, key = getattr(cause, "parent_node", None), getattr(cause, "key", None)
+    full_key = str(getattr(cause, "full_key", None) or key)
+    if not str(error).startswith("Could not override") or parent is None or key is None:
+        return None
+    line = str(error).partition("use +")[2].strip() or full_key
+    where = full_key.rpartition(".")[0]
+    keys = [str(k) for k in parent if k != "hydra" and k not in HYDRA_KEYS]
+    keys += [] if where else ["experiment", "hparams_search"]  # groups that add no key
+    if where in RUNTIME_ARGS and "_target_" in parent:
+        return _not_taken(line, where, str(key), parent, (chosen or {}).get(where))
+    if not keys:
+        return f"{line}: {where} is null or empty here; add the key with +{line}"
+    message = f"{line}: unknown key '{full_key}'{did_you_mean(str(key), keys)}; "
+    return message + f"{where or 'the config'} has: {', '.join(keys)}"
+
+
+def _not_taken(line: str, group: str, key: str, option: Mapping[str, Any], name: str | None) -> str:
+    """A key the chosen option does not set: the keys of its file and its `_target_`."""
+    target = option["_target_"]
+    try:
+        takes, open_ended = arguments(locate(group, target), RUNTIME_ARGS[group]) or ([], False)
+    except ConfigError:  # a target that does not import
+        takes, open_ended = [], False
+    takes += [str(k) for k in option if k not in HYDRA_KEYS and k not in takes]
+    which = f"the {group} option {name} ({target})" if name else f"the chosen {group} ({target})"
+    if key in takes or open_ended:
+        return f"{line}: {which} does not set '{key}', which it takes; add it with +{line}"
+    return f"{line}: {which} has no key '{key}'{did_you_mean(key, takes)}; " + (
+        f"it takes: {', '.join(takes)}" if takes else "it takes none"
+    )
 
 
 def not_deleted(error: Exception) -> str | None:
