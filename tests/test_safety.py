@@ -124,6 +124,17 @@ def test_early_stop_ends_a_completed_run_when_the_loss_stalls(run_experiment, wa
     assert min(curve[-3:]) >= min(curve[:-3]) - 0.001  # no real progress in the last 3
 
 
+def test_patience_running_out_at_the_last_epoch_is_no_early_stop(run_experiment):
+    """The run reached trainer.epochs: it did not stop early, whatever the patience says."""
+    stalls = "trainer.early_stop={patience:3,min_delta:0.001}"
+    full, _ = run_experiment("experiment=linear_fit", stalls, "logger=none")
+    at_the_end = full["early_stopped_epoch"]  # where patience runs out
+    metrics, _ = run_experiment(
+        "experiment=linear_fit", stalls, "logger=none", f"trainer.epochs={at_the_end}"
+    )
+    assert metrics["epochs"] == at_the_end and "early_stopped_epoch" not in metrics
+
+
 def test_without_early_stop_the_run_goes_to_the_end(run_experiment):
     metrics, _ = run_experiment("experiment=linear_fit", "trainer.epochs=20", "logger=none")
     assert metrics["epochs"] == 20 and "early_stopped_epoch" not in metrics

@@ -47,7 +47,7 @@ class Validation(Observer):
         best, waited = state.early_stop or (math.inf, 0)
         best, waited = (value, 0) if value < best - stop.min_delta else (best, waited + 1)
         state.early_stop = (best, waited)
-        if waited >= stop.patience:
+        if waited >= stop.patience and state.epoch < self.b.checked.trainer.epochs:  # not the end
             state.early_stopped_epoch = state.epoch
             state.status = "completed"
 

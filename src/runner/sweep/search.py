@@ -175,12 +175,13 @@ def same_search(study: optuna.Study, space: Space, where: str) -> None:
     if before is None:  # a new study
         study.set_user_attr(SEARCHED, searched)
     elif before != searched:
-        fixed = set(before.pop("fixed", [])) ^ set(searched.pop("fixed"))
+        had, has = set(before.pop("fixed", [])), set(searched.pop("fixed"))
         keys = {k for k in before.keys() | searched.keys() if before.get(k) != searched.get(k)}
+        told = {"the study": had - has, "this command": has - had, "searched otherwise": keys}
+        which = "; ".join(f"{who}: {', '.join(sorted(v))}" for who, v in told.items() if v)
         raise ConfigError(
-            f"{where} was searched with other settings ({', '.join(sorted(fixed | keys))}); "
-            "give the same ones to continue it, or set hydra.sweep.dir (or "
-            "hydra.sweeper.study_name) to start another"
+            f"{where} was searched with other settings ({which}); give the same ones to "
+            "continue it, or set hydra.sweep.dir (or hydra.sweeper.study_name) to start another"
         )
 
 
