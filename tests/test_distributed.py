@@ -221,6 +221,9 @@ def test_objective_only_over_two_processes_is_one_config_error(tmp_path):
         "Config error: dataset=none has no data to split over processes, so each would "
         "compute the same; set trainer.devices=1 and trainer.num_nodes=1"
     ]
+    assert not (tmp_path / "run" / "metrics.json").exists()  # refused before any writing
+    code, out, err = runner(*args[:-2], "trainer.devices=1", args[-1], cwd=tmp_path)
+    assert code == 0, out + err  # so the advice works in the same directory
 
 
 @pytest.mark.slow
@@ -272,11 +275,11 @@ def test_more_devices_than_gpus_is_a_config_error(monkeypatch):
 def test_what_ddp_cannot_split_is_refused_before_any_collective(tmp_path):
     b = build(compose_config("experiment=rosenbrock"), tmp_path)
     with pytest.raises(ConfigError, match="dataset=none has no data to split"):
-        distributed.sharded(b, World(rank=0, size=2))
+        distributed.check(b, World(rank=0, size=2))
     formula = 'loss.formula="mean((pred - y)**2) + 0.01 * s**2"'
     b = build(compose_config("experiment=linear_fit", "loss=expression", formula), tmp_path)
     with pytest.raises(ConfigError, match=r"the loss formula's parameters \(s\) are outside"):
-        distributed.sharded(b, World(rank=0, size=2))
+        distributed.check(b, World(rank=0, size=2))
 
 
 def test_one_process_pays_nothing_for_the_parts_it_does_not_use(tmp_path):

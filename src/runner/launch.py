@@ -29,6 +29,7 @@ ELASTIC_LOGS = (  # the elastic launcher's loggers, those that set their own lev
     "torch.distributed.launcher.api",
     "torch.multiprocessing.spawn",
 )
+FINAL = ("interrupted", "completed", "diverged", "pruned")  # a rank 0 that wrote its metrics
 QUERIES = ("-h", "--help", "--hydra-help", "--version", "-c", "--cfg", "-i", "--info", "-sc")
 
 
@@ -137,7 +138,9 @@ def spawn(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> dict[str,
         **({"signals_to_handle": "SIGTERM,SIGHUP,SIGQUIT"} if handles else {}),
     )
     metrics_json, started = run_dir / "metrics.json", time.time()
-    ctrl_c = signal.signal(signal.SIGINT, signal.SIG_IGN) if handles else None
+    # a handler that does nothing, not SIG_IGN, which the processes would inherit while they
+    # start (a Ctrl-C then would be lost); a handler of Python's is theirs only once set
+    ctrl_c = signal.signal(signal.SIGINT, lambda signum, frame: None) if handles else None
     # the launcher's own log (a rank's exit status with its traceback, the others terminated)
     # says again what the ranks and the summary below say
     quiet = {name: logging.getLogger(name) for name in ELASTIC_LOGS}
@@ -149,11 +152,13 @@ def spawn(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> dict[str,
     except (ChildFailedError, SignalException) as e:
         fresh = metrics_json.exists() and metrics_json.stat().st_mtime >= started
         written = json.loads(metrics_json.read_text()) if fresh else {}
-        if written.get("status") == "interrupted":  # a signal: rank 0's metrics say where
-            return written
+        if written.get("status") in FINAL:  # a signal: rank 0's metrics say where it stopped
+            return written  # (or that the run was done: it came after the last step)
         if isinstance(e, SignalException):
             raise KeyboardInterrupt(e.sigval.name) from None
         rank, failure = e.get_first_failure()
+        if failure.exitcode in (128 + signal.SIGINT, -signal.SIGINT):  # Ctrl-C at their start
+            raise KeyboardInterrupt from None
         how = failure.signal_name() if failure.exitcode < 0 else f"exit status {failure.exitcode}"
         error = f"trainer.devices={t.devices}: rank {rank} failed ({how}); every rank stopped"
         # rank 0's own metrics, if it wrote any, blame the connection the failed rank dropped
@@ -172,6 +177,9 @@ def spawn(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> dict[str,
 
 def rank_main(plain: dict[str, Any], run_dir: str, overrides: list[str]) -> dict[str, Any]:
     """One process of `trainer.devices=N`, as the elastic launcher starts it."""
+    # Ctrl-C as Python has it (the launcher ignores it, and its processes inherit that), so
+    # one that comes while this process starts, before the run's own handler, is not lost
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from runner.run import run
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -183,6 +191,8 @@ def rank_main(plain: dict[str, Any], run_dir: str, overrides: list[str]) -> dict
         metrics = run(OmegaConf.create(plain), Path(run_dir), overrides)
     except ConfigError as e:
         return {"config_error": str(e)}
+    except KeyboardInterrupt:  # before the run's handler, or a second Ctrl-C: at once
+        sys.exit(128 + signal.SIGINT)
     if metrics["status"] == "interrupted":  # the launcher is stopping: go now, not after its
         sys.exit(exit_status(metrics))  # grace period (a returned value waits for the others)
     return metrics

@@ -45,6 +45,8 @@ def run(
     4. write metrics.json  5. close the logs. Only rank 0 writes; `sweep_dir`: a sweep's job."""
     if launch.spawns(cfg):  # trainer.devices=N: N processes run it; rank 0's results come back
         metrics = launch.spawn(cfg, run_dir, overrides)
+        if "learned" not in metrics:  # a second Ctrl-C stopped rank 0 at once: no results
+            raise KeyboardInterrupt
         if resumed := metrics.get("resumed_from"):  # rank 0 logs warnings only: said here
             log.info(f"Resumed from {resumed['checkpoint']} at step {resumed['step']}")
         report(metrics, run_dir)
@@ -57,6 +59,7 @@ def run(
         # never write over another run's results
         checkpoint.claim(run_dir, source, OmegaConf.select(cfg, "trainer.resume"))
     b = build(cfg, run_dir if leader else None)
+    distributed.check(b)  # what DDP cannot split: before anything is written
     state, resumed = State(), {}
     if source is not None:
         state = checkpoint.load(source, b)

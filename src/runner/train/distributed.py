@@ -119,9 +119,10 @@ def part(b: Built, w: World | None = None) -> Part:
     return p
 
 
-def sharded(b: Built, w: World) -> LossOn:
-    """The loss on this rank's shard of a batch, through DDP, weighted so that the ranks' mean
-    is the whole batch's."""
+def check(b: Built, w: World | None = None) -> None:
+    """What DDP cannot split, refused before the run writes anything (no-op for one process)."""
+    if (w or world()).size == 1:
+        return
     if b.data is None or b.model is None:
         raise ConfigError(
             "dataset=none has no data to split over processes, so each would compute the "
@@ -134,6 +135,12 @@ def sharded(b: Built, w: World) -> LossOn:
             f"the loss formula's parameters ({', '.join(outside)}) are outside the model, "
             "whose gradients DDP averages; move them into the model or set trainer.devices=1"
         )
+
+
+def sharded(b: Built, w: World) -> LossOn:
+    """The loss on this rank's shard of a batch, through DDP, weighted so that the ranks' mean
+    is the whole batch's."""
+    assert b.data is not None and b.model is not None  # `check` refused the others
     ddp = DistributedDataParallel(b.model)
     forward = ddp if isinstance(b.model, models.Expression) else models.forward_fn(ddp)
     if b.checked.trainer.compile is not False:
@@ -168,14 +175,20 @@ def broadcast(value: torch.Tensor | None) -> torch.Tensor | None:
 
 
 def agreed(stop: Any, state: State, log_now: bool) -> None:
-    """At log steps (a host sync): a signal on any rank or rank 0's pruner stops every rank."""
+    """At log steps and epoch ends (a host sync): a signal on any rank, rank 0's pruner or any
+    rank's early stop stops every rank."""
     if not log_now:
         return
-    flags = torch.tensor([stop.signal is not None, state.status == "pruned"], dtype=torch.float)
+    # each rank's early stop reads its own validation loss (batch norm's statistics differ)
+    early = state.early_stopped_epoch is not None
+    flags = [stop.signal is not None, state.status == "pruned", early]
+    flags = torch.tensor(flags, dtype=torch.float)
     dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-    signalled, pruned = flags.tolist()
+    signalled, pruned, stopped = flags.tolist()
     if pruned and state.status == "running":
         state.status = "pruned"
+    if stopped and state.status == "running":
+        state.status, state.early_stopped_epoch = "completed", state.epoch
     if signalled and state.status == "running":
         state.status, state.signal = "interrupted", stop.signal or "SIGTERM"
 
