@@ -37,7 +37,13 @@ NO_MPS = pytest.mark.skipif(
     reason="MPS is available here",
 )
 
+
 # (id, overrides, fragments the one message must contain: the key, the value, what is allowed)
+def csv(path: str, x: str = "a") -> list[str]:
+    """The overrides of `dataset=csv` on a file of the `workdir` fixture, target column b."""
+    return ["dataset=csv", f"dataset.path={path}", f"dataset.x={x}", "dataset.y=b"]
+
+
 CASES = [
     ("unknown key", ["trainer.epoch=5"], ["trainer.epoch=5", "did you mean 'epochs'"]),
     ("added unknown key", ["+trainer.epoch=5"], ["'trainer.epoch'", "did you mean 'epochs'"]),
@@ -111,27 +117,27 @@ CASES = [
     ),
     (
         "malformed csv",
-        ["dataset=csv", "dataset.path=bad.csv", "dataset.x=a", "dataset.y=b"],
+        csv("bad.csv"),
         ["dataset.path='bad.csv'", "line 3 has 1 fields", "header has 2"],
     ),
     (
         "csv header with a name twice",
-        ["dataset=csv", "dataset.path=twice.csv", "dataset.x=a", "dataset.y=b"],
+        csv("twice.csv"),
         ["dataset.path='twice.csv': the header names a twice"],
     ),
     (
         "csv target as input",
-        ["dataset=csv", "dataset.path=good.csv", "dataset.x=b", "dataset.y=b"],
+        csv("good.csv", x="b"),
         ["dataset.x='b' with dataset.y='b': x names one or more columns, each once, and not"],
     ),
     (
         "csv path a directory",
-        ["dataset=csv", "dataset.path=.", "dataset.x=a", "dataset.y=b"],
+        csv("."),
         ["dataset.path='.': a directory, not a file"],
     ),
     (
         "missing column",
-        ["dataset=csv", "dataset.path=good.csv", "dataset.x=zz", "dataset.y=b"],
+        csv("good.csv", x="zz"),
         ["dataset.x='zz'", "columns: a, b"],
     ),
     ("formula syntax", ['model.formula="w*x+"'], ["model.formula", "'w*x+'", "syntax error"]),
@@ -407,18 +413,17 @@ CASES = [
     ),
     (
         "a semicolon-separated file",
-        ["dataset=csv", "dataset.path=semi.csv", "dataset.x=a", "dataset.y=b"],
+        csv("semi.csv"),
         ["columns: a;b (split by ';'? set 'dataset.delimiter=\";\"')"],
     ),
     (
         "an empty cell",
-        ["dataset=csv", "dataset.path=holes.csv", "dataset.x=a", "dataset.y=b"],
+        csv("holes.csv"),
         ["dataset.path='holes.csv' line 4, column b: '' is not a finite number"],
     ),
     (
         "a word for a class",
-        ["dataset=csv", "dataset.path=words.csv", "dataset.x=a", "dataset.y=b"]
-        + ["dataset.task=classification", "experiment=logistic_blobs"],
+        csv("words.csv") + ["dataset.task=classification", "experiment=logistic_blobs"],
         ["dataset.path='words.csv' line 2, column b: 'cat' is no class index 0, 1, 2, ..."],
     ),
     (
