@@ -320,7 +320,7 @@ def not_shadowed() -> None:
             mine = folder / name
             if mine.is_file() and not filecmp.cmp(mine, CONFIGS / name, shallow=False):
                 raise ConfigError(
-                    f"{group}={option}: {folder / name} has the name of a shipped option, "
+                    f"{group}={option}: {mine} has the name of a shipped option, "
                     "and Hydra reads the runner's own configs/ first, so yours would be passed "
                     f"over; give it another name (such as {group}={option}_mine)"
                 )

@@ -31,8 +31,7 @@ class Figures(Observer):
         self, b: Built, logger: Logger, every_n_epochs: int | None, start: int = 0
     ) -> None:
         self.b, self.logger, self.every = b, logger, every_n_epochs
-        # a resumed run's path starts where its checkpoint did, not at the first run's start
-        self.start_label = "start" if start == 0 else f"resumed (step {start})"
+        self.resumed_at = start  # a resumed run's path starts at its checkpoint, not the start
         # logger=none: nothing at all; no matplotlib: one line, then nothing
         on = logger.writes and draw.available()
         if logger.writes and not on:
@@ -46,7 +45,7 @@ class Figures(Observer):
     def start(self) -> None:
         """Before the first update: the first curve (a resumed run's first run drew it) and the
         path's first point."""
-        if self.start_label == "start":
+        if not self.resumed_at:
             self._curve(0, "start")
         self._path_point()
 
@@ -99,7 +98,8 @@ class Figures(Observer):
             log.info("no loss landscape: the parameters left the finite numbers")
             return
         arrays = landscape_arrays(self.b, path)
-        pixels = draw.landscape_image(**arrays, names=list(self.b.params), start=self.start_label)
+        label = f"resumed (step {self.resumed_at})" if self.resumed_at else "start"
+        pixels = draw.landscape_image(**arrays, names=list(self.b.params), start=label)
         self.logger.image(step, "figure/landscape", pixels)
 
     def _path_point(self) -> None:
