@@ -124,7 +124,6 @@ def explain(error: Exception, args: Sequence[str]) -> str | None:
     if isinstance(error, ConfigCompositionException):
         return (
             sweeper_params(error, args)
-            or not_deleted(error)
             or hydra_hint(error)
             or refused_override(error, chosen_options(args))
         )
@@ -206,22 +205,17 @@ def _not_taken(line: str, group: str, key: str, option: Mapping[str, Any], name:
     )
 
 
-def not_deleted(error: Exception) -> str | None:
-    """`~key` where the key is absent or null: Hydra says "does not exist" for both."""
-    message = str(error)
-    if not (message.startswith("Could not delete from config. '") and "does not exist" in message):
-        return None
-    key = message.split("'")[1]
-    return (
-        f"~{key}: Hydra deletes only a key that holds a value, and {key} is null or not in "
-        "the config (spelled right?); a null setting is off already: leave the override out"
-    )
-
-
 def hydra_hint(error: Exception) -> str | None:
     """Refusals Hydra explains over several lines, each as one: `+key=value` for a key the
-    config has, and a sweep's values or search without -m."""
+    config has, `~key` for a key that is absent or null (Hydra says "does not exist" for
+    both), and a sweep's values or search without -m."""
     first, *_ = str(error).splitlines() or [""]
+    if first.startswith("Could not delete from config. '") and "does not exist" in first:
+        key = first.split("'")[1]
+        return (
+            f"~{key}: Hydra deletes only a key that holds a value, and {key} is null or not in "
+            "the config (spelled right?); a null setting is off already: leave the override out"
+        )
     if first.startswith("Could not append to config. An item is already at '"):
         key = first.split("'")[1]
         return (

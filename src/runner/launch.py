@@ -5,7 +5,6 @@ pick a run directory of its own (Hydra #2070): `follow` takes rank 0's instead."
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import signal
@@ -19,6 +18,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from runner.config.check import ConfigError, check
+from runner.sweep.resume import read_metrics
 from runner.train.world import world
 
 # what rank 0 answers without running (`--cfg job`, `--help`): the other ranks just exit
@@ -151,7 +151,7 @@ def spawn(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> dict[str,
         ranks = elastic_launch(config, rank_main)(plain, str(run_dir), list(overrides))
     except (ChildFailedError, SignalException) as e:
         fresh = metrics_json.exists() and metrics_json.stat().st_mtime >= started
-        written = json.loads(metrics_json.read_text()) if fresh else {}
+        written = read_metrics(run_dir) if fresh else {}
         if written.get("status") in FINAL:  # a signal: rank 0's metrics say where it stopped
             return written  # (or that the run was done: it came after the last step)
         if isinstance(e, SignalException):

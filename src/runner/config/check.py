@@ -232,11 +232,10 @@ def locate(group: str, target: Any) -> Callable[..., Any]:
         name = ".".join(parts[:cut])
         try:
             module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name is None or name == e.name or name.startswith(e.name + "."):
+        except Exception as e:  # the path itself not found, or a failure inside the module
+            missing = isinstance(e, ModuleNotFoundError)
+            if missing and (e.name is None or name == e.name or name.startswith(e.name + ".")):
                 continue  # the path itself: a shorter one may be the module
-            raise ConfigError(f"{group}._target_={target!r}: importing it failed: {e}") from e
-        except Exception as e:  # an import that fails inside the user's module
             raise ConfigError(f"{group}._target_={target!r}: importing it failed: {e}") from e
         try:
             return functools.reduce(getattr, parts[cut:], module)

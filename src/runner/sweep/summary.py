@@ -17,22 +17,11 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, read_write
 
-from runner.config.check import ConfigError
+from runner.config.check import ConfigError, check_choice
 from runner.sweep import resume
 
-COLUMNS = (
-    "job",
-    "overrides",
-    "status",
-    "objective",
-    "final_loss",
-    "best_loss",
-    "val_loss",
-    "steps",
-    "duration_s",
-    "run_dir",
-    "error",
-)
+COLUMNS = ("job", "overrides", "status", "objective", "final_loss", "best_loss", "val_loss")
+COLUMNS += ("steps", "duration_s", "run_dir", "error")
 JOBLIB = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"  # its _target_
 # in the sweep directory once Ctrl-C or SIGTERM reached a joblib sweep: the signal's name
 STOP = ".interrupted"
@@ -48,10 +37,7 @@ class Summary(Callback):
     diverged trial is just a bad +inf one); 130 when Ctrl-C stopped a joblib sweep."""
 
     def __init__(self, fail_on: str = "any") -> None:
-        if fail_on not in ("any", "all"):
-            raise ConfigError(
-                f"hydra.callbacks.summary.fail_on={fail_on!r} is not allowed; use any or all"
-            )
+        check_choice("hydra.callbacks.summary.fail_on", fail_on, ("any", "all"))
         self.fail_on = fail_on
         self.started = False  # the sweep passed the start's checks (hydra-core 1.4 ends it anyway)
         self.stop: Path | None = None  # the stop file, while a joblib sweep runs

@@ -67,7 +67,9 @@ def train(
 
                 with saved_bytes() if log_now else nullcontext() as saved:
                     part.step(closure)
-                loss = first_loss(calls, b.optimizer)
+                if not calls:  # a user's optimizer that updates from `.grad` alone
+                    raise ConfigError(NO_CLOSURE.format(type(b.optimizer).__name__))
+                loss = calls[0][0]  # the loss before the update, as LBFGS returns it
                 share = None if group[0] is None else sum(g.shape[0] for g in group) / b.data.n
                 state.add(loss, share)
                 state.step, state.position = state.step + 1, i + t.accumulate
@@ -94,14 +96,6 @@ def train(
     for o in observers:
         o.end(state)
     return state
-
-
-def first_loss(calls: list[tuple[torch.Tensor, torch.Tensor]], optimizer: Any) -> torch.Tensor:
-    """The loss before the update, as LBFGS returns it; a step that never called the closure
-    computed no gradients (a user's optimizer that updates from `.grad` alone)."""
-    if not calls:
-        raise ConfigError(NO_CLOSURE.format(type(optimizer).__name__))
-    return calls[0][0]
 
 
 def total_steps(b: Built) -> int:
