@@ -68,5 +68,16 @@ def event_accumulator(run_dir: Path):
     return acc
 
 
+def session_hparams(run_dir: Path) -> dict[str, Any]:
+    """The run's HParams row as the dashboard reads it: the hparams plugin's session data."""
+    from tensorboard.plugins.hparams import metadata, plugin_data_pb2
+
+    content = event_accumulator(run_dir).PluginTagToContent(metadata.PLUGIN_NAME)
+    assert {metadata.SESSION_START_INFO_TAG, metadata.SESSION_END_INFO_TAG} <= set(content)
+    data = plugin_data_pb2.HParamsPluginData.FromString(content[metadata.SESSION_START_INFO_TAG])
+    values = data.session_start_info.hparams
+    return {k: getattr(v, v.WhichOneof("kind")) for k, v in values.items()}
+
+
 def scalars(run_dir: Path, tag: str) -> list[tuple[int, float]]:
     return [(e.step, e.value) for e in event_accumulator(run_dir).Scalars(tag)]

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import compose_config, read_metrics, scalars
+from conftest import compose_config, read_metrics, scalars, session_hparams
 
 from runner.config.check import ConfigError
 from runner.log.tensorboard import TensorBoard
@@ -133,6 +133,19 @@ def test_resuming_names_what_changes_the_learning_and_says_when_nothing_is_left(
         )
     assert metrics["epochs"] == 2 and metrics["steps"] == 10  # nothing trained
     assert any("nothing is left to train" in r.message for r in caplog.records)
+
+
+def test_a_resumed_runs_hparams_row_shows_the_learning_rate_it_trained_with(tmp_path):
+    """The optimizer's settings come from the checkpoint, a changed optimizer.lr with them: the
+    HParams row says the rate the run trained at, as the `lr` scalar does."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    run_in(first, "trainer.epochs=2", "trainer.checkpoint_every=5")
+    overrides = ["optimizer.lr=0.01", "trainer.epochs=4", f"trainer.resume={first}"]
+    run(compose_config(*ARGS, *overrides), second, overrides)
+    assert scalars(second, "lr")[-1][1] == pytest.approx(0.05)  # ARGS's rate, not 0.01
+    assert session_hparams(second) == pytest.approx(
+        {"optimizer.lr": 0.05, "trainer.epochs": 4.0, "trainer.resume": str(first)}
+    )
 
 
 def test_a_resumed_run_checkpoints_as_the_run_it_resumed(tmp_path, reference):

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import event_accumulator, read_metrics
+from conftest import event_accumulator, read_metrics, session_hparams
 
 from runner.__main__ import main
 from runner.sweep.summary import COLUMNS, STOP
@@ -77,17 +77,6 @@ def results(sweep_dir: Path) -> dict[str, tuple[Any, float]]:
         overrides = row["overrides"].replace(" logger=none", "")
         out[overrides] = (metrics["params"], metrics["final_loss"])
     return out
-
-
-def session_hparams(run_dir: Path) -> dict[str, Any]:
-    """The run's HParams row as the dashboard reads it: the hparams plugin's session data."""
-    from tensorboard.plugins.hparams import metadata, plugin_data_pb2
-
-    content = event_accumulator(run_dir).PluginTagToContent(metadata.PLUGIN_NAME)
-    assert {metadata.SESSION_START_INFO_TAG, metadata.SESSION_END_INFO_TAG} <= set(content)
-    data = plugin_data_pb2.HParamsPluginData.FromString(content[metadata.SESSION_START_INFO_TAG])
-    values = data.session_start_info.hparams
-    return {k: getattr(v, v.WhichOneof("kind")) for k, v in values.items()}
 
 
 @pytest.fixture(scope="module")

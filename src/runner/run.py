@@ -110,7 +110,8 @@ def run(
             step = max(state.step - 1, 0)
             validates = b.data is not None and b.data.x_val is not None
             row = hparam_metrics(metrics, validates)
-            b.logger.hparams(hparams(cfg, overrides), row, step, metrics["status"])
+            columns = hparams(cfg, overrides, b.hparams if resumed else None)
+            b.logger.hparams(columns, row, step, metrics["status"])
             b.logger.close()
             distributed.leave()
     report(metrics, run_dir, sweep_dir)
@@ -191,15 +192,18 @@ def objective(metrics: Mapping[str, Any], key: str) -> float:
     return float(value)
 
 
-def hparams(cfg: DictConfig, overrides: Sequence[str]) -> dict[str, Any]:
+def hparams(
+    cfg: DictConfig, overrides: Sequence[str], used: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """The HParams columns: the keys the command line set or the sweep varied, with the value
-    this run used (a group's chosen option, or the config value); Hydra's own are left out."""
+    this run used (a group's chosen option, the config value, or for a resumed run `used`,
+    the checkpoint's optimizer settings); Hydra's own are left out."""
     columns: dict[str, Any] = {}
     for override in overrides:
         key, _, text = override.lstrip("+").partition("=")
         if key.startswith(("~", "hydra")) or "/" in key:
             continue
-        value = OmegaConf.select(cfg, key, default=None)
+        value = (used or {}).get(key, OmegaConf.select(cfg, key, default=None))
         # a group's option (`optimizer=adam`), or a value HParams cannot show as it is
         columns[key] = value if isinstance(value, bool | int | float | str) else text
     return columns

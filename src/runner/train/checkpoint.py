@@ -27,6 +27,7 @@ LAST = Path("checkpoints") / "last.pt"
 TRAINER_GOES_ON = ("epochs", "resume", "checkpoint_every", "log_every_n_steps", "device")
 TRAINER_GOES_ON += ("num_nodes", "objective", "early_stop", "check_grads", "compile")
 GOES_ON = (*(f"trainer.{key}" for key in TRAINER_GOES_ON), "logger.")
+FROM_CHECKPOINT = ("optimizer.", "scheduler.")  # settings their state_dicts hold
 OPTIMIZERS = sorted((CONFIGS / "optimizer").glob("*.yaml"))  # to name one in a message
 FORMAT = 2  # bumped when the layout changes, so an old file is refused with a clear message
 
@@ -145,6 +146,8 @@ def load(path: Path, b: Built) -> State:
             "(the parameters, the optimizer's state and the learning-rate schedule, with its "
             "own settings, are the checkpoint's)"
         )
+    # what the run trains with, for its HParams row and its own checkpoints
+    b.hparams |= {k: saved[k] for k in changed if k in saved and k.startswith(FROM_CHECKPOINT)}
     return run
 
 
