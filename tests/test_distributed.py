@@ -24,8 +24,9 @@ from runner.train.loop import train
 from runner.train.state import State
 from runner.train.world import World
 
-# sine_mlp with batches of 50: shards of 25 points, 13 and 12 per rank (uneven on purpose)
-SINE = ["experiment=sine_mlp", "trainer.epochs=12", "trainer.batch_size=50"]
+# sine_mlp's 800 points in batches of 47: shards of 24 and 23 points (uneven on purpose), and
+# each epoch's last batch is one point, which leaves rank 1 none
+SINE = ["experiment=sine_mlp", "trainer.epochs=12", "trainer.batch_size=47"]
 EVERY = ["trainer.checkpoint_every=20", "logger=none"]
 FAULTY = '''
 import os

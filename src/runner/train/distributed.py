@@ -157,6 +157,8 @@ def sharded(b: Built, w: World) -> LossOn:
             own = idx[w.rank :: w.size]
             xs, ys, weight = x[own], y[own], len(own) * w.size / len(idx)
         loss = b.loss_fn(forward(xs), ys)
+        if weight == 0:  # a batch smaller than the ranks: none of its points is this one's
+            return loss.nan_to_num() * 0  # the mean of none is NaN; it adds nothing, as it should
         return loss if weight == 1 else loss * weight
 
     return loss_on
