@@ -75,6 +75,22 @@ def test_saved_bytes_grow_linearly_with_n(run_experiment, no_figures):
     assert (saved[1] - saved[0]) / 50 == 8.0
 
 
+@pytest.mark.parametrize(
+    "several", [("trainer.batch_size=10", "trainer.accumulate=2"), ("optimizer=lbfgs",)]
+)
+def test_a_step_of_several_forwards_counts_the_saved_bytes_of_one(
+    run_experiment, no_figures, several
+):
+    """Accumulation and LBFGS run several forwards a step: graph/saved_bytes is what one of
+    them saved (the graph the other graph/ scalars describe), as a step of one forward of
+    that batch saves, not a sum that a reused address would cut short."""
+    one = "trainer.batch_size=10" if "trainer.accumulate=2" in several else "optimizer=gd"
+    _, reference = run_experiment("experiment=linear_fit", one, "trainer.epochs=2")
+    _, tested = run_experiment("experiment=linear_fit", *several, "trainer.epochs=2")
+    expected, got = (scalars(run_dir, "graph/saved_bytes")[0] for run_dir in (reference, tested))
+    assert got == expected and got[1] > 0
+
+
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_check_grads_passes_on_every_shipped_experiment(experiment, tmp_path):
     b = build(compose_config(f"experiment={experiment}", "logger=none"), tmp_path)

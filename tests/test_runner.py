@@ -407,11 +407,31 @@ def test_minibatches_accumulate_clip_and_dtype(run_experiment):
         "trainer.epochs=3",
         "trainer.grad_clip=0.5",
     )
-    norms = [v for _, v in scalars(clip_dir, "grad/total_norm")]
-    assert max(norms) <= 0.5 + 1e-6
+    # grad/total_norm is the norm clipping cut down, the update the clipped one: at w = b = 0
+    # the post's gradients are -2 mean(x y) and -2 mean(y)
+    torch.manual_seed(42)
+    x = torch.linspace(0, 1, 50)
+    y = 2 * x + 1 + 0.1 * torch.randn(50)
+    unclipped = math.hypot(-2 * (x * y).mean().item(), -2 * y.mean().item())
+    assert scalars(clip_dir, "grad/total_norm")[0] == (0, pytest.approx(unclipped, rel=1e-5))
+    moved = math.hypot(scalars(clip_dir, "param/w")[0][1], scalars(clip_dir, "param/b")[0][1])
+    assert unclipped > 4 and moved == pytest.approx(0.1 * 0.5, rel=1e-5)  # lr x grad_clip
     f64, _ = run_experiment("experiment=linear_fit", "trainer.dtype=float64")
     assert f64["params"]["w"] == pytest.approx(POST_W, abs=1e-5)
     assert f64["params"]["w"] != post_loop()[0]  # computed in float64, not float32
+
+
+def test_micro_batches_update_as_one_batch_of_their_points(run_experiment):
+    """sine_mlp's 800 training points in batches of 120 end with 80 points; micro-batches of
+    60 in twos end with 60 + 20, which must weigh 3 : 1 (their points), not 1 : 1."""
+    args = ("experiment=sine_mlp", "trainer.epochs=2", "trainer.log_every_n_steps=1")
+    one, one_dir = run_experiment(*args, "trainer.batch_size=120")
+    two, two_dir = run_experiment(*args, "trainer.batch_size=60", "trainer.accumulate=2")
+    assert two["steps"] == one["steps"] == 2 * 7
+    losses = [v for _, v in scalars(one_dir, "loss/train")]
+    assert [v for _, v in scalars(two_dir, "loss/train")] == pytest.approx(losses, rel=1e-5)
+    for key in ("final_loss", "best_loss", "val_loss"):
+        assert two[key] == pytest.approx(one[key], rel=1e-5), key
 
 
 @pytest.mark.parametrize("accumulate", [1, 2])

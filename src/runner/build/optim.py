@@ -9,7 +9,8 @@ import torch
 
 
 class GD:
-    """`p -= lr * p.grad` under `no_grad`, then `p.grad.zero_()`: the post's loop, verbatim.
+    """`p -= lr * p.grad` under `no_grad`, and `p.grad.zero_()`: the post's update, verbatim
+    (the loop zeroes before each backward, so the last step's gradients stay to be seen).
     Not a `torch.optim.Optimizer`, whose constructor imports `torch._dynamo`; with a schedule
     it runs as momentum-free SGD (`as_torch`), as torch's schedulers need an Optimizer."""
 

@@ -19,7 +19,8 @@ class Look:
     losses: torch.Tensor  # 1-D: the loss of every step since the last log step, this one last
     before: list[torch.Tensor]  # the parameters before the step (for update sizes)
     root: torch.Tensor | None  # the step's loss with its autograd graph (the last micro-batch)
-    saved_bytes: int  # what autograd saved for backward in that step
+    saved_bytes: int  # what autograd saved for backward in that graph's forward
+    clipped: torch.Tensor | None = None  # trainer.grad_clip: the total norm before clipping
 
     @property
     def step(self) -> int:

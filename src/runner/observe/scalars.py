@@ -50,7 +50,8 @@ class Scalars(Observer):
         param_norms = [vector_norm(p) for p in self.params]
         grad_norms = [vector_norm(g) for g in grads]
         row = [look.loss.reshape(()), *map(one_number, self.params, param_norms)]
-        row += [*map(one_number, grads, grad_norms), vector_norm(torch.stack(grad_norms))]
+        total = vector_norm(torch.stack(grad_norms)) if look.clipped is None else look.clipped
+        row += [*map(one_number, grads, grad_norms), total.reshape(())]
         updates = torch.stack([torch.dist(p, old) for p, old in zip(self.params, look.before)])
         parts = [torch.stack(row), updates / torch.stack(param_norms).clamp_min(TINY)]  # ratios
         if self.accuracy is not None:

@@ -48,25 +48,25 @@ def train(
                 group = batches[i : i + t.accumulate]
                 log_now = state.step % t.log_every_n_steps == 0 or state.step == last
                 before = [p.detach().clone() for p in params] if log_now else []
-                calls: list[tuple[torch.Tensor, torch.Tensor]] = []  # (loss, its graph's root)
+                calls: list[tuple[torch.Tensor, torch.Tensor, Any, Any]] = []  # for observers
 
-                def closure(group: list = group, calls: list = calls) -> torch.Tensor:
+                def closure(group: list = group, calls: list = calls, now: bool = log_now):
                     b.optimizer.zero_grad()
-                    losses = []
-                    for idx in group:
-                        loss = part.loss_on(idx)  # forward and loss
-                        # one micro-batch: the loss as it is, so the graph is the post's
-                        part.scale(loss if len(group) == 1 else loss / len(group)).backward()
-                        losses.append(loss.detach())
+                    losses, norm = [], None
+                    for idx, weight in zip(group, weights(group)):
+                        with saved_bytes() if now else nullcontext() as saved:
+                            loss = part.loss_on(idx)  # forward and loss
+                        root = loss if weight == 1 else loss * weight  # what backward walks
+                        part.scale(root).backward()
+                        losses.append(root.detach())
                     if t.grad_clip is not None:
                         part.unscale()
-                        torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
-                    mean = part.mean(losses[0] if len(losses) == 1 else torch.stack(losses).mean())
-                    calls.append((mean, loss))  # the last root is the graph observers walk
-                    return mean
+                        norm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip)  # before
+                    total = part.mean(losses[0] if len(losses) == 1 else torch.stack(losses).sum())
+                    calls.append((total, root, saved, norm))  # the last: what observers see
+                    return total
 
-                with saved_bytes() if log_now else nullcontext() as saved:
-                    part.step(closure)
+                part.step(closure)
                 if not calls:  # a user's optimizer that updates from `.grad` alone
                     raise ConfigError(NO_CLOSURE.format(type(b.optimizer).__name__))
                 loss = calls[0][0]  # the loss before the update, as LBFGS returns it
@@ -75,7 +75,8 @@ def train(
                 state.step, state.position = state.step + 1, i + t.accumulate
                 recent.add(loss)
                 if log_now:
-                    look = Look(state, loss, recent.take(), before, calls[-1][1], saved.total)
+                    _, root, saved, norm = calls[-1]
+                    look = Look(state, loss, recent.take(), before, root, saved.total, norm)
                     for o in observers:
                         o.log(look)
                 if save is not None and state.step % t.checkpoint_every == 0 and recent.finite():
@@ -96,6 +97,15 @@ def train(
     for o in observers:
         o.end(state)
     return state
+
+
+def weights(group: list[torch.Tensor | None]) -> list[float]:
+    """Each micro-batch's share of its group's points, so the group's update and loss are
+    those of one batch of them all; one batch: its loss as it is, the post's graph."""
+    if len(group) == 1:
+        return [1.0]
+    points = [len(idx) for idx in group]
+    return [n / sum(points) for n in points]
 
 
 def total_steps(b: Built) -> int:
