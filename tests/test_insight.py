@@ -262,6 +262,13 @@ def test_blobs_dataset():
         assert centre.norm().item() == pytest.approx(2.0, abs=0.1)
     one = datasets.blobs(n=10, classes=2, features=1)
     assert one.x.shape == (10,) and one.features == 1
+    drawn = {}  # trainer.dtype=float64: the same points as float32, in more bits
+    for dtype in (torch.float32, torch.float64):
+        torch.manual_seed(0)
+        drawn[dtype] = datasets.blobs(n=50, val_fraction=0.2, dtype=dtype)
+    assert drawn[torch.float64].x.dtype == torch.float64
+    assert torch.equal(drawn[torch.float64].x, drawn[torch.float32].x.double())
+    assert torch.equal(drawn[torch.float64].y_val, drawn[torch.float32].y_val)
     with pytest.raises(ValueError, match="dataset.classes"):
         datasets.blobs(classes=1)
 

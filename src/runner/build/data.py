@@ -269,15 +269,16 @@ def blobs(
         raise ConfigError(f"dataset.spread={spread} must be positive")
     if not distance >= 0:
         raise ConfigError(f"dataset.distance={distance} must be zero or positive")
-    centres = torch.zeros(classes, features, dtype=dtype)
+    # drawn in float32 whatever trainer.dtype is: the same points in float64
+    centres = torch.zeros(classes, features)
     if features == 1:
-        centres[:, 0] = torch.linspace(-distance / 2, distance / 2, classes, dtype=dtype)
+        centres[:, 0] = torch.linspace(-distance / 2, distance / 2, classes)
     else:
-        angle = 2 * math.pi * torch.arange(classes, dtype=dtype) / classes
+        angle = 2 * math.pi * torch.arange(classes) / classes
         centres[:, 0] = distance / 2 * torch.cos(angle)
         centres[:, 1] = distance / 2 * torch.sin(angle)
     labels = torch.arange(n) % classes  # balanced classes, interleaved
-    x = centres[labels] + spread * torch.randn(n, features, dtype=dtype)
+    x = (centres[labels] + spread * torch.randn(n, features)).to(dtype)
     x = x[:, 0].contiguous() if features == 1 else x
     if task == "classification":  # the blobs know their number of classes
         return split(x, labels, val_fraction, task, classes)
