@@ -137,6 +137,32 @@ def test_validation_sees_the_model_in_eval_mode(tmp_path: Path):
     assert metrics["val_loss"] != pytest.approx(float(b.loss_fn(*train_mode(b))), rel=1e-3)
 
 
+def test_an_early_stop_between_log_steps_reports_the_accuracy_it_ends_with(tmp_path: Path):
+    """mlp_classify stopped early at an epoch's end that is no log step: acc and val_acc are
+    the final parameters' (read back from the checkpoint and counted by hand), not the last
+    log step's, and TensorBoard has them at the last step."""
+    overrides = ["experiment=mlp_classify", "trainer.log_every_n_steps=100"]
+    overrides += [
+        "trainer.early_stop={patience: 2, min_delta: 0.01}",
+        "trainer.checkpoint_every=1000",
+    ]
+    metrics = run(compose_config(*overrides), tmp_path / "run")
+    assert metrics["early_stopped_epoch"] is not None and (metrics["steps"] - 1) % 100 != 0
+    b = build(compose_config(*overrides), None)
+    saved = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    b.model.load_state_dict(saved["modules"]["model"])
+    with torch.no_grad():
+        right = [
+            (b.forward(x).argmax(-1) == y).float().mean().item()
+            for x, y in ((b.data.x, b.data.y), (b.data.x_val, b.data.y_val))
+        ]
+    assert [metrics["acc"], metrics["val_acc"]] == pytest.approx(right, rel=1e-6)
+    assert scalars(tmp_path / "run", "acc/val")[-1] == (
+        metrics["steps"] - 1,
+        pytest.approx(right[1]),
+    )
+
+
 def train_mode(b):
     b.model.train()
     with torch.no_grad():

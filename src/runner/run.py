@@ -85,7 +85,7 @@ def run(
                 state, post = train(b, state, watching, save, stop), {}
             dashboard.add_model_graph(b, b.logger)  # the Graphs dashboard
             metrics = summarise(state, b, time.perf_counter() - started) | post | resumed | checked
-            latest = scalars.latest  # at the last step, always a log step
+            latest = scalars.latest  # at the last step: a log step, or `Scalars.end`'s
             metrics |= {key: latest[tag] for tag, key in ACCURACIES.items() if tag in latest}
             if graph.first and leader:
                 (run_dir / "graph.txt").write_text(

@@ -13,6 +13,7 @@ from runner.build import Built
 from runner.build.models import evaluating
 from runner.log.tensorboard import Logger
 from runner.observe import Look, Observer
+from runner.train.state import State
 
 TINY = 1e-12  # keeps the update ratio finite for a parameter that is exactly zero
 
@@ -43,6 +44,7 @@ class Scalars(Observer):
             if b.data is not None and b.data.x_val is not None:
                 self.keys.append("acc/val")
         self.latest: dict[str, float] = {}
+        self.step = -1  # the last step logged
 
     @torch.no_grad()
     def log(self, look: Look) -> None:
@@ -55,16 +57,33 @@ class Scalars(Observer):
         updates = torch.stack([torch.dist(p, old) for p, old in zip(self.params, look.before)])
         parts = [torch.stack(row), updates / torch.stack(param_norms).clamp_min(TINY)]  # ratios
         if self.accuracy is not None:
-            data, forward = self.b.data, self.b.forward
-            with evaluating(self.b.model):
-                accuracies = [self.accuracy(forward(data.x), data.y)]
-                if data.x_val is not None:
-                    accuracies.append(self.accuracy(forward(data.x_val), data.y_val))
-            parts.append(torch.stack(accuracies))
+            parts.append(self.accuracies())
         values = torch.cat(parts).tolist()  # note: the host sync
         lr = float(self.b.optimizer.param_groups[0]["lr"])
         self.latest = dict(zip(self.keys, values)) | {"lr": lr}
         self.logger.scalars(look.step, self.latest)
+        self.step = look.step
+
+    def end(self, state: State) -> None:
+        """A run stopped after a step that was no log step (an early stop, a signal): the
+        accuracies of the parameters it ends with, for metrics.json and HParams."""
+        if self.accuracy is None or state.step - 1 in (self.step, -1):
+            return
+        tags = [key for key in self.keys if key.startswith("acc/")]
+        final = dict(zip(tags, self.accuracies().tolist()))
+        self.latest |= final
+        self.logger.scalars(state.step - 1, final)
+
+    @torch.no_grad()
+    def accuracies(self) -> torch.Tensor:
+        """On the training points, and on the held-out ones with a split."""
+        assert self.accuracy is not None and self.b.data is not None and self.b.forward
+        data, forward = self.b.data, self.b.forward
+        with evaluating(self.b.model):
+            accuracies = [self.accuracy(forward(data.x), data.y)]
+            if data.x_val is not None:
+                accuracies.append(self.accuracy(forward(data.x_val), data.y_val))
+        return torch.stack(accuracies)
 
 
 def one_number(t: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
