@@ -194,4 +194,11 @@ def test_deep_chain_is_walked_iteratively():
     assert len(grad_fn_names(x)) == 5001
     assert graph_chain(x, {"x0": x0}).count(" → ") == 5000
     assert graph_tree(x).endswith("... (4801 more nodes)")
+    a, h = torch.tensor(0.5, requires_grad=True), torch.tensor(1.0)
+    for _ in range(1000):  # an unrolled recurrence: `a` reached from every step
+        h = h * 0.9 + a * 0.1
+    total = int(graph_stats(h)["graph/nodes"])  # 3 a step but the first's 2, and `a`'s leaf
+    tree = graph_tree(h).splitlines()
+    shown = sum(1 for line in tree[:-1] if "(see above)" not in line)
+    assert total == 3000 and tree[-1] == f"... ({total - shown} more nodes)"
     assert graph_dot(x).count("->") == 5000

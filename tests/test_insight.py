@@ -12,6 +12,7 @@ from conftest import ROOT, cli, compose_config, event_accumulator, read_metrics,
 
 from runner.build import build
 from runner.build import data as datasets
+from runner.config.check import ConfigError
 from runner.observe import draw, gradcheck
 from runner.observe.gradcheck import GradCheckError, check_grads, sample_elements
 from runner.run import run
@@ -135,7 +136,31 @@ def test_check_grads_failure_exits_with_one_clear_message(tmp_path):
     assert out.returncode != 0
     assert "autograd and finite differences disagree" in out.stderr
     assert "d loss / d w" in out.stderr
+    assert "graph (WrongMulBackward, a torch.autograd.Function) is the likely cause" in out.stderr
     assert "Traceback" not in out.stderr + out.stdout
+
+
+class Float32Inside(torch.nn.Module):
+    """A line that computes in float32 whatever its parameters are: trains, cannot be checked."""
+
+    def __init__(self, hidden=(), activation="tanh", in_features=1, out_features=1) -> None:
+        super().__init__()
+        self.line = torch.nn.Linear(1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.line(x.float().unsqueeze(-1)).squeeze(-1)
+
+
+def test_check_grads_without_a_custom_backward_blames_no_custom_backward(tmp_path):
+    """At relu's kink the central difference is 1.5 and autograd's 1 is right: the message
+    must not send the user after a custom backward that does not exist; a model that fixes
+    its own dtype cannot run in float64 and gets one line."""
+    kink = compose_config("experiment=derivative", 'loss.formula="relu(x - 3) + x"')
+    with pytest.raises(GradCheckError, match="No custom backward is in the graph"):
+        check_grads(build(kink, None))
+    own_dtype = compose_config("experiment=sine_mlp", "model._target_=test_insight.Float32Inside")
+    with pytest.raises(ConfigError, match="runs float64 copies of the model, which failed"):
+        check_grads(build(own_dtype, None))
 
 
 def test_sample_elements_caps_big_models():

@@ -11,10 +11,12 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.autograd.function import BackwardCFunction
 
 from runner.build import Built, named_parameters
 from runner.build.models import forward_fn
 from runner.config.check import ConfigError
+from runner.observe.graph import nodes
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +36,17 @@ def check_grads(b: Built) -> dict[str, Any]:
     objective = float64_objective(b)
     params = named_parameters(objective.model, objective.loss_fn)  # by the names users know
     picks = sample_elements(params, MAX_ELEMENTS)
+    try:
+        loss = objective()
+    except RuntimeError as e:  # `x.float()` meeting float64 weights, say
+        raise ConfigError(
+            f"trainer.check_grads=true runs float64 copies of the model, which failed there "
+            f"({' '.join(str(e).split())[:160]}): a model that sets its own dtype cannot be "
+            "checked; set trainer.check_grads=false"
+        ) from e
+    custom = sorted({type(n).__name__ for n in nodes(loss) if isinstance(n, BackwardCFunction)})
     # materialized: a parameter the loss does not use has derivative 0, not None
-    grads = torch.autograd.grad(objective(), list(params.values()), materialize_grads=True)
+    grads = torch.autograd.grad(loss, list(params.values()), materialize_grads=True)
     by_name = dict(zip(params, grads))
     # note: the check's host syncs, once for each side
     a = torch.stack([by_name[name].reshape(-1)[i] for name, i in picks]).cpu()
@@ -58,8 +69,16 @@ def check_grads(b: Built) -> dict[str, Any]:
             f"{where} is {a[worst].item():.6g} by autograd but {n[worst].item():.6g} by central "
             f"differences (largest absolute error {result['max_abs_error']:.3g}, relative "
             f"{result['max_rel_error']:.3g}; allowed |autograd - numeric| <= {ATOL:g} + "
-            f"{RTOL:g} * |numeric|). A custom backward (a torch.autograd.Function in the model "
-            "or loss) is the usual cause; set trainer.check_grads=false to train anyway"
+            f"{RTOL:g} * |numeric|). "
+            + (
+                f"The custom backward in the graph ({', '.join(custom)}, a "
+                "torch.autograd.Function) is the likely cause"
+                if custom
+                else "No custom backward is in the graph, so the differences may be the ones "
+                "wrong: at a kink (relu, abs, max at the point) or through a step the model "
+                "computes in float32 (a float32 tensor it makes, a .float())"
+            )
+            + "; set trainer.check_grads=false to train anyway"
         )
     log.info(
         f"Gradient check passed: {len(picks)} of {of_elements} elements, largest "

@@ -44,7 +44,7 @@ def _label(node: Node, names: Names, form: str = "{op} ({param})") -> str:
     return _name(node) if param is None else form.format(op=_name(node), param=param)
 
 
-def _preorder(root: Root) -> list[Node]:
+def nodes(root: Root) -> list[Node]:
     """Each node once, in the order a recursive DFS would first reach it."""
     start = _node(root)
     seen: dict[Node, None] = {}  # ordered as first reached: the preorder itself
@@ -58,7 +58,7 @@ def _preorder(root: Root) -> list[Node]:
 
 
 def grad_fn_names(root: Root) -> list[str]:
-    return [_name(node) for node in _preorder(root)]
+    return [_name(node) for node in nodes(root)]
 
 
 def graph_stats(root: Root) -> dict[str, float]:
@@ -122,7 +122,6 @@ def graph_tree(root: Root, names: Names = None, *, max_lines: int = 200) -> str:
     start = _node(root)
     if start is None:
         return NO_GRAPH
-    total = 1 + sum(len(_children(node)) for node in _preorder(start))
     lines: list[str] = []
     seen: set[Node] = set()
     stack = [(start, "", "")]  # (node, text before the label, indent for its children)
@@ -135,23 +134,23 @@ def graph_tree(root: Root, names: Names = None, *, max_lines: int = 200) -> str:
         for i, child in reversed(list(enumerate(children))):
             branch, below = ("└── ", "    ") if i == len(children) - 1 else ("├── ", "│   ")
             stack.append((child, indent + branch, indent + below))
-    if total > len(lines):
-        lines.append(f"... ({total - len(lines)} more nodes)")
+    if stack:  # cut short: the nodes no line has shown yet
+        lines.append(f"... ({len(nodes(start)) - len(seen)} more nodes)")
     return "\n".join(lines)
 
 
 def graph_dot(root: Root, names: Names = None) -> str:
     """Graphviz source: one node per autograd node, edges from the loss towards the leaves."""
-    nodes = _preorder(root)
-    ids = {node: f"n{i}" for i, node in enumerate(nodes)}
+    every = nodes(root)
+    ids = {node: f"n{i}" for i, node in enumerate(every)}
     lines = ["digraph autograd {", "  node [shape=box];"]
-    for node in nodes:
+    for node in every:
         # JSON's string escapes (backslash, quote, newline) are DOT's too
         label = json.dumps(_label(node, names, "{param}\n({op})"), ensure_ascii=False)
         shape = ", shape=ellipse" if _name(node) == LEAF else ""
         lines.append(f"  {ids[node]} [label={label}{shape}];")
     # one edge per non-None input, repeats kept: h + h really feeds h twice
-    lines += [f"  {ids[node]} -> {ids[child]};" for node in nodes for child in _children(node)]
+    lines += [f"  {ids[node]} -> {ids[child]};" for node in every for child in _children(node)]
     lines.append("}")
     return "\n".join(lines) + "\n"
 
