@@ -119,6 +119,35 @@ def test_a_vector_objective_is_reduced_as_the_config_says(run_experiment, reduct
     assert metrics["grad_fn"][f"{reduction}(x**3)"] == f"{reduction.capitalize()}Backward0"
 
 
+def test_a_reduction_of_a_scalar_objective_is_in_its_graph_as_printed(run_experiment):
+    """`mean(sum(x**3))` is printed, so the graph's root is mean's node, as in plain torch."""
+    metrics, _ = run_experiment("experiment=vector_grad", "loss.reduction=mean")
+    plain = torch.ones(3, requires_grad=True).sum().mean().grad_fn
+    assert metrics["grad_fn"]["mean(sum(x**3))"] == type(plain).__name__
+    assert metrics["final_loss"] == 36.0
+
+
+@pytest.mark.parametrize(
+    ("overrides", "lines"),
+    [
+        (  # an objective over x and y: the result is f, so df/dy is plainly the gradient
+            ["experiment=derivative", 'loss.formula="(x - 1)**2 + (y - 2)**2"'],
+            ["f = (x - 1)**2 + (y - 2)**2 = 8.0", "y.grad_fn = None", "df/dy = -4.0"],
+        ),
+        (  # a model parameter named loss: the loss is L, and the parameter keeps its grad_fn
+            ["experiment=linear_fit", 'model.formula="loss * x + b"', "trainer.epochs=0"],
+            ["loss.grad_fn = None", "L.grad_fn = MeanBackward0"],
+        ),
+    ],
+)
+def test_a_parameter_named_as_the_result_leaves_the_result_another_name(
+    run_experiment, info_logs, overrides, lines
+):
+    metrics, _ = run_experiment(*overrides)
+    assert in_order(lines, printed(info_logs))
+    assert not any(line.startswith(("dy/dy", "dloss/dloss")) for line in printed(info_logs))
+
+
 def test_a_vector_objective_without_a_reduction_stops_before_training(run_experiment, tmp_path):
     with pytest.raises(ConfigError, match=r"shape \(3,\).*loss\.reduction=sum"):
         run_experiment("experiment=vector_grad", "loss.formula=x**3")

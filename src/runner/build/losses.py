@@ -76,12 +76,12 @@ class Expression(nn.Module):
         except FormulaError as e:
             raise ConfigError(f"loss.formula: {e}") from e
         out = torch.as_tensor(out)
-        if out.dim() > 0:
-            if self.reduction is None:
-                raise ConfigError(
-                    f"loss.formula={self.formula.source!r} gives a tensor of shape "
-                    f"{tuple(out.shape)}, and .backward() needs a scalar; set "
-                    "loss.reduction=sum or loss.reduction=mean, or wrap it in sum(...) or mean(...)"
-                )
+        if self.reduction is None and out.dim() > 0:
+            raise ConfigError(
+                f"loss.formula={self.formula.source!r} gives a tensor of shape "
+                f"{tuple(out.shape)}, and .backward() needs a scalar; set "
+                "loss.reduction=sum or loss.reduction=mean, or wrap it in sum(...) or mean(...)"
+            )
+        if self.reduction is not None:  # also of a scalar, as its printout and graph say
             out = out.sum() if self.reduction == "sum" else out.mean()
         return out

@@ -38,8 +38,15 @@ def grad_fns(
                 pieces[formula] = _name(loss)
             return pieces
     out: dict[str, str | None] = {name: _name(p) for name, p in params.items()}
-    out.setdefault("loss", _name(loss))
+    out[result_name(loss_fn, params)] = _name(loss)
     return out
+
+
+def result_name(loss_fn: Any, params: Mapping[str, Any]) -> str:
+    """What the printout calls the pass's result: `y` for an objective formula, as the post
+    does, `loss` for a loss over data; another letter where a parameter has that name."""
+    names = ("loss", "L", "J") if _objective(loss_fn) is None else ("y", "f", "z")
+    return next((n for n in names if n not in params), "result")
 
 
 def formula_grad_fns(source: str, env: Mapping[str, torch.Tensor]) -> dict[str, str | None] | None:
@@ -85,10 +92,10 @@ def lines(
     """The terminal's account of the pass: parameters, value, grad_fns, graph, gradients. An
     objective formula is `y` with gradients `dy/dx`, as in the post; a loss over data `loss`."""
     formula = _objective(loss_fn)
-    y = "loss" if formula is None else "y"
+    y = result_name(loss_fn, params)
     out = [f"{name} = {shown(p)}" for name, p in params.items()]
     result = "n/a" if value is None else number(value)
-    out.append(f"{y} = {result}" if formula is None else f"y = {formula} = {result}")
+    out.append(f"{y} = {result}" if formula is None else f"{y} = {formula} = {result}")
     last = list(pieces)[-1] if pieces else None
     for piece, fn in pieces.items():
         label = y if piece == last else piece
