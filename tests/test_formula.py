@@ -102,8 +102,13 @@ def test_numbers_stay_python_numbers():
 
 
 def test_functions_accept_plain_numbers():
-    assert torch.allclose(parse("sin(pi / 2)")({}), torch.tensor(1.0))
+    """A function of a constant is a number, in Python's float64 precision (float32 would
+    make log(1e-50) -inf, and sin(1) differ from math.sin(1) by 3e-8)."""
+    assert parse("sin(pi / 2)")({}) == 1.0
     assert parse("relu(w)")({"w": -2.0}) == 0.0
+    assert parse("log(1e-50)")({}) == pytest.approx(math.log(1e-50), rel=1e-12)
+    x = torch.tensor(math.sin(1), dtype=torch.float64)
+    assert parse("x - sin(1)")({"x": x}).item() == pytest.approx(0.0, abs=1e-15)
 
 
 def test_evaluation_errors_name_the_formula():
@@ -178,6 +183,8 @@ def test_leading_whitespace_is_fine_and_columns_count_it():
         ("{}", "dict '{}'"),
         ("sin + 1", "function 'sin' used as a value"),
         ("pi(x)", "'pi' is a constant"),
+        ("w * x + nan", "'nan' is no constant here (only pi, e)"),
+        ("x**2 + Inf", "'Inf' is no constant here"),
         ("True", "boolean 'True'"),
         ("1j", "complex number '1j'"),
         ("", "empty"),

@@ -19,6 +19,7 @@ from conftest import CONFIGS, cli, event_accumulator, read_metrics, scalars
 import runner.log.tensorboard
 from runner.config.check import ConfigError
 from runner.observe.scalars import Scalars
+from runner.observe.walkthrough import formula_grad_fns
 
 # the post's numbers, section by section
 DERIVATIVE_LINES = ["x = 3.0", "y = x**2 + 2*x + 1 = 16.0", "dy/dx = 8.0"]
@@ -117,6 +118,17 @@ def test_a_vector_objective_is_reduced_as_the_config_says(run_experiment, reduct
     )
     assert metrics["final_loss"] == y and metrics["grads"] == {"x": grads}
     assert metrics["grad_fn"][f"{reduction}(x**3)"] == f"{reduction.capitalize()}Backward0"
+
+
+@pytest.mark.parametrize("source", ["(x**2    # the square\n + 2*x + 1)", "x**2 + \\\n2*x + 1"])
+def test_a_formula_over_several_lines_shows_each_pieces_own_grad_fn(source):
+    """A YAML block formula with a comment or a backslash: each piece is evaluated as its own
+    tree, not as its text joined onto one line (where `#` would swallow the rest)."""
+    x = torch.tensor(3.0, requires_grad=True)
+    pieces = formula_grad_fns(source, {"x": x})
+    one_line = formula_grad_fns("x**2 + 2*x + 1", {"x": x})
+    assert list(pieces.values()) == list(one_line.values())
+    assert list(pieces.values())[-1] == (x**2 + 2 * x + 1).grad_fn.name()
 
 
 def test_a_reduction_of_a_scalar_objective_is_in_its_graph_as_printed(run_experiment):

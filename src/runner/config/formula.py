@@ -132,6 +132,8 @@ def _compile(node: ast.expr, source: str, names: set[str], depth: int = 0) -> Co
             return lambda env: constant
         case ast.Name(id=name) if name in FUNCTIONS:
             raise _refused(source, f"function '{name}' used as a value; call it: {name}(...)")
+        case ast.Name(id=name) if name.lower() in ("nan", "inf"):  # would be a parameter
+            raise _refused(source, f"'{name}' is no constant here (only {', '.join(CONSTANTS)})")
         case ast.Name(id=name) if name.startswith("_"):
             raise _refused(source, f"name '{name}' is not allowed (no names starting with '_')")
         case ast.Name(id=name):
@@ -168,9 +170,8 @@ def _compile_call(node: ast.Call, source: str, sub: Callable[[ast.expr], Compile
 
     def call(env: Env) -> Value:
         value = arg(env)
-        # torch functions want tensors; `sin(pi)` or a float parameter gives a plain number
-        if not isinstance(value, torch.Tensor):
-            value = torch.tensor(float(value))
+        if not isinstance(value, torch.Tensor):  # `sin(1)`: a number, in float64 as Python's
+            return function(torch.tensor(float(value), dtype=torch.float64)).item()
         return function(value)
 
     return call

@@ -61,10 +61,12 @@ def formula_grad_fns(source: str, env: Mapping[str, torch.Tensor]) -> dict[str, 
     for node in _postorder(tree):
         if isinstance(node, ast.Constant) or (isinstance(node, ast.Name) and node.id in FUNCTIONS):
             continue
-        piece = " ".join((ast.get_source_segment(text, node) or ast.unparse(node)).split())
+        # as typed; over several lines (a comment, a `\`) as Python writes it on one
+        piece = ast.get_source_segment(text, node) or ""
+        piece = " ".join(piece.split()) if piece and "\n" not in piece else ast.unparse(node)
         if piece in out:
             continue
-        value = parse(piece)(env)
+        value = parse(ast.unparse(node))(env)
         if isinstance(value, torch.Tensor) and value.requires_grad:
             out[piece] = _name(value)
     return out
