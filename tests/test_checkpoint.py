@@ -252,6 +252,14 @@ def test_sigterm_stops_after_the_step_checkpoints_and_exits_143(tmp_path, refere
     assert_curves_continue(stopped, tmp_path / "resumed", reference[1], at)
 
 
+class RunsACommand:
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
 def test_corrupt_truncated_or_foreign_checkpoints_are_config_errors(tmp_path):
     good = tmp_path / "good"
     run_in(good, "trainer.epochs=2", "trainer.checkpoint_every=1", "logger=none")
@@ -264,6 +272,26 @@ def test_corrupt_truncated_or_foreign_checkpoints_are_config_errors(tmp_path):
             run_in(tmp_path / f"resume_{name}", f"trainer.resume={path}", "logger=none")
     with pytest.raises(ConfigError, match="does not fit this experiment"):
         run_in(tmp_path / "foreign", "model=linear", f"trainer.resume={good}", "logger=none")
+    # a pickle that would run a command: refused unrun, the message naming what was refused
+    sentinel = tmp_path / "ran"
+    torch.save({"format": 2, "x": RunsACommand(f"touch {sentinel}")}, tmp_path / "evil.pt")
+    with pytest.raises(ConfigError, match=r"unsupported GLOBAL \w+\.system"):
+        run_in(tmp_path / "resume_evil", f"trainer.resume={tmp_path / 'evil.pt'}")
+    assert not sentinel.exists()
+    # loadable with weights_only, wrong inside: one line each, and no 40 GB gradient copied
+    edits = {
+        "hparams": lambda c: c.update(hparams=["a"]),
+        "state": lambda c: c.update(state="foo"),
+        "rng": lambda c: c["state"].update(rng={}),
+        "epoch": lambda c: c["state"].update(epoch="2"),
+        "grad": lambda c: c["grads"].update(w=torch.tensor(1.0).expand(100_000, 100_000)),
+    }
+    for name, edit in edits.items():
+        crafted = torch.load(good / LAST, weights_only=True)
+        edit(crafted)
+        torch.save(crafted, tmp_path / f"{name}.pt")
+        with pytest.raises(ConfigError, match="does not fit this experiment"):
+            run_in(tmp_path / f"crafted_{name}", f"trainer.resume={tmp_path / name}.pt")
 
 
 def test_a_resume_refuses_another_optimizer_and_mid_epoch_another_batch_size(tmp_path, monkeypatch):

@@ -103,30 +103,36 @@ def load(path: Path, b: Built) -> State:
         ) from e
     if not isinstance(state, dict) or "format" not in state:
         raise ConfigError(f"trainer.resume: {path} is not a runner checkpoint")
-    if state["format"] != FORMAT:
+    if not isinstance(state["format"], int) or state["format"] != FORMAT:
         raise ConfigError(
-            f"trainer.resume: {path} is a runner checkpoint of format {state['format']}, and "
+            f"trainer.resume: {path} is a runner checkpoint of format {state['format']!r}, and "
             f"this version of runner reads format {FORMAT}; resume with the version that wrote it"
         )
-    saved = state.get("hparams") or {}
-    refuse_changes(saved, b.hparams, state.get("state"))
     try:
+        saved = state.get("hparams") or {}
+        refuse_changes(saved, b.hparams, state.get("state"))
         for name, module in _modules(b).items():
             module.load_state_dict(state["modules"][name])
         for name, p in b.params.items():
             grad = state["grads"].get(name)
+            if grad is not None and grad.shape != p.shape:  # before a copy of what it claims
+                raise ValueError(f"the gradient of {name} has shape {tuple(grad.shape)}")
             p.grad = None if grad is None else grad.to(p.device, p.dtype).clone()
         b.optimizer.load_state_dict(state["optimizer"])
         b.scheduler.load_state_dict(state["scheduler"])
         if b.scaler is not None and state.get("scaler"):
             b.scaler.load_state_dict(state["scaler"])
         run = State.from_dict(state["state"], b.device)
-    except (KeyError, RuntimeError, ValueError, TypeError) as e:
+        _set_rng_state(run.rng, b.device)
+        if not all(isinstance(v, int) for v in (run.step, run.epoch, run.position)):
+            raise TypeError("its step, epoch and position are not all integers")
+    except ConfigError:
+        raise
+    except (KeyError, RuntimeError, ValueError, TypeError, AttributeError, IndexError) as e:
         raise ConfigError(
             f"trainer.resume: {path} does not fit this experiment ({_reason(e)}); resume with the "
             "experiment and model the checkpoint was written with"
         ) from e
-    _set_rng_state(run.rng, b.device)
     # what stopped the run before is over
     run.status, run.signal, run.early_stopped_epoch = "running", None, None
     log.info(f"Resuming from {path} at step {run.step} (epoch {run.epoch})")
@@ -176,8 +182,13 @@ def refuse_changes(saved: Mapping[str, Any], now: Mapping[str, Any], run: Any) -
 
 
 def _reason(e: BaseException, limit: int = 160) -> str:
-    """An exception's message on one short line, with its kind (and no terminal colours)."""
-    text = re.sub(r"\x1b\[[0-9;]*m", "", " ".join(str(e).split()))
+    """An exception's message on one short line, with its kind (and no terminal colours); of
+    torch's weights-only refusal, the part that names what it refused, not its preamble."""
+    text = str(e)
+    if text.startswith("Weights only load failed"):
+        told = [p for p in text.split("\n\n")[1:] if p.strip() and "documentation" not in p]
+        text = told[0] if told else text
+    text = re.sub(r"\x1b\[[0-9;]*m", "", " ".join(text.split()))
     text = f"{type(e).__name__}: {text}" if text else type(e).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
