@@ -117,7 +117,11 @@ def _describe(source: str, node: ast.AST) -> str:
 def _compile(node: ast.expr, source: str, names: set[str], depth: int = 0) -> Compiled:
     """Check one node against the whitelist and return a closure that evaluates it."""
     if depth > MAX_DEPTH:
-        raise _error(source, f"nested too deeply: more than {MAX_DEPTH} levels")
+        raise _error(
+            source,
+            f"nested too deeply: more than {MAX_DEPTH} levels (each + or * of a long sum or "
+            "product is one, as Python reads it; sum(...) over a tensor parameter is one call)",
+        )
 
     def sub(child: ast.expr) -> Compiled:
         return _compile(child, source, names, depth + 1)
@@ -197,7 +201,7 @@ def _parse_tree(source: object) -> ast.expr:
             where = f" at line {exc.lineno}, column {exc.offset}"
         raise _error(source, f"syntax error{where} ({exc.msg})") from None
     except (RecursionError, MemoryError):
-        raise _error(source, "nested too deeply for Python's parser") from None
+        raise _error(source, "nested too deeply for Python's parser (a long sum counts each +)") from None
     except ValueError as exc:  # lone surrogates, which cannot be encoded
         raise _error(source, f"cannot be parsed ({exc})") from None
 
