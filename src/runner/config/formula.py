@@ -201,7 +201,8 @@ def _parse_tree(source: object) -> ast.expr:
             where = f" at line {exc.lineno}, column {exc.offset}"
         raise _error(source, f"syntax error{where} ({exc.msg})") from None
     except (RecursionError, MemoryError):
-        raise _error(source, "nested too deeply for Python's parser (a long sum counts each +)") from None
+        deep = "nested too deeply for Python's parser (a long sum counts each +)"
+        raise _error(source, deep) from None
     except ValueError as exc:  # lone surrogates, which cannot be encoded
         raise _error(source, f"cannot be parsed ({exc})") from None
 
