@@ -873,3 +873,19 @@ def test_an_import_that_fails_inside_the_users_module_names_its_cause(tmp_path, 
     )
     with pytest.raises(ConfigError, match="cannot be imported; check the module path"):
         locate("model", "mine_pkg.absent.Net")  # the path itself is wrong
+
+
+@pytest.mark.parametrize(
+    "formula", ['model.formula="x.__class__"', 'loss.formula="mean((pred - y)**2) + nan"']
+)
+def test_a_formula_is_refused_before_any_data_is_made(formula, monkeypatch):
+    """A typo in a formula costs nothing on a big dataset: the data is never drawn."""
+    from runner.build import build, data
+
+    def drawn(*args, **kwargs):
+        raise AssertionError("the data was made before the formula was read")
+
+    monkeypatch.setattr(data, "synthetic", drawn)
+    extra = ["loss=expression"] if formula.startswith("loss") else []
+    with pytest.raises(ConfigError, match=r"formula: formula '.*' is not allowed|no constant"):
+        build(compose_config("experiment=linear_fit", *extra, formula), None)

@@ -192,6 +192,11 @@ def build(cfg: DictConfig, run_dir: Path | None) -> Built:
     device = resolve_device(trainer.device)
     dtype = getattr(torch, trainer.dtype)  # float32 or float64, as checked
 
+    for group, kind in (("model", models.Expression), ("loss", losses.Expression)):
+        option = opts[group] or {}  # a formula is refused before any data is made
+        if option.get("_target_") == f"{kind.__module__}.{kind.__name__}" and "formula" in option:
+            models.parse_formula(group, option["formula"])
+
     # seeded first: the dataset draws its noise right after
     random.seed(plain["seed"])
     np.random.seed(plain["seed"])
