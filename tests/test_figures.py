@@ -14,12 +14,13 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import compose_config
+from conftest import compose_config, event_accumulator
 
 from runner.build import Built, build
 from runner.log.tensorboard import Null
 from runner.observe import Look, dashboard, draw, figures
 from runner.observe.figures import Figures
+from runner.run import run
 from runner.train.state import State
 
 GRID = np.linspace(0.0, 1.0, 200)
@@ -227,6 +228,18 @@ def test_a_run_stopped_at_an_epoch_end_gets_end_not_that_epoch(tmp_path, quick_d
         (2, "end"),
     ]
     assert logger.steps("figure/fit") == [0, 0, 1, 2]
+
+
+def test_a_diverged_run_says_so_on_its_fit_and_draws_no_landscape(tmp_path, monkeypatch):
+    """lr=100 overflows: the end's curve is off any scale (its title says why it is missing),
+    and a landscape of overflowing losses would be a white square, so there is none."""
+    whens: list[str] = []
+    real = draw.fit_images
+    monkeypatch.setattr(draw, "fit_images", lambda **a: whens.extend(a["whens"]) or real(**a))
+    metrics = run(compose_config("experiment=linear_fit", "optimizer.lr=100"), tmp_path / "run")
+    assert metrics["status"] == "diverged" and whens == ["start", "end (diverged)"]
+    tags = event_accumulator(tmp_path / "run").Tags()["images"]
+    assert "figure/fit" in tags and "figure/landscape" not in tags
 
 
 def test_without_matplotlib_one_line_and_no_figures(tmp_path, monkeypatch, caplog):

@@ -36,9 +36,9 @@ def fit_images(
     (line,) = ax.plot(grid, curves[0], color="black", lw=2, label="model", animated=True)
     data_y = y if y_val is None else np.concatenate([y, y_val])
     ax.set(xlabel="x", ylabel="y", ylim=_limits(data_y, curves))
-    ax.set_title("data and fitted curve", loc="left")
     when = ax.set_title("", loc="right", animated=True)
-    ax.legend(loc="upper left")  # "best" would test every data point for overlap
+    # above the axes, where no point or curve can be: "best" would test every point
+    ax.legend(loc="lower left", bbox_to_anchor=(0, 1), ncol=3, frameon=False, borderaxespad=0)
     canvas = figure.canvas
     canvas.draw()
     background = canvas.copy_from_bbox(figure.bbox)

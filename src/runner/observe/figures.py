@@ -63,11 +63,13 @@ class Figures(Observer):
         last = max(state.step - 1, 0)
         if self.curves and self.curves[-1][0] == last and self.curves[-1][1] != "start":
             self.curves.pop()  # a run that stopped early, at an epoch's end: "end" says more
-        self._curve(last, "end")
+        self._curve(last, "end (diverged)" if state.status == "diverged" else "end")
         if self.path_step != state.step - 1:  # the last step was not a log step
             self._path_point()
         drawings = {"fit": self._draw_fit} if self.grid is not None else {}
-        if self.landscape:
+        if self.landscape and state.status == "diverged":  # a surface of overflows
+            log.info("no loss landscape: the run diverged")
+        elif self.landscape:
             drawings["landscape"] = lambda: self._draw_landscape(last)
         for name, draw_it in drawings.items():
             try:
