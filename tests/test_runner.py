@@ -517,6 +517,24 @@ def test_compile_runs_the_model_through_torch_compile(run_experiment):
     assert fast["steps"] == eager["steps"]
 
 
+def test_a_failed_compile_is_one_line(monkeypatch):
+    """Dynamo's errors run to dozens of lines (the user code, the frames, the hints): the
+    message keeps their first line, and says how to run without compiling."""
+
+    def compile_that_fails(forward, backend):
+        def fails(x):
+            raise RuntimeError("maximum recursion depth exceeded\n\nfrom user code:\n  File ...")
+
+        return fails
+
+    monkeypatch.setattr(torch, "compile", compile_that_fails)
+    cfg = compose_config("experiment=sine_mlp", "trainer.compile=aot_eager", "logger=none")
+    with pytest.raises(ConfigError) as error:
+        build(cfg, None)
+    assert "\n" not in str(error.value) and "from user code" not in str(error.value)
+    assert "(maximum recursion depth exceeded); set trainer.compile=false" in str(error.value)
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_compile_with_inductor_on_cuda(run_experiment):

@@ -326,7 +326,11 @@ def compiled(
     try:
         fast(data.x[: trainer.batch_size])  # None: the whole batch; in training mode, as steps
     except Exception as e:
-        raise ConfigError(f"trainer.compile={backend!r}: torch.compile failed: {e}") from e
+        first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        raise ConfigError(
+            f"trainer.compile={backend!r}: torch.compile failed ({first.strip()[:200]}); "
+            "set trainer.compile=false to run the model as it is"
+        ) from e
     with torch.no_grad():  # batch norm's statistics as they were: the batch is not seen twice
         for t, saved in zip(model.buffers() if model is not None else [], buffers):
             t.copy_(saved)
