@@ -148,6 +148,22 @@ def test_a_resumed_runs_hparams_row_shows_the_learning_rate_it_trained_with(tmp_
     )
 
 
+def test_a_resume_with_nothing_left_and_one_with_added_settings_show_what_ran(tmp_path):
+    """Resumed with nothing left to train, the run logs no step again; resumed with a setting
+    the checkpoint lacked (+optimizer.amsgrad=true), its HParams row shows what the restored
+    optimizer holds (False), not the command line."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    args = ["experiment=mlp_classify", "trainer.epochs=2", "trainer.log_every_n_steps=3"]
+    run(compose_config(*args, "trainer.checkpoint_every=4"), first)
+    again = [*args, "trainer.resume=auto"]
+    run(compose_config(*again), first, again)
+    steps = [step for step, _ in scalars(first, "acc/train")]
+    assert steps == sorted(set(steps)) and steps[-1] == 7  # 8 steps, each logged once
+    added = ["+optimizer.amsgrad=true", "trainer.epochs=3", f"trainer.resume={first}"]
+    run(compose_config(*args[:1], *added), second, added)
+    assert session_hparams(second)["optimizer.amsgrad"] == "false"
+
+
 def test_a_resumed_run_checkpoints_as_the_run_it_resumed(tmp_path, reference):
     """Resumed in place twice without trainer.checkpoint_every, a run keeps the checkpoint's
     cadence, so the second resume starts where the first resumed run ended, not before it."""

@@ -201,4 +201,9 @@ def test_deep_chain_is_walked_iteratively():
     tree = graph_tree(h).splitlines()
     shown = sum(1 for line in tree[:-1] if "(see above)" not in line)
     assert total == 3000 and tree[-1] == f"... ({total - shown} more nodes)"
+    leaf = torch.tensor(1.0, requires_grad=True)
+    sums = sum([leaf] * 150)  # 149 adds in a chain, each with x beside it: repeats past line 200
+    full = graph_tree(sums, max_lines=10**6).splitlines()
+    cut = graph_tree(sums).splitlines()
+    assert cut[-1] == f"... ({len(full) - 200} more lines, of nodes shown above)"
     assert graph_dot(x).count("->") == 5000

@@ -458,6 +458,8 @@ def test_micro_batches_update_as_one_batch_of_their_points(run_experiment):
     assert [v for _, v in scalars(two_dir, "loss/train")] == pytest.approx(losses, rel=1e-5)
     for key in ("final_loss", "best_loss", "val_loss"):
         assert two[key] == pytest.approx(one[key], rel=1e-5), key
+    nodes = {value for _, value in scalars(two_dir, "graph/nodes")}  # the weight's Mul in all
+    assert nodes == {max(v for _, v in scalars(one_dir, "graph/nodes")) + 1}
 
 
 @pytest.mark.parametrize("accumulate", [1, 2])
@@ -517,13 +519,26 @@ def test_compile_runs_the_model_through_torch_compile(run_experiment):
     assert fast["steps"] == eager["steps"]
 
 
-def test_a_failed_compile_is_one_line(monkeypatch):
+@pytest.mark.parametrize(
+    ("raised", "shown"),
+    [
+        (
+            "maximum recursion depth exceeded\n\nfrom user code:\n  File ...",
+            "maximum recursion depth exceeded",
+        ),
+        (  # a backend that failed: Dynamo's first line says so, its second says why
+            "backend='openxla' raised:\nImportError: install torch_xla\n\nfrom user code:",
+            "backend='openxla' raised: ImportError: install torch_xla",
+        ),
+    ],
+)
+def test_a_failed_compile_is_one_line(monkeypatch, raised, shown):
     """Dynamo's errors run to dozens of lines (the user code, the frames, the hints): the
-    message keeps their first line, and says how to run without compiling."""
+    message keeps what says why, and how to run without compiling."""
 
     def compile_that_fails(forward, backend):
         def fails(x):
-            raise RuntimeError("maximum recursion depth exceeded\n\nfrom user code:\n  File ...")
+            raise RuntimeError(raised)
 
         return fails
 
@@ -532,7 +547,7 @@ def test_a_failed_compile_is_one_line(monkeypatch):
     with pytest.raises(ConfigError) as error:
         build(cfg, None)
     assert "\n" not in str(error.value) and "from user code" not in str(error.value)
-    assert "(maximum recursion depth exceeded); set trainer.compile=false" in str(error.value)
+    assert f"({shown}); set trainer.compile=false" in str(error.value)
 
 
 @pytest.mark.cuda

@@ -122,7 +122,7 @@ def observers(b: Built, start: int, sweep_dir: Path | None = None) -> list[Obser
     """The fixed list of observers, in the order they look at a log step: divergence first,
     so a run knows it diverged before anything is written."""
     cadence, t, last = b.checked.cadence, b.checked.trainer, total_steps(b) - 1
-    scalars = Scalars(b, b.logger)
+    scalars = Scalars(b, b.logger, start)
     return [
         Divergence(),
         scalars,

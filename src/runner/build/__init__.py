@@ -326,9 +326,10 @@ def compiled(
     try:
         fast(data.x[: trainer.batch_size])  # None: the whole batch; in training mode, as steps
     except Exception as e:
-        first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
+        first = " ".join(lines[:2]) if lines[0].endswith("raised:") else lines[0]  # and why
         raise ConfigError(
-            f"trainer.compile={backend!r}: torch.compile failed ({first.strip()[:200]}); "
+            f"trainer.compile={backend!r}: torch.compile failed ({first[:200]}); "
             "set trainer.compile=false to run the model as it is"
         ) from e
     with torch.no_grad():  # batch norm's statistics as they were: the batch is not seen twice

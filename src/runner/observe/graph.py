@@ -134,8 +134,10 @@ def graph_tree(root: Root, names: Names = None, *, max_lines: int = 200) -> str:
         for i, child in reversed(list(enumerate(children))):
             branch, below = ("└── ", "    ") if i == len(children) - 1 else ("├── ", "│   ")
             stack.append((child, indent + branch, indent + below))
-    if stack:  # cut short: the nodes no line has shown yet
-        lines.append(f"... ({len(nodes(start)) - len(seen)} more nodes)")
+    if stack:  # cut short: the nodes no line has shown yet, or the lines of repeats left
+        left = len(nodes(start)) - len(seen)
+        more = f"{left} more nodes" if left else f"{len(stack)} more lines, of nodes shown above"
+        lines.append(f"... ({more})")
     return "\n".join(lines)
 
 

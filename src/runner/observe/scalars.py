@@ -32,7 +32,7 @@ def accuracy_fn(b: Built) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor
 
 
 class Scalars(Observer):
-    def __init__(self, b: Built, logger: Logger) -> None:
+    def __init__(self, b: Built, logger: Logger, start: int = 0) -> None:
         self.b, self.logger = b, logger
         self.params = list(b.params.values())
         self.accuracy = accuracy_fn(b)
@@ -44,7 +44,7 @@ class Scalars(Observer):
             if b.data is not None and b.data.x_val is not None:
                 self.keys.append("acc/val")
         self.latest: dict[str, float] = {}
-        self.step = -1  # the last step logged
+        self.step = start - 1  # the last step logged (a resumed run's: by the run before)
 
     @torch.no_grad()
     def log(self, look: Look) -> None:

@@ -17,7 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import Trial, TrialState
 
-from runner.config.check import ConfigError, check_choice
+from runner.config.check import ConfigError
 from runner.sweep.resume import read_metrics
 from runner.sweep.space import Space, search_space
 from runner.sweep.study import PRUNER, STORAGE, STUDY, SWEEP_DIR, TRIAL, location, open_storage
@@ -47,7 +47,11 @@ class Search:
         sweep_dir: Path,
         arguments: Sequence[str],
     ) -> None:
-        check_choice("hydra.sweeper.direction", direction, ("minimize", "maximize"))
+        if direction not in ("minimize", "maximize"):
+            raise ConfigError(
+                f"hydra.sweeper.direction={direction!r} is not allowed; use minimize or "
+                "maximize (one objective: multi-objective searches are not supported)"
+            )
         for key, value, least in (("n_trials", n_trials, 1), ("n_jobs", n_jobs, 1)):
             if not isinstance(value, int) or value < least:
                 raise ConfigError(

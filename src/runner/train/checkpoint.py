@@ -27,7 +27,6 @@ LAST = Path("checkpoints") / "last.pt"
 TRAINER_GOES_ON = ("epochs", "resume", "checkpoint_every", "log_every_n_steps", "device")
 TRAINER_GOES_ON += ("num_nodes", "objective", "early_stop", "check_grads", "compile")
 GOES_ON = (*(f"trainer.{key}" for key in TRAINER_GOES_ON), "logger.")
-FROM_CHECKPOINT = ("optimizer.", "scheduler.")  # settings their state_dicts hold
 OPTIMIZERS = sorted((CONFIGS / "optimizer").glob("*.yaml"))  # to name one in a message
 FORMAT = 2  # bumped when the layout changes, so an old file is refused with a clear message
 
@@ -152,8 +151,14 @@ def load(path: Path, b: Built) -> State:
             "(the parameters, the optimizer's state and the learning-rate schedule, with its "
             "own settings, are the checkpoint's)"
         )
-    # what the run trains with, for its HParams row and its own checkpoints
-    b.hparams |= {k: saved[k] for k in changed if k in saved and k.startswith(FROM_CHECKPOINT)}
+    # what the run trains with, for its HParams row and its own checkpoints: every setting of
+    # the optimizer's group and the scheduler is the checkpoint's (`+optimizer.amsgrad` too)
+    held = {"optimizer": b.optimizer.param_groups[0], "scheduler": b.scheduler.state_dict()}
+    for key in b.hparams:
+        group, _, name = key.partition(".")
+        value = held.get(group, {}).get(name)
+        if isinstance(value, bool | int | float | str):
+            b.hparams[key] = value
     return run
 
 

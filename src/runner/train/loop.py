@@ -56,7 +56,7 @@ def train(
                     for idx, weight in zip(group, weights(group)):
                         with saved_bytes() if now else nullcontext() as saved:
                             loss = part.loss_on(idx)  # forward and loss
-                        root = loss if weight == 1 else loss * weight  # what backward walks
+                        root = loss if t.accumulate == 1 else loss * weight  # backward's root
                         part.scale(root).backward()
                         losses.append(root.detach())
                     if t.grad_clip is not None:
