@@ -162,6 +162,14 @@ def test_a_resume_with_nothing_left_and_one_with_added_settings_show_what_ran(tm
     added = ["+optimizer.amsgrad=true", "trainer.epochs=3", f"trainer.resume={first}"]
     run(compose_config(*args[:1], *added), second, added)
     assert session_hparams(second)["optimizer.amsgrad"] == "false"
+    # a schedule moved the rate before the checkpoint: the row keeps the rate as set
+    stepped, resumed = tmp_path / "stepped", tmp_path / "resumed"
+    schedule = ["scheduler=step", "scheduler.step_size=1", "optimizer.lr=0.02"]
+    run(compose_config(*args, *schedule, "trainer.checkpoint_every=4"), stepped)
+    more = ["optimizer.lr=0.02", "trainer.epochs=3", f"trainer.resume={stepped}"]
+    run(compose_config(*args[:1], "scheduler=step", "scheduler.step_size=1", *more), resumed, more)
+    assert scalars(resumed, "lr")[-1][1] == pytest.approx(0.02 * 0.1**2)  # moved by then
+    assert session_hparams(resumed)["optimizer.lr"] == pytest.approx(0.02)
 
 
 def test_a_resumed_run_checkpoints_as_the_run_it_resumed(tmp_path, reference):

@@ -153,10 +153,12 @@ def load(path: Path, b: Built) -> State:
         )
     # what the run trains with, for its HParams row and its own checkpoints: every setting of
     # the optimizer's group and the scheduler is the checkpoint's (`+optimizer.amsgrad` too)
-    held = {"optimizer": b.optimizer.param_groups[0], "scheduler": b.scheduler.state_dict()}
+    group = b.optimizer.param_groups[0]  # `lr` as set, not as a schedule has moved it since
+    held = {"optimizer": group | {"lr": group.get("initial_lr", group["lr"])}}
+    held["scheduler"] = b.scheduler.state_dict()
     for key in b.hparams:
-        group, _, name = key.partition(".")
-        value = held.get(group, {}).get(name)
+        part, _, name = key.partition(".")
+        value = held.get(part, {}).get(name)
         if isinstance(value, bool | int | float | str):
             b.hparams[key] = value
     return run
