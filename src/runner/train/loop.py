@@ -101,7 +101,7 @@ def train(
 
 def weights(group: list[torch.Tensor | None]) -> list[float]:
     """Each micro-batch's share of its group's points, so the group's update and loss are
-    those of one batch of them all; one batch: its loss as it is, the post's graph."""
+    those of one batch of them all (without accumulation the loop leaves the post's graph)."""
     if len(group) == 1:
         return [1.0]
     points = [len(idx) for idx in group]
