@@ -889,3 +889,12 @@ def test_a_formula_is_refused_before_any_data_is_made(formula, monkeypatch):
     extra = ["loss=expression"] if formula.startswith("loss") else []
     with pytest.raises(ConfigError, match=r"formula: formula '.*' is not allowed|no constant"):
         build(compose_config("experiment=linear_fit", *extra, formula), None)
+
+
+def test_a_parameter_typed_with_a_look_alike_letter_is_the_formulas():
+    """Python reads the micro sign in a formula as mu (NFKC): a params key typed with the same
+    key on the keyboard must reach that parameter, not be refused as two names that look one."""
+    from runner.build.models import Expression
+
+    model = Expression("\u00b5*x + b", {"\u00b5": 2.0})  # µ, the micro sign, both times
+    assert {n: p.item() for n, p in model.named_parameters()} == {"b": 0.0, "\u03bc": 2.0}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import re
+import unicodedata
 from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -56,6 +57,8 @@ def add_parameters(
     """A parameter on `module` for each free name of the formula that is not an input; each
     starts at 0.0 unless `params` gives its value. Returns their names."""
     names = sorted(n for n in formula.names if not inputs(n))
+    # Python reads `µ` (micro sign) in a formula as `μ` (mu): the keys of params alike
+    params = {unicodedata.normalize("NFKC", str(k)): v for k, v in params.items()}
     for name in params:
         if name in CONSTANTS:
             raise ConfigError(
