@@ -898,3 +898,15 @@ def test_a_parameter_typed_with_a_look_alike_letter_is_the_formulas():
 
     model = Expression("\u00b5*x + b", {"\u00b5": 2.0})  # µ, the micro sign, both times
     assert {n: p.item() for n, p in model.named_parameters()} == {"b": 0.0, "\u03bc": 2.0}
+
+
+def test_a_dataset_too_big_for_memory_names_its_size_key(monkeypatch):
+    """torch's allocator says how many bytes it could not find, not which setting asked."""
+    from runner.build import build, data
+
+    def linspace(*args, **kwargs):
+        raise RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 4e12")
+
+    monkeypatch.setattr(data.torch, "linspace", linspace)
+    with pytest.raises(ConfigError, match=r"not fit in this machine's memory: .*\(dataset.n\)"):
+        build(compose_config("experiment=linear_fit", "dataset.n=1000000000000"), None)

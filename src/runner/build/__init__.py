@@ -148,6 +148,9 @@ def _instantiate(group: str, node: Any, **runtime: Any) -> Any:
         partial = group in ("loss", "optimizer", "scheduler") and not node.get("_partial_")
         if partial and "required positional argument" in str(cause):  # `params`, `optimizer`
             hint = f"; the runner passes the {group} those itself: add _partial_: true to it"
+        if isinstance(cause, MemoryError) or "not enough memory" in str(cause):
+            size = " (dataset.n)" if group == "dataset" else ""
+            hint = f"; the {group} does not fit in this machine's memory: make it smaller{size}"
         raise ConfigError(
             f"{group}: building {node.get('_target_')!r} failed: {cause}{hint}"
         ) from e
