@@ -11,6 +11,7 @@ import functools
 import importlib
 import inspect
 import math
+import re
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -76,6 +77,18 @@ CADENCE = [f.name for f in dataclasses.fields(LoggerCadence)]  # read by the loo
 class EarlyStop:
     patience: int = 10
     min_delta: float = 0.0
+
+
+def one_line(e: BaseException, limit: int = 160) -> str:
+    """An exception's message on one short line, with its kind (and no terminal colours); of
+    torch's weights-only refusal, the part that names what it refused, not its preamble."""
+    text = str(e)
+    if text.startswith("Weights only load failed"):
+        told = [p for p in text.split("\n\n")[1:] if p.strip() and "documentation" not in p]
+        text = told[0] if told else text
+    text = re.sub(r"\x1b\[[0-9;]*m", "", " ".join(text.split()))
+    text = f"{type(e).__name__}: {text}" if text else type(e).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def did_you_mean(name: str, choices: typing.Iterable[str]) -> str:

@@ -15,7 +15,7 @@ from torch.autograd.function import BackwardCFunction
 
 from runner.build import Built, named_parameters
 from runner.build.models import forward_fn
-from runner.config.check import ConfigError
+from runner.config.check import ConfigError, one_line
 from runner.observe.graph import nodes
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ def check_grads(b: Built) -> dict[str, Any]:
     except RuntimeError as e:  # `x.float()` meeting float64 weights, say
         raise ConfigError(
             f"trainer.check_grads=true runs float64 copies of the model, which failed there "
-            f"({' '.join(str(e).split())[:160]}): a model that sets its own dtype cannot be "
+            f"({one_line(e)}): a model that sets its own dtype cannot be "
             "checked; set trainer.check_grads=false"
         ) from e
     custom = sorted({type(n).__name__ for n in nodes(loss) if isinstance(n, BackwardCFunction)})

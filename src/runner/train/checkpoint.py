@@ -7,7 +7,6 @@ import logging
 import math
 import os
 import random
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ import numpy as np
 import torch
 
 from runner.build import Built
-from runner.config.check import CONFIGS, ConfigError
+from runner.config.check import CONFIGS, ConfigError, one_line
 from runner.train.state import State
 from runner.train.world import world
 
@@ -96,9 +95,9 @@ def load(path: Path, b: Built) -> State:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise ConfigError(
-            f"trainer.resume: {path} cannot be read ({_reason(e)}); the file is truncated, corrupt "
-            "or not a checkpoint; resume from another checkpoint or start afresh without "
-            "trainer.resume"
+            f"trainer.resume: {path} cannot be read ({one_line(e)}); the file is truncated, "
+            "corrupt or not a checkpoint; resume from another checkpoint or start afresh "
+            "without trainer.resume"
         ) from e
     if not isinstance(state, dict) or "format" not in state:
         raise ConfigError(f"trainer.resume: {path} is not a runner checkpoint")
@@ -129,7 +128,7 @@ def load(path: Path, b: Built) -> State:
         raise
     except (KeyError, RuntimeError, ValueError, TypeError, AttributeError, IndexError) as e:
         raise ConfigError(
-            f"trainer.resume: {path} does not fit this experiment ({_reason(e)}); resume with the "
+            f"trainer.resume: {path} does not fit this experiment ({one_line(e)}); resume with the "
             "experiment and model the checkpoint was written with"
         ) from e
     # what stopped the run before is over
@@ -186,18 +185,6 @@ def refuse_changes(saved: Mapping[str, Any], now: Mapping[str, Any], run: Any) -
                 + ("in the middle of an epoch, " if key == "trainer.batch_size" else "")
                 + f"and this run has {key}={now.get(key)}; resume with {fix}"
             )
-
-
-def _reason(e: BaseException, limit: int = 160) -> str:
-    """An exception's message on one short line, with its kind (and no terminal colours); of
-    torch's weights-only refusal, the part that names what it refused, not its preamble."""
-    text = str(e)
-    if text.startswith("Weights only load failed"):
-        told = [p for p in text.split("\n\n")[1:] if p.strip() and "documentation" not in p]
-        text = told[0] if told else text
-    text = re.sub(r"\x1b\[[0-9;]*m", "", " ".join(text.split()))
-    text = f"{type(e).__name__}: {text}" if text else type(e).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _modules(b: Built) -> dict[str, torch.nn.Module]:
