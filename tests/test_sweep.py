@@ -223,6 +223,34 @@ def test_joblib_with_no_jobs_is_a_config_error(tmp_path: Path, capsys):
     assert "Config error: hydra.launcher.n_jobs=0 runs no job" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("subdir", ["null", "'meta'"])
+def test_a_sweep_without_the_jobs_hydra_dir_is_a_config_error(tmp_path: Path, capsys, subdir):
+    """Without `.hydra/overrides.yaml` a sweep could neither summarise its jobs nor finish."""
+    args = ("experiment=linear_fit", "optimizer.lr=0.1,0.2", f"hydra.output_subdir={subdir}")
+    status, out, sweep_dir, _ = sweep(tmp_path, "bare", *args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and not sweep_dir.exists(), out
+    assert err == [
+        f"Config error: hydra.output_subdir={subdir}: a sweep reads each job's "
+        ".hydra/overrides.yaml to finish and summarise it; leave it .hydra"
+    ]
+
+
+def test_a_fault_at_the_sweeps_start_stops_it(tmp_path: Path, capsys, monkeypatch):
+    """Hydra turns a callback's exception into a warning and runs the jobs on, unsummarised."""
+    from runner.sweep import resume
+
+    def broken(config: Any) -> None:
+        raise TypeError("'NoneType' object is not subscriptable")
+
+    monkeypatch.setattr(resume, "check", broken)
+    status, out, sweep_dir, _ = sweep(tmp_path, "s", "experiment=linear_fit", "seed=1,2")
+    assert status == 1 and not sweep_dir.exists(), out
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "Failed: the sweep's start: TypeError: 'NoneType' object is not subscriptable"
+    ]
+
+
 def test_a_job_never_reads_the_stop_file_before_the_signal_is_in_it(tmp_path: Path, monkeypatch):
     """A job that looks while the sweep writes the stop file sees either no file or the whole
     signal name, so a SIGTERM is never recorded as the "SIGINT" an empty file defaults to."""

@@ -96,6 +96,28 @@ def test_a_different_sweep_in_the_same_dir_stops_before_any_job(finished, capsys
     assert (sorted(sweep_dir.iterdir()), stamp(job_dir(sweep_dir, 0))) == before
 
 
+@pytest.mark.parametrize("cut", [".hydra/hydra.yaml", ".hydra/overrides.yaml"])
+def test_a_job_killed_while_hydra_wrote_its_config_runs_anew(tmp_path: Path, cut: str):
+    """A SIGKILL while a job starts can leave its `.hydra/` empty or half there: that job never
+    started, so the same command runs it and still skips the one that completed."""
+    args = (*QUICK, "optimizer.lr=0.1,0.2")
+    status, out, sweep_dir, _ = sweep(tmp_path, "grid", *args)
+    assert status == 0, out[-2000:]
+    done, killed = job_dir(sweep_dir, 0), job_dir(sweep_dir, 1)
+    before = stamp(done)
+    (killed / "metrics.json").unlink()
+    (killed / cut).write_text("")
+
+    status, out, _, rows = sweep(tmp_path, "grid", *args)
+    assert status == 0, out[-2000:]
+    assert stamp(done) == before  # not run again
+    assert sorted((r["job"], r["status"], r["run_dir"]) for r in rows) == [
+        ("0", "completed", str(done)),
+        ("1", "completed", str(killed)),
+    ]
+    assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == [done.name, killed.name]
+
+
 def grid_config(sweep_dir: Path, *overrides: str, params: dict | None = None) -> DictConfig:
     """The part of a multirun's config the sweep's start reads."""
     sweeper = {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"}

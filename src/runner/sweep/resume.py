@@ -63,11 +63,17 @@ def earlier_jobs(sweep_dir: Path) -> list[Job]:
 
 
 def job_dirs(sweep_dir: Path) -> list[tuple[Path, int]]:
-    """The job directories under `sweep_dir` and their numbers (a single run's has `???`)."""
+    """The job directories under `sweep_dir` and their numbers: not a single run's (its number
+    is `???`), nor one whose `.hydra/` a kill cut short (the job never started: it runs anew)."""
     jobs = []
     for path in sorted(sweep_dir.glob("**/.hydra/hydra.yaml")):
-        run_dir, num = path.parent.parent, read_yaml(path)["hydra"]["job"].get("num")
-        if run_dir != sweep_dir and isinstance(num, int) and not isinstance(num, bool):
+        run_dir = path.parent.parent
+        try:
+            num = read_yaml(path)["hydra"]["job"].get("num")
+            whole = isinstance(read_yaml(path.with_name("overrides.yaml")), list)
+        except (OSError, TypeError, KeyError, AttributeError, yaml.YAMLError):
+            continue
+        if run_dir != sweep_dir and whole and isinstance(num, int) and not isinstance(num, bool):
             jobs.append((run_dir, num))
     return jobs
 

@@ -17,7 +17,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, read_write
 
-from runner.config.check import ConfigError, check_choice
+from runner.config.check import ConfigError, check_choice, shown
 from runner.sweep import resume
 
 COLUMNS = ("job", "overrides", "status", "objective", "final_loss", "best_loss", "val_loss")
@@ -47,10 +47,18 @@ class Summary(Callback):
         try:  # a different sweep in this sweep dir stops before any job
             if config.hydra.launcher.get("n_jobs", 1) == 0:  # joblib's: cores, -1 all of them
                 raise ConfigError("hydra.launcher.n_jobs=0 runs no job; use 1 or more, or -1")
+            if config.hydra.output_subdir != ".hydra":
+                raise ConfigError(
+                    f"hydra.output_subdir={shown(config.hydra.output_subdir)}: a sweep reads each "
+                    "job's .hydra/overrides.yaml to finish and summarise it; leave it .hydra"
+                )
             resume.check(config)
         except ConfigError as e:  # ends as runner.cli ends a bad config: Hydra would only warn
             print(f"Config error: {e}", file=sys.stderr)
             raise SystemExit(2) from None
+        except Exception as e:  # Hydra would warn, then run every job again, unsummarised
+            print(f"Failed: the sweep's start: {type(e).__name__}: {e}", file=sys.stderr)
+            raise SystemExit(1) from None
         self.started = True
         name_jobs_by_what_varies(config)
         (Path(config.hydra.sweep.dir).absolute() / STOP).unlink(missing_ok=True)  # an old one
