@@ -236,6 +236,24 @@ def test_a_sweep_without_the_jobs_hydra_dir_is_a_config_error(tmp_path: Path, ca
     ]
 
 
+def test_a_search_that_maximizes_lists_the_highest_objective_first(tmp_path: Path):
+    """Best first, as the study ranks: a job that did not complete is its worst, -inf."""
+    from runner.sweep.summary import collect
+
+    jobs = [(0, "completed", 1.0), (1, "completed", 3.0), (2, "diverged", None), (3, "pruned", 2.0)]
+    for num, status, objective in jobs:
+        hydra = tmp_path / f"{num}_seed={num}" / ".hydra"
+        hydra.mkdir(parents=True)
+        (hydra / "hydra.yaml").write_text(f"hydra:\n  job:\n    num: {num}\n")
+        (hydra / "overrides.yaml").write_text(f"- seed={num}\n")
+        metrics = {"status": status, "objective": objective}
+        (hydra.parent / "metrics.json").write_text(json.dumps(metrics))
+    ranked = [(r["job"], r["objective"]) for r in collect(tmp_path, maximize=True)]
+    assert ranked == [(1, 3.0), (0, 1.0), (3, 2.0), (2, -math.inf)]
+    ranked = [(r["job"], r["objective"]) for r in collect(tmp_path)]
+    assert ranked == [(0, 1.0), (1, 3.0), (3, 2.0), (2, math.inf)]
+
+
 def test_a_fault_at_the_sweeps_start_stops_it(tmp_path: Path, capsys, monkeypatch):
     """Hydra turns a callback's exception into a warning and runs the jobs on, unsummarised."""
     from runner.sweep import resume

@@ -376,8 +376,9 @@ def sweep_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> float
         # stops the sweep, not only this job; a joblib worker's or submitit job's exit would fail it
         if str(HydraConfig.get().launcher._target_).endswith(".BasicLauncher"):
             log.error("Interrupted: the sweep stops here; run the same command again to finish it")
-            summarise(sweep_dir)  # hydra-core 1.3 never reaches the callback's end, 1.4 does:
-            stop_jobs(sweep_dir, metrics.get("signal") or "SIGINT")  # then it only exits
+            # hydra-core 1.3 never reaches the callback's end, 1.4 does: then it only exits
+            summarise(sweep_dir, HydraConfig.get().sweeper.get("direction") == "maximize")
+            stop_jobs(sweep_dir, metrics.get("signal") or "SIGINT")
             sys.exit(exit_status(metrics))
         leave_ctrl_c_to_the_sweep()
         return math.inf  # a worker or a cluster job was stopped (a time limit): the others go on

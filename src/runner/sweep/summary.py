@@ -10,7 +10,6 @@ import signal
 import sys
 import threading
 from collections import Counter
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +96,7 @@ class Summary(Callback):
         self.stop = None
         if not sweep_dir.is_dir():  # the sweep stopped before its first job (hydra-core 1.4)
             return
-        rows = summarise(sweep_dir)
+        rows = summarise(sweep_dir, config.hydra.sweeper.get("direction") == "maximize")
         if by is not None:  # the shell's convention: 130 SIGINT, 143 SIGTERM
             raise SystemExit(128 + signal.Signals[by])
         completed = sum(r["status"] == "completed" for r in rows)
@@ -114,9 +113,9 @@ def stop_jobs(sweep_dir: Path, signal_name: str) -> None:
     part.replace(sweep_dir / STOP)
 
 
-def summarise(sweep_dir: Path) -> list[dict[str, Any]]:
+def summarise(sweep_dir: Path, maximize: bool = False) -> list[dict[str, Any]]:
     """summary.csv and the printed table, from what each job left in its directory."""
-    rows = collect(sweep_dir)
+    rows = collect(sweep_dir, maximize)
     # None as an empty cell; floats as Python writes them, the shortest exact text
     with (sweep_dir / "summary.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
@@ -148,12 +147,17 @@ def quote(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def collect(sweep_dir: Path) -> list[dict[str, Any]]:
-    """One row per job directory under the sweep, best first."""
-    return sorted((job_row(run_dir, num) for run_dir, num in resume.job_dirs(sweep_dir)), key=rank)
+def collect(sweep_dir: Path, maximize: bool = False) -> list[dict[str, Any]]:
+    """One row per job directory under the sweep, best first: the highest objective first for
+    a search that maximizes it, where a job that did not complete scores -inf, as in its study."""
+    sign = -1 if maximize else 1
+    rows = [job_row(run_dir, num, sign * math.inf) for run_dir, num in resume.job_dirs(sweep_dir)]
+    return sorted(
+        rows, key=lambda r: (ORDER.get(r["status"], len(ORDER)), sign * r["objective"], r["job"])
+    )
 
 
-def job_row(run_dir: Path, num: int) -> dict[str, Any]:
+def job_row(run_dir: Path, num: int, worst: float = math.inf) -> dict[str, Any]:
     overrides = resume.read_yaml(run_dir / ".hydra" / "overrides.yaml")
     metrics = resume.read_metrics(run_dir) or {
         "status": "failed",
@@ -165,14 +169,10 @@ def job_row(run_dir: Path, num: int) -> dict[str, Any]:
         "job": num,
         "overrides": " ".join(str(o) for o in overrides),
         "status": status,
-        # as the sweeper saw it: +inf for a job that neither completed nor was pruned
-        "objective": objective if status in SCORED and objective is not None else math.inf,
+        # as the sweeper saw it: the worst for a job that neither completed nor was pruned
+        "objective": objective if status in SCORED and objective is not None else worst,
         "run_dir": str(run_dir),
     }
-
-
-def rank(row: Mapping[str, Any]) -> tuple[int, float, int]:
-    return ORDER.get(row["status"], len(ORDER)), float(row["objective"]), row["job"]
 
 
 def table(rows: list[dict[str, Any]], sweep_dir: Path) -> str:
