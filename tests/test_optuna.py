@@ -320,6 +320,7 @@ def test_keys_direction_and_a_wrong_key(tmp_path: Path, capsys):
     best = max(t.value for t in trials(sweep_dir, "linear_fit"))
     assert f"best_value: {best}" in (sweep_dir / "optimization_results.yaml").read_text()
     assert float(rows[0]["objective"]) == best  # the table's best first is the study's best
+    capsys.readouterr()  # what the search printed (Optuna's first "A new study created")
     status, _, sweep_dir, _ = sweep(tmp_path, "bad", *LINEAR, "hydra.sweeper.n_jobs=0")
     err = capsys.readouterr().err.strip().splitlines()
     assert status == 2 and err == [
