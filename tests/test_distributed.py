@@ -366,6 +366,42 @@ def test_two_gpus_with_nccl_end_where_one_does(tmp_path, run_experiment):
     assert read_metrics(tmp_path / "r")["final_loss"] == pytest.approx(one["final_loss"], rel=1e-3)
 
 
+LEAVE = """
+import os, socket
+import torch
+from runner.train import distributed
+from runner.train.world import World
+
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+
+
+def run():  # as a run does: its DDP model goes with it
+    distributed.join(World(address=f"tcp://127.0.0.1:{port}"), None)
+    model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(2, 1))
+    model(torch.ones(3, 2)).sum().backward()
+    distributed.leave()
+
+
+run()
+tasks = f"/proc/{os.getpid()}/task"
+print(sorted(open(f"{tasks}/{t}/comm").read().strip() for t in os.listdir(tasks)))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads Linux's /proc")
+def test_leaving_the_process_group_ends_its_threads_before_the_interpreter_exits():
+    """Otherwise gloo's threads run on into the interpreter's exit, where one cut off mid-call
+    can abort a rank ("terminate called without an active exception") after its run ended."""
+    done = subprocess.run(
+        [sys.executable, "-c", LEAVE], env=env(), capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    threads = done.stdout.strip().splitlines()[-1]
+    assert "gloo" not in threads and "tcpstore" not in threads, threads
+
+
 @pytest.mark.parametrize("text", ["10m", "0", "-5", "inf"])
 def test_a_bad_collective_timeout_is_a_config_error_naming_it(monkeypatch, text):
     """RUNNER_DIST_TIMEOUT_S is read when processes join (a single process never reads it)."""

@@ -28,6 +28,11 @@ def join(w: World, sent: Any) -> Any:
     """Start the process group; returns rank 0's `sent` on every rank."""
     if dist.is_initialized():  # joined before Hydra (a torchrun rank other than 0)
         return sent
+    # Its functions default to `group=group.WORLD`, read at import: imported later (DDP does),
+    # they would keep the group, and gloo's threads, alive past `leave` into the interpreter's
+    # exit, where a thread cut off mid-call can abort the process after the run succeeded.
+    import torch.distributed.nn.functional  # noqa: F401
+
     # gloo carries CPU tensors (and this handshake), nccl CUDA ones
     backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
     dist.init_process_group(
