@@ -41,6 +41,8 @@ def mse(input, target, at=0, fault="nan"):
     if os.environ.get("RANK") == "1" and calls == at:
         if fault == "exit":
             os._exit(3)
+        if fault == "raise":
+            raise RuntimeError(f"a fault at call {calls}")
         return loss * float("nan")
     return loss
 '''
@@ -193,7 +195,18 @@ def test_a_rank_that_dies_ends_the_run_with_an_error(tmp_path):
     assert "rank 1 failed" in metrics["error"]  # not rank 0's dropped connection
 
 
-WHICH = "which failed (torchrun's report names it) at step 10"
+@pytest.mark.slow
+def test_a_rank_that_raises_shows_its_traceback_and_is_the_one_blamed(tmp_path):
+    """As one process shows it: the launcher's own log of it is quieted."""
+    (tmp_path / "faulty.py").write_text(FAULTY)
+    args = ["loss._target_=faulty.mse", "+loss.at=12", "+loss.fault=raise", "trainer.devices=2"]
+    code, out, err = runner("experiment=sine_mlp", *args, cwd=tmp_path, timeout=90)
+    assert code == 1, out + err
+    assert "\nRuntimeError: a fault at call 12\n" in err and "in mse" in err
+    assert "Failed: trainer.devices=2: rank 1 failed (exit status 1); every rank stopped" in err
+
+
+WHICH = "which failed (its own error says why) at step 10"
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import time
+import traceback
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +31,7 @@ ELASTIC_LOGS = (  # the elastic launcher's loggers, those that set their own lev
     "torch.multiprocessing.spawn",
 )
 FINAL = ("interrupted", "completed", "diverged", "pruned")  # a rank 0 that wrote its metrics
+LOST = 4  # the exit status of a rank that lost the connection to the one that failed
 QUERIES = ("-h", "--help", "--hydra-help", "--version", "-c", "--cfg", "-i", "--info", "-sc")
 
 
@@ -156,11 +158,15 @@ def spawn(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> dict[str,
             return written  # (or that the run was done: it came after the last step)
         if isinstance(e, SignalException):
             raise KeyboardInterrupt(e.sigval.name) from None
-        rank, failure = e.get_first_failure()
+        # the first to fail, but not a rank that only lost the connection to it
+        rank, failure = min(
+            e.failures.items(), key=lambda f: (f[1].exitcode == LOST, f[1].timestamp)
+        )
         if failure.exitcode in (128 + signal.SIGINT, -signal.SIGINT):  # Ctrl-C at their start
             raise KeyboardInterrupt from None
         how = failure.signal_name() if failure.exitcode < 0 else f"exit status {failure.exitcode}"
-        error = f"trainer.devices={t.devices}: rank {rank} failed ({how}); every rank stopped"
+        said = f" with {written['error']}" if rank == 0 and "error" in written else ""
+        error = f"trainer.devices={t.devices}: rank {rank} failed ({how}){said}; every rank stopped"
         # rank 0's own metrics, if it wrote any, blame the connection the failed rank dropped
         failed = {"status": "failed", "error": error, "world_size": t.devices}
         write_json(metrics_json, written | failed)
@@ -193,6 +199,12 @@ def rank_main(plain: dict[str, Any], run_dir: str, overrides: list[str]) -> dict
         return {"config_error": str(e)}
     except KeyboardInterrupt:  # before the run's handler, or a second Ctrl-C: at once
         sys.exit(128 + signal.SIGINT)
+    except RankFailed as e:  # this rank lost the one that failed
+        print(e, file=sys.stderr)
+        sys.exit(LOST)
+    except Exception:  # as one process shows it: the launcher's own log of it is quieted
+        traceback.print_exc()
+        raise
     if metrics["status"] == "interrupted":  # the launcher is stopping: go now, not after its
         sys.exit(exit_status(metrics))  # grace period (a returned value waits for the others)
     return metrics

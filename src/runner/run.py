@@ -101,7 +101,7 @@ def run(
             if distributed.lost_a_rank(e):  # its traceback would blame this rank
                 raise launch.RankFailed(
                     f"rank {world().rank} lost the connection to another rank, which failed "
-                    f"(torchrun's report names it) at step {state.step}"
+                    f"(its own error says why) at step {state.step}"
                 ) from None
             raise
         finally:
