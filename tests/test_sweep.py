@@ -459,4 +459,5 @@ def test_ctrl_c_in_a_basic_launcher_sweep_still_writes_the_summary(tmp_path: Pat
     assert "all jobs:" not in out  # one job's overrides are its own, in its row
     # the way on is the sweep's own command, not a resume of the job alone
     assert f"the sweep's command with hydra.sweep.dir={sweep_dir} finishes the sweep" in out
-    assert "trainer.resume=" not in out and "run the same command again to finish it" in out
+    assert "trainer.resume=" not in out and "Interrupted: the sweep stops here\n" in out
+    assert "the same command" not in out  # a sweep dir by default is new: it names this one

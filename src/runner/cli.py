@@ -375,7 +375,7 @@ def sweep_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> float
         # in the process that started the sweep (Hydra's basic launcher), Ctrl-C or SIGTERM
         # stops the sweep, not only this job; a joblib worker's or submitit job's exit would fail it
         if str(HydraConfig.get().launcher._target_).endswith(".BasicLauncher"):
-            log.error("Interrupted: the sweep stops here; run the same command again to finish it")
+            log.error("Interrupted: the sweep stops here")  # the job said how to finish it
             # hydra-core 1.3 never reaches the callback's end, 1.4 does: then it only exits
             summarise(sweep_dir, HydraConfig.get().sweeper.get("direction") == "maximize")
             stop_jobs(sweep_dir, metrics.get("signal") or "SIGINT")
