@@ -245,6 +245,10 @@ def test_a_search_keeps_its_study_in_the_sweep_dir_and_continues_it(tmp_path: Pa
         (("hydra.sweeper.storage=nosuchdb://x",), "storage='nosuchdb://x' cannot be opened"),
         (("hydra.sweeper.storage=/dev/null/x.journal",), "x.journal' cannot be opened"),
         (("~hydra.sweeper.params",), "hydra/sweeper=optuna has nothing to search"),
+        (
+            ("optimizer.lrr=tag(log, interval(0.01, 1.0))",),
+            "optimizer.lrr=0.01: the chosen optimizer (runner.build.optim.GD) has no key 'lrr'",
+        ),
         (("+hydra.sweeper.n_trial=3",), "unknown key 'hydra.sweeper.n_trial' (did you mean"),
         (
             ("hydra.sweeper.sampler._target_=optuna.samplers.RandomSamplr",),
@@ -262,6 +266,7 @@ def test_a_search_keeps_its_study_in_the_sweep_dir_and_continues_it(tmp_path: Pa
         "storage",
         "a journal below a file",
         "no search space",
+        "a key the config lacks",
         "typo",
         "sampler",
         "pruner",
@@ -291,6 +296,24 @@ def test_a_continued_study_refuses_other_settings(tmp_path: Path, capsys):
     assert [t.state.name for t in trials(sweep_dir, "linear_fit")] == ["COMPLETE"]  # no trial
     search(tmp_path, "s", *LINEAR, "hydra.sweeper.n_trials=2")  # more trials: the same search
     assert len(trials(sweep_dir, "linear_fit")) == 2
+
+
+def test_a_study_refuses_a_sweep_dir_that_holds_another_sweeps_jobs(tmp_path: Path, capsys):
+    """Its trials would be numbered 0, 1, ... as those jobs are: their directories would meet."""
+    _, sweep_dir, _ = search(tmp_path, "s", *LINEAR, "hydra.sweeper.n_trials=1")
+    (job,) = [p for p in sweep_dir.iterdir() if p.is_dir()]
+    before = (job / "metrics.json").read_text()
+    capsys.readouterr()
+    status, _, _, _ = sweep(
+        tmp_path, "s", *LINEAR, "hydra.sweeper.n_trials=1", "hydra.sweeper.study_name=other"
+    )
+    assert status == 2
+    assert capsys.readouterr().err.strip().splitlines() == [  # no Optuna line before it
+        f"Config error: hydra.sweep.dir='{sweep_dir}' holds another sweep's jobs ({job.name}), "
+        f"which are no trials of the study 'other' in {sweep_dir / JOURNAL}; pick a new "
+        "hydra.sweep.dir"
+    ]
+    assert (job / "metrics.json").read_text() == before
 
 
 @pytest.mark.slow

@@ -118,6 +118,15 @@ def test_a_job_killed_while_hydra_wrote_its_config_runs_anew(tmp_path: Path, cut
     assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == [done.name, killed.name]
 
 
+def test_a_job_never_writes_over_results_it_finds_in_its_directory(tmp_path: Path):
+    """No run ever overwrites another run's outputs: a job refused there leaves them be."""
+    found = tmp_path / "grid" / "0_optimizer.lr=0.1" / "metrics.json"
+    found.parent.mkdir(parents=True)
+    found.write_text('{"status": "completed", "objective": 0.5}')
+    sweep(tmp_path, "grid", *QUICK, "optimizer.lr=0.1,0.2")
+    assert found.read_text() == '{"status": "completed", "objective": 0.5}'
+
+
 def grid_config(sweep_dir: Path, *overrides: str, params: dict | None = None) -> DictConfig:
     """The part of a multirun's config the sweep's start reads."""
     sweeper = {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"}

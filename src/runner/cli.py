@@ -352,6 +352,7 @@ def sweep_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> float
     """One job of a sweep. It never raises (Hydra's sweepers stop at a failed job): a failure
     goes into its metrics.json with objective +inf, and `Summary` makes it the exit status."""
     from runner.run import run, write_json
+    from runner.train.checkpoint import Occupied
 
     sweep_dir = Path(HydraConfig.get().sweep.dir).absolute()
     if (earlier := resume.pick_up(cfg, run_dir, sweep_dir)) is not None:  # completed earlier
@@ -367,7 +368,9 @@ def sweep_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> float
     except Exception as e:
         error = f"{type(e).__name__}: {e}"
         log.error(f"Failed: {error}", exc_info=full_error())
-        if world().rank == 0:  # not another DDP rank (a SLURM task): rank 0 writes the job's
+        # rank 0 writes the job's failure (not another DDP rank: a SLURM task's), never over
+        # another run's results
+        if world().rank == 0 and not isinstance(e, Occupied):
             failed = {"status": "failed", "error": error, "objective": None}
             write_json(run_dir / "metrics.json", resume.read_metrics(run_dir) | failed)
         return math.inf

@@ -65,6 +65,9 @@ class OptunaSweeper(Sweeper):
             **{k: self.keys.get(k, CONFIG[k]) for k in known},  # `~hydra.sweeper.params`
             sweep_dir=Path(config.hydra.sweep.dir).absolute(),
             arguments=list(config.hydra.overrides.task),
+            compose=lambda overrides: hydra_context.config_loader.load_sweep_config(
+                config, overrides
+            ),
         )
         with read_write(config.hydra.overrides):  # each job's config is composed from these
             config.hydra.overrides.hydra.extend(self.search.shared())

@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +15,11 @@ from hydra.core.utils import JobReturn
 from hydra.plugins.launcher import Launcher
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.trial import Trial, TrialState
 
 from runner.config.check import ConfigError
-from runner.sweep.resume import read_metrics
+from runner.sweep.resume import job_dirs, read_metrics
 from runner.sweep.space import Space, search_space
 from runner.sweep.study import PRUNER, STORAGE, STUDY, SWEEP_DIR, TRIAL, location, open_storage
 from runner.sweep.summary import STOP, quote
@@ -28,6 +29,10 @@ RESULTS = "optimization_results.yaml"  # the best trial, where Hydra's Optuna pl
 # what n_trials counts: a failed trial does not, so the next search tries again
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 SEARCHED = "runner:search"  # the study's user attribute: the search that began it
+ANOTHER = (  # how to start another search than the study's
+    "or start another in a new hydra.sweep.dir (with a new hydra.sweeper.study_name where "
+    "hydra.sweeper.storage is shared)"
+)
 
 
 class Search:
@@ -46,7 +51,9 @@ class Search:
         pruner: DictConfig | None,
         sweep_dir: Path,
         arguments: Sequence[str],
+        compose: Callable[[list[str]], object] | None = None,
     ) -> None:
+        """`compose`: a job's config from its overrides, as the launcher composes it."""
         if direction not in ("minimize", "maximize"):
             raise ConfigError(
                 f"hydra.sweeper.direction={direction!r} is not allowed; use minimize or "
@@ -65,6 +72,10 @@ class Search:
                 "hydra/sweeper=optuna has nothing to search; give a search such as "
                 "'optimizer.lr=tag(log, interval(0.001, 1.0))' or pick hparams_search=..."
             )
+        if compose is not None:  # a key the config lacks stops here, before the study is made
+            compose(
+                self.space.overrides({k: lowest(d) for k, d in self.space.distributions.items()})
+            )
         for key, built in (("sampler", sampler), ("pruner", pruner)):
             try:  # before the study is made (the jobs build the pruner): a misspelled
                 if built is not None:  # _target_, a key it does not take
@@ -77,16 +88,21 @@ class Search:
                 raise ConfigError(f"hydra.sweeper.{key}: {reason}") from e
         self.env = {STUDY: study_name or "search", STORAGE: location(storage, sweep_dir)}
         name, where = self.env[STUDY], open_storage(self.env[STORAGE])
-        self.study = study = optuna.create_study(
-            storage=where, study_name=name, direction=direction, load_if_exists=True
-        )
+        verbosity = optuna.logging.get_verbosity()
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # `run` says it, once checked
+        try:
+            self.study = study = optuna.create_study(
+                storage=where, study_name=name, direction=direction, load_if_exists=True
+            )
+        finally:
+            optuna.logging.set_verbosity(verbosity)
         if study.direction.name.lower() != direction:
             raise ConfigError(
                 f"hydra.sweeper.direction={direction} but the study {name!r} in "
-                f"{self.env[STORAGE]} was made to {study.direction.name.lower()}; set "
-                "hydra.sweeper.study_name or hydra.sweep.dir to start another"
+                f"{self.env[STORAGE]} was made to {study.direction.name.lower()}; {ANOTHER}"
             )
         same_search(study, self.space, f"the study {name!r} in {self.env[STORAGE]}")
+        alone_in(sweep_dir, study, f"the study {name!r} in {self.env[STORAGE]}")
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if trial.user_attrs.get(SWEEP_DIR) == str(sweep_dir):  # this search's, killed
                 log.warning(f"Trial {trial.number} was left running: failed, and queued again")
@@ -181,8 +197,32 @@ def same_search(study: optuna.Study, space: Space, where: str) -> None:
         which = "; ".join(f"{who}: {', '.join(sorted(v))}" for who, v in told.items() if v)
         raise ConfigError(
             f"{where} was searched with other settings ({which}); give the same ones to "
-            "continue it, or set hydra.sweep.dir (or hydra.sweeper.study_name) to start another"
+            f"continue it, {ANOTHER}"
         )
+
+
+def alone_in(sweep_dir: Path, study: optuna.Study, where: str) -> None:
+    """The sweep dir holds this study's trials only: another sweep's jobs there are numbered
+    as its trials would be, and their directories would meet."""
+    ours = {
+        t.number
+        for t in study.get_trials(deepcopy=False)
+        if t.user_attrs.get(SWEEP_DIR) == str(sweep_dir)
+    }
+    others = [run_dir.name for run_dir, num in job_dirs(sweep_dir) if num not in ours]
+    if others:
+        shown = ", ".join(others[:2]) + (", ..." if len(others) > 2 else "")
+        raise ConfigError(
+            f"hydra.sweep.dir={str(sweep_dir)!r} holds another sweep's jobs ({shown}), which "
+            f"are no trials of {where}; pick a new hydra.sweep.dir"
+        )
+
+
+def lowest(distribution: BaseDistribution) -> Any:
+    """A value the distribution holds: its low end, or its first choice."""
+    if isinstance(distribution, CategoricalDistribution):
+        return distribution.choices[0]
+    return distribution.low  # type: ignore[attr-defined]
 
 
 def retry(study: optuna.Study, number: int, params: dict[str, Any]) -> None:

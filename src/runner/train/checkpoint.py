@@ -47,6 +47,10 @@ def locate(resume: Any, run_dir: Path) -> Path | None:
     )
 
 
+class Occupied(ConfigError):
+    """The run directory holds another run's results, which stay as they are."""
+
+
 def claim(run_dir: Path, source: Path | None, resume: Any = None) -> None:
     """Make the run directory, refusing one holding results of a run this one does not continue."""
     continuing = source is not None and run_dir.resolve() in source.resolve().parents
@@ -57,7 +61,7 @@ def claim(run_dir: Path, source: Path | None, resume: Any = None) -> None:
                 if (run_dir / LAST).is_file()
                 else "that run has no checkpoint to continue from (trainer.checkpoint_every)"
             )
-            raise ConfigError(
+            raise Occupied(
                 f"hydra.run.dir={str(run_dir)!r} already holds a run ({name}); pick a new "
                 f"directory (the default one is new for every run); {go_on}"
             )
