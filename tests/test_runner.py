@@ -668,3 +668,30 @@ def test_gd_updates_bit_for_bit_as_the_posts_line_for_any_shape_and_lr(dtype):
             q -= lr * g
         for p, q in zip(params, plain, strict=True):
             assert p.dtype == dtype and torch.equal(p.detach(), q)
+
+
+FAILING = """
+calls = 0
+
+
+def mse(input, target):
+    global calls
+    calls += 1
+    if calls == 3:
+        raise RuntimeError("a fault in the user's loss")
+    return ((input - target) ** 2).mean()
+"""
+
+
+def test_a_run_that_fails_writes_the_metrics_every_run_has(tmp_path, monkeypatch):
+    """DESIGN's keys, with no loss to report, and the error that stopped it."""
+    (tmp_path / "failing_loss.py").write_text(FAILING)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = compose_config("experiment=linear_fit", "loss._target_=failing_loss.mse", "logger=none")
+    with pytest.raises(RuntimeError, match="a fault in the user's loss"):
+        run(cfg, tmp_path / "run")
+    metrics = read_metrics(tmp_path / "run")
+    assert metrics["status"] == "failed" and metrics["error"].startswith("RuntimeError: a fault")
+    assert metrics["final_loss"] is None and metrics["best_loss"] is None
+    assert metrics["steps"] == metrics["epochs"] >= 1 and metrics["device"] == "cpu"
+    assert metrics["duration_s"] > 0
