@@ -315,7 +315,7 @@ def end_of_sweep(sweep_dir: Path, fail_on: str) -> int:
 
     from runner.sweep.summary import Summary
 
-    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep_dir)}}})
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep_dir)}, "sweeper": {}}})
     summary = Summary(fail_on=fail_on)
     summary.started = True  # as its start, which these hand-made jobs skip, would leave it
     try:

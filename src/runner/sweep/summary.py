@@ -10,6 +10,7 @@ import signal
 import sys
 import threading
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -152,9 +153,12 @@ def collect(sweep_dir: Path, maximize: bool = False) -> list[dict[str, Any]]:
     a search that maximizes it, where a job that did not complete scores -inf, as in its study."""
     sign = -1 if maximize else 1
     rows = [job_row(run_dir, num, sign * math.inf) for run_dir, num in resume.job_dirs(sweep_dir)]
-    return sorted(
-        rows, key=lambda r: (ORDER.get(r["status"], len(ORDER)), sign * r["objective"], r["job"])
-    )
+    return sorted(rows, key=lambda row: rank(row, sign))
+
+
+def rank(row: Mapping[str, Any], sign: int = 1) -> tuple[int, float, int]:
+    """By status, then objective (-1: the highest first), then job number."""
+    return ORDER.get(row["status"], len(ORDER)), sign * float(row["objective"]), row["job"]
 
 
 def job_row(run_dir: Path, num: int, worst: float = math.inf) -> dict[str, Any]:
