@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -297,6 +298,33 @@ def test_expression_parameter_initialisers():
     assert params["s"].item() == 2.5 and params["t"].shape == (2,)
     assert params["u"].min() >= 0 and params["u"].max() <= 1
     assert set(params) == {"v", "s", "t", "u"}
+
+
+@pytest.mark.parametrize(
+    "spec, told",
+    [
+        ({"shape": [3], "std": 0.5}, "model.params.w.std is for init: normal, and init is zeros"),
+        ({"shape": [3], "init": "uniform", "std": 2}, "std is for init: normal, and init is unif"),
+        ({"shape": [3], "init": "normal", "low": 0}, "low is for init: uniform, and init is nor"),
+        ({"shape": [3], "init": "normal", "std": -1}, "model.params.w.std=-1.0 must be positive"),
+        ({"shape": [3], "init": "uniform", "low": 1, "high": -1}, "needs low < high, not 1.0"),
+        ([1.0, True], "model.params.w=[1.0, True] is not a rectangular list of numbers"),
+    ],
+)
+def test_a_parameter_setting_that_would_do_nothing_or_mislead_is_refused(spec, told):
+    from runner.build.models import initial_value
+
+    with pytest.raises(ConfigError, match=re.escape(told)):
+        initial_value("model.params.w", spec)
+
+
+def test_a_float64_run_starts_exactly_at_the_values_given(run_experiment):
+    """Not at float32's nearest value to them, then widened."""
+    given = ("+model.params.w=0.1", "+model.params.b=0.3", "trainer.epochs=0", "logger=none")
+    metrics, _ = run_experiment("experiment=linear_fit", *given, "trainer.dtype=float64")
+    assert metrics["params"] == {"w": 0.1, "b": 0.3}
+    metrics, _ = run_experiment("experiment=linear_fit", *given)
+    assert metrics["params"] == {"w": float(torch.tensor(0.1)), "b": float(torch.tensor(0.3))}
 
 
 @pytest.mark.parametrize("optimizer", ["gd", "sgd", "adam", "adamw", "rmsprop", "lbfgs"])

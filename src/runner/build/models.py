@@ -22,12 +22,16 @@ Forward = Callable[[torch.Tensor], torch.Tensor]  # data in, predictions out
 
 
 def initial_value(key: str, spec: Any) -> torch.Tensor:
-    """A parameter's starting tensor from a number, a nested list, or {shape, init, std}."""
+    """A parameter's starting tensor from a number, a nested list, or {shape, init, std}. Numbers
+    given are kept in float64 until the run's dtype takes them (a float64 run starts at 0.1, not
+    at float32's 0.1); random ones are drawn in float32, so both dtypes start alike."""
     if isinstance(spec, int | float) and not isinstance(spec, bool):
-        return torch.tensor(float(spec))
+        return torch.tensor(float(spec), dtype=torch.float64)
     if isinstance(spec, list | tuple):
         try:
-            return torch.tensor(spec, dtype=torch.float32)
+            if any_bool(spec):
+                raise TypeError("true/false is not a number")
+            return torch.tensor(spec, dtype=torch.float64)
         except (TypeError, ValueError) as e:
             raise ConfigError(f"{key}={spec!r} is not a rectangular list of numbers: {e}") from e
     if isinstance(spec, Mapping):
@@ -38,13 +42,28 @@ def initial_value(key: str, spec: Any) -> torch.Tensor:
             raise ConfigError(f"{key}.shape={shape!r} must be a list of positive integers")
         init = spec.get("init", "zeros")
         check_choice(f"{key}.init", init, ("zeros", "normal", "uniform"))
+        for option, used_by in (("std", "normal"), ("low", "uniform"), ("high", "uniform")):
+            if option in spec and init != used_by:
+                raise ConfigError(f"{key}.{option} is for init: {used_by}, and init is {init}")
         if init == "normal":
-            return torch.randn(shape) * float(spec.get("std", 1.0))
+            std = float(spec.get("std", 1.0))
+            if not std > 0:
+                raise ConfigError(f"{key}.std={std} must be positive")
+            return torch.randn(shape) * std
         if init == "uniform":
             low, high = float(spec.get("low", -1.0)), float(spec.get("high", 1.0))
+            if not low < high:
+                raise ConfigError(f"{key}: init: uniform needs low < high, not {low} and {high}")
             return low + (high - low) * torch.rand(shape)
         return torch.zeros(shape)
     raise ConfigError(f"{key}={spec!r} must be a number, a nested list or {{shape, init, std}}")
+
+
+def any_bool(values: Any) -> bool:
+    """Whether a nested list holds true or false, which torch would take as 1 and 0."""
+    if isinstance(values, list | tuple):
+        return any(any_bool(v) for v in values)
+    return isinstance(values, bool)
 
 
 def add_parameters(
