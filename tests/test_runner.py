@@ -723,3 +723,20 @@ def test_a_run_that_fails_writes_the_metrics_every_run_has(tmp_path, monkeypatch
     assert metrics["final_loss"] is None and metrics["best_loss"] is None
     assert metrics["steps"] == metrics["epochs"] >= 1 and metrics["device"] == "cpu"
     assert metrics["duration_s"] > 0
+
+
+def test_paths_are_read_from_where_the_command_started_when_hydra_changes_directory(tmp_path):
+    """`hydra.job.chdir=true` runs the job in its run directory; dataset.path stays the user's."""
+    (tmp_path / "points.csv").write_text("x,y\n0,1\n1,3\n2,5\n")
+    done = cli(
+        "experiment=linear_fit",
+        "dataset=csv",
+        "dataset.path=points.csv",
+        "hydra.job.chdir=true",
+        "hydra.run.dir=run",
+        "trainer.epochs=3",
+        "logger=none",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert read_metrics(tmp_path / "run")["steps"] == 3

@@ -43,6 +43,7 @@ def run(
 ) -> dict[str, Any]:
     """0. start or join the run's processes  1. check and build  2. resume  3. train
     4. write metrics.json  5. close the logs. Only rank 0 writes; `sweep_dir`: a sweep's job."""
+    started_from(cfg)
     if launch.spawns(cfg):  # trainer.devices=N: N processes run it; rank 0's results come back
         metrics = launch.spawn(cfg, run_dir, overrides)
         if "learned" not in metrics:  # a second Ctrl-C stopped rank 0 at once: no results
@@ -119,6 +120,19 @@ def run(
             distributed.leave()
     report(metrics, run_dir, sweep_dir)
     return metrics
+
+
+def started_from(cfg: DictConfig) -> None:
+    """With `hydra.job.chdir=true` a job runs in its run directory: the config's paths are read
+    from where the command was started all the same, through Hydra's `to_absolute_path`."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.utils import to_absolute_path
+
+    if HydraConfig.initialized() and HydraConfig.get().job.get("chdir"):
+        for key in ("dataset.path", "trainer.resume"):
+            value = OmegaConf.select(cfg, key)
+            if isinstance(value, str) and value not in ("", "auto"):
+                OmegaConf.update(cfg, key, to_absolute_path(value))
 
 
 def observers(b: Built, start: int, sweep_dir: Path | None = None) -> list[Observer]:
