@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -128,6 +129,21 @@ def test_csv_with_another_delimiter_reads_the_same_numbers(tmp_path: Path):
         data = build(cfg, tmp_path).data
         tables.append((data.x.tolist(), data.y.tolist()))
     assert tables[0] == tables[1] == tables[2] == ([[0.5, 1.0], [1.5, -2.0]], [2.0, 3.0])
+
+
+@pytest.mark.parametrize(
+    "labels, told",
+    [
+        (["1", "2", "1"], "they run from 1 to 2, and no point is class 0; number the classes"),
+        (["-1", "1", "1"], "but one is -1.0; number the classes from 0 (-1 and 1 as 0 and 1)"),
+    ],
+)
+def test_labels_not_numbered_from_0_are_refused_as_such(tmp_path: Path, labels, told):
+    """Not as a model width to change ("has 3 classes; set model.out_features=3")."""
+    from runner.build.data import csv
+
+    with pytest.raises(ConfigError, match=re.escape(told)):
+        csv(str(write_csv(tmp_path / "c.csv", labels)), x="a", y="label", task="classification")
 
 
 def test_csv_classification_refuses_a_label_that_is_no_class_index(tmp_path: Path):

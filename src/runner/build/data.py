@@ -79,9 +79,15 @@ def class_count(y: torch.Tensor, y_val: torch.Tensor | None, classes: int | None
     if bool(bad.any()):
         raise ConfigError(
             "dataset.task=classification needs class indices 0, 1, 2, ... as targets, "
-            f"but one is {labels[bad][0].item()}; set dataset.task=regression to fit values"
+            f"but one is {labels[bad][0].item()}; number the classes from 0 (-1 and 1 as 0 "
+            "and 1), or set dataset.task=regression to fit values"
         )
-    high = int(labels.max())
+    low, high = int(labels.min()), int(labels.max())
+    if classes is None and low > 0:  # classes 1..K: a width of K + 1 would be asked for
+        raise ConfigError(
+            f"dataset.task=classification needs class indices 0, 1, 2, ... as targets, but "
+            f"they run from {low} to {high}, and no point is class 0; number the classes from 0"
+        )
     if classes is None:
         classes = high + 1
     elif high >= classes:
