@@ -706,6 +706,31 @@ def test_a_config_dir_that_is_not_there_is_one_line(workdir, monkeypatch, capsys
     )
 
 
+@pytest.mark.parametrize(
+    "text, told",
+    [
+        (  # no `# @package _global_` line
+            "defaults:\n  - override /dataset: linear\n",
+            "experiment=mine: its file's first line must be '# @package _global_' (an "
+            "experiment sets keys of the whole config, as the shipped ones do)",
+        ),
+        (  # a group chosen again without `override`
+            "# @package _global_\ndefaults:\n  - /logger: none\n",
+            "a defaults list chooses logger twice; an experiment picks another option with "
+            "'- override /logger: none'",
+        ),
+    ],
+)
+def test_an_experiment_file_hydra_cannot_compose_is_one_line(
+    workdir, monkeypatch, capsys, text, told
+):
+    (workdir / "conf" / "experiment").mkdir(parents=True)
+    (workdir / "conf" / "experiment" / "mine.yaml").write_text(text)
+    args = ["--config-dir", "conf", "experiment=mine"]
+    status, out, err = main_in_process(args, workdir, monkeypatch, capsys)
+    assert status == 2 and err.strip() == f"Config error: {told}", err
+
+
 def test_ctrl_c_before_a_run_starts_is_exit_130_without_a_traceback(monkeypatch, capsys):
     """Ctrl-C while Hydra starts or torch imports, before the run's own handler is set."""
     from runner import cli

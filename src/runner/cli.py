@@ -222,6 +222,19 @@ def hydra_hint(error: Exception) -> str | None:
             f"+{key}: the config has {key} already, and + adds only a key it lacks; "
             f"set it with {key}=... (or ++{key}=..., which sets or adds)"
         )
+    if first.startswith("In 'experiment/") and "@experiment." in first:  # no `@package`
+        name = first.split("'")[1].removeprefix("experiment/")
+        return (
+            f"experiment={name}: its file's first line must be '# @package _global_' (an "
+            "experiment sets keys of the whole config, as the shipped ones do)"
+        )
+    if first.startswith("Multiple values for ") and first.count("'") == 2:  # a defaults list
+        group = first.removeprefix("Multiple values for ").partition(".")[0]
+        option = first.split("'")[1].rpartition(": ")[2]
+        return (
+            f"a defaults list chooses {group} twice; an experiment picks another option with "
+            f"'- override /{group}: {option}'"
+        )
     if first.startswith("Sweep parameters '"):  # `optimizer.lr=interval(0.1, 1)` without -m
         override = first.split("'")[1]
         return f"{override} is a search, one value per job: add -m"
