@@ -146,6 +146,24 @@ def test_labels_not_numbered_from_0_are_refused_as_such(tmp_path: Path, labels, 
         csv(str(write_csv(tmp_path / "c.csv", labels)), x="a", y="label", task="classification")
 
 
+def test_csv_blank_lines_before_the_header_are_skipped(tmp_path: Path):
+    from runner.build.data import csv
+
+    (tmp_path / "c.csv").write_text("\n \na,label\n0.5,1\n\n1.5,2\n")
+    data = csv(str(tmp_path / "c.csv"), x="a", y="label")
+    assert (data.x.tolist(), data.y.tolist()) == ([0.5, 1.5], [1.0, 2.0])
+
+
+def test_csv_a_number_beyond_float32_names_its_column_and_float64(tmp_path: Path):
+    from runner.build.data import csv
+
+    (tmp_path / "c.csv").write_text("a,label\n0.5,1\n1.5,1e39\n")
+    with pytest.raises(ConfigError, match=r"column label: 1e\+39 is beyond torch.float32"):
+        csv(str(tmp_path / "c.csv"), x="a", y="label")
+    data = csv(str(tmp_path / "c.csv"), x="a", y="label", dtype=torch.float64)
+    assert data.y.tolist() == [1.0, 1e39]
+
+
 def test_csv_classification_refuses_a_label_that_is_no_class_index(tmp_path: Path):
     csv = write_csv(tmp_path / "c.csv", ["0", "1.5", "1"])
     with pytest.raises(ConfigError, match=r"class indices 0, 1, 2, .* but one is 1\.5"):

@@ -192,7 +192,7 @@ def csv(
         raise ConfigError(f"dataset.delimiter={delimiter!r} must be one character, such as ';'")
     with file.open(newline="", encoding="utf-8-sig") as fh:  # -sig: Excel's byte-order mark
         reader = csvlib.reader(fh, delimiter=delimiter)
-        header = next(reader, None)
+        header = next((row for row in reader if any(c.strip() for c in row)), None)  # blank lines
         if not header:
             raise ConfigError(f"dataset.path={path!r} is empty; expected a header row of names")
         header = [h.strip() for h in header]
@@ -235,6 +235,12 @@ def csv(
     if not rows:
         raise ConfigError(f"dataset.path={path!r} has a header but no rows")
     table = torch.tensor(rows, dtype=dtype)
+    if not bool(torch.isfinite(table).all()):  # a finite number too large for the dtype
+        row, column = (int(i) for i in (~torch.isfinite(table)).nonzero()[0])
+        raise ConfigError(
+            f"dataset.path={path!r}, column {names[column]}: {rows[row][column]:g} is beyond "
+            f"{dtype} (at most {torch.finfo(dtype).max:.4g}); set trainer.dtype=float64"
+        )
     xs = table[:, 0] if len(columns) == 1 else table[:, : len(columns)]
     return split(xs.contiguous(), table[:, -1].contiguous(), val_fraction, task)
 
