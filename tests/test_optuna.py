@@ -245,6 +245,7 @@ def test_a_search_keeps_its_study_in_the_sweep_dir_and_continues_it(tmp_path: Pa
         (("hydra.sweeper.storage=nosuchdb://x",), "storage='nosuchdb://x' cannot be opened"),
         (("hydra.sweeper.storage=/dev/null/x.journal",), "x.journal' cannot be opened"),
         (("~hydra.sweeper.params",), "hydra/sweeper=optuna has nothing to search"),
+        (("optimizer=choice(gd,adamm)",), "optimizer=adamm is no option of optimizer"),
         (
             ("optimizer.lrr=tag(log, interval(0.01, 1.0))",),
             "optimizer.lrr=0.01: the chosen optimizer (runner.build.optim.GD) has no key 'lrr'",
@@ -266,6 +267,7 @@ def test_a_search_keeps_its_study_in_the_sweep_dir_and_continues_it(tmp_path: Pa
         "storage",
         "a journal below a file",
         "no search space",
+        "an option that is not there",
         "a key the config lacks",
         "typo",
         "sampler",
@@ -314,6 +316,14 @@ def test_a_study_refuses_a_sweep_dir_that_holds_another_sweeps_jobs(tmp_path: Pa
         "hydra.sweep.dir"
     ]
     assert (job / "metrics.json").read_text() == before
+
+
+def test_a_search_continues_in_its_sweep_dir_moved_elsewhere(tmp_path: Path):
+    _, first, _ = search(tmp_path, "s", *LINEAR, "hydra.sweeper.n_trials=1")
+    first.rename(tmp_path / "moved")
+    out, moved, rows = search(tmp_path, "moved", *LINEAR, "hydra.sweeper.n_trials=2")
+    assert "1 trials done, 1 to run" in out
+    assert len(rows) == 2 and len(trials(moved, "linear_fit")) == 2
 
 
 @pytest.mark.slow

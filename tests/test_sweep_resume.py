@@ -96,8 +96,12 @@ def test_a_different_sweep_in_the_same_dir_stops_before_any_job(finished, capsys
     assert (sorted(sweep_dir.iterdir()), stamp(job_dir(sweep_dir, 0))) == before
 
 
-@pytest.mark.parametrize("cut", [".hydra/hydra.yaml", ".hydra/overrides.yaml"])
-def test_a_job_killed_while_hydra_wrote_its_config_runs_anew(tmp_path: Path, cut: str):
+@pytest.mark.parametrize(
+    "cut, left",
+    [(".hydra/hydra.yaml", b""), (".hydra/overrides.yaml", b""), (".hydra/hydra.yaml", b"h\xc3")],
+    ids=["empty hydra.yaml", "empty overrides.yaml", "cut inside a character"],
+)
+def test_a_job_killed_while_hydra_wrote_its_config_runs_anew(tmp_path: Path, cut: str, left):
     """A SIGKILL while a job starts can leave its `.hydra/` empty or half there: that job never
     started, so the same command runs it and still skips the one that completed."""
     args = (*QUICK, "optimizer.lr=0.1,0.2")
@@ -106,7 +110,7 @@ def test_a_job_killed_while_hydra_wrote_its_config_runs_anew(tmp_path: Path, cut
     done, killed = job_dir(sweep_dir, 0), job_dir(sweep_dir, 1)
     before = stamp(done)
     (killed / "metrics.json").unlink()
-    (killed / cut).write_text("")
+    (killed / cut).write_bytes(left)
 
     status, out, _, rows = sweep(tmp_path, "grid", *args)
     assert status == 0, out[-2000:]
@@ -118,12 +122,17 @@ def test_a_job_killed_while_hydra_wrote_its_config_runs_anew(tmp_path: Path, cut
     assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == [done.name, killed.name]
 
 
-def test_a_job_never_writes_over_results_it_finds_in_its_directory(tmp_path: Path):
-    """No run ever overwrites another run's outputs: a job refused there leaves them be."""
+def test_a_job_never_writes_over_results_it_finds_in_its_directory(tmp_path: Path, capsys):
+    """No run ever overwrites another run's outputs: a job refused there stops the sweep, as
+    jobs named alike (hydra.sweep.subdir) would, and leaves them be."""
     found = tmp_path / "grid" / "0_optimizer.lr=0.1" / "metrics.json"
     found.parent.mkdir(parents=True)
     found.write_text('{"status": "completed", "objective": 0.5}')
-    sweep(tmp_path, "grid", *QUICK, "optimizer.lr=0.1,0.2")
+    status, _, _, _ = sweep(tmp_path, "grid", *QUICK, "optimizer.lr=0.1,0.2")
+    (line,) = capsys.readouterr().err.strip().splitlines()[-1:]
+    assert (
+        status == 2 and line.startswith("Config error: hydra.run.dir=") and "already holds" in line
+    )
     assert found.read_text() == '{"status": "completed", "objective": 0.5}'
 
 

@@ -362,8 +362,9 @@ def run_job(
 
 
 def sweep_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> float:
-    """One job of a sweep. It never raises (Hydra's sweepers stop at a failed job): a failure
-    goes into its metrics.json with objective +inf, and `Summary` makes it the exit status."""
+    """One job of a sweep. A failure goes into its metrics.json with objective +inf, and
+    `Summary` makes it the exit status; only a directory holding another run's results stops
+    the sweep (Hydra's sweepers stop at a job that raises), with one line, and keeps them."""
     from runner.run import run, write_json
     from runner.train.checkpoint import Occupied
 
@@ -378,12 +379,12 @@ def sweep_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> float
     try:
         not_shadowed()
         metrics = run(cfg, run_dir, overrides, sweep_dir)
+    except Occupied:  # two jobs named alike (hydra.sweep.subdir), or a stray run there
+        raise
     except Exception as e:
         error = f"{type(e).__name__}: {e}"
         log.error(f"Failed: {error}", exc_info=full_error())
-        # rank 0 writes the job's failure (not another DDP rank: a SLURM task's), never over
-        # another run's results
-        if world().rank == 0 and not isinstance(e, Occupied):
+        if world().rank == 0:  # not another DDP rank (a SLURM task): rank 0 writes the job's
             failed = {"status": "failed", "error": error, "objective": None}
             write_json(run_dir / "metrics.json", resume.read_metrics(run_dir) | failed)
         return math.inf

@@ -167,6 +167,11 @@ def spawn(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> dict[str,
         how = failure.signal_name() if failure.exitcode < 0 else f"exit status {failure.exitcode}"
         said = f" with {written['error']}" if rank == 0 and "error" in written else ""
         error = f"trainer.devices={t.devices}: rank {rank} failed ({how}){said}; every rank stopped"
+        if failure.exitcode == LOST:  # the launcher stopped at it, before the failed one's exit
+            error = (
+                f"trainer.devices={t.devices}: a rank failed (its error is above), and rank "
+                f"{rank} lost the connection to it; every rank stopped"
+            )
         # rank 0's own metrics, if it wrote any, blame the connection the failed rank dropped
         failed = {"status": "failed", "error": error, "world_size": t.devices}
         write_json(metrics_json, written | failed)

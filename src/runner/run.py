@@ -97,9 +97,9 @@ def run(
             metrics["error"] = f"{type(e).__name__}: {e}"
             metrics["status"] = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
             duration = round(time.perf_counter() - started, 4)
-            metrics |= {"final_loss": None, "best_loss": None, "steps": state.step}
-            metrics |= {"epochs": state.epoch, "device": str(b.device), "duration_s": duration}
-            metrics["world_size"] = world().size
+            unknown = {"final_loss": None, "best_loss": None, "epochs": state.epoch}
+            metrics = unknown | {"device": str(b.device), "duration_s": duration} | metrics
+            metrics["steps"], metrics["world_size"] = state.step, world().size
             if isinstance(e, KeyboardInterrupt) and stop.signal is not None:
                 metrics["signal"] = stop.signal  # the first of two: the second stopped it
             if distributed.lost_a_rank(e):  # its traceback would blame this rank

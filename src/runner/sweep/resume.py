@@ -71,7 +71,7 @@ def job_dirs(sweep_dir: Path) -> list[tuple[Path, int]]:
         try:
             num = read_yaml(path)["hydra"]["job"].get("num")
             whole = isinstance(read_yaml(path.with_name("overrides.yaml")), list)
-        except (OSError, TypeError, KeyError, AttributeError, yaml.YAMLError):
+        except (OSError, ValueError, TypeError, KeyError, AttributeError, yaml.YAMLError):
             continue
         if run_dir != sweep_dir and whole and isinstance(num, int) and not isinstance(num, bool):
             jobs.append((run_dir, num))

@@ -73,9 +73,8 @@ class Search:
                 "'optimizer.lr=tag(log, interval(0.001, 1.0))' or pick hparams_search=..."
             )
         if compose is not None:  # a key the config lacks stops here, before the study is made
-            compose(
-                self.space.overrides({k: lowest(d) for k, d in self.space.distributions.items()})
-            )
+            for params in probes(self.space.distributions):
+                compose(self.space.overrides(params))
         for key, built in (("sampler", sampler), ("pruner", pruner)):
             try:  # before the study is made (the jobs build the pruner): a misspelled
                 if built is not None:  # _target_, a key it does not take
@@ -102,7 +101,7 @@ class Search:
                 f"{self.env[STORAGE]} was made to {study.direction.name.lower()}; {ANOTHER}"
             )
         same_search(study, self.space, f"the study {name!r} in {self.env[STORAGE]}")
-        alone_in(sweep_dir, study, f"the study {name!r} in {self.env[STORAGE]}")
+        alone_in(sweep_dir, study, self.env[STORAGE], name)
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if trial.user_attrs.get(SWEEP_DIR) == str(sweep_dir):  # this search's, killed
                 log.warning(f"Trial {trial.number} was left running: failed, and queued again")
@@ -201,28 +200,40 @@ def same_search(study: optuna.Study, space: Space, where: str) -> None:
         )
 
 
-def alone_in(sweep_dir: Path, study: optuna.Study, where: str) -> None:
+def alone_in(sweep_dir: Path, study: optuna.Study, storage: str, name: str) -> None:
     """The sweep dir holds this study's trials only: another sweep's jobs there are numbered
-    as its trials would be, and their directories would meet."""
+    as its trials would be, and their directories would meet. A journal in the sweep dir is
+    the sweep's own, wherever the dir has moved since."""
+    here = sweep_dir.resolve()
+    own = "://" not in storage and Path(storage).resolve().parent == here
     ours = {
         t.number
         for t in study.get_trials(deepcopy=False)
-        if t.user_attrs.get(SWEEP_DIR) == str(sweep_dir)
+        if own or Path(t.user_attrs.get(SWEEP_DIR) or "/").resolve() == here
     }
     others = [run_dir.name for run_dir, num in job_dirs(sweep_dir) if num not in ours]
     if others:
         shown = ", ".join(others[:2]) + (", ..." if len(others) > 2 else "")
         raise ConfigError(
             f"hydra.sweep.dir={str(sweep_dir)!r} holds another sweep's jobs ({shown}), which "
-            f"are no trials of {where}; pick a new hydra.sweep.dir"
+            f"are no trials of the study {name!r} in {storage}; pick a new hydra.sweep.dir"
         )
 
 
-def lowest(distribution: BaseDistribution) -> Any:
-    """A value the distribution holds: its low end, or its first choice."""
-    if isinstance(distribution, CategoricalDistribution):
-        return distribution.choices[0]
-    return distribution.low  # type: ignore[attr-defined]
+def probes(distributions: Mapping[str, BaseDistribution]) -> list[dict[str, Any]]:
+    """Values to compose a trial's config with before the study is made: each distribution's
+    low end, and each choice once (an option of a config group that is not there)."""
+    low = {
+        key: d.choices[0] if isinstance(d, CategoricalDistribution) else d.low  # type: ignore[attr-defined]
+        for key, d in distributions.items()
+    }
+    others = [
+        low | {key: choice}
+        for key, d in distributions.items()
+        if isinstance(d, CategoricalDistribution)
+        for choice in d.choices[1:]
+    ]
+    return [low, *others]
 
 
 def retry(study: optuna.Study, number: int, params: dict[str, Any]) -> None:
