@@ -1,0 +1,101 @@
+"""Hydra's refusals said the runner's way: one line that names the override and the fix,
+where Hydra explains over several lines or names neither."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from hydra.errors import OverrideParseException
+
+SWEEP_FUNCTIONS = {"choice", "range", "interval", "tag", "glob", "sort", "shuffle"}  # Hydra's
+
+
+def sweeper_params(error: Exception, args: Sequence[str]) -> str | None:
+    """`hydra.sweeper.params.optimizer.lr=...`, which Hydra refuses in two ways: the keys of
+    `params` have dots in them (`optimizer.lr`), and a search is its own override."""
+    for arg in args:
+        key, _, value = arg.lstrip("+~").partition("=")
+        if key.startswith("hydra.sweeper.params.") and key in str(error):
+            search = f"{key.removeprefix('hydra.sweeper.params.')}={value}"
+            return (
+                f"{arg}: the keys of hydra.sweeper.params have dots in them, so it cannot "
+                f"reach them; give the search as an override of its own: '{search}'"
+            )
+    return None
+
+
+def hydra_hint(error: Exception) -> str | None:
+    """Refusals Hydra explains over several lines, each as one: `+key=value` for a key the
+    config has, `~key` for a key that is absent or null (Hydra says "does not exist" for
+    both), and a sweep's values or search without -m."""
+    first, *_ = str(error).splitlines() or [""]
+    if first.startswith("Could not delete from config. '") and "does not exist" in first:
+        key = first.split("'")[1]
+        return (
+            f"~{key}: Hydra deletes only a key that holds a value, and {key} is null or not in "
+            "the config (spelled right?); a null setting is off already: leave the override out"
+        )
+    if first.startswith("Could not append to config. An item is already at '"):
+        key = first.split("'")[1]
+        return (
+            f"+{key}: the config has {key} already, and + adds only a key it lacks; "
+            f"set it with {key}=... (or ++{key}=..., which sets or adds)"
+        )
+    if first.startswith("In 'experiment/") and "@experiment." in first:  # no `@package`
+        name = first.split("'")[1].removeprefix("experiment/")
+        return (
+            f"experiment={name}: its file's first line must be '# @package _global_' (an "
+            "experiment sets keys of the whole config, as the shipped ones do)"
+        )
+    if first.startswith("Multiple values for ") and first.count("'") == 2:  # a defaults list
+        group = first.removeprefix("Multiple values for ").partition(".")[0]
+        option = first.split("'")[1].rpartition(": ")[2]
+        return (
+            f"a defaults list chooses {group} twice; an experiment picks another option with "
+            f"'- override /{group}: {option}'"
+        )
+    if first.startswith("Sweep parameters '"):  # `optimizer.lr=interval(0.1, 1)` without -m
+        override = first.split("'")[1]
+        return f"{override} is a search, one value per job: add -m"
+    if first.startswith("Ambiguous value for argument '"):
+        override = first.split("'", 1)[1].rstrip("'")
+        key, _, value = override.partition("=")
+        # a config group's option (`optimizer=gd,adam`) is neither a list nor a string
+        other = f"; for a list write {key}=[{value}], for a string '{key}=\"{value}\"'"
+        return f"{override}: a comma-separated value is a sweep, one job per value: add -m" + (
+            other if "." in key else ""
+        )
+    return None
+
+
+def unreadable(error: OverrideParseException) -> str:
+    """An override Hydra's grammar cannot read, named (Hydra's message may leave it out),
+    with the usual cause: a character the grammar reads itself, unquoted."""
+    lines = str(error).splitlines()
+    skip = ("Error parsing override", "Error when parsing index", "See https")  # 1.3, 1.4
+    shown = (x for x in lines if x.strip() not in ("", "^") and not x.startswith(skip))
+    reason = "; ".join(shown)
+    key, equals, value = error.override.partition("=")
+    if not equals and not key.startswith("~"):
+        fix = "an override is key=value (+key=value adds a key, ~key deletes one)"
+    elif key.startswith(("'", '"')):  # `'"loss.formula=(pred - y)**2"'`
+        fix = f"Hydra's quotes go around the value only: '{key[1:]}=\"{value[:-1]}\"'"
+    elif value.partition("(")[0] in SWEEP_FUNCTIONS:  # quoted, it would be a string
+        fix = (
+            f"{value.partition('(')[0]}(...) is Hydra's sweep syntax: check its parentheses and "
+            "arguments, with shell quotes around the whole override "
+            "(https://hydra.cc/docs/advanced/override_grammar/extended/)"
+        )
+    elif value.startswith(("[", "{")):  # a list or dict, which the shell split at its spaces?
+        fix = (
+            "a list or dict reaches Hydra whole, its brackets balanced, in shell quotes "
+            f"around the whole override: '{key}={value}...'"
+        )
+    elif any(c in value for c in "()[]{}',") and value[:1] not in "'\"":
+        fix = (
+            "Hydra's grammar reads ( ) [ ] { } ' , itself: quote the value twice, shell "
+            f"quotes around Hydra quotes: '{key}=\"{value}\"'"
+        )
+    else:
+        fix = "the override grammar: https://hydra.cc/docs/advanced/override_grammar/basic"
+    return f"{error.override}: Hydra cannot read this override ({reason}); {fix}"
