@@ -30,7 +30,7 @@ RESULTS = "optimization_results.yaml"  # the best trial, where Hydra's Optuna pl
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 SEARCHED = "runner:search"  # the study's user attribute: the search that began it
 ANOTHER = (  # how to start another search than the study's
-    "or start another in a new hydra.sweep.dir (with a new hydra.sweeper.study_name where "
+    "start another in a new hydra.sweep.dir (with a new hydra.sweeper.study_name where "
     "hydra.sweeper.storage is shared)"
 )
 
@@ -196,7 +196,7 @@ def same_search(study: optuna.Study, space: Space, where: str) -> None:
         which = "; ".join(f"{who}: {', '.join(sorted(v))}" for who, v in told.items() if v)
         raise ConfigError(
             f"{where} was searched with other settings ({which}); give the same ones to "
-            f"continue it, {ANOTHER}"
+            f"continue it, or {ANOTHER}"
         )
 
 
