@@ -41,7 +41,7 @@ def hydra_hint(error: Exception) -> str | None:
             f"+{key}: the config has {key} already, and + adds only a key it lacks; "
             f"set it with {key}=... (or ++{key}=..., which sets or adds)"
         )
-    if first.startswith("In 'experiment/") and "@experiment." in first:  # no `@package`
+    if first.startswith("In 'experiment/") and "@experiment." in str(error):  # no @package
         name = first.split("'")[1].removeprefix("experiment/")
         return (
             f"experiment={name}: its file's first line must be '# @package _global_' (an "
