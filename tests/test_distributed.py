@@ -210,6 +210,20 @@ def test_a_rank_that_raises_shows_its_traceback_and_is_the_one_blamed(tmp_path):
     assert "exit status 4" not in err
 
 
+@pytest.mark.slow
+def test_a_config_error_on_one_rank_stops_every_rank_at_once(tmp_path):
+    """Rank 1's loss fails its first call, the check while the run is built; rank 0's build
+    works. Rank 0 is told and says rank 1's error, rather than wait in DDP's first collective
+    for the rank that returned, until the timeout."""
+    (tmp_path / "faulty.py").write_text(FAULTY)
+    args = ["loss._target_=faulty.mse", "+loss.at=1", "+loss.fault=raise", "trainer.devices=2"]
+    started = time.monotonic()
+    code, out, err = runner("experiment=sine_mlp", *args, "logger=none", cwd=tmp_path, timeout=90)
+    assert code == 2 and time.monotonic() - started < 60, out + err
+    assert "Config error: rank 1: loss (loss.at=1, loss.fault='raise'): " in err
+    assert err.rstrip().endswith("failed: a fault at call 1"), err
+
+
 WHICH = "which failed (its own error says why) at step 10"
 
 

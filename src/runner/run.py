@@ -59,7 +59,7 @@ def run(
     if leader:
         # never write over another run's results
         checkpoint.claim(run_dir, source, OmegaConf.select(cfg, "trainer.resume"))
-    b = build(cfg, run_dir if leader else None)
+    b = distributed.everywhere(lambda: build(cfg, run_dir if leader else None))
     distributed.check(b)  # what DDP cannot split: before anything is written
     state, resumed = State(), {}
     if source is not None:

@@ -17,6 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from runner.build import Built, models
 from runner.config.check import ConfigError
+from runner.launch import RankFailed
 from runner.train.state import State
 from runner.train.world import World, world
 
@@ -82,6 +83,29 @@ def lost_a_rank(e: BaseException) -> bool:
     themselves in their errors): the failure is that rank's, not this one's."""
     text = str(e).lower()
     return world().size > 1 and isinstance(e, RuntimeError) and ("gloo" in text or "nccl" in text)
+
+
+def everywhere(make: Callable[[], Built]) -> Built:
+    """`make()` on every rank, then the ranks agree that it worked: one rank's failure (a path or
+    a module of its own) stops every rank here, where DDP's first collective would wait for
+    the failed rank until the timeout. A config error is said alike by every rank."""
+    if not dist.is_initialized():
+        return make()
+    try:
+        made, error = make(), None
+    except Exception as e:
+        made, error = None, e
+    said: list[tuple[bool, str] | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(said, error and (isinstance(error, ConfigError), str(error)))
+    if error is not None:
+        raise error
+    for rank, failure in enumerate(said):
+        if failure is not None:
+            config, text = failure
+            if config:
+                raise ConfigError(f"rank {rank}: {text}")
+            raise RankFailed(f"rank {rank} failed while the run was built: {text}")
+    return made
 
 
 def leave() -> None:
