@@ -319,11 +319,20 @@ def test_a_study_refuses_a_sweep_dir_that_holds_another_sweeps_jobs(tmp_path: Pa
 
 
 def test_a_search_continues_in_its_sweep_dir_moved_elsewhere(tmp_path: Path):
+    """...and runs again the trial a kill left running there, which names the old path."""
+    import optuna
+
     _, first, _ = search(tmp_path, "s", *LINEAR, "hydra.sweeper.n_trials=1")
+    storage = open_storage(str(first / JOURNAL))
+    study = optuna.load_study(study_name="linear_fit", storage=storage)
+    left = study.ask({"optimizer.lr": optuna.distributions.FloatDistribution(0.01, 1, log=True)})
+    left.set_user_attr(SWEEP_DIR, str(first))
     first.rename(tmp_path / "moved")
     out, moved, rows = search(tmp_path, "moved", *LINEAR, "hydra.sweeper.n_trials=2")
-    assert "1 trials done, 1 to run" in out
-    assert len(rows) == 2 and len(trials(moved, "linear_fit")) == 2
+    assert "Trial 1 was left running" in out and "1 trials done, 1 to run" in out
+    after = trials(moved, "linear_fit")
+    assert [t.state.name for t in after] == ["COMPLETE", "FAIL", "COMPLETE"]
+    assert after[2].params["optimizer.lr"] == left.params["optimizer.lr"] and len(rows) == 2
 
 
 @pytest.mark.slow

@@ -101,9 +101,10 @@ class Search:
                 f"{self.env[STORAGE]} was made to {study.direction.name.lower()}; {ANOTHER}"
             )
         same_search(study, self.space, f"the study {name!r} in {self.env[STORAGE]}")
-        alone_in(sweep_dir, study, self.env[STORAGE], name)
+        ours = own_trials(sweep_dir, study, self.env[STORAGE])
+        alone_in(sweep_dir, ours, self.env[STORAGE], name)
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if trial.user_attrs.get(SWEEP_DIR) == str(sweep_dir):  # this search's, killed
+            if trial.number in ours:  # this search's, killed
                 log.warning(f"Trial {trial.number} was left running: failed, and queued again")
                 retry(study, trial.number, trial.params)
         pruner_cfg = OmegaConf.to_container(pruner, resolve=True) if pruner else None
@@ -200,17 +201,21 @@ def same_search(study: optuna.Study, space: Space, where: str) -> None:
         )
 
 
-def alone_in(sweep_dir: Path, study: optuna.Study, storage: str, name: str) -> None:
-    """The sweep dir holds this study's trials only: another sweep's jobs there are numbered
-    as its trials would be, and their directories would meet. A journal in the sweep dir is
+def own_trials(sweep_dir: Path, study: optuna.Study, storage: str) -> set[int]:
+    """The numbers of the study's trials run in this sweep dir. A journal in the sweep dir is
     the sweep's own, wherever the dir has moved since."""
     here = sweep_dir.resolve()
     own = "://" not in storage and Path(storage).resolve().parent == here
-    ours = {
+    return {
         t.number
         for t in study.get_trials(deepcopy=False)
         if own or Path(t.user_attrs.get(SWEEP_DIR) or "/").resolve() == here
     }
+
+
+def alone_in(sweep_dir: Path, ours: set[int], storage: str, name: str) -> None:
+    """The sweep dir holds this study's trials only (`ours`): another sweep's jobs there are
+    numbered as its trials would be, and their directories would meet."""
     others = [run_dir.name for run_dir, num in job_dirs(sweep_dir) if num not in ours]
     if others:
         shown = ", ".join(others[:2]) + (", ..." if len(others) > 2 else "")
