@@ -22,7 +22,6 @@ from runner.config.check import ConfigError, check
 from runner.sweep.resume import read_metrics
 from runner.train.world import world
 
-# what rank 0 answers without running (`--cfg job`, `--help`): the other ranks just exit
 ELASTIC_LOGS = (  # the elastic launcher's loggers, those that set their own level too
     "torch.distributed.elastic",
     "torch.distributed.elastic.agent.server.api",
@@ -32,6 +31,7 @@ ELASTIC_LOGS = (  # the elastic launcher's loggers, those that set their own lev
 )
 FINAL = ("interrupted", "completed", "diverged", "pruned")  # a rank 0 that wrote its metrics
 LOST = 4  # the exit status of a rank that lost the connection to the one that failed
+# what rank 0 answers without running (`--cfg job`, `--help`): the other ranks just exit
 QUERIES = ("-h", "--help", "--hydra-help", "--version", "-c", "--cfg", "-i", "--info", "-sc")
 
 

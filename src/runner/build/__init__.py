@@ -41,7 +41,6 @@ class Built:
 
     checked: Checked
     device: torch.device
-    dtype: torch.dtype
     data: Data | None
     model: nn.Module | None
     forward: Forward | None
@@ -298,7 +297,6 @@ def build(cfg: DictConfig, run_dir: Path | None) -> Built:
     return Built(
         checked=checked,
         device=device,
-        dtype=dtype,
         data=data,
         model=model,
         forward=forward,

@@ -51,7 +51,7 @@ class Search:
         pruner: DictConfig | None,
         sweep_dir: Path,
         arguments: Sequence[str],
-        compose: Callable[[list[str]], object] | None = None,
+        compose: Callable[[list[str]], object],
     ) -> None:
         """`compose`: a job's config from its overrides, as the launcher composes it."""
         if direction not in ("minimize", "maximize"):
@@ -59,10 +59,10 @@ class Search:
                 f"hydra.sweeper.direction={direction!r} is not allowed; use minimize or "
                 "maximize (one objective: multi-objective searches are not supported)"
             )
-        for key, value, least in (("n_trials", n_trials, 1), ("n_jobs", n_jobs, 1)):
-            if not isinstance(value, int) or value < least:
+        for key, value in (("n_trials", n_trials), ("n_jobs", n_jobs)):
+            if not isinstance(value, int) or value < 1:
                 raise ConfigError(
-                    f"hydra.sweeper.{key}={value!r} is not allowed; use an integer >= {least}"
+                    f"hydra.sweeper.{key}={value!r} is not allowed; use an integer >= 1"
                 )
         self.direction, self.n_trials, self.n_jobs = direction, n_trials, n_jobs
         self.sweep_dir = sweep_dir
@@ -72,9 +72,8 @@ class Search:
                 "hydra/sweeper=optuna has nothing to search; give a search such as "
                 "'optimizer.lr=tag(log, interval(0.001, 1.0))' or pick hparams_search=..."
             )
-        if compose is not None:  # a key the config lacks stops here, before the study is made
-            for params in probes(self.space.distributions):
-                compose(self.space.overrides(params))
+        for params in probes(self.space.distributions):  # a key the config lacks stops here,
+            compose(self.space.overrides(params))  # before the study is made
         for key, built in (("sampler", sampler), ("pruner", pruner)):
             try:  # before the study is made (the jobs build the pruner): a misspelled
                 if built is not None:  # _target_, a key it does not take
