@@ -333,6 +333,16 @@ def test_a_resume_refuses_another_optimizer_and_mid_epoch_another_batch_size(tmp
         match=r"optimizer._target_=runner.build.optim.GD and this.*; resume with optimizer=gd$",
     ):
         run_in(tmp_path / "b", *resume, "optimizer=adam")
+    with pytest.raises(  # the schedule's state is its own kind's too
+        ConfigError,
+        match=r"scheduler._target_=runner.build.optim.Constant and .*; resume with scheduler=none$",
+    ):
+        run_in(tmp_path / "d", *resume, "scheduler=cosine")
+    # the epoch's order indexes the points it was drawn for
+    with pytest.raises(
+        ConfigError, match=r"middle of an epoch over 50 training points, and this run has 40;"
+    ):
+        run_in(tmp_path / "e", *resume, "dataset.val_fraction=0.2")
     assert run_in(tmp_path / "c", *resume)["status"] == "completed"
 
 
@@ -343,6 +353,17 @@ def test_a_resumed_early_stopped_run_that_trains_on_is_no_early_stop(tmp_path):
     assert metrics["early_stopped_epoch"] == 2
     resumed = run_in(tmp_path / "second", f"trainer.resume={first}", "logger=none")
     assert resumed["epochs"] == 80 and "early_stopped_epoch" not in resumed
+
+
+def test_a_resumed_early_stopped_run_still_asked_to_stop_early_trains_no_further(tmp_path, caplog):
+    """A requeue that resumes every job (`trainer.resume=auto`) leaves a finished one as it is."""
+    first = tmp_path / "first"
+    stop_at_once = "trainer.early_stop={patience: 1, min_delta: 10}"  # no gain is that large
+    metrics = run_in(first, stop_at_once, "trainer.checkpoint_every=5", "logger=none")
+    again = run_in(first, stop_at_once, "trainer.resume=auto", "logger=none")
+    assert (again["steps"], again["early_stopped_epoch"]) == (metrics["steps"], 2)
+    assert again["final_loss"] == metrics["final_loss"] and again["params"] == metrics["params"]
+    assert "stopped early after epoch 2 (trainer.early_stop): nothing is left" in caplog.text
 
 
 def test_a_signal_after_the_last_step_lets_the_results_be_written(tmp_path, monkeypatch):

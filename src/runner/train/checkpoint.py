@@ -26,7 +26,6 @@ LAST = Path("checkpoints") / "last.pt"
 TRAINER_GOES_ON = ("epochs", "resume", "checkpoint_every", "log_every_n_steps", "device")
 TRAINER_GOES_ON += ("num_nodes", "objective", "early_stop", "check_grads", "compile")
 GOES_ON = (*(f"trainer.{key}" for key in TRAINER_GOES_ON), "logger.")
-OPTIMIZERS = sorted((CONFIGS / "optimizer").glob("*.yaml"))  # to name one in a message
 FORMAT = 2  # bumped when the layout changes, so an old file is refused with a clear message
 
 
@@ -125,6 +124,12 @@ def load(path: Path, b: Built) -> State:
         if b.scaler is not None and state.get("scaler"):
             b.scaler.load_state_dict(state["scaler"])
         run = State.from_dict(state["state"], b.device)
+        if run.position and run.perm is not None and len(run.perm) != b.data.n:
+            raise ConfigError(
+                f"trainer.resume: the checkpoint was written in the middle of an epoch over "
+                f"{len(run.perm)} training points, and this run has {b.data.n}; resume with the "
+                "dataset settings it was written with"
+            )
         _set_rng_state(run.rng, b.device)
         if not all(isinstance(v, int) for v in (run.step, run.epoch, run.position)):
             raise TypeError("its step, epoch and position are not all integers")
@@ -135,10 +140,17 @@ def load(path: Path, b: Built) -> State:
             f"trainer.resume: {path} does not fit this experiment ({one_line(e)}); resume with the "
             "experiment and model the checkpoint was written with"
         ) from e
-    # what stopped the run before is over
-    run.status, run.signal, run.early_stopped_epoch = "running", None, None
+    # what stopped the run before is over, but for an early stop that is still asked for
+    stopped = run.early_stopped_epoch is not None and b.checked.trainer.early_stop is not None
+    run.status, run.signal = "completed" if stopped else "running", None
+    run.early_stopped_epoch = run.early_stopped_epoch if stopped else None
     log.info(f"Resuming from {path} at step {run.step} (epoch {run.epoch})")
-    if run.epoch >= b.checked.trainer.epochs:
+    if stopped:
+        log.warning(
+            f"The run stopped early after epoch {run.early_stopped_epoch} (trainer.early_stop): "
+            "nothing is left to train (resume without trainer.early_stop to go on)"
+        )
+    elif run.epoch >= b.checked.trainer.epochs:
         log.warning(
             f"trainer.epochs={b.checked.trainer.epochs} and the checkpoint has {run.epoch} "
             "epochs done: nothing is left to train (raise trainer.epochs to go on)"
@@ -168,22 +180,21 @@ def load(path: Path, b: Built) -> State:
 
 
 def refuse_changes(saved: Mapping[str, Any], now: Mapping[str, Any], run: Any) -> None:
-    """Changes a checkpoint cannot go on with: another optimizer (its state is another's), and
-    another batch size mid-epoch (the epoch's place counts batches)."""
+    """Changes a checkpoint cannot go on with: another optimizer or schedule (their states are
+    another's), and another batch size mid-epoch (the epoch's place counts batches)."""
     position, perm = (
         (run.get("position", 0), run.get("perm")) if isinstance(run, dict) else (0, None)
     )
     size = saved.get("trainer.batch_size")
     batches = 1 if perm is None or not isinstance(size, int) else math.ceil(len(perm) / size)
-    keys = ["optimizer._target_"] + (["trainer.batch_size"] if 0 < position < batches else [])
+    keys = ["optimizer._target_", "scheduler._target_"]
+    keys += ["trainer.batch_size"] if 0 < position < batches else []
     for key in keys:
         if key in saved and saved[key] != now.get(key):
-            fix = f"{key}={saved[key]}"
-            if key == "optimizer._target_":  # the shipped option that sets it, if one does
-                sets = f"_target_: {saved[key]}\n"
-                fix = next(
-                    (f"optimizer={p.stem}" for p in OPTIMIZERS if sets in p.read_text()), fix
-                )
+            fix, (group, _, name) = f"{key}={saved[key]}", key.partition(".")
+            if name == "_target_":  # the shipped option that sets it, if one does
+                sets, options = f"_target_: {saved[key]}\n", sorted((CONFIGS / group).glob("*"))
+                fix = next((f"{group}={p.stem}" for p in options if sets in p.read_text()), fix)
             raise ConfigError(
                 f"trainer.resume: the checkpoint was written with {key}={saved[key]} "
                 + ("in the middle of an epoch, " if key == "trainer.batch_size" else "")
