@@ -125,6 +125,7 @@ def test_resuming_names_what_changes_the_learning_and_says_when_nothing_is_left(
         run_in(tmp_path / "second", f"trainer.resume={first}", "logger=none", *changed)
     (warning,) = [r.message for r in caplog.records if "not written with" in r.message]
     assert "trainer.batch_size" in warning and "optimizer.lr" in warning
+    assert warning.endswith("are the checkpoint's; optimizer.lr=0.05, not 0.01)")  # ARGS's
     assert "log_every_n_steps" not in warning and "epochs" not in warning
     caplog.clear()
     with caplog.at_level("WARNING", logger="runner"):

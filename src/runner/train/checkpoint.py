@@ -160,22 +160,25 @@ def load(path: Path, b: Built) -> State:
         t.checkpoint_every = every
         log.info(f"Checkpointing every {every} steps, as the run resumed from did")
     changed = [k for k, v in b.hparams.items() if not k.startswith(GOES_ON) and saved.get(k) != v]
-    if saved and changed:
-        log.warning(
-            f"Resuming with settings the checkpoint was not written with: {', '.join(changed)} "
-            "(the parameters, the optimizer's state and the learning-rate schedule, with its "
-            "own settings, are the checkpoint's)"
-        )
     # what the run trains with, for its HParams row and its own checkpoints: every setting of
     # the optimizer's group and the scheduler is the checkpoint's (`+optimizer.amsgrad` too)
     group = b.optimizer.param_groups[0]  # `lr` as set, not as a schedule has moved it since
     held = {"optimizer": group | {"lr": group.get("initial_lr", group["lr"])}}
     held["scheduler"] = b.scheduler.state_dict()
+    kept = []  # changed settings the checkpoint's values override
     for key in b.hparams:
         part, _, name = key.partition(".")
         value = held.get(part, {}).get(name)
         if isinstance(value, bool | int | float | str):
+            if key in changed and value != b.hparams[key]:
+                kept.append(f"{key}={value}, not {b.hparams[key]}")
             b.hparams[key] = value
+    if saved and changed:
+        log.warning(
+            f"Resuming with settings the checkpoint was not written with: {', '.join(changed)} "
+            "(the parameters, the optimizer's state and the learning-rate schedule, with its "
+            "own settings, are the checkpoint's" + "".join(f"; {k}" for k in kept) + ")"
+        )
     return run
 
 
