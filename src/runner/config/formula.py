@@ -267,7 +267,8 @@ def _render(
 
     match node:
         case ast.Name(id=name) if name in values:
-            text = f"{float(values[name]):.3f}"
+            value = float(values[name])  # a diverged run's too: `nan`, `1.3e+21`, not 22 digits
+            text = f"{value:.3f}" if abs(value) < 1e6 else f"{value:.3g}"
             return text, _UNARY_LEVEL if text.startswith("-") else _ATOM
         case ast.Name(id=name):
             return name, _ATOM
@@ -285,7 +286,9 @@ def _render(
             right=ast.Name(id=x) | ast.BinOp(left=ast.Name(id=x), op=ast.Pow()),
         ) if p in values and x in inputs and x not in values:
             # a parameter times an input, or an input to a power: "1.924x", "1.000x**2"
-            return sub(node.left)[0] + sub(node.right)[0], _MUL
+            coefficient = sub(node.left)[0]
+            plain = coefficient.lstrip("-").replace(".", "").isdigit()  # not `nan`, `1e+21`
+            return coefficient + ("" if plain else " * ") + sub(node.right)[0], _MUL
         case ast.BinOp(left=left, op=op, right=right):
             level = _LEVELS[type(op)]
             (ltext, llevel), (rtext, rlevel) = sub(left), sub(right)
