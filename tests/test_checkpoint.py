@@ -339,6 +339,8 @@ def test_a_resume_refuses_another_optimizer_and_mid_epoch_another_batch_size(tmp
         match=r"scheduler._target_=runner.build.optim.Constant and .*; resume with scheduler=none$",
     ):
         run_in(tmp_path / "d", *resume, "scheduler=cosine")
+    with pytest.raises(ConfigError, match=r"this run has model._target_=runner.build.models.MLP"):
+        run_in(tmp_path / "f", *resume, "experiment=sine_mlp")  # not 'resume with optimizer=gd'
     # the epoch's order indexes the points it was drawn for
     with pytest.raises(
         ConfigError, match=r"middle of an epoch over 50 training points, and this run has 40;"

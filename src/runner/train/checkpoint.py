@@ -190,12 +190,14 @@ def refuse_changes(saved: Mapping[str, Any], now: Mapping[str, Any], run: Any) -
     )
     size = saved.get("trainer.batch_size")
     batches = 1 if perm is None or not isinstance(size, int) else math.ceil(len(perm) / size)
-    keys = ["optimizer._target_", "scheduler._target_"]
-    keys += ["trainer.batch_size"] if 0 < position < batches else []
+    keys = ["model._target_", "optimizer._target_", "scheduler._target_"]  # another model first:
+    keys += ["trainer.batch_size"] if 0 < position < batches else []  # another experiment
     for key in keys:
         if key in saved and saved[key] != now.get(key):
             fix, (group, _, name) = f"{key}={saved[key]}", key.partition(".")
-            if name == "_target_":  # the shipped option that sets it, if one does
+            if group == "model":  # several options build one class (an Expression, an MLP)
+                fix = "the experiment and model the checkpoint was written with"
+            elif name == "_target_":  # the shipped option that sets it, if one does
                 sets, options = f"_target_: {saved[key]}\n", sorted((CONFIGS / group).glob("*"))
                 fix = next((f"{group}={p.stem}" for p in options if sets in p.read_text()), fix)
             raise ConfigError(
