@@ -183,15 +183,17 @@ def load(path: Path, b: Built) -> State:
 
 
 def refuse_changes(saved: Mapping[str, Any], now: Mapping[str, Any], run: Any) -> None:
-    """Changes a checkpoint cannot go on with: another optimizer or schedule (their states are
-    another's), and another batch size mid-epoch (the epoch's place counts batches)."""
+    """Changes a checkpoint cannot go on with: another model, optimizer or schedule (their
+    states are another's), and another batch size mid-epoch (the epoch's place counts
+    batches)."""
     position, perm = (
         (run.get("position", 0), run.get("perm")) if isinstance(run, dict) else (0, None)
     )
     size = saved.get("trainer.batch_size")
     batches = 1 if perm is None or not isinstance(size, int) else math.ceil(len(perm) / size)
-    keys = ["model._target_", "optimizer._target_", "scheduler._target_"]  # another model first:
-    keys += ["trainer.batch_size"] if 0 < position < batches else []  # another experiment
+    # the model first: another experiment changes the optimizer too, and the model says why
+    keys = ["model._target_", "optimizer._target_", "scheduler._target_"]
+    keys += ["trainer.batch_size"] if 0 < position < batches else []
     for key in keys:
         if key in saved and saved[key] != now.get(key):
             fix, (group, _, name) = f"{key}={saved[key]}", key.partition(".")

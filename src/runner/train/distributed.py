@@ -96,7 +96,8 @@ def everywhere(make: Callable[[], Built]) -> Built:
     except Exception as e:
         made, error = None, e
     said: list[tuple[bool, str] | None] = [None] * dist.get_world_size()
-    dist.all_gather_object(said, error and (isinstance(error, ConfigError), str(error)))
+    mine = None if error is None else (isinstance(error, ConfigError), str(error))
+    dist.all_gather_object(said, mine)
     if error is not None:
         raise error
     for rank, failure in enumerate(said):
