@@ -110,7 +110,7 @@ def child(kind: str, flags: list[str], overrides: list[str]) -> None:
         if "no-figures" in flags:
             figures.Figures._draw_fit = lambda self: None
             figures.Figures._draw_landscape = lambda self, step: None
-        timed(cli, "job", "the summary lines", before="Hydra: compose (twice), run dir, logs")
+        timed(cli, "run_job", "the summary lines", before="Hydra: compose (twice), run dir, logs")
         timed(run_module, "build", "build (check, data, model, optimizer, logger)")
         timed(run_module, "train", "train's end", before="observers, layout, model graph, start")
         timed(figures.Figures, "end", "figures.end", before="200 steps (logging every step)")
