@@ -3,6 +3,7 @@ the start-up path imports nothing heavy it does not use. Timings live in benchma
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -169,3 +170,23 @@ def test_a_run_imports_no_dynamo_and_logger_none_no_tensorboard_or_matplotlib(
     )
     loaded = [line for line in done.stdout.splitlines() if line.startswith("LOADED")]
     assert loaded == ["LOADED"], done.stdout + done.stderr
+
+
+@pytest.mark.slow
+def test_the_breakdown_benchmark_still_finds_every_phase_it_times(tmp_path):
+    """benchmarks/breakdown.py wraps the runner's functions by name (run_job, build, train,
+    ...): one renamed there stops the benchmark, which only runs by hand."""
+    script = ROOT / "benchmarks" / "breakdown.py"
+    args = ["experiment=linear_fit", "trainer.epochs=3", f"hydra.run.dir={tmp_path / 'run'}"]
+    done = subprocess.run(
+        [sys.executable, str(script), "--child", "runner", "--", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    marks = [name for name, _ in json.loads(done.stderr.split("BREAKDOWN-MARKS ")[1])["marks"]]
+    for phase in ("the summary lines", "build (check, data, model, optimizer, logger)"):
+        assert phase in marks
+    assert "landscape: draw" in marks and marks[-1] == "Hydra's end"
