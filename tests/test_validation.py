@@ -731,6 +731,28 @@ def test_an_experiment_file_hydra_cannot_compose_is_one_line(
     assert status == 2 and err.strip() == f"Config error: {told}", err
 
 
+@pytest.mark.parametrize(
+    "arg, told",
+    [
+        (
+            "logger=null",
+            "logger takes one of its options by name (none, tensorboard); "
+            "logger=none leaves it out",
+        ),
+        (
+            "optimizer=",
+            "optimizer takes one of its options by name (adam, adamw, gd, lbfgs, rmsprop, sgd)",
+        ),
+        ("=1", "an override is key=value"),
+    ],
+)
+def test_a_config_group_set_to_null_is_one_line(workdir, monkeypatch, capsys, arg, told):
+    """Hydra raises a ValueError with its traceback for these (`experiment: null` is in the
+    defaults, so `experiment=null` reads as natural)."""
+    status, out, err = main_in_process([*BASE, arg], workdir, monkeypatch, capsys)
+    assert status == 2 and err.strip() == f"Config error: {arg}: {told}", err
+
+
 def test_ctrl_c_before_a_run_starts_is_exit_130_without_a_traceback(monkeypatch, capsys):
     """Ctrl-C while Hydra starts or torch imports, before the run's own handler is set."""
     from runner import cli

@@ -38,7 +38,7 @@ from runner.config.check import (
     did_you_mean,
     locate,
 )
-from runner.config.hydra_hints import hydra_hint, sweeper_params, unreadable
+from runner.config.hydra_hints import group_value, hydra_hint, sweeper_params, unreadable
 from runner.launch import RankFailed, exit_status
 from runner.sweep import resume
 from runner.sweep.summary import STOP, stop_jobs, summarise
@@ -129,6 +129,8 @@ def explain(error: Exception, args: Sequence[str]) -> str | None:
         )
     if isinstance(error, OverrideParseException):
         return unreadable(error)
+    if isinstance(error, ValueError) and (hint := group_value(error, args)):
+        return hint
     if str(error).startswith("BasicSweeper does not support sweep type"):  # interval(...), -m
         search = next((a for a in args if "interval(" in a), "a search")
         return (

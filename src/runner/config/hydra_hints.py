@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 from hydra.errors import OverrideParseException
 
+from runner.config.check import CONFIGS
+
 SWEEP_FUNCTIONS = {"choice", "range", "interval", "tag", "glob", "sort", "shuffle"}  # Hydra's
 
 
@@ -65,6 +67,21 @@ def hydra_hint(error: Exception) -> str | None:
         return f"{override}: a comma-separated value is a sweep, one job per value: add -m" + (
             other if "." in key else ""
         )
+    return None
+
+
+def group_value(error: Exception, args: Sequence[str]) -> str | None:
+    """`experiment=null` or `logger=` (Hydra's ValueError, with a traceback): a config group
+    takes one of its options by name."""
+    if not str(error).startswith("Config group override must be a string or a list"):
+        return None
+    for arg in args:
+        key, _, value = arg.lstrip("+").partition("=")
+        options = sorted(p.stem for p in (CONFIGS / key).glob("*.yaml")) if key else []
+        if not key or (options and value in ("", "null")):
+            off = f"; {key}=none leaves it out" if "none" in options else ""
+            pick = f"{key} takes one of its options by name ({', '.join(options)}){off}"
+            return f"{arg}: " + (pick if key else "an override is key=value")
     return None
 
 
