@@ -740,7 +740,7 @@ def test_an_experiment_file_hydra_cannot_compose_is_one_line(
             "logger=none leaves it out",
         ),
         (
-            "optimizer=",
+            "optimizer=null",
             "optimizer takes one of its options by name (adam, adamw, gd, lbfgs, rmsprop, sgd)",
         ),
         ("=1", "an override is key=value"),
