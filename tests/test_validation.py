@@ -58,6 +58,7 @@ CASES = [
         ],
     ),
     ("wrong type", ["trainer.epochs=abc"], ["trainer.epochs='abc'", "an integer"]),
+    ("seed past NumPy's", ["seed=4294967296"], ["seed=4294967296 must be an integer from 0"]),
     (
         "a layer of no width",
         ["experiment=sine_mlp", "model.out_features=0"],
@@ -729,6 +730,15 @@ def test_an_experiment_file_hydra_cannot_compose_is_one_line(
     args = ["--config-dir", "conf", "experiment=mine"]
     status, out, err = main_in_process(args, workdir, monkeypatch, capsys)
     assert status == 2 and err.strip() == f"Config error: {told}", err
+
+
+def test_a_run_dir_hydra_cannot_make_is_one_line(workdir, monkeypatch, capsys):
+    (workdir / "run").write_text("a file where the run directory would go")
+    status, out, err = main_in_process(list(BASE), workdir, monkeypatch, capsys)
+    assert status == 2 and err.strip() == (
+        f"Config error: hydra.run.dir={workdir / 'run'}: the run directory cannot be made there "
+        f"(File exists: {workdir / 'run'}); give a directory that can be created"
+    ), err
 
 
 @pytest.mark.parametrize(

@@ -131,6 +131,14 @@ def explain(error: Exception, args: Sequence[str]) -> str | None:
         return unreadable(error)
     if isinstance(error, ValueError) and (hint := group_value(error, args)):
         return hint
+    if isinstance(error, OSError) and error.filename is not None:  # Hydra makes the run dir
+        for arg in args:
+            key, _, value = arg.partition("=")
+            if key == "hydra.run.dir" and Path(value).absolute() == Path(error.filename).absolute():
+                return (
+                    f"{arg}: the run directory cannot be made there ({error.strerror}: "
+                    f"{error.filename}); give a directory that can be created"
+                )
     if str(error).startswith("BasicSweeper does not support sweep type"):  # interval(...), -m
         search = next((a for a in args if "interval(" in a), "a search")
         return (

@@ -354,8 +354,8 @@ def check(cfg: Mapping[str, Any], chosen: Mapping[str, Any] | None = None) -> Ch
     if (key := missing(cfg)) is not None:
         raise ConfigError(f"{key} has no value (??? in the config); set it: {key}=...")
     seed = cfg.get("seed")
-    if not _type_ok(seed, int) or seed < 0:
-        raise ConfigError(f"seed={seed!r} must be a non-negative integer")
+    if not _type_ok(seed, int) or not 0 <= seed < 2**32:  # NumPy's seeds, which it also seeds
+        raise ConfigError(f"seed={seed!r} must be an integer from 0 to 2**32 - 1")
     options: dict[str, dict[str, Any]] = {}
     for group, runtime in RUNTIME_ARGS.items():
         given = cfg.get(group)
