@@ -732,6 +732,31 @@ def test_an_experiment_file_hydra_cannot_compose_is_one_line(
     assert status == 2 and err.strip() == f"Config error: {told}", err
 
 
+@pytest.mark.parametrize(
+    "args, told",
+    [
+        (
+            ["experiment=linear_fit", "--nope"],
+            "--nope is no flag of the runner's; python -m runner --help lists them",
+        ),
+        pytest.param(
+            ["experiment=linear_fit", "-m", "logger=none"],
+            "-m: hydra-core 1.3 takes its flags before the overrides: "
+            "python -m runner -m ... <overrides>",
+            marks=pytest.mark.skipif(
+                not hydra.__version__.startswith("1.3."), reason="1.4 takes flags anywhere"
+            ),
+        ),
+    ],
+)
+def test_a_flag_hydra_would_answer_with_its_usage_is_one_line(
+    workdir, monkeypatch, capsys, args, told
+):
+    """argparse prints ten lines of usage, and for a flag between overrides blames them."""
+    status, out, err = main_in_process(args, workdir, monkeypatch, capsys)
+    assert status == 2 and err.strip() == f"Config error: {told}", err
+
+
 def test_a_run_dir_hydra_cannot_make_is_one_line(workdir, monkeypatch, capsys):
     (workdir / "run").write_text("a file where the run directory would go")
     status, out, err = main_in_process(list(BASE), workdir, monkeypatch, capsys)

@@ -16,6 +16,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import (
     CompactHydraException,
@@ -38,7 +39,13 @@ from runner.config.check import (
     did_you_mean,
     locate,
 )
-from runner.config.hydra_hints import group_value, hydra_hint, sweeper_params, unreadable
+from runner.config.hydra_hints import (
+    flag_hint,
+    group_value,
+    hydra_hint,
+    sweeper_params,
+    unreadable,
+)
 from runner.launch import RankFailed, exit_status
 from runner.sweep import resume
 from runner.sweep.summary import STOP, stop_jobs, summarise
@@ -62,6 +69,10 @@ def main(app: Callable[[], Any]) -> Any:
     """Run the `@hydra.main` app with HYDRA_FULL_ERROR=1, Hydra's only public way to hand over
     its errors: a refused config is one `Config error:` line (exit 2), anything else as Hydra
     prints it (exit 1). The user's own setting stays in RUNNER_FULL_ERROR for child processes."""
+    intermixed = not hydra.__version__.startswith("1.3.")  # 1.4 takes flags among overrides
+    if told := flag_hint(sys.argv[1:], intermixed):
+        print(f"Config error: {told}", file=sys.stderr)
+        sys.exit(CONFIG_ERROR)
     asked = full_error()
     saved = {key: os.environ.get(key) for key in (FULL_ERROR, ASKED)}
     os.environ.update({ASKED: "1" if asked else "0", FULL_ERROR: "1"})

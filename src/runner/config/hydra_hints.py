@@ -10,6 +10,28 @@ from hydra.errors import OverrideParseException
 from runner.config.check import CONFIGS
 
 SWEEP_FUNCTIONS = {"choice", "range", "interval", "tag", "glob", "sort", "shuffle"}  # Hydra's
+FLAGS = ("--help", "--hydra-help", "--version", "--cfg", "--package", "--run", "--multirun")
+FLAGS += ("--shell-completion", "--config-path", "--config-name", "--config-dir", "--info")
+FLAGS += ("--resolve", "--experimental-rerun", "-h", "-c", "-p", "-r", "-m", "-sc", "-cp")
+FLAGS += ("-cn", "-cd", "-i")  # hydra-core 1.3's and 1.4's alike
+
+
+def flag_hint(args: Sequence[str], intermixed: bool) -> str | None:
+    """A flag Hydra's argparse does not know, or (hydra-core 1.3, not `intermixed`) one between
+    overrides: argparse prints its usage and, for the second, blames the overrides after it."""
+    overrides = [i for i, a in enumerate(args) if a[:1] not in "-" and ("=" in a or a[:1] in "~+")]
+    for i, arg in enumerate(args):
+        name = arg.partition("=")[0]
+        if not name.startswith("-") or name == "-" or name[1:2].isdigit():
+            continue
+        if not any(flag.startswith(name) for flag in FLAGS):  # argparse takes a flag's prefix
+            return f"{arg} is no flag of the runner's; python -m runner --help lists them"
+        if not intermixed and overrides and overrides[0] < i < overrides[-1]:
+            return (
+                f"{arg}: hydra-core 1.3 takes its flags before the overrides: "
+                f"python -m runner {arg} ... <overrides>"
+            )
+    return None
 
 
 def sweeper_params(error: Exception, args: Sequence[str]) -> str | None:
