@@ -59,6 +59,8 @@ CASES = [
     ),
     ("wrong type", ["trainer.epochs=abc"], ["trainer.epochs='abc'", "an integer"]),
     ("seed past NumPy's", ["seed=4294967296"], ["seed=4294967296 must be an integer from 0"]),
+    ("a model without data", ["dataset=none", "model=mlp"], ["dataset=none needs model=none"]),
+    ("a formula without data", ["dataset=none"], ["dataset=none needs model=none"]),
     (
         "a layer of no width",
         ["experiment=sine_mlp", "model.out_features=0"],

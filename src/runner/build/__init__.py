@@ -219,6 +219,8 @@ def build(cfg: DictConfig, run_dir: Path | None) -> Built:
         )
 
     model_cfg = dict(opts["model"])
+    if data is None and model_cfg.get("_target_") != "runner.build.models.none":  # before an MLP
+        raise ConfigError("dataset=none needs model=none: the loss formula holds the parameters")
     if "in_features" in model_cfg and model_cfg["in_features"] is None and data is not None:
         model_cfg["in_features"] = data.features
     model = _instantiate("model", model_cfg)
@@ -227,8 +229,6 @@ def build(cfg: DictConfig, run_dir: Path | None) -> Built:
             f"model._target_={model_cfg['_target_']!r} returned {type(model).__name__}, "
             "not a torch.nn.Module"
         )
-    if data is None and model is not None:
-        raise ConfigError("dataset=none needs model=none: the loss formula holds the parameters")
     if data is not None and model is None:
         raise ConfigError("model=none needs dataset=none; pick a model to fit the data")
 
