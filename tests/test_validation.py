@@ -60,6 +60,11 @@ CASES = [
     ("wrong type", ["trainer.epochs=abc"], ["trainer.epochs='abc'", "an integer"]),
     ("seed past NumPy's", ["seed=4294967296"], ["seed=4294967296 must be an integer from 0"]),
     ("a model without data", ["dataset=none", "model=mlp"], ["dataset=none needs model=none"]),
+    (
+        "a model of other inputs",
+        ["experiment=sine_mlp", "model.in_features=5"],
+        ["model.in_features=5 but the data has 1 input column(s); set model.in_features=null"],
+    ),
     ("a formula without data", ["dataset=none"], ["dataset=none needs model=none"]),
     (
         "a layer of no width",

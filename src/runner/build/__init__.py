@@ -223,6 +223,11 @@ def build(cfg: DictConfig, run_dir: Path | None) -> Built:
         raise ConfigError("dataset=none needs model=none: the loss formula holds the parameters")
     if "in_features" in model_cfg and model_cfg["in_features"] is None and data is not None:
         model_cfg["in_features"] = data.features
+    elif data is not None and model_cfg.get("in_features") not in (None, data.features):
+        raise ConfigError(
+            f"model.in_features={model_cfg['in_features']} but the data has {data.features} "
+            "input column(s); set model.in_features=null to take the data's"
+        )
     model = _instantiate("model", model_cfg)
     if model is not None and not isinstance(model, nn.Module):
         raise ConfigError(
