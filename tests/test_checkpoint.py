@@ -295,8 +295,13 @@ def test_corrupt_truncated_or_foreign_checkpoints_are_config_errors(tmp_path):
         path.write_bytes(content)
         with pytest.raises(ConfigError, match=r"trainer.resume: .* cannot be read"):
             run_in(tmp_path / f"resume_{name}", f"trainer.resume={path}", "logger=none")
-    with pytest.raises(ConfigError, match="does not fit this experiment"):
+    with pytest.raises(
+        ConfigError, match="this run has model._target_=runner.build.models.linear;"
+    ):
         run_in(tmp_path / "foreign", "model=linear", f"trainer.resume={good}", "logger=none")
+    with pytest.raises(ConfigError, match="does not fit this experiment"):  # the same class
+        args = ("model.formula='w * x + b + c'", f"trainer.resume={good}", "logger=none")
+        run_in(tmp_path / "other_formula", *args)
     # a pickle that would run a command: refused unrun, the message naming what was refused
     sentinel = tmp_path / "ran"
     torch.save({"format": 2, "x": RunsACommand(f"touch {sentinel}")}, tmp_path / "evil.pt")
