@@ -219,7 +219,8 @@ def build(cfg: DictConfig, run_dir: Path | None) -> Built:
         )
 
     model_cfg = dict(opts["model"])
-    if data is None and model_cfg.get("_target_") != "runner.build.models.none":  # before an MLP
+    no_model = f"{models.none.__module__}.{models.none.__name__}"
+    if data is None and model_cfg.get("_target_") != no_model:  # before an MLP wants in_features
         raise ConfigError("dataset=none needs model=none: the loss formula holds the parameters")
     if "in_features" in model_cfg and model_cfg["in_features"] is None and data is not None:
         model_cfg["in_features"] = data.features
