@@ -370,6 +370,11 @@ CASES = [
         ["optimizer.line_search_fn='wolfe' is not allowed; use null or strong_wolfe"],
     ),
     (
+        "lbfgs that never updates",
+        ["optimizer=lbfgs", "optimizer.max_iter=0"],
+        ["optimizer.max_iter=0 must be at least 1"],
+    ),
+    (
         "a loss formula with a typo for y",
         ["loss=expression", 'loss.formula="mean((pred - Y)**2)"'],
         ["loss.formula='mean((pred - Y)**2)' does not use y: a loss over data compares"],

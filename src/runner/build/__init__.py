@@ -282,6 +282,10 @@ def build(cfg: DictConfig, run_dir: Path | None) -> Built:
         check_choice(
             "optimizer.line_search_fn", optimizer.defaults["line_search_fn"], (None, "strong_wolfe")
         )
+        if optimizer.defaults["max_iter"] < 1:  # torch takes it, and its steps update nothing
+            raise ConfigError(
+                f"optimizer.max_iter={optimizer.defaults['max_iter']} must be at least 1"
+            )
     if trainer.accumulate > 1 and isinstance(optimizer, torch.optim.LBFGS):
         raise ConfigError("optimizer=lbfgs re-evaluates the loss itself; set trainer.accumulate=1")
     make_scheduler = _instantiate("scheduler", opts["scheduler"])
