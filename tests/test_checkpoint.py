@@ -352,6 +352,14 @@ def test_a_resume_refuses_another_optimizer_and_mid_epoch_another_batch_size(tmp
     ):
         run_in(tmp_path / "e", *resume, "dataset.val_fraction=0.2")
     assert run_in(tmp_path / "c", *resume)["status"] == "completed"
+    # at an epoch's last batch the order is used up: other points may come
+    at_end = tmp_path / "at_end"
+    press_ctrl_c_at_a_log_step(monkeypatch, after=10)  # step 14: the last batch of epoch 3
+    run_in(at_end, EVERY, "logger=none", "trainer.log_every_n_steps=7")
+    monkeypatch.undo()
+    assert torch.load(at_end / LAST, weights_only=True)["state"]["position"] == 5
+    resumed = run_in(tmp_path / "g", f"trainer.resume={at_end}", "dataset.val_fraction=0.2")
+    assert resumed["status"] == "completed"
 
 
 def test_a_resumed_early_stopped_run_that_trains_on_is_no_early_stop(tmp_path):

@@ -111,7 +111,7 @@ def load(path: Path, b: Built) -> State:
         )
     try:
         saved = state.get("hparams") or {}
-        refuse_changes(saved, b.hparams, state.get("state"))
+        refuse_changes(saved, b.hparams, state.get("state"), b.data.n if b.data else None)
         for name, module in _modules(b).items():
             module.load_state_dict(state["modules"][name])
         for name, p in b.params.items():
@@ -124,12 +124,6 @@ def load(path: Path, b: Built) -> State:
         if b.scaler is not None and state.get("scaler"):
             b.scaler.load_state_dict(state["scaler"])
         run = State.from_dict(state["state"], b.device)
-        if run.position and run.perm is not None and len(run.perm) != b.data.n:
-            raise ConfigError(
-                f"trainer.resume: the checkpoint was written in the middle of an epoch over "
-                f"{len(run.perm)} training points, and this run has {b.data.n}; resume with the "
-                "dataset settings it was written with"
-            )
         _set_rng_state(run.rng, b.device)
         if not all(isinstance(v, int) for v in (run.step, run.epoch, run.position)):
             raise TypeError("its step, epoch and position are not all integers")
@@ -182,10 +176,12 @@ def load(path: Path, b: Built) -> State:
     return run
 
 
-def refuse_changes(saved: Mapping[str, Any], now: Mapping[str, Any], run: Any) -> None:
+def refuse_changes(
+    saved: Mapping[str, Any], now: Mapping[str, Any], run: Any, points: int | None
+) -> None:
     """Changes a checkpoint cannot go on with: another model, optimizer or schedule (their
-    states are another's), and another batch size mid-epoch (the epoch's place counts
-    batches)."""
+    states are another's), and mid-epoch another batch size (the epoch's place counts
+    batches) or number of training `points` (the epoch's order indexes them)."""
     position, perm = (
         (run.get("position", 0), run.get("perm")) if isinstance(run, dict) else (0, None)
     )
@@ -193,20 +189,29 @@ def refuse_changes(saved: Mapping[str, Any], now: Mapping[str, Any], run: Any) -
     batches = 1 if perm is None or not isinstance(size, int) else math.ceil(len(perm) / size)
     # the model first: another experiment changes the optimizer too, and the model says why
     keys = ["model._target_", "optimizer._target_", "scheduler._target_"]
-    keys += ["trainer.batch_size"] if 0 < position < batches else []
+    mid_epoch = 0 < position < batches
+    keys += ["trainer.batch_size"] if mid_epoch else []
     for key in keys:
         if key in saved and saved[key] != now.get(key):
             fix, (group, _, name) = f"{key}={saved[key]}", key.partition(".")
             if group == "model":  # several options build one class (an Expression, an MLP)
                 fix = "the experiment and model the checkpoint was written with"
             elif name == "_target_":  # the shipped option that sets it, if one does
-                sets, options = f"_target_: {saved[key]}\n", sorted((CONFIGS / group).glob("*"))
-                fix = next((f"{group}={p.stem}" for p in options if sets in p.read_text()), fix)
+                sets, options = f"_target_: {saved[key]}\n", (CONFIGS / group).glob("*.yaml")
+                fix = next(
+                    (f"{group}={p.stem}" for p in sorted(options) if sets in p.read_text()), fix
+                )
             raise ConfigError(
                 f"trainer.resume: the checkpoint was written with {key}={saved[key]} "
                 + ("in the middle of an epoch, " if key == "trainer.batch_size" else "")
                 + f"and this run has {key}={now.get(key)}; resume with {fix}"
             )
+    if mid_epoch and points is not None and len(perm) != points:
+        raise ConfigError(
+            f"trainer.resume: the checkpoint was written in the middle of an epoch over "
+            f"{len(perm)} training points, and this run has {points}; resume with the dataset "
+            "settings it was written with"
+        )
 
 
 def _modules(b: Built) -> dict[str, torch.nn.Module]:
