@@ -769,6 +769,34 @@ def test_a_flag_hydra_would_answer_with_its_usage_is_one_line(
     assert status == 2 and err.strip() == f"Config error: {told}", err
 
 
+def test_flags_argparse_takes_are_left_to_it():
+    """Short flags carry their value (`-cjob`) or combine (`-mc job`), and a flag's value is
+    no override (`-cd ~c`): none of these is refused, under hydra-core 1.3's rules either."""
+    from runner.config.hydra_hints import flag_hint
+
+    for args in (
+        ["-cjob", "experiment=linear_fit"],
+        ["-pmodel", "--cfg", "job", "experiment=linear_fit"],
+        ["-mc", "job", "experiment=linear_fit"],
+        ["experiment=linear_fit", "-cd", "~c", "--cfg", "job"],
+        ["--cf", "job", "experiment=linear_fit"],  # a prefix argparse completes
+        ["experiment=linear_fit", "logger=none", "-m"],
+        ["experiment=linear_fit", "--info", "plugins"],
+    ):
+        assert flag_hint(args, intermixed=False) is None, args
+
+
+def test_a_run_dir_under_a_file_is_one_line():
+    """`mkdir(parents=True)` names the parent it could not make, not the run dir."""
+    from runner.cli import explain
+
+    error = NotADirectoryError(20, "Not a directory", "/data/afile")
+    assert explain(error, ["experiment=linear_fit", "hydra.run.dir='/data/afile/sub/run'"]) == (
+        "hydra.run.dir='/data/afile/sub/run': the run directory cannot be made there (Not a "
+        "directory: /data/afile); give a directory that can be created"
+    )
+
+
 def test_a_run_dir_hydra_cannot_make_is_one_line(workdir, monkeypatch, capsys):
     (workdir / "run").write_text("a file where the run directory would go")
     status, out, err = main_in_process(list(BASE), workdir, monkeypatch, capsys)

@@ -145,7 +145,8 @@ def explain(error: Exception, args: Sequence[str]) -> str | None:
     if isinstance(error, OSError) and error.filename is not None:  # Hydra makes the run dir
         for arg in args:
             key, _, value = arg.partition("=")
-            if key == "hydra.run.dir" and Path(value).absolute() == Path(error.filename).absolute():
+            made = Path(value.strip("'\"")).absolute()  # with its parents: the error names one
+            if key == "hydra.run.dir" and Path(error.filename).absolute() in (made, *made.parents):
                 return (
                     f"{arg}: the run directory cannot be made there ({error.strerror}: "
                     f"{error.filename}); give a directory that can be created"

@@ -12,21 +12,23 @@ from runner.config.check import CONFIGS
 SWEEP_FUNCTIONS = {"choice", "range", "interval", "tag", "glob", "sort", "shuffle"}  # Hydra's
 FLAGS = ("--help", "--hydra-help", "--version", "--cfg", "--package", "--run", "--multirun")
 FLAGS += ("--shell-completion", "--config-path", "--config-name", "--config-dir", "--info")
-FLAGS += ("--resolve", "--experimental-rerun", "-h", "-c", "-p", "-r", "-m", "-sc", "-cp")
-FLAGS += ("-cn", "-cd", "-i")  # hydra-core 1.3's and 1.4's alike
+FLAGS += ("--resolve", "--experimental-rerun", "-h", "-r", "-m", "-sc")  # 1.3's and 1.4's
+VALUED = ("-c", "-p", "-i", "-cp", "-cn", "-cd")  # short flags that take a value (`-cd dir`)
+VALUED += ("--cfg", "--package", "--info", "--config-path", "--config-name", "--config-dir")
 
 
 def flag_hint(args: Sequence[str], intermixed: bool) -> str | None:
-    """A flag Hydra's argparse does not know, or (hydra-core 1.3, not `intermixed`) one between
-    overrides: argparse prints its usage and, for the second, blames the overrides after it."""
-    overrides = [i for i, a in enumerate(args) if a[:1] not in "-" and ("=" in a or a[:1] in "~+")]
+    """A long flag Hydra's argparse does not know, or (hydra-core 1.3, not `intermixed`) a flag
+    between overrides: argparse prints its usage and, for the second, blames the overrides
+    after it. Short flags may carry their value (`-cjob`): argparse is left to judge those."""
+    values = {i + 1 for i, a in enumerate(args) if a in VALUED}  # `-cd dir`: dir is no override
+    overrides = [i for i, a in enumerate(args) if i not in values and a[:1] not in "-" and "=" in a]
     for i, arg in enumerate(args):
         name = arg.partition("=")[0]
-        if not name.startswith("-") or name == "-" or name[1:2].isdigit():
-            continue
-        if not any(flag.startswith(name) for flag in FLAGS):  # argparse takes a flag's prefix
+        if name.startswith("--") and not any(flag.startswith(name) for flag in FLAGS + VALUED):
             return f"{arg} is no flag of the runner's; python -m runner --help lists them"
-        if not intermixed and overrides and overrides[0] < i < overrides[-1]:
+        known = name in FLAGS + VALUED  # exactly: `-mc` may be `-m -c`, argparse's to judge
+        if known and not intermixed and overrides and overrides[0] < i < overrides[-1]:
             return (
                 f"{arg}: hydra-core 1.3 takes its flags before the overrides: "
                 f"python -m runner {arg} ... <overrides>"
