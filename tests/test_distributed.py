@@ -441,3 +441,21 @@ def test_a_bad_collective_timeout_is_a_config_error_naming_it(monkeypatch, text)
         distributed.timeout()
     monkeypatch.setenv(distributed.TIMEOUT, "2.5")
     assert distributed.timeout().total_seconds() == 2.5
+
+
+def test_under_torchrun_a_rank_that_lost_another_says_so_in_one_line(monkeypatch, capsys):
+    """As a rank of `trainer.devices=N` does: its line and exit status 4, not a traceback."""
+    import runner.run
+    from runner import launch
+
+    lost = launch.RankFailed("rank 1 lost the connection to another rank, which failed")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setattr(sys, "argv", ["runner", "experiment=linear_fit"])
+    monkeypatch.setattr(launch, "join", lambda *args: (None, None, []))
+    monkeypatch.setattr(launch.logging, "basicConfig", lambda **kwargs: None)  # the session's
+    monkeypatch.setattr(runner.run, "run", lambda *args: (_ for _ in ()).throw(lost))
+    with pytest.raises(SystemExit) as stopped:
+        launch.follow()
+    assert stopped.value.code == launch.LOST
+    assert capsys.readouterr().err == f"{lost}\n"

@@ -66,6 +66,9 @@ def follow() -> None:
         sys.exit(exit_status(run(cfg, run_dir, overrides)))
     except ConfigError:
         sys.exit(2)  # rank 0 says why
+    except RankFailed as e:  # this rank lost the one that failed, as under trainer.devices=N
+        print(e, file=sys.stderr)
+        sys.exit(LOST)
 
 
 def join(
