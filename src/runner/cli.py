@@ -43,6 +43,7 @@ from runner.config.hydra_hints import (
     flag_hint,
     group_value,
     hydra_hint,
+    run_dir_hint,
     sweeper_params,
     unreadable,
 )
@@ -142,15 +143,8 @@ def explain(error: Exception, args: Sequence[str]) -> str | None:
         return unreadable(error)
     if isinstance(error, ValueError) and (hint := group_value(error, args)):
         return hint
-    if isinstance(error, OSError) and error.filename is not None:  # Hydra makes the run dir
-        for arg in args:
-            key, _, value = arg.partition("=")
-            made = Path(value.strip("'\"")).absolute()  # with its parents: the error names one
-            if key == "hydra.run.dir" and Path(error.filename).absolute() in (made, *made.parents):
-                return (
-                    f"{arg}: the run directory cannot be made there ({error.strerror}: "
-                    f"{error.filename}); give a directory that can be created"
-                )
+    if isinstance(error, OSError) and (hint := run_dir_hint(error, args)):
+        return hint
     if str(error).startswith("BasicSweeper does not support sweep type"):  # interval(...), -m
         search = next((a for a in args if "interval(" in a), "a search")
         return (

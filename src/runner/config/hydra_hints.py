@@ -4,6 +4,7 @@ where Hydra explains over several lines or names neither."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 from hydra.errors import OverrideParseException
 
@@ -106,6 +107,21 @@ def group_value(error: Exception, args: Sequence[str]) -> str | None:
             off = f"; {key}=none leaves it out" if "none" in options else ""
             pick = f"{key} takes one of its options by name ({', '.join(options)}){off}"
             return f"{arg}: " + (pick if key else "an override is key=value")
+    return None
+
+
+def run_dir_hint(error: OSError, args: Sequence[str]) -> str | None:
+    """A `hydra.run.dir` Hydra cannot make (a file in the way): its OSError, with a traceback."""
+    if error.filename is None:
+        return None
+    for arg in args:
+        key, _, value = arg.partition("=")
+        made = Path(value.strip("'\"")).absolute()  # with its parents: the error names one
+        if key == "hydra.run.dir" and Path(error.filename).absolute() in (made, *made.parents):
+            return (
+                f"{arg}: the run directory cannot be made there ({error.strerror}: "
+                f"{error.filename}); give a directory that can be created"
+            )
     return None
 
 
