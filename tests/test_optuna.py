@@ -412,7 +412,7 @@ def test_ctrl_c_stops_a_parallel_search_which_the_same_command_continues(tmp_pat
     sweep_dir = tmp_path / "s"
     # long enough to be stopped, short enough to be finished: a continued study runs the
     # same settings (reports every 100 steps: at every step, the journal is the bottleneck)
-    long = ("trainer.epochs=20000", "trainer.checkpoint_every=100", "logger=none")
+    long = ("trainer.epochs=10000", "trainer.checkpoint_every=100", "logger=none")
     long += ("trainer.log_every_n_steps=100",)
     parallel = ("hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweeper.n_jobs=2")
     command = [sys.executable, "-m", "runner", "-m", *LINEAR[:2], *long]
