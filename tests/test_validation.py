@@ -9,6 +9,7 @@ and one hides the sweep plugins from Hydra to see what a user without the `sweep
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import subprocess
@@ -751,6 +752,16 @@ def test_an_experiment_file_hydra_cannot_compose_is_one_line(
             ["experiment=linear_fit", "--nope"],
             "--nope is no flag of the runner's; python -m runner --help lists them",
         ),
+        (
+            ["experiment=linear_fit", "hydra.run.dir="],
+            "hydra.run.dir=: hydra.run.dir is empty; give a directory, such as "
+            "hydra.run.dir=outputs/mine",
+        ),
+        (
+            ["-m", "experiment=linear_fit", "hydra.sweep.dir=''", "seed=1,2"],
+            "hydra.sweep.dir='': hydra.sweep.dir is empty; give a directory, such as "
+            "hydra.sweep.dir=outputs/mine",
+        ),
         pytest.param(
             ["experiment=linear_fit", "-m", "logger=none"],
             "-m: hydra-core 1.3 takes its flags before the overrides: "
@@ -764,7 +775,8 @@ def test_an_experiment_file_hydra_cannot_compose_is_one_line(
 def test_a_flag_hydra_would_answer_with_its_usage_is_one_line(
     workdir, monkeypatch, capsys, args, told
 ):
-    """argparse prints ten lines of usage, and for a flag between overrides blames them."""
+    """argparse prints ten lines of usage, and for a flag between overrides blames them; an
+    empty run dir (`hydra.run.dir=$OUT`, OUT unset) would write the run into the cwd."""
     status, out, err = main_in_process(args, workdir, monkeypatch, capsys)
     assert status == 2 and err.strip() == f"Config error: {told}", err
 
@@ -819,6 +831,15 @@ def test_a_run_dir_hydra_cannot_make_is_one_line(workdir, monkeypatch, capsys):
             "optimizer takes one of its options by name (adam, adamw, gd, lbfgs, rmsprop, sgd)",
         ),
         ("=1", "an override is key=value"),
+        pytest.param(
+            "hydra/launcher=null",
+            "hydra/launcher takes one of its options by name "
+            "(basic, joblib, submitit_local, submitit_slurm)",
+            marks=pytest.mark.skipif(
+                importlib.util.find_spec("hydra_plugins.hydra_joblib_launcher") is None,
+                reason="needs the sweep extra (the launcher plugins)",
+            ),
+        ),
     ],
 )
 def test_a_config_group_set_to_null_is_one_line(workdir, monkeypatch, capsys, arg, told):

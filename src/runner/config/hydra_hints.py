@@ -21,7 +21,8 @@ VALUED += ("--cfg", "--package", "--info", "--config-path", "--config-name", "--
 def flag_hint(args: Sequence[str], intermixed: bool) -> str | None:
     """A long flag Hydra's argparse does not know, or (hydra-core 1.3, not `intermixed`) a flag
     between overrides: argparse prints its usage and, for the second, blames the overrides
-    after it. Short flags may carry their value (`-cjob`): argparse is left to judge those."""
+    after it. Short flags may carry their value (`-cjob`): argparse is left to judge those.
+    Also an empty run or sweep dir, which Hydra takes as the working directory."""
     values = {i + 1 for i, a in enumerate(args) if a in VALUED}  # `-cd dir`: dir is no override
     overrides = [i for i, a in enumerate(args) if i not in values and a[:1] not in "-" and "=" in a]
     for i, arg in enumerate(args):
@@ -34,6 +35,10 @@ def flag_hint(args: Sequence[str], intermixed: bool) -> str | None:
                 f"{arg}: hydra-core 1.3 takes its flags before the overrides: "
                 f"python -m runner {arg} ... <overrides>"
             )
+    for i in overrides:  # `hydra.run.dir=$OUT` with OUT unset: Hydra writes into the cwd
+        key, _, value = args[i].partition("=")
+        if key in ("hydra.run.dir", "hydra.sweep.dir") and value.strip("'\" ") == "":
+            return f"{args[i]}: {key} is empty; give a directory, such as {key}=outputs/mine"
     return None
 
 
@@ -102,12 +107,24 @@ def group_value(error: Exception, args: Sequence[str]) -> str | None:
         return None
     for arg in args:
         key, _, value = arg.lstrip("+").partition("=")
-        options = sorted(p.stem for p in (CONFIGS / key).glob("*.yaml")) if key else []
+        options = group_options(key) if key else []
         if not key or (options and value in ("", "null")):
             off = f"; {key}=none leaves it out" if "none" in options else ""
             pick = f"{key} takes one of its options by name ({', '.join(options)}){off}"
             return f"{arg}: " + (pick if key else "an override is key=value")
     return None
+
+
+def group_options(group: str) -> list[str]:
+    """A config group's options as Hydra finds them: the runner's configs and its plugins'
+    (`hydra/launcher` has joblib once hydra-joblib-launcher is installed)."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():  # within a run, as `compose` leaves it
+        return GlobalHydra.instance().config_loader().get_group_options(group)
+    with initialize_config_dir(str(CONFIGS), version_base=None):
+        return GlobalHydra.instance().config_loader().get_group_options(group)
 
 
 def run_dir_hint(error: OSError, args: Sequence[str]) -> str | None:
