@@ -128,12 +128,13 @@ def test_resuming_names_what_changes_the_learning_and_says_when_nothing_is_left(
     assert warning.endswith("are the checkpoint's; optimizer.lr=0.05, not 0.01)")  # ARGS's
     assert "log_every_n_steps" not in warning and "epochs" not in warning
     caplog.clear()
-    with caplog.at_level("WARNING", logger="runner"):
+    with caplog.at_level("INFO", logger="runner"):
         metrics = run_in(
             tmp_path / "third", f"trainer.resume={first}", "trainer.epochs=1", "logger=none"
         )
     assert metrics["epochs"] == 2 and metrics["steps"] == 10  # nothing trained
     assert any("nothing is left to train" in r.message for r in caplog.records)
+    assert any(r.message.endswith("at step 10 (after epoch 2)") for r in caplog.records)
 
 
 def test_a_resumed_runs_hparams_row_shows_the_learning_rate_it_trained_with(tmp_path):
@@ -224,7 +225,7 @@ def press_ctrl_c_at_a_log_step(monkeypatch: pytest.MonkeyPatch, after: int) -> N
 
 
 def test_ctrl_c_mid_epoch_writes_a_checkpoint_that_resumes_exactly(
-    tmp_path, reference, monkeypatch
+    tmp_path, reference, monkeypatch, caplog
 ):
     stopped = tmp_path / "stopped"
     press_ctrl_c_at_a_log_step(monkeypatch, after=233)  # step 240: mid-epoch
@@ -233,7 +234,10 @@ def test_ctrl_c_mid_epoch_writes_a_checkpoint_that_resumes_exactly(
     assert metrics["status"] == "interrupted" and metrics["signal"] == "SIGINT"
     loop = torch.load(stopped / LAST, weights_only=True)["state"]
     assert loop["step"] == metrics["steps"] < 400 and loop["position"] % 5 != 0  # mid-epoch
-    resumed = run_in(tmp_path / "resumed", f"trainer.resume={stopped}", "logger=none")
+    with caplog.at_level("INFO", logger="runner"):
+        resumed = run_in(tmp_path / "resumed", f"trainer.resume={stopped}", "logger=none")
+    epoch = loop["step"] // 5 + 1  # the epoch under way, counted from 1
+    assert any(r.message.endswith(f"(in epoch {epoch})") for r in caplog.records)
     assert resumed["status"] == "completed" and resumed["steps"] == 400
     assert "signal" not in resumed  # the Ctrl-C stopped the first run, not this one
     assert resumed["params"] == reference[0]["params"]

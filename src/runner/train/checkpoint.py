@@ -138,7 +138,8 @@ def load(path: Path, b: Built) -> State:
     stopped = run.early_stopped_epoch is not None and b.checked.trainer.early_stop is not None
     run.status, run.signal = "completed" if stopped else "running", None
     run.early_stopped_epoch = run.early_stopped_epoch if stopped else None
-    log.info(f"Resuming from {path} at step {run.step} (epoch {run.epoch})")
+    where = f"after epoch {run.epoch}" if run.position == 0 else f"in epoch {run.epoch + 1}"
+    log.info(f"Resuming from {path} at step {run.step} ({where})")  # epochs count from 1
     if stopped:
         log.warning(
             f"The run stopped early after epoch {run.early_stopped_epoch} (trainer.early_stop): "
