@@ -123,3 +123,22 @@ def test_ci_runs_the_readmes_test_command() -> None:
         pytest.skip("no .ci/run in this checkout")
     commands = [line.strip() for line in ci.read_text().splitlines()]
     assert TEST_COMMAND in commands
+
+
+@pytest.mark.slow
+def test_the_readmes_own_experiment_runs_as_written(tmp_path: Path) -> None:
+    """The YAML the README shows, saved where its first lines say, prints the line shown
+    under it (Hydra reads `# @package` only above any other comment)."""
+    from conftest import cli
+
+    text = README.read_text()
+    yaml = re.search(r"```yaml\n(# @package.*?)```", text, re.S)
+    assert yaml is not None, "the README shows no experiment file"
+    where, command = re.search(r"^# (\S+\.yaml): (python -m runner .+)$", yaml[1], re.M).groups()
+    (tmp_path / where).parent.mkdir(parents=True)
+    (tmp_path / where).write_text(yaml[1])
+    args = command.split()[3:]
+    done = cli(*args, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    shown = re.search(r"\$ " + re.escape(command) + r"\n(Learned: .+)\n", text)
+    assert shown is not None and shown[1] in done.stdout, done.stdout
