@@ -158,6 +158,10 @@ def test_check_grads_without_a_custom_backward_blames_no_custom_backward(tmp_pat
     kink = compose_config("experiment=derivative", 'loss.formula="relu(x - 3) + x"')
     with pytest.raises(GradCheckError, match="No custom backward is in the graph"):
         check_grads(build(kink, None))
+    # sqrt(w) at w = 0: autograd's gradient is infinite, the central difference NaN
+    nan = compose_config("experiment=linear_fit", 'model.formula="sqrt(w) * x + b"')
+    with pytest.raises(GradCheckError, match=r"d loss / d w is -inf .* has no derivative"):
+        check_grads(build(nan, None))
     own_dtype = compose_config("experiment=sine_mlp", "model._target_=test_insight.Float32Inside")
     with pytest.raises(ConfigError, match="runs float64 copies of the model, which failed"):
         check_grads(build(own_dtype, None))

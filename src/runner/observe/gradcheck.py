@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -57,9 +58,9 @@ def check_grads(b: Built) -> dict[str, Any]:
     b.logger.scalars(0, {f"gradcheck/{k}": v for k, v in errors.items()})
     of_elements = sum(p.numel() for p in params.values())
     result = errors | {"elements": len(picks), "of_elements": of_elements}
-    bad = abs_err > ATOL + RTOL * n.abs()
+    bad = ~(abs_err <= ATOL + RTOL * n.abs())  # a NaN on either side agrees with nothing
     if bad.any():
-        worst = int((abs_err - RTOL * n.abs()).argmax())
+        worst = int((abs_err - RTOL * n.abs()).nan_to_num(math.inf).argmax())
         name, index = picks[worst]
         at = [int(i) for i in torch.unravel_index(torch.tensor(index), params[name].shape)]
         where = name if params[name].numel() == 1 else f"{name}{at}"
@@ -71,7 +72,10 @@ def check_grads(b: Built) -> dict[str, Any]:
             f"{result['max_rel_error']:.3g}; allowed |autograd - numeric| <= {ATOL:g} + "
             f"{RTOL:g} * |numeric|). "
             + (
-                f"The custom backward in the graph ({', '.join(custom)}, a "
+                "A gradient that is NaN or infinite: the loss has no derivative at the starting "
+                "parameters (sqrt or log at 0, say); start them elsewhere"
+                if not (a[worst].isfinite() and n[worst].isfinite())
+                else f"The custom backward in the graph ({', '.join(custom)}, a "
                 "torch.autograd.Function) is the likely cause"
                 if custom
                 else "No custom backward is in the graph, so the differences may be the ones "
