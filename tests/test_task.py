@@ -154,6 +154,31 @@ def test_csv_blank_lines_before_the_header_are_skipped(tmp_path: Path):
     assert (data.x.tolist(), data.y.tolist()) == ([0.5, 1.5], [1.0, 2.0])
 
 
+@pytest.mark.parametrize(
+    "content, told",
+    [
+        (b"0,10\n1,3\n2,5\n", "its first row (0, 10) is numbers, and the first row is read as"),
+        (b"x,temp\xe9rature\n1,2\n", "is not UTF-8 text (it has the byte 0xe9); save it as UTF-8"),
+    ],
+)
+def test_csv_without_a_header_or_not_in_utf8_is_one_line(tmp_path: Path, content, told):
+    """A header-less file lost its first row of data to the header; latin-1 gave a codec error."""
+    from runner.build.data import csv
+
+    (tmp_path / "c.csv").write_bytes(content)
+    with pytest.raises(ConfigError, match=re.escape(told)):
+        csv(str(tmp_path / "c.csv"), x="0", y="10")
+
+
+def test_csv_unnamed_trailing_columns_are_left_alone(tmp_path: Path):
+    """A spreadsheet's empty columns at the right have no names: not "the header names  twice"."""
+    from runner.build.data import csv
+
+    (tmp_path / "c.csv").write_text("x,y,,\n0,1,,\n1,3,,\n")
+    data = csv(str(tmp_path / "c.csv"))
+    assert (data.x.tolist(), data.y.tolist()) == ([0.0, 1.0], [1.0, 3.0])
+
+
 def test_csv_a_number_beyond_float32_names_its_column_and_float64(tmp_path: Path):
     from runner.build.data import csv
 

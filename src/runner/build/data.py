@@ -190,13 +190,43 @@ def csv(
     delimiter = {"\\t": "\t"}.get(delimiter, delimiter)  # a tab as typed: 'dataset.delimiter="\t"'
     if not (isinstance(delimiter, str) and len(delimiter) == 1):
         raise ConfigError(f"dataset.delimiter={delimiter!r} must be one character, such as ';'")
+    try:
+        names, rows = _read_csv(file, path, columns, y, task, delimiter)
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"dataset.path={path!r} is not UTF-8 text (it has the byte {e.object[e.start]:#x}); "
+            'save it as UTF-8 ("CSV UTF-8" in a spreadsheet)'
+        ) from None
+    if not rows:
+        raise ConfigError(f"dataset.path={path!r} has a header but no rows")
+    table = torch.tensor(rows, dtype=dtype)
+    if not bool(torch.isfinite(table).all()):  # a finite number too large for the dtype
+        row, column = (int(i) for i in (~torch.isfinite(table)).nonzero()[0])
+        raise ConfigError(
+            f"dataset.path={path!r}, column {names[column]}: {rows[row][column]:g} is beyond "
+            f"{dtype} (at most {torch.finfo(dtype).max:.4g}); set trainer.dtype=float64"
+        )
+    xs = table[:, 0] if len(columns) == 1 else table[:, : len(columns)]
+    return split(xs.contiguous(), table[:, -1].contiguous(), val_fraction, task)
+
+
+def _read_csv(
+    file: Path, path: str, columns: list[str], y: str, task: str, delimiter: str
+) -> tuple[list[str], list[list[float]]]:
+    """The chosen columns' names and rows of numbers, with one line for what is wrong."""
     with file.open(newline="", encoding="utf-8-sig") as fh:  # -sig: Excel's byte-order mark
         reader = csvlib.reader(fh, delimiter=delimiter)
         header = next((row for row in reader if any(c.strip() for c in row)), None)  # blank lines
         if not header:
             raise ConfigError(f"dataset.path={path!r} is empty; expected a header row of names")
         header = [h.strip() for h in header]
-        if twice := sorted({h for h in header if header.count(h) > 1}):
+        if all(math.isfinite(number(h)) for h in header if h):  # `0,10`: data, not names
+            raise ConfigError(
+                f"dataset.path={path!r}: its first row ({', '.join(header)}) is numbers, and "
+                "the first row is read as the columns' names; add a header row such as x,y"
+            )
+        # a spreadsheet's unnamed trailing columns are no name given twice
+        if twice := sorted({h for h in header if h and header.count(h) > 1}):
             raise ConfigError(f"dataset.path={path!r}: the header names {', '.join(twice)} twice")
         for key, name in [("x", c) for c in columns] + [("y", y)]:
             if name not in header:
@@ -232,17 +262,7 @@ def csv(
                         + ("no class index 0, 1, 2, ..." if classes else "not a finite number")
                     )
             rows.append(values)
-    if not rows:
-        raise ConfigError(f"dataset.path={path!r} has a header but no rows")
-    table = torch.tensor(rows, dtype=dtype)
-    if not bool(torch.isfinite(table).all()):  # a finite number too large for the dtype
-        row, column = (int(i) for i in (~torch.isfinite(table)).nonzero()[0])
-        raise ConfigError(
-            f"dataset.path={path!r}, column {names[column]}: {rows[row][column]:g} is beyond "
-            f"{dtype} (at most {torch.finfo(dtype).max:.4g}); set trainer.dtype=float64"
-        )
-    xs = table[:, 0] if len(columns) == 1 else table[:, : len(columns)]
-    return split(xs.contiguous(), table[:, -1].contiguous(), val_fraction, task)
+    return names, rows
 
 
 def number(cell: str) -> float:
