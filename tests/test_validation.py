@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -709,6 +710,16 @@ def test_points_and_targets_that_do_not_pair_up_are_a_config_error():
     with pytest.raises(ConfigError, match="x holds 10 points and y 7; one target a point"):
         check_data(Data(torch.linspace(0, 1, 10), torch.zeros(7)), None, torch.float32)
     check_data(Data(torch.linspace(0, 1, 10), torch.zeros(10)), None, torch.float32)
+    # a dataset of the user's own: its validation split too, before a traceback mid-run
+    x, y = torch.linspace(0, 1, 10), torch.zeros(10)
+    for data, told in (
+        (Data(x, y, x_val=x[:5]), "Data.x_val is given and y_val is not; give both or neither"),
+        (Data(x, y, x[:3, None], y[:3]), "x_val's points have shape (1,) and x's ()"),
+        (Data(x, y, x[:0], y[:0]), "Data.x_val holds no points (leave x_val and y_val None"),
+        (Data(x[:0], y[:0]), "Data.x holds no points (no data)"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(told)):
+            check_data(data, None, torch.float32)
 
 
 def test_a_config_dir_that_is_not_there_is_one_line(workdir, monkeypatch, capsys):

@@ -63,10 +63,23 @@ def labelled(group: str, option: Mapping[str, Any]) -> str:
 def check_data(data: Data, formula: str | None, dtype: torch.dtype) -> None:
     """Points and targets that pair up, are finite and of the run's dtype: a NaN target would
     read as a run that diverged at its first step."""
+    if (data.x_val is None) != (data.y_val is None):
+        given, absent = ("x_val", "y_val") if data.y_val is None else ("y_val", "x_val")
+        raise ConfigError(
+            f"dataset: Data.{given} is given and {absent} is not; give both or neither"
+        )
+    if data.x_val is not None and data.x_val.shape[1:] != data.x.shape[1:]:
+        raise ConfigError(
+            f"dataset: Data.x_val's points have shape {tuple(data.x_val.shape[1:])} and x's "
+            f"{tuple(data.x.shape[1:])}; validation points are points like the training ones"
+        )
     splits = [("x", data.x, "y", data.y), ("x_val", data.x_val, "y_val", data.y_val)]
     for xn, x, yn, y in splits:
         if x is None or y is None:
             continue
+        if x.shape[0] == 0:
+            none = "leave x_val and y_val None for no validation" if xn == "x_val" else "no data"
+            raise ConfigError(f"dataset: Data.{xn} holds no points ({none})")
         if x.shape[0] != y.shape[0]:
             raise ConfigError(
                 f"dataset: {xn} holds {x.shape[0]} points and {yn} {y.shape[0]}; one target a point"
