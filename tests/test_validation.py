@@ -461,6 +461,11 @@ CASES = [
         ["trainer.objective=val_loss"],
         ["trainer.objective=val_loss", "dataset.val_fraction"],
     ),
+    (
+        "validation objective for a look at one pass",  # it ended with objective null, exit 0
+        ["trainer.objective=val_loss", "dataset.val_fraction=0.2", "trainer.epochs=0"],
+        ["trainer.epochs=0: a look at one pass validates nothing"],
+    ),
 ]
 
 

@@ -217,6 +217,11 @@ def build(cfg: DictConfig, run_dir: Path | None) -> Built:
             "trainer.objective=val_loss but the dataset holds no points out for validation; "
             "set dataset.val_fraction (such as 0.2) or another trainer.objective"
         )
+    if trainer.objective == "val_loss" and trainer.epochs == 0:
+        raise ConfigError(
+            "trainer.objective=val_loss with trainer.epochs=0: a look at one pass validates "
+            "nothing; set trainer.epochs or another trainer.objective"
+        )
 
     model_cfg = dict(opts["model"])
     no_model = f"{models.none.__module__}.{models.none.__name__}"
