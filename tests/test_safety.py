@@ -72,6 +72,17 @@ def test_a_loss_bad_before_any_update_is_not_blamed_on_the_learning_rate(tmp_pat
         "Diverged: the loss became NaN or infinite at step 0; before any update: look at the "
         "data, the formulas and the starting values"
     ]
+    # sqrt(w) at w = 0: a finite loss, an infinite gradient, then NaN; no lr would help
+    cfg = compose_config("experiment=linear_fit", 'model.formula="sqrt(w) * x + b"')
+    caplog.clear()
+    with caplog.at_level(logging.INFO), pytest.raises(SystemExit):
+        run_job(cfg, tmp_path / "sqrt", RunMode.RUN, {})
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Diverged: the")]
+    assert said == [
+        "Diverged: the loss became NaN or infinite at step 1; after the first update: a "
+        "gradient at the starting values was NaN or infinite (sqrt or log at 0, say; "
+        "trainer.check_grads=true names it), or optimizer.lr is far too large"
+    ]
 
 
 def test_a_signal_asks_to_stop_and_a_second_one_stops_at_once():

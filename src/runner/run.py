@@ -254,6 +254,12 @@ def report(metrics: Mapping[str, Any], run_dir: Path, sweep_dir: Path | None = N
         fix = "try a lower optimizer.lr (or set trainer.grad_clip)"
         if metrics["diverged_step"] == 0:  # before any update: not the learning rate
             fix = "before any update: look at the data, the formulas and the starting values"
+        elif metrics["diverged_step"] == 1:  # the first update: most likely its gradient
+            fix = (
+                "after the first update: a gradient at the starting values was NaN or infinite "
+                "(sqrt or log at 0, say; trainer.check_grads=true names it), or optimizer.lr is "
+                "far too large"
+            )
         log.info(
             f"Diverged: the loss became NaN or infinite at step {metrics['diverged_step']}; {fix}"
         )
