@@ -313,6 +313,14 @@ CASES = [
         ["model: its forward returns dict, and the runner takes a tensor: the predictions"],
     ),
     (
+        "batch norm over a last batch of one point",  # a traceback at the end of epoch 1
+        ["experiment=sine_mlp", "model._target_=test_validation.Normed", "trainer.batch_size=17"],
+        [
+            "its batch norm needs two points or more a batch in training, and the last batch of "
+            "each epoch holds 1 point (800 points in batches of 17)"
+        ],
+    ),
+    (
         "class indices as a column",
         ["~dataset", "+dataset._target_=test_validation.class_column_data"],
         ["but they have shape (20, 1); make y of shape (n,) (y.squeeze(-1))"],
@@ -476,6 +484,15 @@ class DictOut(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"y": self.linear(x)}
+
+
+class Normed(torch.nn.Module):
+    def __init__(self, hidden=(), activation="", in_features=1, out_features=1) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(1, 4), torch.nn.BatchNorm1d(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).sum(-1)
 
 
 def token_data(dtype: torch.dtype) -> Data:

@@ -19,7 +19,14 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from runner.build import losses, models
-from runner.build.checks import check_data, check_loss, check_shapes, first_call, labelled
+from runner.build.checks import (
+    check_batch_norm,
+    check_data,
+    check_loss,
+    check_shapes,
+    first_call,
+    labelled,
+)
 from runner.build.data import Data
 from runner.build.models import Forward
 from runner.build.optim import GD, Constant
@@ -276,6 +283,7 @@ def build(cfg: DictConfig, run_dir: Path | None) -> Built:
     else:
         with models.evaluating(model, grad=True):  # no batch norm statistics moved
             check_shapes(forward, loss_fn, data, model_cfg, loss_label)
+        check_batch_norm(model, data.n, trainer.batch_size)
     if trainer.compile is not False:
         forward = compiled(forward, data, trainer, model)
 

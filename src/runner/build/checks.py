@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
+from torch import nn
 
 from runner.build.data import Data
 from runner.build.models import Forward
@@ -94,6 +95,22 @@ def check_data(data: Data, formula: str | None, dtype: torch.dtype) -> None:
             if t.is_floating_point() and not bool(torch.isfinite(t).all()):
                 where = f" (dataset.formula={formula!r})" if formula else ""
                 raise ConfigError(f"dataset: {name} holds NaN or infinite values{where}")
+
+
+def check_batch_norm(model: nn.Module | None, n: int, batch_size: int | None) -> None:
+    """Batch norm computes each step's statistics over the batch, and torch refuses a batch of
+    one point in training: a traceback at the first epoch's last batch, unless told here."""
+    norms = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+    if model is None or not any(isinstance(m, norms) for m in model.modules()):
+        return
+    size = n if batch_size is None or batch_size >= n else batch_size
+    last = n % size or size
+    if last == 1:
+        which = "each batch holds" if size == 1 else "the last batch of each epoch holds"
+        raise ConfigError(
+            f"model: its batch norm needs two points or more a batch in training, and {which} "
+            f"1 point ({n} points in batches of {batch_size or n}); set another trainer.batch_size"
+        )
 
 
 def check_shapes(
