@@ -732,11 +732,16 @@ def test_points_and_targets_that_do_not_pair_up_are_a_config_error():
     with pytest.raises(ConfigError, match="x holds 10 points and y 7; one target a point"):
         check_data(Data(torch.linspace(0, 1, 10), torch.zeros(7)), None, torch.float32)
     check_data(Data(torch.linspace(0, 1, 10), torch.zeros(10)), None, torch.float32)
+    # one column as (n, 1) is `x` for a formula, as a 1-column CSV's (formulas said x, then x1)
+    column = Data(
+        torch.linspace(0, 1, 10)[:, None], torch.zeros(10), torch.ones(3, 1), torch.ones(3)
+    )
+    assert column.x.shape == (10,) and column.x_val.shape == (3,) and column.inputs == ("x",)
     # a dataset of the user's own: its validation split too, before a traceback mid-run
     x, y = torch.linspace(0, 1, 10), torch.zeros(10)
     for data, told in (
         (Data(x, y, x_val=x[:5]), "Data.x_val is given and y_val is not; give both or neither"),
-        (Data(x, y, x[:3, None], y[:3]), "x_val's points have shape (1,) and x's ()"),
+        (Data(x, y, torch.ones(3, 2), y[:3]), "x_val's points have shape (2,) and x's ()"),
         (Data(x, y, x[:0], y[:0]), "Data.x_val holds no points (leave x_val and y_val None"),
         (Data(x[:0], y[:0]), "Data.x holds no points (no data)"),
     ):

@@ -38,6 +38,10 @@ class Data:
                     "passes the dataset"
                 )
         check_choice("dataset.task", self.task, ("regression", "classification"))
+        for name in ("x", "x_val"):  # one column of shape (n, 1) is `x`, as a 1-column CSV's
+            value = getattr(self, name)
+            if value is not None and value.dim() == 2 and value.shape[1] == 1:
+                object.__setattr__(self, name, value[:, 0])
         if self.task == "classification":
             # frozen: the labels are set once, here, as the integers they are
             object.__setattr__(self, "classes", class_count(self.y, self.y_val, self.classes))
