@@ -313,6 +313,11 @@ CASES = [
         ["model: its forward returns dict, and the runner takes a tensor: the predictions"],
     ),
     (
+        "a model formula over a CSV's column names",  # it said to use dataset=none
+        ['model.formula="w*a + c"'],
+        ["model.formula='w*a + c' uses no input: the data's columns are x, or x1, x2, ..."],
+    ),
+    (
         "batch norm over a last batch of one point",  # a traceback at the end of epoch 1
         ["experiment=sine_mlp", "model._target_=test_validation.Normed", "trainer.batch_size=17"],
         [

@@ -129,8 +129,8 @@ class Expression(nn.Module):
                 )
         if not any(INPUT_NAME.fullmatch(n) for n in self.formula.names):
             raise ConfigError(
-                f"model.formula={formula!r} does not use the input x; "
-                "with no data use dataset=none, model=none and a loss formula"
+                f"model.formula={formula!r} uses no input: the data's columns are x, or x1, x2, "
+                "... for several (dataset.x's order), whatever their names in a CSV file"
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
