@@ -306,6 +306,12 @@ def test_corrupt_truncated_or_foreign_checkpoints_are_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="does not fit this experiment"):  # the same class
         args = ("model.formula='w * x + b + c'", f"trainer.resume={good}", "logger=none")
         run_in(tmp_path / "other_formula", *args)
+    # another width: torch's whole line, which names the shape now (it was cut at 160 letters)
+    mlp = ("experiment=sine_mlp", "trainer.epochs=1", "logger=none", "model.hidden=[4]")
+    run(compose_config(*mlp, "trainer.checkpoint_every=5"), tmp_path / "narrow")
+    wider = (*mlp[:3], "model.hidden=[8]", f"trainer.resume={tmp_path / 'narrow'}")
+    with pytest.raises(ConfigError, match=r"the shape in current model is torch.Size\(\[8, 1\]\)"):
+        run(compose_config(*wider), tmp_path / "wider")
     # a pickle that would run a command: refused unrun, the message naming what was refused
     sentinel = tmp_path / "ran"
     torch.save({"format": 2, "x": RunsACommand(f"touch {sentinel}")}, tmp_path / "evil.pt")

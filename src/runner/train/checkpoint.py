@@ -131,8 +131,8 @@ def load(path: Path, b: Built) -> State:
         raise
     except (KeyError, RuntimeError, ValueError, TypeError, AttributeError, IndexError) as e:
         raise ConfigError(
-            f"trainer.resume: {path} does not fit this experiment ({one_line(e)}); resume with the "
-            "experiment and model the checkpoint was written with"
+            f"trainer.resume: {path} does not fit this experiment ({one_line(e, 400)}); resume "
+            "with the experiment and model the checkpoint was written with"
         ) from e
     # what stopped the run before is over, but for an early stop that is still asked for
     stopped = run.early_stopped_epoch is not None and b.checked.trainer.early_stop is not None
