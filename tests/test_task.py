@@ -170,6 +170,22 @@ def test_csv_without_a_header_or_not_in_utf8_is_one_line(tmp_path: Path, content
         csv(str(tmp_path / "c.csv"), x="0", y="10")
 
 
+@pytest.mark.parametrize(
+    "cell, task, told",
+    [
+        ("1_000", "regression", "'1_000' is not a finite number"),
+        ("1.00000001", "classification", "'1.00000001' is no class index 0, 1, 2, ..."),
+    ],
+)
+def test_csv_cells_are_read_as_written(tmp_path: Path, cell, task, told):
+    """Python's float() reads `1_000` as 1000, and float32 rounds 1.00000001 to class 1."""
+    from runner.build.data import csv
+
+    (tmp_path / "c.csv").write_text(f"a,b\n0,0\n1,{cell}\n")
+    with pytest.raises(ConfigError, match=re.escape(f"line 3, column b: {told}")):
+        csv(str(tmp_path / "c.csv"), x="a", y="b", task=task)
+
+
 def test_csv_unnamed_trailing_columns_are_left_alone(tmp_path: Path):
     """A spreadsheet's empty columns at the right have no names: not "the header names  twice"."""
     from runner.build.data import csv

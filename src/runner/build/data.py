@@ -259,8 +259,9 @@ def _read_csv(
                 )
             values = [number(row[i]) for i in index]
             for name, i, value in zip(names, index, values):
-                if not math.isfinite(value):
-                    classes = task == "classification" and name == y
+                classes = task == "classification" and name == y
+                # labels judged as written: in float32, 1.00000001 would pass as class 1
+                if not math.isfinite(value) or classes and not value.is_integer():
                     raise ConfigError(
                         f"dataset.path={path!r} line {line}, column {name}: {row[i]!r} is "
                         + ("no class index 0, 1, 2, ..." if classes else "not a finite number")
@@ -270,7 +271,9 @@ def _read_csv(
 
 
 def number(cell: str) -> float:
-    """A cell's number; NaN for what is none (an empty cell, a word)."""
+    """A cell's number; NaN for what is none (an empty cell, a word, Python's `1_000`)."""
+    if "_" in cell:
+        return math.nan
     try:
         return float(cell)
     except ValueError:
