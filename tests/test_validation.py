@@ -111,6 +111,11 @@ CASES = [
         ["~trainer.grad_clip: Hydra deletes only a key that holds a value"],
     ),
     ("unknown sweep function", ["optimizer.lr=intervl(0.1,1)"], ["Unknown function 'intervl'"]),
+    (
+        "a letter beyond ASCII, unquoted",
+        ["model.formula=α*x+β"],
+        ["Hydra reads letters beyond ASCII only in quotes: 'model.formula=\"α*x+β\"'"],
+    ),
     ("zero lr", ["optimizer.lr=0"], ["optimizer.lr=0", "positive"]),
     ("negative lr", ["optimizer.lr=-1"], ["optimizer.lr=-1", "positive"]),
     ("nan lr", ["optimizer.lr=nan"], ["optimizer.lr=nan", "finite number"]),
@@ -639,6 +644,7 @@ def test_bad_input_stops_with_one_clear_message(overrides, fragments, workdir, m
     refused += ("hparams_search", "hydra/sweeper")  # told from a sweep by Hydra's record
     refused += ("model._target_",)  # the chosen option, named from Hydra's record
     unreadable = ("model.formula=sin(x)*w", "epochs", "optimizer.lr=intervl(0.1,1)")  # grammar
+    unreadable += ("model.formula=α*x+β",)
     unreadable += ("trainer.early_stop={patience:", "optimizer.lr=${oops}")
     unreadable += ("optimizer.lr=tag(log, interval(0.01, 1.0)",)
     unreadable += ("~trainer.grad_clip", "optimizer.lr=0.1,0.2")  # Hydra refuses these

@@ -170,6 +170,8 @@ def unreadable(error: OverrideParseException) -> str:
             "Hydra's grammar reads ( ) [ ] { } ' , itself: quote the value twice, shell "
             f"quotes around Hydra quotes: '{key}=\"{value}\"'"
         )
+    elif not value.isascii() and value[:1] not in "'\"":  # `dataset.y=température`
+        fix = f"Hydra reads letters beyond ASCII only in quotes: '{key}=\"{value}\"'"
     else:
         fix = "the override grammar: https://hydra.cc/docs/advanced/override_grammar/basic"
     return f"{error.override}: Hydra cannot read this override ({reason}); {fix}"
