@@ -186,6 +186,14 @@ def test_csv_cells_are_read_as_written(tmp_path: Path, cell, task, told):
         csv(str(tmp_path / "c.csv"), x="a", y="b", task=task)
 
 
+def test_data_whose_squares_overflow_is_told_to_be_rescaled(tmp_path: Path):
+    """3e20 fits float32, but the squared error does not: not the formulas' fault."""
+    (tmp_path / "c.csv").write_text("a,b\n0,1\n1,3e20\n2,5\n")
+    args = ("dataset=csv", f"dataset.path={tmp_path / 'c.csv'}", "dataset.x=a", "dataset.y=b")
+    with pytest.raises(ConfigError, match="reach 3e\\+20, whose squares overflow torch.float32"):
+        build(compose_config(*args, "logger=none"), tmp_path)
+
+
 def test_csv_unnamed_trailing_columns_are_left_alone(tmp_path: Path):
     """A spreadsheet's empty columns at the right have no names: not "the header names  twice"."""
     from runner.build.data import csv

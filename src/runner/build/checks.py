@@ -35,9 +35,15 @@ def check_loss(
     what = "computing it on the first batch" if args else "evaluating the objective"
     value = first_call(f"{label}: {what}", loss_fn, *args, hint=hint)
     if isinstance(value, torch.Tensor) and value.dim() == 0 and not torch.isfinite(value):
+        fix = "look at the formulas and the parameters' starting values"
+        floats = [a for a in args if a.is_floating_point() and a.numel()]
+        big = max((float(a.abs().max()) for a in floats), default=0.0)
+        if floats and big >= torch.finfo(floats[0].dtype).max ** 0.5:  # 3e20 in a float32 run
+            dtype = floats[0].dtype
+            fix = f"the values reach {big:.3g}, whose squares overflow {dtype}; rescale the data"
         raise ConfigError(
             f"{label}: {what} gives {value.item()} at the starting parameters, before any "
-            "update; look at the formulas and the parameters' starting values"
+            f"update; {fix}"
         )
     if not isinstance(value, torch.Tensor) or value.dim() != 0:
         shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
