@@ -754,7 +754,7 @@ def test_points_and_targets_that_do_not_pair_up_are_a_config_error():
         (Data(x, y, x_val=x[:5]), "Data.x_val is given and y_val is not; give both or neither"),
         (Data(x, y, torch.ones(3, 2), y[:3]), "x_val's points have shape (2,) and x's ()"),
         (Data(x, y, x[:0], y[:0]), "Data.x_val holds no points (leave x_val and y_val None"),
-        (Data(x[:0], y[:0]), "Data.x holds no points (no data)"),
+        (Data(x[:0], y[:0]), "Data.x holds no points (one at least)"),
     ):
         with pytest.raises(ConfigError, match=re.escape(told)):
             check_data(data, None, torch.float32)

@@ -85,7 +85,9 @@ def check_data(data: Data, formula: str | None, dtype: torch.dtype) -> None:
         if x is None or y is None:
             continue
         if x.shape[0] == 0:
-            none = "leave x_val and y_val None for no validation" if xn == "x_val" else "no data"
+            none = (
+                "leave x_val and y_val None for no validation" if xn == "x_val" else "one at least"
+            )
             raise ConfigError(f"dataset: Data.{xn} holds no points ({none})")
         if x.shape[0] != y.shape[0]:
             raise ConfigError(
