@@ -175,14 +175,16 @@ def test_a_resume_with_nothing_left_and_one_with_added_settings_show_what_ran(tm
 
 
 def test_a_resumed_run_checkpoints_as_the_run_it_resumed(tmp_path, reference):
-    """Resumed in place twice without trainer.checkpoint_every, a run keeps the checkpoint's
+    """Resumed in place three times without trainer.checkpoint_every, a run keeps the checkpoint's
     cadence, so the second resume starts where the first resumed run ended, not before it."""
     run_dir = tmp_path / "run"
     run_in(run_dir, "trainer.epochs=30", EVERY, "logger=none")
     run_in(run_dir, "trainer.epochs=50", "trainer.resume=auto", "logger=none")
     assert torch.load(run_dir / LAST, weights_only=True)["state"]["step"] == 250
+    run_in(run_dir, "trainer.epochs=60", "trainer.resume=auto", "logger=none")  # and again
+    assert torch.load(run_dir / LAST, weights_only=True)["state"]["step"] == 300
     metrics = run_in(run_dir, "trainer.resume=auto", "logger=none")
-    assert metrics["resumed_from"]["step"] == 250
+    assert metrics["resumed_from"]["step"] == 300
     assert metrics["final_loss"] == reference[0]["final_loss"]
 
 

@@ -152,7 +152,7 @@ def load(path: Path, b: Built) -> State:
         )
     t, every = b.checked.trainer, saved.get("trainer.checkpoint_every")
     if t.checkpoint_every is None and isinstance(every, int):  # resumable in turn
-        t.checkpoint_every = every
+        t.checkpoint_every = b.hparams["trainer.checkpoint_every"] = every  # and its own too
         log.info(f"Checkpointing every {every} steps, as the run resumed from did")
     changed = [k for k, v in b.hparams.items() if not k.startswith(GOES_ON) and saved.get(k) != v]
     # what the run trains with, for its HParams row and its own checkpoints: every setting of
