@@ -146,6 +146,20 @@ def test_patience_running_out_at_the_last_epoch_is_no_early_stop(run_experiment)
     assert metrics["epochs"] == at_the_end and "early_stopped_epoch" not in metrics
 
 
+def test_a_loss_gone_nan_is_a_divergence_not_an_early_stop(run_experiment):
+    """Early stop looks at every epoch's end, divergence at log steps: NaN epochs are no
+    plateau to stop on (the run ended `completed`, exit 0, with a NaN loss)."""
+    metrics, _ = run_experiment(
+        "experiment=linear_fit",
+        "optimizer.lr=1e30",
+        "trainer.log_every_n_steps=50",
+        "trainer.early_stop={patience:2}",
+        "logger=none",
+    )
+    assert metrics["status"] == "diverged" and "early_stopped_epoch" not in metrics
+    assert metrics["diverged_step"] == 1
+
+
 def test_without_early_stop_the_run_goes_to_the_end(run_experiment):
     metrics, _ = run_experiment("experiment=linear_fit", "trainer.epochs=20", "logger=none")
     assert metrics["epochs"] == 20 and "early_stopped_epoch" not in metrics
