@@ -847,6 +847,24 @@ def test_flags_argparse_takes_are_left_to_it():
         assert flag_hint(args, intermixed=False) is None, args
 
 
+def test_a_sweep_dir_that_cannot_be_made_is_one_line(workdir, monkeypatch, capsys):
+    """Hydra's mkdir gave a traceback; a file in the way failed the sweep's start (exit 1)."""
+    from runner.cli import explain
+
+    error = FileNotFoundError(2, "No such file or directory", "/proc/nope")
+    assert explain(error, ["-m", "hydra.sweep.dir=/proc/nope"]) == (
+        "hydra.sweep.dir=/proc/nope: the sweep directory cannot be made there (No such file or "
+        "directory: /proc/nope); give a directory that can be created"
+    )
+    (workdir / "afile").write_text("a file where the sweep directory would go")
+    args = ["-m", *BASE, "seed=1,2", f"hydra.sweep.dir={workdir / 'afile'}"]
+    status, out, err = main_in_process(args, workdir, monkeypatch, capsys)
+    assert status == 2 and err.strip().startswith(
+        f"Config error: hydra.sweep.dir={workdir / 'afile'}: the sweep directory cannot be made "
+        "there (Not a directory: "
+    ), err
+
+
 def test_a_run_dir_under_a_file_is_one_line():
     """`mkdir(parents=True)` names the parent it could not make, not the run dir."""
     from runner.cli import explain

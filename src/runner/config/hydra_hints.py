@@ -10,6 +10,7 @@ from hydra.errors import OverrideParseException
 
 from runner.config.check import CONFIGS
 
+DIRS = {"hydra.run.dir": "run", "hydra.sweep.dir": "sweep"}
 SWEEP_FUNCTIONS = {"choice", "range", "interval", "tag", "glob", "sort", "shuffle"}  # Hydra's
 FLAGS = ("--help", "--hydra-help", "--version", "--cfg", "--package", "--run", "--multirun")
 FLAGS += ("--shell-completion", "--config-path", "--config-name", "--config-dir", "--info")
@@ -128,15 +129,16 @@ def group_options(group: str) -> list[str]:
 
 
 def run_dir_hint(error: OSError, args: Sequence[str]) -> str | None:
-    """A `hydra.run.dir` Hydra cannot make (a file in the way): its OSError, with a traceback."""
+    """A run or sweep dir Hydra cannot make (a file in the way): its OSError, a traceback."""
     if error.filename is None:
         return None
     for arg in args:
         key, _, value = arg.partition("=")
         made = Path(value.strip("'\"")).absolute()  # with its parents: the error names one
-        if key == "hydra.run.dir" and Path(error.filename).absolute() in (made, *made.parents):
+        named = Path(error.filename).absolute()  # or a file in it (a sweep's record)
+        if key in DIRS and (named in (made, *made.parents) or made in named.parents):
             return (
-                f"{arg}: the run directory cannot be made there ({error.strerror}: "
+                f"{arg}: the {DIRS[key]} directory cannot be made there ({error.strerror}: "
                 f"{error.filename}); give a directory that can be created"
             )
     return None

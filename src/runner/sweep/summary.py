@@ -18,6 +18,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, read_write
 
 from runner.config.check import ConfigError, check_choice, shown
+from runner.config.hydra_hints import run_dir_hint
 from runner.sweep import resume
 
 COLUMNS = ("job", "overrides", "status", "objective", "final_loss", "best_loss", "val_loss")
@@ -57,6 +58,9 @@ class Summary(Callback):
             print(f"Config error: {e}", file=sys.stderr)
             raise SystemExit(2) from None
         except Exception as e:  # Hydra would warn, then run every job again, unsummarised
+            if isinstance(e, OSError) and (told := run_dir_hint(e, sys.argv[1:])):
+                print(f"Config error: {told}", file=sys.stderr)
+                raise SystemExit(2) from None
             print(f"Failed: the sweep's start: {type(e).__name__}: {e}", file=sys.stderr)
             raise SystemExit(1) from None
         self.started = True
