@@ -865,6 +865,16 @@ def test_a_sweep_dir_that_cannot_be_made_is_one_line(workdir, monkeypatch, capsy
     ), err
 
 
+def test_a_range_with_a_step_of_0_is_one_line(workdir, monkeypatch, capsys):
+    """Python's ValueError from Hydra's sweeper (and the Optuna one) was a traceback."""
+    args = ["-m", *BASE, "trainer.batch_size=range(10,20,0)"]
+    status, out, err = main_in_process(args, workdir, monkeypatch, capsys)
+    assert status == 2 and err.strip() == (
+        "Config error: trainer.batch_size=range(10,20,0): range(start, stop, step) takes a "
+        "step other than 0"
+    ), err
+
+
 def test_a_run_dir_under_a_file_is_one_line():
     """`mkdir(parents=True)` names the parent it could not make, not the run dir."""
     from runner.cli import explain

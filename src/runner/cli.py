@@ -151,6 +151,9 @@ def explain(error: Exception, args: Sequence[str]) -> str | None:
             f"{search}: a grid sweep runs lists of values (a,b,c), and a search runs in an "
             f"Optuna sweep: add {SEARCH}=<a file of configs/{SEARCH}/> or hydra/sweeper=optuna"
         )
+    if str(error) == "range() arg 3 must not be zero":  # Hydra's range(a, b, 0), grid or search
+        zero = next((a for a in args if "range(" in a), "range(...)")
+        return f"{zero}: range(start, stop, step) takes a step other than 0"
     if str(error).startswith("Only one of --run, --multirun, --cfg"):  # `-m ... --cfg job`
         return (
             "-m runs a sweep, and --cfg, --info or --shell-completion show something and run "
