@@ -117,6 +117,7 @@ CASES = [
         ["Hydra reads letters beyond ASCII only in quotes: 'model.formula=\"α*x+β\"'"],
     ),
     ("zero lr", ["optimizer.lr=0"], ["optimizer.lr=0", "positive"]),
+    ("half dtype", ["trainer.dtype=bfloat16"], ["half precision set trainer.amp=bfloat16 or"]),
     ("negative lr", ["optimizer.lr=-1"], ["optimizer.lr=-1", "positive"]),
     ("nan lr", ["optimizer.lr=nan"], ["optimizer.lr=nan", "finite number"]),
     ("negative epochs", ["trainer.epochs=-1"], ["trainer.epochs=-1", "at least 0"]),

@@ -189,6 +189,11 @@ def check_trainer(given: Mapping[str, Any]) -> TrainerConfig:
             raise ConfigError(f"trainer.{key}={value} must be a positive integer or null")
     if t.grad_clip is not None and t.grad_clip <= 0:
         raise ConfigError(f"trainer.grad_clip={t.grad_clip} must be positive or null")
+    if t.dtype in ("bfloat16", "float16", "half"):  # not "did you mean float64"
+        raise ConfigError(
+            f"trainer.dtype={t.dtype} is not allowed: parameters are float32 or float64; "
+            "to compute in half precision set trainer.amp=bfloat16 or trainer.amp=float16"
+        )
     check_choice("trainer.dtype", t.dtype, ("float32", "float64"))
     check_choice("trainer.amp", t.amp, (None, "bfloat16", "float16"))
     if t.amp is not None and t.dtype != "float32":
