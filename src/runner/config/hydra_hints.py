@@ -38,7 +38,7 @@ def flag_hint(args: Sequence[str], intermixed: bool) -> str | None:
             )
     for i in overrides:  # `hydra.run.dir=$OUT` with OUT unset: Hydra writes into the cwd
         key, _, value = args[i].partition("=")
-        if key in ("hydra.run.dir", "hydra.sweep.dir") and value.strip("'\" ") == "":
+        if key in DIRS and value.strip("'\" ") == "":
             return f"{args[i]}: {key} is empty; give a directory, such as {key}=outputs/mine"
     return None
 

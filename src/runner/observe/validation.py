@@ -44,7 +44,7 @@ class Validation(Observer):
             return
         watched = state.epoch_loss if state.val_loss is None else state.val_loss
         value = math.inf if watched is None else float(watched)
-        if math.isnan(value) or value == math.inf and watched is not None:
+        if math.isnan(value) or (value == math.inf and watched is not None):
             return  # a diverged loss is no plateau: Divergence stops the run at a log step
         best, waited = state.early_stop or (math.inf, 0)
         best, waited = (value, 0) if value < best - stop.min_delta else (best, waited + 1)
