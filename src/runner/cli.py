@@ -29,6 +29,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
 
+from runner.config import hydra_hints
 from runner.config.check import (
     CONFIGS,
     GROUPS,
@@ -38,14 +39,6 @@ from runner.config.check import (
     arguments,
     did_you_mean,
     locate,
-)
-from runner.config.hydra_hints import (
-    flag_hint,
-    group_value,
-    hydra_hint,
-    run_dir_hint,
-    sweeper_params,
-    unreadable,
 )
 from runner.launch import RankFailed, exit_status
 from runner.sweep import resume
@@ -71,7 +64,7 @@ def main(app: Callable[[], Any]) -> Any:
     its errors: a refused config is one `Config error:` line (exit 2), anything else as Hydra
     prints it (exit 1). The user's own setting stays in RUNNER_FULL_ERROR for child processes."""
     intermixed = not hydra.__version__.startswith("1.3.")  # 1.4 takes flags among overrides
-    if told := flag_hint(sys.argv[1:], intermixed):
+    if told := hydra_hints.flag_hint(sys.argv[1:], intermixed):
         print(f"Config error: {told}", file=sys.stderr)
         sys.exit(CONFIG_ERROR)
     asked = full_error()
@@ -79,18 +72,14 @@ def main(app: Callable[[], Any]) -> Any:
     os.environ.update({ASKED: "1" if asked else "0", FULL_ERROR: "1"})
     try:
         return app()
-    except Exception as error:
+    except (Exception, KeyboardInterrupt) as error:  # Ctrl-C: before the run sets its handler
         if asked:
             raise
-        sys.exit(report(error))
-    except KeyboardInterrupt:  # Ctrl-C before a run's own handler (Hydra starting, imports)
-        if asked:
-            raise
+        if isinstance(error, Exception):
+            sys.exit(report(error))
         sweep = {"-m", "--multirun"} & set(sys.argv)
-        print(
-            "Interrupted" + ("; the same command finishes the sweep" if sweep else ""),
-            file=sys.stderr,
-        )
+        finish = "; the same command finishes the sweep" if sweep else ""
+        print(f"Interrupted{finish}", file=sys.stderr)
         sys.exit(128 + signal.SIGINT)
     finally:  # the environment as it was
         for key in saved:
@@ -135,15 +124,15 @@ def explain(error: Exception, args: Sequence[str]) -> str | None:
         return not_installed(MODULES[error.name], error.name, args)
     if isinstance(error, ConfigCompositionException):
         return (
-            sweeper_params(error, args)
-            or hydra_hint(error)
+            hydra_hints.sweeper_params(error, args)
+            or hydra_hints.hydra_hint(error)
             or refused_override(error, chosen_options(args))
         )
     if isinstance(error, OverrideParseException):
-        return unreadable(error)
-    if isinstance(error, ValueError) and (hint := group_value(error, args)):
+        return hydra_hints.unreadable(error)
+    if isinstance(error, ValueError) and (hint := hydra_hints.group_value(error, args)):
         return hint
-    if isinstance(error, OSError) and (hint := run_dir_hint(error, args)):
+    if isinstance(error, OSError) and (hint := hydra_hints.run_dir_hint(error, args)):
         return hint
     if str(error).startswith("BasicSweeper does not support sweep type"):  # interval(...), -m
         search = next((a for a in args if "interval(" in a), "a search")
@@ -231,10 +220,10 @@ def _below_hydra(tb: TracebackType | None) -> TracebackType | None:
     """The traceback from the task function (the first frame after Hydra's) on, or all of it."""
     first, seen_hydra = tb, False
     while tb is not None:
-        hydra = str(tb.tb_frame.f_globals.get("__name__", "")).partition(".")[0] == "hydra"
-        if seen_hydra and not hydra:
+        in_hydra = str(tb.tb_frame.f_globals.get("__name__", "")).partition(".")[0] == "hydra"
+        if seen_hydra and not in_hydra:
             return tb
-        seen_hydra |= hydra
+        seen_hydra |= in_hydra
         tb = tb.tb_next
     return first
 

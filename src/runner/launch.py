@@ -146,12 +146,10 @@ def spawn(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> dict[str,
     # a handler that does nothing, not SIG_IGN, which the processes would inherit while they
     # start (a Ctrl-C then would be lost); a handler of Python's is theirs only once set
     ctrl_c = signal.signal(signal.SIGINT, lambda signum, frame: None) if handles else None
-    # the launcher's own log (a rank's exit status with its traceback, the others terminated)
-    # says again what the ranks and the summary below say
-    quiet = {name: logging.getLogger(name) for name in ELASTIC_LOGS}
-    levels = {name: log.level for name, log in quiet.items()}
-    for log in quiet.values():
-        log.setLevel(logging.CRITICAL)
+    # the launcher's own log says again what the ranks and the summary below say
+    levels = {name: logging.getLogger(name).level for name in ELASTIC_LOGS}
+    for name in ELASTIC_LOGS:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     try:
         ranks = elastic_launch(config, rank_main)(plain, str(run_dir), list(overrides))
     except (ChildFailedError, SignalException) as e:
@@ -183,7 +181,7 @@ def spawn(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> dict[str,
         if ctrl_c is not None:
             signal.signal(signal.SIGINT, ctrl_c)
         for name, level in levels.items():
-            quiet[name].setLevel(level)
+            logging.getLogger(name).setLevel(level)
     if "config_error" in ranks[0]:
         raise ConfigError(ranks[0]["config_error"])
     return ranks[0]

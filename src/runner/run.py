@@ -55,10 +55,10 @@ def run(
     cfg, run_dir, overrides = launch.join(cfg, run_dir, overrides)  # rank 0's, on every rank
     leader = world().leader
     started = time.perf_counter()
-    source = checkpoint.locate(OmegaConf.select(cfg, "trainer.resume"), run_dir)
+    resume = OmegaConf.select(cfg, "trainer.resume")
+    source = checkpoint.locate(resume, run_dir)
     if leader:
-        # never write over another run's results
-        checkpoint.claim(run_dir, source, OmegaConf.select(cfg, "trainer.resume"))
+        checkpoint.claim(run_dir, source, resume)  # never write over another run's results
     b = distributed.everywhere(lambda: build(cfg, run_dir if leader else None))
     distributed.check(b)  # what DDP cannot split: before anything is written
     state, resumed = State(), {}
@@ -88,11 +88,9 @@ def run(
             metrics = summarise(state, b, time.perf_counter() - started) | post | resumed | checked
             latest = scalars.latest  # at the last step: a log step, or `Scalars.end`'s
             metrics |= {key: latest[tag] for tag, key in ACCURACIES.items() if tag in latest}
-            if graph.first and leader:
-                (run_dir / "graph.txt").write_text(
-                    f"{graph.first['chain']}\n\n{graph.first['tree']}\n"
-                )
-                (run_dir / "graph.dot").write_text(graph.first["dot"])
+            if leader and (first := graph.first):
+                (run_dir / "graph.txt").write_text(f"{first['chain']}\n\n{first['tree']}\n")
+                (run_dir / "graph.dot").write_text(first["dot"])
         except BaseException as e:
             metrics["error"] = f"{type(e).__name__}: {e}"
             metrics["status"] = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
@@ -111,11 +109,10 @@ def run(
         finally:
             if leader:
                 write_json(run_dir / "metrics.json", metrics)
-            step = max(state.step - 1, 0)
             validates = b.data is not None and b.data.x_val is not None
             row = hparam_metrics(metrics, validates)
             columns = hparams(cfg, overrides, b.hparams if resumed else None)
-            b.logger.hparams(columns, row, step, metrics["status"])
+            b.logger.hparams(columns, row, max(state.step - 1, 0), metrics["status"])
             b.logger.close()
             distributed.leave()
     report(metrics, run_dir, sweep_dir)
@@ -251,18 +248,14 @@ def report(metrics: Mapping[str, Any], run_dir: Path, sweep_dir: Path | None = N
     for line in first_step or [f"Learned: {metrics['learned']}"]:
         log.info(line)
     if metrics["status"] == "diverged":
-        fix = "try a lower optimizer.lr (or set trainer.grad_clip)"
-        if metrics["diverged_step"] == 0:  # before any update: not the learning rate
-            fix = "before any update: look at the data, the formulas and the starting values"
-        elif metrics["diverged_step"] == 1:  # the first update: most likely its gradient
-            fix = (
-                "after the first update: a gradient at the starting values was NaN or infinite "
-                "(sqrt or log at 0, say; trainer.check_grads=true names it), or optimizer.lr is "
-                "far too large"
-            )
-        log.info(
-            f"Diverged: the loss became NaN or infinite at step {metrics['diverged_step']}; {fix}"
-        )
+        step = metrics["diverged_step"]  # at step 0 or 1: not the learning rate, most likely
+        fix = {
+            0: "before any update: look at the data, the formulas and the starting values",
+            1: "after the first update: a gradient at the starting values was NaN or infinite "
+            "(sqrt or log at 0, say; trainer.check_grads=true names it), or optimizer.lr is "
+            "far too large",
+        }.get(step, "try a lower optimizer.lr (or set trainer.grad_clip)")
+        log.info(f"Diverged: the loss became NaN or infinite at step {step}; {fix}")
     elif not first_step:
         line = f"Final loss: {_shown(metrics['final_loss'])} (best {_shown(metrics['best_loss'])})"
         if metrics.get("val_loss") is not None:

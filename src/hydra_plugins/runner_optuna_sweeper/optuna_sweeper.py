@@ -9,6 +9,7 @@ file. Of two registrations the last imported wins, and Hydra imports plugins alp
 
 from __future__ import annotations
 
+from functools import partial
 from inspect import signature
 from pathlib import Path
 from typing import Any
@@ -65,9 +66,7 @@ class OptunaSweeper(Sweeper):
             **{k: self.keys.get(k, CONFIG[k]) for k in known},  # `~hydra.sweeper.params`
             sweep_dir=Path(config.hydra.sweep.dir).absolute(),
             arguments=list(config.hydra.overrides.task),
-            compose=lambda overrides: hydra_context.config_loader.load_sweep_config(
-                config, overrides
-            ),
+            compose=partial(hydra_context.config_loader.load_sweep_config, config),
         )
         with read_write(config.hydra.overrides):  # each job's config is composed from these
             config.hydra.overrides.hydra.extend(self.search.shared())

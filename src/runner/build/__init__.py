@@ -75,10 +75,10 @@ class Built:
             text = self.model.describe(self.data.inputs)
             if text is not None:
                 return f"y = {text}"
-        few = sum(p.numel() for p in self.params.values()) <= 8  # one line's worth
-        if few or (isinstance(self.loss_fn, losses.Expression) and self.loss_fn.objective_only):
-            return ", ".join(f"{name} = {_rounded(p)}" for name, p in self.params.items())
         count = sum(p.numel() for p in self.params.values())
+        objective = isinstance(self.loss_fn, losses.Expression) and self.loss_fn.objective_only
+        if count <= 8 or objective:  # 8 numbers: one line's worth
+            return ", ".join(f"{name} = {_rounded(p)}" for name, p in self.params.items())
         return f"{count} parameters in {len(self.params)} tensors"
 
 
@@ -218,6 +218,7 @@ def build(cfg: DictConfig, run_dir: Path | None) -> Built:
         )
     if data is not None:
         check_data(data, opts["dataset"].get("formula"), dtype)
+        data = data.to(device)
 
     if trainer.objective == "val_loss" and (data is None or data.x_val is None):
         raise ConfigError(
@@ -265,8 +266,6 @@ def build(cfg: DictConfig, run_dir: Path | None) -> Built:
             # Hydra's partial re-checks its target on every call, and the loss runs every step
             loss_fn = functools.partial(loss_fn.func, *loss_fn.args, **loss_fn.keywords)
 
-    if data is not None:
-        data = data.to(device)
     for module in (model, loss_fn):
         if isinstance(module, nn.Module):
             module.to(device=device, dtype=dtype)
@@ -292,15 +291,14 @@ def build(cfg: DictConfig, run_dir: Path | None) -> Built:
     building = f"optimizer: building {opts['optimizer']['_target_']}"
     optimizer = first_call(building, make_optimizer, list(params.values()))
     if isinstance(optimizer, torch.optim.LBFGS):  # torch checks its line search at the first step
-        check_choice(
-            "optimizer.line_search_fn", optimizer.defaults["line_search_fn"], (None, "strong_wolfe")
-        )
-        if optimizer.defaults["max_iter"] < 1:  # torch takes it, and its steps update nothing
+        defaults = optimizer.defaults
+        check_choice("optimizer.line_search_fn", defaults["line_search_fn"], (None, "strong_wolfe"))
+        if defaults["max_iter"] < 1:  # torch takes it, and its steps update nothing
+            raise ConfigError(f"optimizer.max_iter={defaults['max_iter']} must be at least 1")
+        if trainer.accumulate > 1:
             raise ConfigError(
-                f"optimizer.max_iter={optimizer.defaults['max_iter']} must be at least 1"
+                "optimizer=lbfgs re-evaluates the loss itself; set trainer.accumulate=1"
             )
-    if trainer.accumulate > 1 and isinstance(optimizer, torch.optim.LBFGS):
-        raise ConfigError("optimizer=lbfgs re-evaluates the loss itself; set trainer.accumulate=1")
     make_scheduler = _instantiate("scheduler", opts["scheduler"])
     schedule = getattr(make_scheduler, "func", make_scheduler)  # the class a partial builds
     if isinstance(optimizer, GD) and schedule is not Constant:
@@ -339,14 +337,14 @@ def compiled(
 ) -> Forward:
     """`trainer.compile`, compiled here on a batch of the loop's shape with gradients on, so
     a backend that fails is a config error and the first step does not pay for the compile."""
-    if forward is None or data is None:
+    if forward is None or model is None or data is None:
         raise ConfigError(
             "trainer.compile compiles the model, and an objective-only experiment "
             "(dataset=none) has none; set trainer.compile=false"
         )
     backend = trainer.compile
     fast = torch.compile(forward, backend="inductor" if backend is True else backend)
-    buffers = [] if model is None else [t.clone() for t in model.buffers()]
+    buffers = [t.clone() for t in model.buffers()]
     try:
         fast(data.x[: trainer.batch_size])  # None: the whole batch; in training mode, as steps
     except Exception as e:
@@ -357,6 +355,6 @@ def compiled(
             "set trainer.compile=false to run the model as it is"
         ) from e
     with torch.no_grad():  # batch norm's statistics as they were: the batch is not seen twice
-        for t, saved in zip(model.buffers() if model is not None else [], buffers):
+        for t, saved in zip(model.buffers(), buffers):
             t.copy_(saved)
     return fast

@@ -34,7 +34,13 @@ def check_loss(
     `label` names the loss's settings (`loss (loss.delta=0)`), one of which may be at fault."""
     what = "computing it on the first batch" if args else "evaluating the objective"
     value = first_call(f"{label}: {what}", loss_fn, *args, hint=hint)
-    if isinstance(value, torch.Tensor) and value.dim() == 0 and not torch.isfinite(value):
+    if not isinstance(value, torch.Tensor) or value.dim() != 0:
+        shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        raise ConfigError(
+            f"loss: it gives {shape}, and .backward() needs a scalar tensor; "
+            "make it return one (loss=expression takes loss.reduction=sum or mean)"
+        )
+    if not torch.isfinite(value):
         fix = "look at the formulas and the parameters' starting values"
         floats = [a for a in args if a.is_floating_point() and a.numel()]
         big = max((float(a.abs().max()) for a in floats), default=0.0)
@@ -45,18 +51,11 @@ def check_loss(
             f"{label}: {what} gives {value.item()} at the starting parameters, before any "
             f"update; {fix}"
         )
-    if not isinstance(value, torch.Tensor) or value.dim() != 0:
-        shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-        raise ConfigError(
-            f"loss: it gives {shape}, and .backward() needs a scalar tensor; "
-            "make it return one (loss=expression takes loss.reduction=sum or mean)"
-        )
 
 
 # classification losses by name (torch's functions and modules, the runner's own)
-CLASSIFYING = {"cross_entropy", "bce", "nll_loss", "binary_cross_entropy"}
-CLASSIFYING |= {"binary_cross_entropy_with_logits", "CrossEntropyLoss", "NLLLoss", "BCELoss"}
-CLASSIFYING |= {"BCEWithLogitsLoss"}
+CLASSIFYING = {"cross_entropy", "bce", "nll_loss", "binary_cross_entropy", "NLLLoss", "BCELoss"}
+CLASSIFYING |= {"binary_cross_entropy_with_logits", "CrossEntropyLoss", "BCEWithLogitsLoss"}
 REGRESSING = {"mse", "mae", "mse_loss", "l1_loss", "huber_loss", "smooth_l1_loss"}
 REGRESSING |= {"MSELoss", "L1Loss", "HuberLoss", "SmoothL1Loss"}
 
@@ -80,15 +79,12 @@ def check_data(data: Data, formula: str | None, dtype: torch.dtype) -> None:
             f"dataset: Data.x_val's points have shape {tuple(data.x_val.shape[1:])} and x's "
             f"{tuple(data.x.shape[1:])}; validation points are points like the training ones"
         )
-    splits = [("x", data.x, "y", data.y), ("x_val", data.x_val, "y_val", data.y_val)]
-    for xn, x, yn, y in splits:
+    for xn, x, yn, y in [("x", data.x, "y", data.y), ("x_val", data.x_val, "y_val", data.y_val)]:
         if x is None or y is None:
             continue
         if x.shape[0] == 0:
-            none = (
-                "leave x_val and y_val None for no validation" if xn == "x_val" else "one at least"
-            )
-            raise ConfigError(f"dataset: Data.{xn} holds no points ({none})")
+            fix = "one at least" if xn == "x" else "leave x_val and y_val None for no validation"
+            raise ConfigError(f"dataset: Data.{xn} holds no points ({fix})")
         if x.shape[0] != y.shape[0]:
             raise ConfigError(
                 f"dataset: {xn} holds {x.shape[0]} points and {yn} {y.shape[0]}; one target a point"
@@ -132,7 +128,7 @@ def check_shapes(
     broadcast; `dataset.task`, never the loss, says what the output must be."""
     x, y = data.x[:2], data.y[:2]
     pred = first_call("model: the first forward pass", forward, x, grad=True)
-    if data.task == "regression" and data.n > 2 and tuple(pred.shape) == tuple(y.shape):
+    if data.task == "regression" and data.n > 2 and pred.shape == y.shape:
         x, y = data.x[:3], data.y[:3]  # a parameter of two numbers broadcasts over 2 points
         pred = first_call("model: the first forward pass", forward, x, grad=True)
     if isinstance(pred, torch.Tensor) and not pred.requires_grad:
@@ -166,11 +162,10 @@ def check_shapes(
         width = 1 if pred.dim() == 1 else pred.shape[-1]
         fits = width == classes or (width == 1 and classes == 2)
         if pred.dim() > 2 or pred.shape[0] != y.shape[0] or not fits:
-            fix, binary = (
-                (f"set model.out_features={classes} (one logit per class)", "model.out_features=1")
-                if has_key
-                else (f"make the model return {classes} logits per point", "one")
-            )
+            fix = f"set model.out_features={classes} (one logit per class)"
+            binary = "model.out_features=1"
+            if not has_key:
+                fix, binary = f"make the model return {classes} logits per point", "one"
             raise ConfigError(
                 f"model output has shape {tuple(pred.shape)} for {y.shape[0]} points, but "
                 f"dataset.task=classification has {classes} classes; {fix}"
@@ -181,7 +176,7 @@ def check_shapes(
             f"gives {'one binary logit' if width == 1 else f'{width} logits'} a point: "
             f"{'bce' if width == 1 else 'cross_entropy'} reads that)"
         )
-    elif tuple(pred.shape) != tuple(y.shape):
+    elif pred.shape != y.shape:
         maybe_classes = pred.dim() == 2 and y.dim() == 1  # logits for class indices?
         if pred.dim() == 1 and tuple(y.shape[1:]) == (1,):  # a column of targets
             raise ConfigError(

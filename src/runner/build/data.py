@@ -37,11 +37,10 @@ class Data:
                     f"tensors: torch.as_tensor({name}, dtype=dtype), with the dtype the runner "
                     "passes the dataset"
                 )
-        check_choice("dataset.task", self.task, ("regression", "classification"))
-        for name in ("x", "x_val"):  # one column of shape (n, 1) is `x`, as a 1-column CSV's
-            value = getattr(self, name)
-            if value is not None and value.dim() == 2 and value.shape[1] == 1:
+            # one column of shape (n, 1) is `x`, as a 1-column CSV's
+            if name in ("x", "x_val") and value is not None and value.shape[1:] == (1,):
                 object.__setattr__(self, name, value[:, 0])
+        check_choice("dataset.task", self.task, ("regression", "classification"))
         if self.task == "classification":
             # frozen: the labels are set once, here, as the integers they are
             object.__setattr__(self, "classes", class_count(self.y, self.y_val, self.classes))
@@ -119,15 +118,15 @@ def split(
         raise ConfigError(f"dataset.val_fraction={val_fraction} must be in [0, 1)")
     if val_fraction == 0.0:
         return Data(x, y, task=task, classes=classes)
-    n_val = round(x.shape[0] * val_fraction)
-    if n_val == 0 or n_val == x.shape[0]:
-        n = x.shape[0]
+    n = x.shape[0]
+    n_val = round(n * val_fraction)
+    if n_val in (0, n):
         raise ConfigError(
             f"dataset.val_fraction={val_fraction} holds out {n_val} of {n} points for "
             f"validation and leaves {n - n_val} to train on; each needs at least one: use more "
             "points or another fraction"
         )
-    perm = torch.randperm(x.shape[0])
+    perm = torch.randperm(n)
     val, train = perm[:n_val], perm[n_val:]
     return Data(x[train], y[train], x[val], y[val], task=task, classes=classes)
 
@@ -195,7 +194,7 @@ def csv(
     if not (isinstance(delimiter, str) and len(delimiter) == 1):
         raise ConfigError(f"dataset.delimiter={delimiter!r} must be one character, such as ';'")
     try:
-        names, rows = _read_csv(file, path, columns, y, task, delimiter)
+        names, rows = _read_csv(path, columns, y, task, delimiter)
     except UnicodeDecodeError as e:
         raise ConfigError(
             f"dataset.path={path!r} is not UTF-8 text (it has the byte {e.object[e.start]:#x}); "
@@ -215,10 +214,10 @@ def csv(
 
 
 def _read_csv(
-    file: Path, path: str, columns: list[str], y: str, task: str, delimiter: str
+    path: str, columns: list[str], y: str, task: str, delimiter: str
 ) -> tuple[list[str], list[list[float]]]:
     """The chosen columns' names and rows of numbers, with one line for what is wrong."""
-    with file.open(newline="", encoding="utf-8-sig") as fh:  # -sig: Excel's byte-order mark
+    with Path(path).open(newline="", encoding="utf-8-sig") as fh:  # -sig: Excel's byte-order mark
         reader = csvlib.reader(fh, delimiter=delimiter)
         header = next((row for row in reader if any(c.strip() for c in row)), None)  # blank lines
         if not header:
@@ -234,16 +233,12 @@ def _read_csv(
             raise ConfigError(f"dataset.path={path!r}: the header names {', '.join(twice)} twice")
         for key, name in [("x", c) for c in columns] + [("y", y)]:
             if name not in header:
-                other = next((c for c in ";\t|" if len(header) == 1 and c in header[0]), None)
-                typed = "\\t" if other == "\t" else other
+                sep = next((c for c in ";\t|" if len(header) == 1 and c in header[0]), None)
+                typed = "\\t" if sep == "\t" else sep
+                hint = f" (split by {sep!r}? set 'dataset.delimiter=\"{typed}\"')" if sep else ""
                 raise ConfigError(
                     f"dataset.{key}={name!r} is not a column of {path}; "
-                    f"columns: {', '.join(header)}"
-                    + (
-                        f" (split by {other!r}? set 'dataset.delimiter=\"{typed}\"')"
-                        if other
-                        else ""
-                    )
+                    f"columns: {', '.join(header)}{hint}"
                 )
         index = [header.index(name) for name in [*columns, y]]
         rows: list[list[float]] = []
@@ -272,10 +267,8 @@ def _read_csv(
 
 def number(cell: str) -> float:
     """A cell's number; NaN for what is none (an empty cell, a word, Python's `1_000`)."""
-    if "_" in cell:
-        return math.nan
     try:
-        return float(cell)
+        return math.nan if "_" in cell else float(cell)
     except ValueError:
         return math.nan
 
@@ -298,16 +291,15 @@ def blobs(
 ) -> Data:
     """Gaussian blobs, one per class, centred evenly on a circle of diameter `distance` (a line
     for one feature), so `spread / distance` says how much the classes overlap."""
-    if n < classes:
-        raise ConfigError(f"dataset.n={n} must be at least dataset.classes={classes}")
-    if classes < 2:
-        raise ConfigError(f"dataset.classes={classes} must be at least 2")
-    if features < 1:
-        raise ConfigError(f"dataset.features={features} must be a positive integer")
-    if not spread > 0:
-        raise ConfigError(f"dataset.spread={spread} must be positive")
-    if not distance >= 0:
-        raise ConfigError(f"dataset.distance={distance} must be zero or positive")
+    for bad, rule in (
+        (n < classes, f"dataset.n={n} must be at least dataset.classes={classes}"),
+        (classes < 2, f"dataset.classes={classes} must be at least 2"),
+        (features < 1, f"dataset.features={features} must be a positive integer"),
+        (not spread > 0, f"dataset.spread={spread} must be positive"),
+        (not distance >= 0, f"dataset.distance={distance} must be zero or positive"),
+    ):
+        if bad:
+            raise ConfigError(rule)
     # drawn in float32 whatever trainer.dtype is: the same points in float64
     centres = torch.zeros(classes, features)
     if features == 1:
@@ -317,8 +309,7 @@ def blobs(
         centres[:, 0] = distance / 2 * torch.cos(angle)
         centres[:, 1] = distance / 2 * torch.sin(angle)
     labels = torch.arange(n) % classes  # balanced classes, interleaved
-    x = (centres[labels] + spread * torch.randn(n, features)).to(dtype)
-    x = x[:, 0].contiguous() if features == 1 else x
+    x = (centres[labels] + spread * torch.randn(n, features)).to(dtype)  # Data squeezes (n, 1)
     if task == "classification":  # the blobs know their number of classes
         return split(x, labels, val_fraction, task, classes)
     return split(x, labels.to(dtype), val_fraction, task)

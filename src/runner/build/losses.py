@@ -1,8 +1,4 @@
-"""Losses: functions of (pred, y), and formula losses that may own parameters.
-
-`mse` is written as the post writes it, `((pred - y)**2).mean()`, so the graph shows
-its nodes (Mean, Pow, Sub) rather than one fused MseLossBackward0.
-"""
+"""Losses: functions of (pred, y), and formula losses that may own parameters."""
 
 from __future__ import annotations
 
@@ -19,6 +15,7 @@ from runner.config.formula import FormulaError
 
 
 def mse(input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """As the post writes it: the graph shows Mean, Pow and Sub, not one fused MseLossBackward0."""
     return ((input - target) ** 2).mean()
 
 

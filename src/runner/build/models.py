@@ -116,12 +116,11 @@ class Expression(nn.Module):
                 f"model.formula={formula!r}: y names what the model predicts, so it cannot be a "
                 "parameter too; rename it"
             )
-        tree = ast.walk(ast.parse(self.formula.source.lstrip(), mode="eval"))  # parsed already
-        for node in tree:  # `sum(w) * x` reduces a parameter, `sum(w * x)` the points
+        # `sum(w) * x` reduces a parameter, `sum(w * x)` the points (the source parsed already)
+        for node in ast.walk(ast.parse(self.formula.source.lstrip(), mode="eval")):
             if not (isinstance(node, ast.Call) and getattr(node.func, "id", None) in REDUCTIONS):
                 continue
-            over = {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
-            if any(INPUT_NAME.fullmatch(name) for name in over):
+            if any(isinstance(n, ast.Name) and INPUT_NAME.fullmatch(n.id) for n in ast.walk(node)):
                 raise ConfigError(
                     f"model.formula={formula!r}: {node.func.id}(...) reduces over the points, "
                     "so each prediction would depend on the whole batch; a model gives one "
@@ -168,13 +167,9 @@ def check_widths(in_features: int | None, out_features: int) -> None:
             raise ConfigError(f"model.{key}={width} must be a positive integer")
 
 
-ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
-    "tanh": nn.Tanh,
-    "relu": nn.ReLU,
-    "gelu": nn.GELU,
-    "sigmoid": nn.Sigmoid,
-    "silu": nn.SiLU,
-}
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = dict(
+    tanh=nn.Tanh, relu=nn.ReLU, gelu=nn.GELU, sigmoid=nn.Sigmoid, silu=nn.SiLU
+)
 
 
 class MLP(nn.Sequential):

@@ -5,7 +5,6 @@ trainer and logger against dataclasses, a `_target_` against the signature of wh
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import functools
 import importlib
@@ -14,8 +13,8 @@ import math
 import re
 import types
 import typing
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +69,7 @@ class LoggerCadence:
     figure_every_n_epochs: int | None = 50
 
 
-CADENCE = [f.name for f in dataclasses.fields(LoggerCadence)]  # read by the loop, not the logger
+CADENCE = [f.name for f in fields(LoggerCadence)]  # read by the loop, not the logger
 
 
 @dataclass
@@ -108,8 +107,7 @@ def check_choice(key: str, value: Any, allowed: typing.Sequence[Any]) -> None:
         )
 
 
-def check_keys(where: str, given: Mapping[str, Any], allowed: typing.Iterable[str]) -> None:
-    allowed = list(allowed)
+def check_keys(where: str, given: Mapping[str, Any], allowed: Collection[str]) -> None:
     for key in given:
         if key not in allowed:
             name = key if where == "config" else f"{where}.{key}"
@@ -141,15 +139,15 @@ def _type_name(annotation: Any) -> str:
     names = {int: "an integer", float: "a finite number", str: "a string", bool: "true or false"}
     if annotation in names:
         return names[annotation]
-    if typing.get_origin(annotation) is dict:
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is dict:
         return "a dict ('key={a: 1, b: 2}', in shell quotes)"
-    if typing.get_origin(annotation) is tuple and Ellipsis not in typing.get_args(annotation):
-        each = ", ".join(_type_name(a).removeprefix("a ") for a in typing.get_args(annotation))
-        return f"a list of {len(typing.get_args(annotation))} ({each})"
-    args = [a for a in _members(annotation) if a is not type(None)]
-    if len(args) == 1:
-        null = type(None) in typing.get_args(annotation)
-        return f"{_type_name(args[0])}{' or null' if null else ''}"
+    if origin is tuple and Ellipsis not in args:
+        each = ", ".join(_type_name(a).removeprefix("a ") for a in args)
+        return f"a list of {len(args)} ({each})"
+    members = [a for a in _members(annotation) if a is not type(None)]
+    if len(members) == 1:
+        return f"{_type_name(members[0])}{' or null' if type(None) in args else ''}"
     return getattr(annotation, "__name__", str(annotation))
 
 
@@ -169,24 +167,27 @@ def check_value(key: str, value: Any, annotation: Any) -> None:
         raise ConfigError(f"{key}={shown(value)} is not {_type_name(annotation)}")
 
 
-def _check_dataclass(where: str, given: Mapping[str, Any], schema: type) -> Any:
+def _check_dataclass(
+    where: str, given: Mapping[str, Any], schema: type, at_least: Mapping[str, int]
+) -> Any:
+    """`given` against `schema`'s fields and their types, and the lower bounds in `at_least`."""
     hints = typing.get_type_hints(schema)  # the fields, in order, with their types
     check_keys(where, given, hints)
     for key, value in given.items():
         check_value(f"{where}.{key}", value, hints[key])
-    return schema(**given)
+    checked = schema(**given)
+    for key, low in at_least.items():
+        if (value := getattr(checked, key)) is not None and value < low:
+            null = type(None) in typing.get_args(hints[key])  # counts: batch_size, the cadence
+            bound = "a positive integer or null" if null else f"at least {low}"
+            raise ConfigError(f"{where}.{key}={value} must be {bound}")
+    return checked
 
 
 def check_trainer(given: Mapping[str, Any]) -> TrainerConfig:
-    t = _check_dataclass("trainer", given, TrainerConfig)
-    positive = {"epochs": 0, "accumulate": 1, "log_every_n_steps": 1, "devices": 1, "num_nodes": 1}
-    for key, low in positive.items():
-        if getattr(t, key) < low:
-            raise ConfigError(f"trainer.{key}={getattr(t, key)} must be at least {low}")
-    for key in ("batch_size", "checkpoint_every"):
-        value = getattr(t, key)
-        if value is not None and value < 1:
-            raise ConfigError(f"trainer.{key}={value} must be a positive integer or null")
+    at_least = {"epochs": 0, "accumulate": 1, "log_every_n_steps": 1, "devices": 1, "num_nodes": 1}
+    at_least |= {"batch_size": 1, "checkpoint_every": 1}
+    t = _check_dataclass("trainer", given, TrainerConfig, at_least)
     if t.grad_clip is not None and t.grad_clip <= 0:
         raise ConfigError(f"trainer.grad_clip={t.grad_clip} must be positive or null")
     if t.dtype in ("bfloat16", "float16", "half"):  # not "did you mean float64"
@@ -205,13 +206,8 @@ def check_trainer(given: Mapping[str, Any]) -> TrainerConfig:
     if isinstance(t.compile, str):
         check_backend(t.compile)
     if t.early_stop is not None:
-        stop = _check_dataclass("trainer.early_stop", t.early_stop, EarlyStop)
-        if stop.patience < 1:
-            raise ConfigError(f"trainer.early_stop.patience={stop.patience} must be at least 1")
-        if stop.min_delta < 0:
-            raise ConfigError(
-                f"trainer.early_stop.min_delta={stop.min_delta} must be zero or positive"
-            )
+        at_least = {"patience": 1, "min_delta": 0}
+        _check_dataclass("trainer.early_stop", t.early_stop, EarlyStop, at_least)
     return t
 
 
@@ -230,11 +226,7 @@ def check_backend(name: str) -> None:
 def check_cadence(given: Mapping[str, Any]) -> tuple[LoggerCadence, dict[str, Any]]:
     """The logger's cadence keys, checked, and the rest of it, for its `_target_`."""
     ours = {k: v for k, v in given.items() if k in CADENCE}
-    cadence = _check_dataclass("logger", ours, LoggerCadence)
-    for key in CADENCE:
-        value = getattr(cadence, key)
-        if value is not None and value < 1:
-            raise ConfigError(f"logger.{key}={value} must be a positive integer or null")
+    cadence = _check_dataclass("logger", ours, LoggerCadence, dict.fromkeys(CADENCE, 1))
     return cadence, {k: v for k, v in given.items() if k not in CADENCE}
 
 
@@ -277,8 +269,7 @@ def check_target(
     `runtime` arguments the builder passes itself (the optimizer's params); `also`: the
     group's keys the runner reads itself (the logger's cadence), taken too."""
     target = locate(group, given.get("_target_"))
-    taken = arguments(target, runtime)
-    if taken is None:
+    if (taken := arguments(target, runtime)) is None:
         return  # a builtin without a signature: instantiate will tell
     named, accepts_any = taken
     keys = {k: v for k, v in given.items() if k not in HYDRA_KEYS}
@@ -366,11 +357,10 @@ def check(cfg: Mapping[str, Any], chosen: Mapping[str, Any] | None = None) -> Ch
         given = cfg.get(group)
         if not isinstance(given, Mapping) or "_target_" not in given:
             shipped = sorted(f.stem for f in (CONFIGS / group).glob("*.yaml"))
+            off = f" ({group}=none turns it off)" if "none" in shipped else ""
             raise ConfigError(
-                f"{group}={shown(given)} is not an option with a "
-                "_target_; pick one of the files "
-                f"in configs/{group}/: {group}={', '.join(shipped)}"
-                + (f" ({group}=none turns it off)" if "none" in shipped else "")
+                f"{group}={shown(given)} is not an option with a _target_; pick one of the files "
+                f"in configs/{group}/: {group}={', '.join(shipped)}{off}"
             )
         given, also = dict(given), []
         if group == "logger":
@@ -379,9 +369,8 @@ def check(cfg: Mapping[str, Any], chosen: Mapping[str, Any] | None = None) -> Ch
         check_target(group, given, runtime, also, (chosen or {}).get(group))
         options[group] = given
     trainer = check_trainer(dict(cfg.get("trainer") or {}))
-    sched = options["scheduler"]
     for key, (whole, zero) in SCHEDULE.items() if trainer.epochs > 0 else ():
-        value = sched.get(key, 1)
+        value = options["scheduler"].get(key, 1)
         if not (_type_ok(value, int if whole else float) and (value > 0 or zero and value == 0)):
             kind = f"{'zero or ' if zero else ''}a positive {'integer' if whole else 'number'}"
             raise ConfigError(f"scheduler.{key}={value!r} must be {kind}")

@@ -292,13 +292,11 @@ def _render(
         case ast.BinOp(left=left, op=op, right=right):
             level = _LEVELS[type(op)]
             (ltext, llevel), (rtext, rlevel) = sub(left), sub(right)
-            # ** groups to the right; the others group to the left
-            right_assoc = isinstance(op, ast.Pow)
+            right_assoc = isinstance(op, ast.Pow)  # ** groups to the right, the others to the left
             ltext = _wrap(ltext, llevel <= level if right_assoc else llevel < level)
             rtext = _wrap(rtext, rlevel < level if right_assoc else rlevel <= level)
             symbol = "**" if right_assoc else f" {_symbol(op)} "
-            if level == _ADD and rtext.startswith("-"):
-                # adding a negative term reads as subtraction: "2.000x - 0.500"
+            if level == _ADD and rtext.startswith("-"):  # as subtraction: "2.000x - 0.500"
                 symbol, rtext = (" - " if symbol == " + " else " + "), rtext[1:]
             return ltext + symbol + rtext, level
     raise AssertionError(f"unrendered node {ast.dump(node)}")  # parse refused it already

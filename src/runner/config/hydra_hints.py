@@ -12,11 +12,10 @@ from runner.config.check import CONFIGS
 
 DIRS = {"hydra.run.dir": "run", "hydra.sweep.dir": "sweep"}
 SWEEP_FUNCTIONS = {"choice", "range", "interval", "tag", "glob", "sort", "shuffle"}  # Hydra's
-FLAGS = ("--help", "--hydra-help", "--version", "--cfg", "--package", "--run", "--multirun")
-FLAGS += ("--shell-completion", "--config-path", "--config-name", "--config-dir", "--info")
-FLAGS += ("--resolve", "--experimental-rerun", "-h", "-r", "-m", "-sc")  # 1.3's and 1.4's
-VALUED = ("-c", "-p", "-i", "-cp", "-cn", "-cd")  # short flags that take a value (`-cd dir`)
+VALUED = ("-c", "-p", "-i", "-cp", "-cn", "-cd")  # flags that take a value (`-cd dir`)
 VALUED += ("--cfg", "--package", "--info", "--config-path", "--config-name", "--config-dir")
+FLAGS = VALUED + ("--help", "--hydra-help", "--version", "--run", "--multirun", "--resolve")
+FLAGS += ("--shell-completion", "--experimental-rerun", "-h", "-r", "-m", "-sc")  # 1.3's, 1.4's
 
 
 def flag_hint(args: Sequence[str], intermixed: bool) -> str | None:
@@ -28,9 +27,9 @@ def flag_hint(args: Sequence[str], intermixed: bool) -> str | None:
     overrides = [i for i, a in enumerate(args) if i not in values and a[:1] not in "-" and "=" in a]
     for i, arg in enumerate(args):
         name = arg.partition("=")[0]
-        if name.startswith("--") and not any(flag.startswith(name) for flag in FLAGS + VALUED):
+        if name.startswith("--") and not any(flag.startswith(name) for flag in FLAGS):
             return f"{arg} is no flag of the runner's; python -m runner --help lists them"
-        known = name in FLAGS + VALUED  # exactly: `-mc` may be `-m -c`, argparse's to judge
+        known = name in FLAGS  # exactly: `-mc` may be `-m -c`, argparse's to judge
         if known and not intermixed and overrides and overrides[0] < i < overrides[-1]:
             return (
                 f"{arg}: hydra-core 1.3 takes its flags before the overrides: "
@@ -62,42 +61,38 @@ def hydra_hint(error: Exception) -> str | None:
     config has, `~key` for a key that is absent or null (Hydra says "does not exist" for
     both), and a sweep's values or search without -m."""
     first, *_ = str(error).splitlines() or [""]
+    quoted = first.partition("'")[2].partition("'")[0]  # a key, a file, an override
     if first.startswith("Could not delete from config. '") and "does not exist" in first:
-        key = first.split("'")[1]
         return (
-            f"~{key}: Hydra deletes only a key that holds a value, and {key} is null or not in "
-            "the config (spelled right?); a null setting is off already: leave the override out"
+            f"~{quoted}: Hydra deletes only a key that holds a value, and {quoted} is null or not "
+            "in the config (spelled right?); a null setting is off already: leave the override out"
         )
     if first.startswith("Could not append to config. An item is already at '"):
-        key = first.split("'")[1]
         return (
-            f"+{key}: the config has {key} already, and + adds only a key it lacks; "
-            f"set it with {key}=... (or ++{key}=..., which sets or adds)"
+            f"+{quoted}: the config has {quoted} already, and + adds only a key it lacks; "
+            f"set it with {quoted}=... (or ++{quoted}=..., which sets or adds)"
         )
     if first.startswith("In 'experiment/") and "@experiment." in str(error):  # no @package
-        name = first.split("'")[1].removeprefix("experiment/")
+        name = quoted.removeprefix("experiment/")
         return (
             f"experiment={name}: its file's first line must be '# @package _global_' (an "
             "experiment sets keys of the whole config, as the shipped ones do)"
         )
     if first.startswith("Multiple values for ") and first.count("'") == 2:  # a defaults list
         group = first.removeprefix("Multiple values for ").partition(".")[0]
-        option = first.split("'")[1].rpartition(": ")[2]
         return (
             f"a defaults list chooses {group} twice; an experiment picks another option with "
-            f"'- override /{group}: {option}'"
+            f"'- override /{group}: {quoted.rpartition(': ')[2]}'"
         )
     if first.startswith("Sweep parameters '"):  # `optimizer.lr=interval(0.1, 1)` without -m
-        override = first.split("'")[1]
-        return f"{override} is a search, one value per job: add -m"
+        return f"{quoted} is a search, one value per job: add -m"
     if first.startswith("Ambiguous value for argument '"):
         override = first.split("'", 1)[1].rstrip("'")
         key, _, value = override.partition("=")
         # a config group's option (`optimizer=gd,adam`) is neither a list nor a string
         other = f"; for a list write {key}=[{value}], for a string '{key}=\"{value}\"'"
-        return f"{override}: a comma-separated value is a sweep, one job per value: add -m" + (
-            other if "." in key else ""
-        )
+        sweep = f"{override}: a comma-separated value is a sweep, one job per value: add -m"
+        return sweep + (other if "." in key else "")
     return None
 
 
@@ -149,8 +144,7 @@ def unreadable(error: OverrideParseException) -> str:
     with the usual cause: a character the grammar reads itself, unquoted."""
     lines = str(error).splitlines()
     skip = ("Error parsing override", "Error when parsing index", "See https")  # 1.3, 1.4
-    shown = (x for x in lines if x.strip() not in ("", "^") and not x.startswith(skip))
-    reason = "; ".join(shown)
+    reason = "; ".join(x for x in lines if x.strip() not in ("", "^") and not x.startswith(skip))
     key, equals, value = error.override.partition("=")
     if not equals and not key.startswith("~"):
         fix = "an override is key=value (+key=value adds a key, ~key deletes one)"

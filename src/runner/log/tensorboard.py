@@ -95,13 +95,13 @@ class TensorBoard(Null):
             return
         (step, wall, items), self._step_scalars = self._step_scalars, None
 
-        def add(w: Any) -> None:
+        def add() -> None:
             from tensorboard.compat.proto.summary_pb2 import Summary
 
             values = [Summary.Value(tag=tag, simple_value=v) for tag, v in items.items()]
-            w.file_writer.add_summary(Summary(value=values), step, wall)
+            self._open().file_writer.add_summary(Summary(value=values), step, wall)
 
-        self._batch.append(lambda: add(self._open()))
+        self._batch.append(add)
 
     def histograms(self, step: int, tensors: Mapping[str, torch.Tensor]) -> None:
         """A step's histograms as one event, binned here: on the writer thread, binning would

@@ -153,8 +153,7 @@ def graph_dot(root: Root, names: Names = None) -> str:
         lines.append(f"  {ids[node]} [label={label}{shape}];")
     # one edge per non-None input, repeats kept: h + h really feeds h twice
     lines += [f"  {ids[node]} -> {ids[child]};" for node in every for child in _children(node)]
-    lines.append("}")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n}\n"
 
 
 @dataclass

@@ -37,9 +37,8 @@ def grad_fns(
             if loss_fn.reduction is not None:  # the reduction adds the last node itself
                 pieces[formula] = _name(loss)
             return pieces
-    out: dict[str, str | None] = {name: _name(p) for name, p in params.items()}
-    out[result_name(loss_fn, params)] = _name(loss)
-    return out
+    out = {name: _name(p) for name, p in params.items()}
+    return out | {result_name(loss_fn, params): _name(loss)}
 
 
 def result_name(loss_fn: Any, params: Mapping[str, Any]) -> str:
@@ -103,8 +102,7 @@ def lines(
         label = y if piece == last else piece
         out.append(f"{label if label.isidentifier() else f'({label})'}.grad_fn = {fn}")
     if tree:
-        out.append(f"{y}.backward() walks the graph from the root to the leaves:")
-        out += tree.splitlines()
+        out += [f"{y}.backward() walks the graph from the root to the leaves:", *tree.splitlines()]
     for name, p in params.items():
         out.append(f"d{y}/d{name} = {'None' if p.grad is None else shown(p.grad)}")
     return out

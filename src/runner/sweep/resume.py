@@ -38,9 +38,8 @@ def check(config: DictConfig) -> None:
     """Record the jobs an earlier run of this sweep left; a different sweep is a ConfigError."""
     sweep_dir = Path(config.hydra.sweep.dir).absolute()
     (sweep_dir / RECORD).unlink(missing_ok=True)  # a killed sweep's record is not this one's
-    if not str(config.hydra.sweeper.get("_target_")).endswith(".BasicSweeper"):  # not a grid
-        return
-    earlier = earlier_jobs(sweep_dir)
+    grid = str(config.hydra.sweeper.get("_target_")).endswith(".BasicSweeper")
+    earlier = earlier_jobs(sweep_dir) if grid else []
     if not earlier:
         return
     problem = difference(earlier, planned_jobs(config, sweep_dir))
@@ -55,26 +54,26 @@ def check(config: DictConfig) -> None:
 
 def earlier_jobs(sweep_dir: Path) -> list[Job]:
     jobs = []
-    for run_dir, num in job_dirs(sweep_dir):
-        overrides = [str(o) for o in read_yaml(run_dir / ".hydra" / "overrides.yaml")]
+    for run_dir, num, overrides in job_dirs(sweep_dir):
         status = read_metrics(run_dir).get("status")
         jobs.append(Job(num, run_dir.relative_to(sweep_dir).as_posix(), overrides, status))
     return jobs
 
 
-def job_dirs(sweep_dir: Path) -> list[tuple[Path, int]]:
-    """The job directories under `sweep_dir` and their numbers: not a single run's (its number
-    is `???`), nor one whose `.hydra/` a kill cut short (the job never started: it runs anew)."""
+def job_dirs(sweep_dir: Path) -> list[tuple[Path, int, list[str]]]:
+    """The job directories under `sweep_dir`, their numbers and overrides: not a single run's
+    (numbered `???`), nor one whose `.hydra/` a kill cut short (it never started: it runs anew)."""
     jobs = []
     for path in sorted(sweep_dir.glob("**/.hydra/hydra.yaml")):
         run_dir = path.parent.parent
         try:
             num = read_yaml(path)["hydra"]["job"].get("num")
-            whole = isinstance(read_yaml(path.with_name("overrides.yaml")), list)
+            overrides = read_yaml(path.with_name("overrides.yaml"))
         except (OSError, ValueError, TypeError, KeyError, AttributeError, yaml.YAMLError):
             continue
+        whole = isinstance(overrides, list)
         if run_dir != sweep_dir and whole and isinstance(num, int) and not isinstance(num, bool):
-            jobs.append((run_dir, num))
+            jobs.append((run_dir, num, [str(o) for o in overrides]))
     return jobs
 
 

@@ -25,7 +25,6 @@ from runner.sweep.study import PRUNER, STORAGE, STUDY, SWEEP_DIR, TRIAL, locatio
 from runner.sweep.summary import STOP, quote
 
 log = logging.getLogger(__name__)
-RESULTS = "optimization_results.yaml"  # the best trial, where Hydra's Optuna plugin wrote it
 # what n_trials counts: a failed trial does not, so the next search tries again
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 SEARCHED = "runner:search"  # the study's user attribute: the search that began it
@@ -84,24 +83,24 @@ class Search:
                 )
                 reason = " ".join(x.strip() for x in lines if x.strip() and "full_key:" not in x)
                 raise ConfigError(f"hydra.sweeper.{key}: {reason}") from e
-        self.env = {STUDY: study_name or "search", STORAGE: location(storage, sweep_dir)}
-        name, where = self.env[STUDY], open_storage(self.env[STORAGE])
+        name, where = study_name or "search", location(storage, sweep_dir)
+        self.env = {STUDY: name, STORAGE: where}
+        opened = open_storage(where)
         verbosity = optuna.logging.get_verbosity()
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # `run` says it, once checked
         try:
             self.study = study = optuna.create_study(
-                storage=where, study_name=name, direction=direction, load_if_exists=True
+                storage=opened, study_name=name, direction=direction, load_if_exists=True
             )
         finally:
             optuna.logging.set_verbosity(verbosity)
         if study.direction.name.lower() != direction:
             raise ConfigError(
-                f"hydra.sweeper.direction={direction} but the study {name!r} in "
-                f"{self.env[STORAGE]} was made to {study.direction.name.lower()}; {ANOTHER}"
+                f"hydra.sweeper.direction={direction} but the study {name!r} in {where} was made "
+                f"to {study.direction.name.lower()}; {ANOTHER}"
             )
-        same_search(study, self.space, f"the study {name!r} in {self.env[STORAGE]}")
-        ours = own_trials(sweep_dir, study, self.env[STORAGE])
-        alone_in(sweep_dir, ours, self.env[STORAGE], name)
+        same_search(study, self.space, f"the study {name!r} in {where}")
+        ours = own_trials(sweep_dir, study, where, name)
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if trial.number in ours:  # this search's, killed
                 log.warning(f"Trial {trial.number} was left running: failed, and queued again")
@@ -156,8 +155,7 @@ class Search:
     def shared(self) -> list[str]:
         """Every job's overrides: its study, and a place for its trial's number, so that the
         job's own override needs no `++` (which the launchers would print)."""
-        env = {**self.env, TRIAL: ""}
-        return [f"++{env_set(key, value)}" for key, value in env.items()]
+        return [f"++{env_set(key, value)}" for key, value in {**self.env, TRIAL: ""}.items()]
 
     def tell(self, trial: Trial, ret: JobReturn) -> None:
         """By the status in the job's metrics.json: a diverged run completes with the worst
@@ -200,44 +198,35 @@ def same_search(study: optuna.Study, space: Space, where: str) -> None:
         )
 
 
-def own_trials(sweep_dir: Path, study: optuna.Study, storage: str) -> set[int]:
-    """The numbers of the study's trials run in this sweep dir. A journal in the sweep dir is
-    the sweep's own, wherever the dir has moved since."""
+def own_trials(sweep_dir: Path, study: optuna.Study, storage: str, name: str) -> set[int]:
+    """The numbers of the study's trials run in this sweep dir (a journal in the sweep dir is
+    the sweep's own, wherever the dir has moved since). The sweep dir must hold no other jobs:
+    another sweep's are numbered as its trials would be, and their directories would meet."""
     here = sweep_dir.resolve()
     own = "://" not in storage and Path(storage).resolve().parent == here
-    return {
+    ours = {
         t.number
         for t in study.get_trials(deepcopy=False)
         if own or Path(t.user_attrs.get(SWEEP_DIR) or "/").resolve() == here
     }
-
-
-def alone_in(sweep_dir: Path, ours: set[int], storage: str, name: str) -> None:
-    """The sweep dir holds this study's trials only (`ours`): another sweep's jobs there are
-    numbered as its trials would be, and their directories would meet."""
-    others = [run_dir.name for run_dir, num in job_dirs(sweep_dir) if num not in ours]
+    others = [run_dir.name for run_dir, num, _ in job_dirs(sweep_dir) if num not in ours]
     if others:
         shown = ", ".join(others[:2]) + (", ..." if len(others) > 2 else "")
         raise ConfigError(
             f"hydra.sweep.dir={str(sweep_dir)!r} holds another sweep's jobs ({shown}), which "
             f"are no trials of the study {name!r} in {storage}; pick a new hydra.sweep.dir"
         )
+    return ours
 
 
 def probes(distributions: Mapping[str, BaseDistribution]) -> list[dict[str, Any]]:
     """Values to compose a trial's config with before the study is made: each distribution's
     low end, and each choice once (an option of a config group that is not there)."""
-    low = {
-        key: d.choices[0] if isinstance(d, CategoricalDistribution) else d.low  # type: ignore[attr-defined]
-        for key, d in distributions.items()
+    choices = {
+        key: d.choices for key, d in distributions.items() if isinstance(d, CategoricalDistribution)
     }
-    others = [
-        low | {key: choice}
-        for key, d in distributions.items()
-        if isinstance(d, CategoricalDistribution)
-        for choice in d.choices[1:]
-    ]
-    return [low, *others]
+    low = {key: choices[key][0] if key in choices else d.low for key, d in distributions.items()}
+    return [low, *(low | {key: c} for key, values in choices.items() for c in values[1:])]
 
 
 def retry(study: optuna.Study, number: int, params: dict[str, Any]) -> None:
@@ -262,4 +251,4 @@ def write_results(study: optuna.Study, sweep_dir: Path) -> None:
     log.info(f"Best value: {best.value}")
     results = {"name": "optuna", "best_params": best.params, "best_value": best.value}
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(OmegaConf.create(results), sweep_dir / RESULTS)
+    OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")

@@ -24,8 +24,7 @@ from runner.sweep import resume
 COLUMNS = ("job", "overrides", "status", "objective", "final_loss", "best_loss", "val_loss")
 COLUMNS += ("steps", "duration_s", "run_dir", "error")
 JOBLIB = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"  # its _target_
-# in the sweep directory once Ctrl-C or SIGTERM reached a joblib sweep: the signal's name
-STOP = ".interrupted"
+STOP = ".interrupted"  # the signal's name, once Ctrl-C or SIGTERM reached a joblib sweep
 # ties: lower objective; a pruned trial (an Optuna search) after the completed ones
 ORDER = {"completed": 0, "pruned": 1, "interrupted": 2, "diverged": 3, "failed": 4}
 SCORED = ("completed", "pruned")  # whose objective the sweeper saw
@@ -65,13 +64,14 @@ class Summary(Callback):
             raise SystemExit(1) from None
         self.started = True
         name_jobs_by_what_varies(config)
-        (Path(config.hydra.sweep.dir).absolute() / STOP).unlink(missing_ok=True)  # an old one
+        stop = Path(config.hydra.sweep.dir).absolute() / STOP
+        stop.unlink(missing_ok=True)  # an old one
         # Left to joblib, Ctrl-C ended the workers before their jobs wrote anything, and a
         # SIGTERM to this process alone left them running. A stop file makes running jobs stop
         # at their next log step and queued ones not start. Only the main thread gets signals.
         main_thread = threading.current_thread() is threading.main_thread()
         if config.hydra.launcher.get("_target_") == JOBLIB and main_thread:
-            self.stop = Path(config.hydra.sweep.dir).absolute() / STOP
+            self.stop = stop
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self.previous[sig] = signal.signal(sig, self._interrupted)
 
@@ -156,7 +156,7 @@ def collect(sweep_dir: Path, maximize: bool = False) -> list[dict[str, Any]]:
     """One row per job directory under the sweep, best first: the highest objective first for
     a search that maximizes it, where a job that did not complete scores -inf, as in its study."""
     sign = -1 if maximize else 1
-    rows = [job_row(run_dir, num, sign * math.inf) for run_dir, num in resume.job_dirs(sweep_dir)]
+    rows = [job_row(*job, sign * math.inf) for job in resume.job_dirs(sweep_dir)]
     return sorted(rows, key=lambda row: rank(row, sign))
 
 
@@ -165,8 +165,7 @@ def rank(row: Mapping[str, Any], sign: int = 1) -> tuple[int, float, int]:
     return ORDER.get(row["status"], len(ORDER)), sign * float(row["objective"]), row["job"]
 
 
-def job_row(run_dir: Path, num: int, worst: float = math.inf) -> dict[str, Any]:
-    overrides = resume.read_yaml(run_dir / ".hydra" / "overrides.yaml")
+def job_row(run_dir: Path, num: int, overrides: list[str], worst: float) -> dict[str, Any]:
     metrics = resume.read_metrics(run_dir) or {
         "status": "failed",
         "error": f"no metrics.json to read: the job stopped before writing one (see {run_dir})",
@@ -175,7 +174,7 @@ def job_row(run_dir: Path, num: int, worst: float = math.inf) -> dict[str, Any]:
     objective = metrics.get("objective")
     return {key: metrics.get(key) for key in COLUMNS} | {
         "job": num,
-        "overrides": " ".join(str(o) for o in overrides),
+        "overrides": " ".join(overrides),
         "status": status,
         # as the sweeper saw it: the worst for a job that neither completed nor was pruned
         "objective": objective if status in SCORED and objective is not None else worst,
@@ -184,17 +183,16 @@ def job_row(run_dir: Path, num: int, worst: float = math.inf) -> dict[str, Any]:
 
 
 def table(rows: list[dict[str, Any]], sweep_dir: Path) -> str:
-    """The rows as a terminal table: 6 significant digits, run directories relative to the
-    sweep, and only the overrides that differ between jobs."""
+    """The rows as a terminal table, with only the overrides that differ between jobs."""
     if not rows:
         return f"Sweep summary: no job directories under {sweep_dir}"
     split = [r["overrides"].split() for r in rows]
     common = [o for o in split[0] if all(o in s for s in split)] if len(rows) > 1 else []
     hidden = ("overrides", "error")  # the overrides go last, errors below the table
-    shown = [c for c in COLUMNS if c not in hidden and any(r[c] is not None for r in rows)]
-    lines = [[*shown, "overrides"]]
+    columns = [c for c in COLUMNS if c not in hidden and any(r[c] is not None for r in rows)]
+    lines = [[*columns, "overrides"]]
     for row, overrides in zip(rows, split, strict=True):
-        cells = [_cell(row[c], c, sweep_dir) for c in shown]
+        cells = [_cell(row[c], c, sweep_dir) for c in columns]
         lines.append([*cells, " ".join(o for o in overrides if o not in common)])
     widths = [max(map(len, column)) for column in zip(*lines)]
     jobs = f"{len(rows)} job" + ("" if len(rows) == 1 else "s")

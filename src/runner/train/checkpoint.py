@@ -134,8 +134,9 @@ def load(path: Path, b: Built) -> State:
             f"trainer.resume: {path} does not fit this experiment ({one_line(e, 400)}); resume "
             "with the experiment and model the checkpoint was written with"
         ) from e
+    t, every = b.checked.trainer, saved.get("trainer.checkpoint_every")
     # what stopped the run before is over, but for an early stop that is still asked for
-    stopped = run.early_stopped_epoch is not None and b.checked.trainer.early_stop is not None
+    stopped = run.early_stopped_epoch is not None and t.early_stop is not None
     run.status, run.signal = "completed" if stopped else "running", None
     run.early_stopped_epoch = run.early_stopped_epoch if stopped else None
     where = f"after epoch {run.epoch}" if run.position == 0 else f"in epoch {run.epoch + 1}"
@@ -145,12 +146,11 @@ def load(path: Path, b: Built) -> State:
             f"The run stopped early after epoch {run.early_stopped_epoch} (trainer.early_stop): "
             "nothing is left to train (resume without trainer.early_stop to go on)"
         )
-    elif run.epoch >= b.checked.trainer.epochs:
+    elif run.epoch >= t.epochs:
         log.warning(
-            f"trainer.epochs={b.checked.trainer.epochs} and the checkpoint has {run.epoch} "
-            "epochs done: nothing is left to train (raise trainer.epochs to go on)"
+            f"trainer.epochs={t.epochs} and the checkpoint has {run.epoch} epochs done: "
+            "nothing is left to train (raise trainer.epochs to go on)"
         )
-    t, every = b.checked.trainer, saved.get("trainer.checkpoint_every")
     if t.checkpoint_every is None and isinstance(every, int):  # resumable in turn
         t.checkpoint_every = b.hparams["trainer.checkpoint_every"] = every  # and its own too
         log.info(f"Checkpointing every {every} steps, as the run resumed from did")
@@ -183,16 +183,14 @@ def refuse_changes(
     """Changes a checkpoint cannot go on with: another model, optimizer or schedule (their
     states are another's), and mid-epoch another batch size (the epoch's place counts
     batches) or number of training `points` (the epoch's order indexes them)."""
-    position, perm = (
-        (run.get("position", 0), run.get("perm")) if isinstance(run, dict) else (0, None)
-    )
+    run = run if isinstance(run, dict) else {}
+    position, perm = run.get("position", 0), run.get("perm")
     size = saved.get("trainer.batch_size")
     batches = 1 if perm is None or not isinstance(size, int) else math.ceil(len(perm) / size)
+    mid_epoch = 0 < position < batches
     # the model first: another experiment changes the optimizer too, and the model says why
     keys = ["model._target_", "optimizer._target_", "scheduler._target_"]
-    mid_epoch = 0 < position < batches
-    keys += ["trainer.batch_size"] if mid_epoch else []
-    for key in keys:
+    for key in keys + (["trainer.batch_size"] if mid_epoch else []):
         if key in saved and saved[key] != now.get(key):
             fix, (group, _, name) = f"{key}={saved[key]}", key.partition(".")
             if group == "model":  # several options build one class (an Expression, an MLP)
@@ -246,6 +244,5 @@ def _set_rng_state(state: Mapping[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
     if device.type == "mps" and "mps" in state:
         torch.mps.set_rng_state(state["mps"])
-    if "numpy" in state:
-        name, keys, pos, has_gauss, gauss = state["numpy"]
-        np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))

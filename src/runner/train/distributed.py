@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -46,13 +47,10 @@ def join(w: World, sent: Any) -> Any:
 
 def timeout() -> timedelta:
     text = os.environ.get(TIMEOUT, "600")
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = math.nan
-    if not 0 < seconds < math.inf:
-        raise ConfigError(f"{TIMEOUT}={text!r} must be a positive number of seconds")
-    return timedelta(seconds=seconds)
+    with suppress(ValueError):  # not a number: refused below
+        if 0 < (seconds := float(text)) < math.inf:
+            return timedelta(seconds=seconds)
+    raise ConfigError(f"{TIMEOUT}={text!r} must be a positive number of seconds")
 
 
 def pin(w: World, device: str) -> None:
@@ -173,8 +171,7 @@ def sharded(b: Built, w: World) -> LossOn:
     assert b.data is not None and b.model is not None  # `check` refused the others
     ddp = DistributedDataParallel(b.model)
     forward = ddp if isinstance(b.model, models.Expression) else models.forward_fn(ddp)
-    if b.checked.trainer.compile is not False:
-        backend = b.checked.trainer.compile
+    if (backend := b.checked.trainer.compile) is not False:
         forward = torch.compile(forward, backend="inductor" if backend is True else backend)
     x, y = b.data.x, b.data.y
     every = torch.arange(w.rank, b.data.n, w.size, device=x.device)  # the full batch's shard
@@ -213,8 +210,7 @@ def agreed(stop: Any, state: State, log_now: bool) -> None:
         return
     # each rank's early stop reads its own validation loss (batch norm's statistics differ)
     early = state.early_stopped_epoch is not None
-    flags = [stop.signal is not None, state.status == "pruned", early]
-    flags = torch.tensor(flags, dtype=torch.float)
+    flags = torch.tensor([stop.signal is not None, state.status == "pruned", early]).float()
     dist.all_reduce(flags, op=dist.ReduceOp.MAX)
     signalled, pruned, stopped = flags.tolist()
     if pruned and state.status == "running":

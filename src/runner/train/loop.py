@@ -18,7 +18,6 @@ from runner.observe.graph import saved_bytes
 from runner.train import distributed
 from runner.train.state import FOLD, State
 
-Save = Callable[[State], None]
 NO_CLOSURE = (
     "optimizer: {}.step(closure) returned without calling closure(), which computes the loss "
     "and the gradients; call it first (loss = closure()), as torch's optimizers do"
@@ -29,7 +28,7 @@ def train(
     b: Built,
     state: State,
     observers: Sequence[Observer],
-    save: Save | None,
+    save: Callable[[State], None] | None,
     stop: Stop | None = None,
 ) -> State:
     """Run from `state` to the last epoch (or until an observer or a signal stops it); `stop`:
@@ -111,8 +110,7 @@ def weights(group: list[torch.Tensor | None]) -> list[float]:
 def total_steps(b: Built) -> int:
     """Updates in the whole run: the progress bar's length; the last one is always logged."""
     t = b.checked.trainer
-    n = b.data.n if b.data is not None else 1
-    batches = 1 if t.batch_size is None else math.ceil(n / t.batch_size)
+    batches = 1 if b.data is None or t.batch_size is None else math.ceil(b.data.n / t.batch_size)
     return max(t.epochs * math.ceil(batches / t.accumulate), 1)
 
 
