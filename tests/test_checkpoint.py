@@ -23,6 +23,7 @@ from runner.config.check import ConfigError
 from runner.log.tensorboard import TensorBoard
 from runner.observe.scalars import Scalars
 from runner.run import run
+from runner.train import checkpoint
 from runner.train.checkpoint import LAST
 from runner.train.state import State
 
@@ -78,6 +79,32 @@ def assert_curves_continue(first: Path, resumed: Path, reference: Path, at: int)
     assert steps == sorted(ref) and len(set(steps)) == len(steps)
     assert all(s >= at for s, _ in after)
     assert dict(before + after) == ref
+
+
+def test_a_checkpoint_writes_the_validation_losses_that_wait_for_a_log_step(tmp_path, monkeypatch):
+    """Validation losses wait on the device for the next log step; a checkpoint writes them
+    first, so a run killed right after one and resumed shows every epoch's loss/val once."""
+    split = ("dataset.val_fraction=0.2", EVERY)  # 4 batches an epoch: epochs end between logs
+    reference = tmp_path / "reference"
+    run_in(reference, *split)
+    real = checkpoint.save
+
+    def save_then_die(path: Path, b: Any, state: State) -> None:
+        real(path, b, state)
+        if state.step >= 65:  # 70: after the log step 60 and the epoch ends at 64 and 68
+            raise SystemExit("killed")  # nothing more reaches the disk, as after a SIGKILL
+
+    monkeypatch.setattr(checkpoint, "save", save_then_die)
+    with pytest.raises(SystemExit):
+        run_in(tmp_path / "killed", *split)
+    monkeypatch.setattr(checkpoint, "save", real)
+    at = torch.load(tmp_path / "killed" / LAST, weights_only=True)["state"]["step"]
+    run_in(tmp_path / "resumed", *split, f"trainer.resume={tmp_path / 'killed'}")
+    ref = scalars(reference, "loss/val")
+    shown = scalars(tmp_path / "killed", "loss/val") + scalars(tmp_path / "resumed", "loss/val")
+    assert len(ref) == 80 and at == 70  # every epoch's loss/val
+    assert [s for s, _ in shown] == [s for s, _ in ref]  # each step once
+    assert shown == ref
 
 
 def test_checkpoint_is_weights_only_and_written_atomically(tmp_path):

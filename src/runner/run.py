@@ -7,7 +7,6 @@ import logging
 import math
 import time
 from collections.abc import Mapping, Sequence
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -67,9 +66,13 @@ def run(
         b.logger.resumed(state.step)  # TensorBoard shows each step once
         resumed = {"resumed_from": {"checkpoint": str(source), "step": state.step}}
     t = b.checked.trainer
-    saving = t.checkpoint_every is not None and leader
-    save = partial(checkpoint.save, run_dir / checkpoint.LAST, b) if saving else None
     watching = observers(b, state.step, sweep_dir)
+    validation = next(o for o in watching if isinstance(o, Validation))
+
+    def save(state: State) -> None:
+        validation.flush()  # the validation losses since the last log step: after a SIGKILL too
+        checkpoint.save(run_dir / checkpoint.LAST, b, state)
+
     graph = next(o for o in watching if isinstance(o, GraphStats))
     figures = next(o for o in watching if isinstance(o, Figures))
     scalars = next(o for o in watching if isinstance(o, Scalars))
@@ -83,7 +86,8 @@ def run(
             if t.epochs == 0:  # one forward and backward pass to look at, no update
                 state, post = look_once(b, watching, graph)
             else:
-                state, post = train(b, state, watching, save, stop), {}
+                saving = t.checkpoint_every is not None and leader
+                state, post = train(b, state, watching, save if saving else None, stop), {}
             dashboard.add_model_graph(b, b.logger)  # the Graphs dashboard
             metrics = summarise(state, b, time.perf_counter() - started) | post | resumed | checked
             latest = scalars.latest  # at the last step: a log step, or `Scalars.end`'s
