@@ -354,6 +354,15 @@ def test_the_same_seed_runs_the_same_trials_and_beats_the_default_lr(tmp_path, r
     assert float(rows_a[0]["final_loss"]) < default["final_loss"]
 
 
+def test_a_search_whose_every_trial_diverged_names_no_best(tmp_path: Path):
+    lr = ("optimizer=gd", "optimizer.lr=interval(1e5,1e6)")  # diverges in the first few steps
+    status, out, sweep_dir, rows = sweep(tmp_path, "d", *LINEAR, "hydra.sweeper.n_trials=2", *lr)
+    assert status == 1 and [r["status"] for r in rows] == ["diverged", "diverged"]
+    assert [t.value for t in trials(sweep_dir, "linear_fit")] == [math.inf, math.inf]
+    assert "Every trial diverged: no best parameters" in out and "Best value" not in out
+    assert not (sweep_dir / "optimization_results.yaml").exists()
+
+
 @pytest.mark.slow
 def test_keys_direction_and_a_wrong_key(tmp_path: Path, capsys):
     _, sweep_dir, rows = search(

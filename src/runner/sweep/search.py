@@ -247,6 +247,9 @@ def write_results(study: optuna.Study, sweep_dir: Path) -> None:
     except ValueError:
         log.warning("No trial completed: no best parameters")
         return
+    if not math.isfinite(best.value):  # the worst value Optuna was told for a diverged trial
+        log.warning("Every trial diverged: no best parameters")
+        return
     log.info(f"Best parameters: {best.params}")
     log.info(f"Best value: {best.value}")
     results = {"name": "optuna", "best_params": best.params, "best_value": best.value}
