@@ -876,6 +876,17 @@ def test_a_range_with_a_step_of_0_is_one_line(workdir, monkeypatch, capsys):
     ), err
 
 
+def test_an_empty_range_in_a_grid_is_one_line(workdir, monkeypatch, capsys):
+    """`range(5,1)` holds no value: the sweep launched no job and then failed to summarise."""
+    args = ["-m", *BASE, "seed=range(5,1)", f"hydra.sweep.dir={workdir / 'grid'}"]
+    status, out, err = main_in_process(args, workdir, monkeypatch, capsys)
+    assert status == 2 and err.strip() == (
+        "Config error: seed=range(5,1) holds no value: range(start, stop) counts up from start "
+        "to below stop (range(5,1,-1) counts down); the sweep would run no job"
+    ), err
+    assert not (workdir / "grid").exists()
+
+
 def test_a_run_dir_under_a_file_is_one_line():
     """`mkdir(parents=True)` names the parent it could not make, not the run dir."""
     from runner.cli import explain

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import RangeSweep
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, read_write
 
@@ -52,6 +54,7 @@ class Summary(Callback):
                     f"hydra.output_subdir={shown(config.hydra.output_subdir)}: a sweep reads each "
                     "job's .hydra/overrides.yaml to finish and summarise it; leave it .hydra"
                 )
+            empty_ranges(config.hydra.overrides.task)
             resume.check(config)
         except ConfigError as e:  # ends as runner.cli ends a bad config: Hydra would only warn
             print(f"Config error: {e}", file=sys.stderr)
@@ -129,6 +132,17 @@ def summarise(sweep_dir: Path, maximize: bool = False) -> list[dict[str, Any]]:
     print(table(rows, sweep_dir))
     resume.finish(sweep_dir)
     return rows
+
+
+def empty_ranges(overrides: list[str]) -> None:
+    """A grid's `range(5,1)` holds no value, and the sweep would launch no job at all."""
+    for override in OverridesParser.create().parse_overrides(list(overrides)):
+        value = override.value()  # a step of 0 is the sweeper's to refuse, in its words
+        if isinstance(value, RangeSweep) and value.step and not list(override.sweep_iterator()):
+            raise ConfigError(
+                f"{override.input_line} holds no value: range(start, stop) counts up from start "
+                "to below stop (range(5,1,-1) counts down); the sweep would run no job"
+            )
 
 
 def name_jobs_by_what_varies(config: DictConfig) -> None:
