@@ -318,6 +318,16 @@ def test_a_study_refuses_a_sweep_dir_that_holds_another_sweeps_jobs(tmp_path: Pa
     assert (job / "metrics.json").read_text() == before
 
 
+def test_a_search_refused_for_a_grids_sweep_dir_leaves_no_study_there(tmp_path: Path, capsys):
+    status, _, sweep_dir, _ = sweep(tmp_path, "g", "experiment=linear_fit", TINY, "seed=1,2")
+    assert status == 0
+    capsys.readouterr()
+    status, _, _, _ = sweep(tmp_path, "g", *LINEAR, "hydra.sweeper.n_trials=1")
+    err = capsys.readouterr().err.strip()
+    assert status == 2 and "holds another sweep's jobs (0_seed=1, 1_seed=2)" in err, err
+    assert not (sweep_dir / JOURNAL).exists()
+
+
 def test_a_search_continues_in_its_sweep_dir_moved_elsewhere(tmp_path: Path):
     """...and runs again the trial a kill left running there, which names the old path."""
     import optuna

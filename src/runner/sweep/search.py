@@ -85,6 +85,8 @@ class Search:
                 raise ConfigError(f"hydra.sweeper.{key}: {reason}") from e
         name, where = study_name or "search", location(storage, sweep_dir)
         self.env = {STUDY: name, STORAGE: where}
+        if "://" not in where and not Path(where).exists():  # no job here is a trial of it
+            own_trials(sweep_dir, None, where, name)  # refused before the journal is made
         opened = open_storage(where)
         verbosity = optuna.logging.get_verbosity()
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # `run` says it, once checked
@@ -198,7 +200,7 @@ def same_search(study: optuna.Study, space: Space, where: str) -> None:
         )
 
 
-def own_trials(sweep_dir: Path, study: optuna.Study, storage: str, name: str) -> set[int]:
+def own_trials(sweep_dir: Path, study: optuna.Study | None, storage: str, name: str) -> set[int]:
     """The numbers of the study's trials run in this sweep dir (a journal in the sweep dir is
     the sweep's own, wherever the dir has moved since). The sweep dir must hold no other jobs:
     another sweep's are numbered as its trials would be, and their directories would meet."""
@@ -206,7 +208,7 @@ def own_trials(sweep_dir: Path, study: optuna.Study, storage: str, name: str) ->
     own = "://" not in storage and Path(storage).resolve().parent == here
     ours = {
         t.number
-        for t in study.get_trials(deepcopy=False)
+        for t in (study.get_trials(deepcopy=False) if study is not None else [])
         if own or Path(t.user_attrs.get(SWEEP_DIR) or "/").resolve() == here
     }
     others = [run_dir.name for run_dir, num, _ in job_dirs(sweep_dir) if num not in ours]
