@@ -141,7 +141,7 @@ def test_validation_sees_the_model_in_eval_mode(tmp_path: Path):
 def test_an_early_stop_between_log_steps_reports_the_accuracy_it_ends_with(tmp_path: Path):
     """mlp_classify stopped early at an epoch's end that is no log step: acc and val_acc are
     the final parameters' (read back from the checkpoint and counted by hand), not the last
-    log step's, and TensorBoard has them at the last step."""
+    log step's, and TensorBoard has them, and every other kind of data, at the last step."""
     overrides = ["experiment=mlp_classify", "trainer.log_every_n_steps=100"]
     overrides += [
         "trainer.early_stop={patience: 2, min_delta: 0.01}",
@@ -158,10 +158,14 @@ def test_an_early_stop_between_log_steps_reports_the_accuracy_it_ends_with(tmp_p
             for x, y in ((b.data.x, b.data.y), (b.data.x_val, b.data.y_val))
         ]
     assert [metrics["acc"], metrics["val_acc"]] == pytest.approx(right, rel=1e-6)
-    assert scalars(tmp_path / "run", "acc/val")[-1] == (
-        metrics["steps"] - 1,
-        pytest.approx(right[1]),
-    )
+    last = metrics["steps"] - 1
+    assert scalars(tmp_path / "run", "acc/val")[-1] == (last, pytest.approx(right[1]))
+    norm = torch.linalg.vector_norm(saved["modules"]["model"]["0.weight"]).item()
+    assert scalars(tmp_path / "run", "param/0.weight")[-1] == (last, pytest.approx(norm))
+    events = event_accumulator(tmp_path / "run")
+    for tag in ("loss/train", "grad/total_norm", "graph/nodes"):
+        assert events.Scalars(tag)[-1].step == last, tag
+    assert events.Histograms("param_hist/0.weight")[-1].step == last
 
 
 def train_mode(b):

@@ -66,7 +66,7 @@ def run(
         b.logger.resumed(state.step)  # TensorBoard shows each step once
         resumed = {"resumed_from": {"checkpoint": str(source), "step": state.step}}
     t = b.checked.trainer
-    watching = observers(b, state.step, sweep_dir)
+    watching = observers(b, state.step, sweep_dir, run_dir if leader else None)
     validation = next(o for o in watching if isinstance(o, Validation))
 
     def save(state: State) -> None:
@@ -90,11 +90,8 @@ def run(
                 state, post = train(b, state, watching, save if saving else None, stop), {}
             dashboard.add_model_graph(b, b.logger)  # the Graphs dashboard
             metrics = summarise(state, b, time.perf_counter() - started) | post | resumed | checked
-            latest = scalars.latest  # at the last step: a log step, or `Scalars.end`'s
+            latest = scalars.latest  # at the last step
             metrics |= {key: latest[tag] for tag, key in ACCURACIES.items() if tag in latest}
-            if leader and (first := graph.first):
-                (run_dir / "graph.txt").write_text(f"{first['chain']}\n\n{first['tree']}\n")
-                (run_dir / "graph.dot").write_text(first["dot"])
         except BaseException as e:
             metrics["error"] = f"{type(e).__name__}: {e}"
             metrics["status"] = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
@@ -136,15 +133,20 @@ def started_from(cfg: DictConfig) -> None:
                 OmegaConf.update(cfg, key, to_absolute_path(value))
 
 
-def observers(b: Built, start: int, sweep_dir: Path | None = None) -> list[Observer]:
+def observers(
+    b: Built, start: int, sweep_dir: Path | None = None, run_dir: Path | None = None
+) -> list[Observer]:
     """The fixed list of observers, in the order they look at a log step: divergence first,
-    so a run knows it diverged before anything is written."""
+    so a run knows it diverged before anything is written; `run_dir`: where the graph's files
+    go (None: nowhere, as on a DDP rank other than 0)."""
     cadence, t, last = b.checked.cadence, b.checked.trainer, total_steps(b) - 1
-    scalars = Scalars(b, b.logger, start)
+    scalars = Scalars(b, b.logger)
     return [
         Divergence(),
         scalars,
-        GraphStats(b.params, b.logger, cadence.graph_every_n_steps or t.log_every_n_steps, last),
+        GraphStats(
+            b.params, b.logger, cadence.graph_every_n_steps or t.log_every_n_steps, last, run_dir
+        ),
         Histograms(b, b.logger, cadence.histogram_every_n_steps, last),
         Validation(b, b.logger, None if t.early_stop is None else EarlyStop(**t.early_stop)),
         Figures(b, b.logger, cadence.figure_every_n_epochs, start),

@@ -17,10 +17,12 @@ class Look:
     state: State  # already advanced: `state.step - 1` is the step just taken
     loss: torch.Tensor  # that step's loss, on the device
     losses: torch.Tensor  # 1-D: the loss of every step since the last log step, this one last
-    before: list[torch.Tensor]  # the parameters before the step (for update sizes)
+    before: list[torch.Tensor] | None  # the parameters before the step (for update sizes)
     root: torch.Tensor | None  # the step's loss with its autograd graph (the last micro-batch)
-    saved_bytes: int  # what autograd saved for backward in that graph's forward
+    saved_bytes: int | None  # what autograd saved for backward in that graph's forward
     clipped: torch.Tensor | None = None  # trainer.grad_clip: the total norm before clipping
+    final: bool = False  # the last step of a run that stopped early: no log step, so no
+    # `before` and `saved_bytes`, but the costlier kinds of logging are due
 
     @property
     def step(self) -> int:
@@ -36,7 +38,8 @@ class Observer:
     def end(self, state: State) -> None: ...
 
 
-def due(step: int, every: int, previous: int, last: int) -> bool:
+def due(look: Look, every: int, previous: int, last: int) -> bool:
     """Whether costlier logging is due: at the first log step (`previous` -1), the first once a
     multiple of `every` is passed (log steps need not fall on one), and the last step."""
-    return previous < 0 or step // every > previous // every or step == last
+    step = look.step
+    return previous < 0 or step // every > previous // every or step == last or look.final

@@ -9,6 +9,7 @@ import json
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch.autograd.graph import Node
@@ -181,23 +182,35 @@ def saved_bytes() -> Iterator[SavedBytes]:
 
 
 class GraphStats(Observer):
-    """Graph statistics when `due`; the first graph also as text, for graph.txt and graph.dot."""
+    """Graph statistics when `due`; the first graph also as text, and in `out` (the run
+    directory) as graph.txt and graph.dot at once, so that a killed run has them too."""
 
     def __init__(
-        self, params: Mapping[str, torch.Tensor], logger: Logger, every: int, last: int
+        self,
+        params: Mapping[str, torch.Tensor],
+        logger: Logger,
+        every: int,
+        last: int,
+        out: Path | None = None,
     ) -> None:
         self.params, self.logger, self.every, self.last = params, logger, every, last
+        self.out = out
         self.previous = -1  # the step last walked
         self.first: dict[str, str] = {}  # tree, chain, dot of the first graph walked
 
     def log(self, look: Look) -> None:
-        if look.root is None or not due(look.step, self.every, self.previous, self.last):
+        if look.root is None or not due(look, self.every, self.previous, self.last):
             return
         self.previous = look.step
-        stats = graph_stats(look.root) | {"graph/saved_bytes": float(look.saved_bytes)}
+        stats = graph_stats(look.root)
+        if look.saved_bytes is not None:
+            stats["graph/saved_bytes"] = float(look.saved_bytes)
         self.logger.scalars(look.step, stats)
         if not self.first:
             root, params = look.root, self.params
             chain, tree = graph_chain(root, params), graph_tree(root, params)
             self.first = {"tree": tree, "chain": chain, "dot": graph_dot(root, params)}
             self.logger.text(look.step, "graph/tree", f"{chain}\n\n{tree}")
+            if self.out is not None:
+                (self.out / "graph.txt").write_text(f"{chain}\n\n{tree}\n")
+                (self.out / "graph.dot").write_text(self.first["dot"])

@@ -15,7 +15,7 @@ class Histograms(Observer):
         self.previous = -1  # the step last logged
 
     def log(self, look: Look) -> None:
-        if self.every is None or not due(look.step, self.every, self.previous, self.last):
+        if self.every is None or not due(look, self.every, self.previous, self.last):
             return
         self.previous = look.step
         tensors = {}

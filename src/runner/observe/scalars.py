@@ -13,7 +13,6 @@ from runner.build import Built
 from runner.build.models import evaluating
 from runner.log.tensorboard import Logger
 from runner.observe import Look, Observer
-from runner.train.state import State
 
 TINY = 1e-12  # keeps the update ratio finite for a parameter that is exactly zero
 
@@ -32,7 +31,7 @@ def accuracy_fn(b: Built) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor
 
 
 class Scalars(Observer):
-    def __init__(self, b: Built, logger: Logger, start: int = 0) -> None:
+    def __init__(self, b: Built, logger: Logger) -> None:
         self.b, self.logger = b, logger
         self.params = list(b.params.values())
         self.accuracy = accuracy_fn(b)
@@ -44,7 +43,6 @@ class Scalars(Observer):
             if b.data is not None and b.data.x_val is not None:
                 self.keys.append("acc/val")
         self.latest: dict[str, float] = {}
-        self.step = start - 1  # the last step logged (a resumed run's: by the run before)
 
     @torch.no_grad()
     def log(self, look: Look) -> None:
@@ -54,25 +52,18 @@ class Scalars(Observer):
         row = [look.loss.reshape(()), *map(one_number, self.params, param_norms)]
         total = vector_norm(torch.stack(grad_norms)) if look.clipped is None else look.clipped
         row += [*map(one_number, grads, grad_norms), total.reshape(())]
-        updates = torch.stack([torch.dist(p, old) for p, old in zip(self.params, look.before)])
-        parts = [torch.stack(row), updates / torch.stack(param_norms).clamp_min(TINY)]  # ratios
+        parts, keys = [torch.stack(row)], self.keys
+        if look.before is not None:  # each update's size beside its parameter's: the ratios
+            updates = torch.stack([torch.dist(p, old) for p, old in zip(self.params, look.before)])
+            parts.append(updates / torch.stack(param_norms).clamp_min(TINY))
+        else:
+            keys = [key for key in keys if not key.startswith("ratio/")]
         if self.accuracy is not None:
             parts.append(self.accuracies())
         values = torch.cat(parts).tolist()  # note: the host sync
         lr = float(self.b.optimizer.param_groups[0]["lr"])
-        self.latest = dict(zip(self.keys, values)) | {"lr": lr}
+        self.latest = dict(zip(keys, values)) | {"lr": lr}
         self.logger.scalars(look.step, self.latest)
-        self.step = look.step
-
-    def end(self, state: State) -> None:
-        """A run stopped after a step that was no log step (an early stop, a signal): the
-        accuracies of the parameters it ends with, for metrics.json and HParams."""
-        if self.accuracy is None or state.step - 1 in (self.step, -1):
-            return
-        tags = [key for key in self.keys if key.startswith("acc/")]
-        final = dict(zip(tags, self.accuracies().tolist()))
-        self.latest |= final
-        self.logger.scalars(state.step - 1, final)
 
     @torch.no_grad()
     def accuracies(self) -> torch.Tensor:

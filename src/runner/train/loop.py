@@ -38,6 +38,7 @@ def train(
     recent = Recent()  # each update's loss since the last log step
     part = distributed.part(b)  # this process's share of each step: all of it, for one
     at_epochs = [o for o in observers if type(o).epoch is not Observer.epoch]  # listed once
+    log_now = True  # whether the last step was a log step (with no step, nothing to show)
     with nullcontext(stop) if stop is not None else stop_on_signals() as stop:
         while state.epoch < t.epochs and state.status == "running":
             if state.position == 0:  # a new epoch, in a new order
@@ -91,6 +92,10 @@ def train(
                 part.agree(stop, state, True)  # a trial pruned on its validation loss
     if state.status == "running":
         state.status = "completed"
+    if not log_now:  # stopped early, after a step that was no log step: shown all the same
+        look = Look(state, loss, recent.take(), None, calls[-1][1], None, calls[-1][3], True)
+        for o in observers:
+            o.log(look)
     if save is not None and state.status != "diverged" and recent.finite():
         save(state)  # the end, or the interruption: a resume goes on from here
     for o in observers:
