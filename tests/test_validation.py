@@ -13,9 +13,11 @@ import importlib.util
 import logging
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import hydra
 import numpy as np
@@ -874,6 +876,32 @@ def test_a_range_with_a_step_of_0_is_one_line(workdir, monkeypatch, capsys):
         "Config error: trainer.batch_size=range(10,20,0): range(start, stop, step) takes a "
         "step other than 0"
     ), err
+
+
+def test_a_sigterm_while_the_processes_start_exits_143(workdir, monkeypatch, capsys):
+    """The elastic launcher raises it before any rank has a handler: it was told as Ctrl-C."""
+    import torch.distributed.launcher.api as elastic
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
+    def launcher(config: Any, entrypoint: Any) -> Any:
+        def started(*args: Any) -> None:
+            raise SignalException("Process got signal: 15", sigval=signal.SIGTERM)
+
+        return started
+
+    monkeypatch.setattr(elastic, "elastic_launch", launcher)
+    status, out, err = main_in_process([*BASE, "trainer.devices=2"], workdir, monkeypatch, capsys)
+    assert status == 128 + signal.SIGTERM and err.strip() == "Interrupted by SIGTERM", err
+
+
+def test_torchruns_one_process_refuses_trainer_devices_above_1(monkeypatch):
+    """One process of torchrun's would have started trainer.devices more of its own."""
+    from runner import launch
+
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    with pytest.raises(ConfigError, match=r"asks for 2 processes, and 1 were started"):
+        launch.spawns(compose_config(*BASE, "trainer.devices=2"))
+    assert not launch.spawns(compose_config(*BASE))
 
 
 def test_an_empty_range_in_a_grid_is_one_line(workdir, monkeypatch, capsys):

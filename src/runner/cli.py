@@ -40,7 +40,7 @@ from runner.config.check import (
     did_you_mean,
     locate,
 )
-from runner.launch import RankFailed, exit_status
+from runner.launch import RankFailed, exit_status, interrupted
 from runner.sweep import resume
 from runner.sweep.summary import STOP, stop_jobs, summarise
 from runner.train.world import world
@@ -270,9 +270,11 @@ def run_job(
         if full_error():
             raise
         sys.exit(report(e))
-    except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, metrics.json says so
-        print("Interrupted", file=sys.stderr)
-        sys.exit(128 + signal.SIGINT)
+    except KeyboardInterrupt as e:  # a second Ctrl-C: stopped at once, metrics.json says so
+        status = interrupted(e)  # or SIGTERM while trainer.devices=N started its processes
+        by = "" if status == 128 + signal.SIGINT else f" by {signal.Signals(status - 128).name}"
+        print(f"Interrupted{by}", file=sys.stderr)
+        sys.exit(status)
     if metrics["status"] != "completed":  # 1, or as a shell says a signal: 130 SIGINT, 143 SIGTERM
         sys.exit(exit_status(metrics))
     return metrics["objective"]  # finite, or +inf

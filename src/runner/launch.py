@@ -84,16 +84,22 @@ def join(
     plain = None if cfg is None else OmegaConf.to_container(cfg, resolve=True)
     plain, where, overrides = distributed.join(w, (plain, str(run_dir), list(overrides)))
     t = plain.get("trainer") or {}
-    wanted = processes(t)
-    if wanted not in (1, w.size):  # 1: the default, torchrun's --nproc-per-node decides
-        raise ConfigError(
-            f"trainer.devices={t.get('devices')} x trainer.num_nodes={t.get('num_nodes')} "
-            f"asks for {wanted} processes, and {w.size} were started; make them agree"
-        )
+    agree(t, w.size)
     distributed.pin(w, str(t.get("device", "auto")))
     if not w.leader:
         logging.getLogger().setLevel(logging.WARNING)  # rank 0 speaks for the run
     return OmegaConf.create(plain), Path(where), overrides
+
+
+def agree(trainer: Any, started: int) -> None:
+    """Under torchrun: trainer.devices x num_nodes, where set, is the processes it started."""
+    wanted = processes(trainer)
+    if wanted not in (1, started):  # 1: the default, torchrun's --nproc-per-node decides
+        raise ConfigError(
+            f"trainer.devices={trainer.get('devices')} x trainer.num_nodes="
+            f"{trainer.get('num_nodes')} asks for {wanted} processes, and {started} were "
+            "started; make them agree"
+        )
 
 
 def processes(trainer: Any) -> int:
@@ -104,6 +110,8 @@ def processes(trainer: Any) -> int:
 
 def spawns(cfg: DictConfig) -> bool:
     """Whether this process starts the run's processes (`trainer.devices=N`, no launcher)."""
+    if "WORLD_SIZE" in os.environ and world().size == 1:  # torchrun's one process
+        agree(cfg.get("trainer") or {}, 1)
     return world().size == 1 and processes(cfg.get("trainer") or {}) > 1
 
 
@@ -214,6 +222,12 @@ def rank_main(plain: dict[str, Any], run_dir: str, overrides: list[str]) -> dict
     if metrics["status"] == "interrupted":  # the launcher is stopping: go now, not after its
         sys.exit(exit_status(metrics))  # grace period (a returned value waits for the others)
     return metrics
+
+
+def interrupted(e: KeyboardInterrupt) -> int:
+    """The exit status of a run a signal stopped: `spawn` names SIGTERM; otherwise Ctrl-C."""
+    name = e.args[0] if e.args and e.args[0] in signal.Signals.__members__ else "SIGINT"
+    return 128 + signal.Signals[name]
 
 
 def exit_status(metrics: dict[str, Any]) -> int:
