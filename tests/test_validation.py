@@ -10,6 +10,7 @@ and one hides the sweep plugins from Hydra to see what a user without the `sweep
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 import re
@@ -892,6 +893,29 @@ def test_a_sigterm_while_the_processes_start_exits_143(workdir, monkeypatch, cap
     monkeypatch.setattr(elastic, "elastic_launch", launcher)
     status, out, err = main_in_process([*BASE, "trainer.devices=2"], workdir, monkeypatch, capsys)
     assert status == 128 + signal.SIGTERM and err.strip() == "Interrupted by SIGTERM", err
+
+
+def test_a_rank_0_killed_leaves_a_whole_metrics_json(tmp_path, monkeypatch):
+    """Rank 0 writes metrics.json; killed, it wrote none, and the launching process writes
+    every key DESIGN.md lists, unknown ones null."""
+    import torch.distributed.launcher.api as elastic
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    from runner import launch
+
+    def launcher(config: Any, entrypoint: Any) -> Any:
+        def started(*args: Any) -> None:
+            killed = ProcessFailure(local_rank=0, pid=1, exitcode=-9, error_file="/nonexistent")
+            raise ChildFailedError("rank_main", {0: killed})
+
+        return started
+
+    monkeypatch.setattr(elastic, "elastic_launch", launcher)
+    with pytest.raises(launch.RankFailed, match=r"rank 0 failed \(SIGKILL\)"):
+        launch.spawn(compose_config(*BASE, "trainer.devices=2"), tmp_path / "run", [])
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    keys = {"status", "final_loss", "best_loss", "steps", "epochs", "device", "duration_s"}
+    assert keys <= set(metrics) and metrics["status"] == "failed"
 
 
 def test_torchruns_one_process_refuses_trainer_devices_above_1(monkeypatch):

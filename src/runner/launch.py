@@ -183,7 +183,9 @@ def spawn(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> dict[str,
             )
         # rank 0's own metrics, if it wrote any, blame the connection the failed rank dropped
         failed = {"status": "failed", "error": error, "world_size": t.devices}
-        write_json(metrics_json, written | failed)
+        unknown = dict.fromkeys(("final_loss", "best_loss", "steps", "epochs"))  # rank 0 died
+        unknown |= {"device": t.device, "duration_s": round(time.time() - started, 4)}
+        write_json(metrics_json, unknown | written | failed)
         raise RankFailed(error) from None
     finally:
         if ctrl_c is not None:
