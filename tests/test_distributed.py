@@ -90,6 +90,19 @@ def two(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
+def test_compiled_over_two_processes_the_model_is_one_compiled_node(tmp_path):
+    """Compiled around DDP, the model ran eagerly past DDP's graph break, and every rank warned
+    that the saved-bytes hook hit torch.compile's recompile limit (aot_eager: no code made)."""
+    run_dir = tmp_path / "run"
+    args = ("experiment=sine_mlp", "trainer.epochs=1", "logger=none", "trainer.devices=2")
+    code, out, err = runner(
+        *args, "trainer.compile=aot_eager", f"hydra.run.dir={run_dir}", cwd=tmp_path
+    )
+    assert code == 0 and "recompile" not in out + err, err
+    assert "CompiledFunctionBackward" in (run_dir / "graph.txt").read_text()
+
+
+@pytest.mark.slow
 def test_two_processes_end_where_one_does_and_only_rank_0_writes(two, run_experiment):
     one, _ = run_experiment(*SINE, *EVERY)
     ddp = read_metrics(two)

@@ -169,10 +169,12 @@ def sharded(b: Built, w: World) -> LossOn:
     """The loss on this rank's shard of a batch, through DDP, weighted so that the ranks' mean
     is the whole batch's."""
     assert b.data is not None and b.model is not None  # `check` refused the others
-    ddp = DistributedDataParallel(b.model)
+    model = b.model
+    if (backend := b.checked.trainer.compile) is not False:  # the model, inside DDP: compiled
+        # around DDP, its forward breaks the graph and the model's layers run eagerly
+        model = torch.compile(model, backend="inductor" if backend is True else backend)
+    ddp = DistributedDataParallel(model)
     forward = ddp if isinstance(b.model, models.Expression) else models.forward_fn(ddp)
-    if (backend := b.checked.trainer.compile) is not False:
-        forward = torch.compile(forward, backend="inductor" if backend is True else backend)
     x, y = b.data.x, b.data.y
     every = torch.arange(w.rank, b.data.n, w.size, device=x.device)  # the full batch's shard
     whole = (x[every], y[every], len(every) * w.size / b.data.n)  # gathered once
