@@ -208,6 +208,15 @@ def test_linear_fit_figures_at_their_steps(tmp_path):
     assert fig.path[-1].tolist() == pytest.approx([c, w])
 
 
+def test_a_long_run_spaces_its_fit_pictures_to_at_most_max_fits(tmp_path, quick_draw):
+    """20000 epochs at the default 50 drew 401 pictures at the end, 20 s of a 30 s run."""
+    b = built(tmp_path, "experiment=linear_fit", "trainer.epochs=200")
+    logger = Recorder()
+    train_by_hand(b, Figures(b, logger, every_n_epochs=1), 200)
+    steps = logger.steps("figure/fit")  # every 200 / 50 = 4 epochs, the start and the end
+    assert steps == [0, *range(3, 199, 4), 199] and len(steps) == figures.MAX_FITS + 1
+
+
 def test_the_path_ends_at_the_last_step_even_when_it_was_not_logged(tmp_path, quick_draw):
     b = built(tmp_path, "experiment=linear_fit", "trainer.epochs=25")
     fig = Figures(b, Recorder(), None)

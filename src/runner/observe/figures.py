@@ -5,6 +5,7 @@ device tensors only (curves on a fixed grid, the path), so it never waits; drawi
 from __future__ import annotations
 
 import logging
+import math
 
 import numpy as np
 import torch
@@ -22,6 +23,8 @@ CURVE_POINTS = 200  # x positions of the drawn curve
 MAX_SCATTER = 2000  # data points drawn; more only slow the drawing and hide the curve
 GRID = 60  # landscape resolution per axis
 GRID_ELEMENTS = 2**22  # grid points x data points per vmap chunk: bounds the memory
+MAX_FITS = 50  # fit pictures in a run: each is drawn and encoded at the end, and TensorBoard
+# shows 10 a tag unless told otherwise; a long run spaces them further apart
 
 
 class Figures(Observer):
@@ -30,7 +33,9 @@ class Figures(Observer):
     def __init__(
         self, b: Built, logger: Logger, every_n_epochs: int | None, start: int = 0
     ) -> None:
-        self.b, self.logger, self.every = b, logger, every_n_epochs
+        self.b, self.logger = b, logger
+        epochs = b.checked.trainer.epochs
+        self.every = every_n_epochs and max(every_n_epochs, math.ceil(epochs / MAX_FITS))
         self.resumed_at = start  # a resumed run's path starts at its checkpoint, not the start
         # logger=none: nothing at all; no matplotlib: one line, then nothing
         on = logger.writes and draw.available()
