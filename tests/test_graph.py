@@ -4,13 +4,18 @@ import torch
 from torch import nn
 
 from runner.observe.graph import (
-    grad_fn_names,
     graph_chain,
     graph_dot,
     graph_stats,
     graph_tree,
+    nodes,
     saved_bytes,
 )
+
+
+def names_of(root):
+    """Each node's type name, in `nodes` order."""
+    return [type(n).__name__ for n in nodes(root)]
 
 
 def post_loss(n: int = 5) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -55,7 +60,7 @@ def test_post_graph_text():
     loss, names = post_loss()
     assert graph_chain(loss, names) == POST_CHAIN
     assert graph_tree(loss, names) == POST_TREE
-    assert grad_fn_names(loss) == [
+    assert names_of(loss) == [
         "MeanBackward0",
         "PowBackward0",
         "SubBackward0",
@@ -92,7 +97,7 @@ def test_shared_subexpression_counted_once():
     assert stats["graph/nodes"] == 4  # Sum, Add, Mul, AccumulateGrad: Mul only once
     assert stats["graph/op/MulBackward0"] == 1
     assert stats["graph/depth"] == 4
-    assert grad_fn_names(loss) == [
+    assert names_of(loss) == [
         "SumBackward0",
         "AddBackward0",
         "MulBackward0",
@@ -119,7 +124,7 @@ def test_no_graph():
             "graph/leaves": 0.0,
             "graph/depth": 0.0,
         }
-        assert grad_fn_names(root) == []
+        assert names_of(root) == []
         assert "no autograd graph" in graph_tree(root)
         assert "no autograd graph" in graph_chain(root)
         assert graph_dot(root).startswith("digraph") and "->" not in graph_dot(root)
@@ -191,7 +196,7 @@ def test_deep_chain_is_walked_iteratively():
         5001,
         1,
     )
-    assert len(grad_fn_names(x)) == 5001
+    assert len(names_of(x)) == 5001
     assert graph_chain(x, {"x0": x0}).count(" → ") == 5000
     assert graph_tree(x).endswith("... (4801 more nodes)")
     a, h = torch.tensor(0.5, requires_grad=True), torch.tensor(1.0)

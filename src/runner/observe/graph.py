@@ -58,10 +58,6 @@ def nodes(root: Root) -> list[Node]:
     return list(seen)
 
 
-def grad_fn_names(root: Root) -> list[str]:
-    return [_name(node) for node in nodes(root)]
-
-
 def graph_stats(root: Root) -> dict[str, float]:
     """Node, leaf and per-op counts and depth (longest path to a leaf, in nodes), all zero
     without a graph: one postorder walk, as it runs at every log step."""
