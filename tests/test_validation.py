@@ -335,6 +335,15 @@ CASES = [
         ],
     ),
     (
+        "a model that computes in float64",  # torch's dtype clash alone does not say why
+        ["experiment=sine_mlp", "model._target_=test_validation.Float64Layer"],
+        [
+            "model: the first forward pass failed: ",
+            "(the run casts the model's parameters to trainer.dtype=float32; a model that "
+            "computes in another dtype needs that trainer.dtype, or casts of its own)",
+        ],
+    ),
+    (
         "class indices as a column",
         ["~dataset", "+dataset._target_=test_validation.class_column_data"],
         ["but they have shape (20, 1); make y of shape (n,) (y.squeeze(-1))"],
@@ -507,6 +516,17 @@ class Normed(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x).sum(-1)
+
+
+class Float64Layer(torch.nn.Module):
+    """Computes in float64, which the run's cast to float32 undoes."""
+
+    def __init__(self, hidden=(), activation="", in_features=1, out_features=1) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(1, 1).double()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x.double().unsqueeze(-1)).squeeze(-1).float()
 
 
 def token_data(dtype: torch.dtype) -> Data:

@@ -117,6 +117,20 @@ def check_batch_norm(model: nn.Module | None, n: int, batch_size: int | None) ->
         )
 
 
+def forward_once(forward: Forward, x: torch.Tensor) -> Any:
+    """The first forward pass; a dtype clash says that the run cast the whole model."""
+    try:
+        return first_call("model: the first forward pass", forward, x, grad=True)
+    except ConfigError as e:
+        if "dtype" not in str(e):
+            raise
+        dtype = str(x.dtype).removeprefix("torch.")
+        raise ConfigError(
+            f"{e} (the run casts the model's parameters to trainer.dtype={dtype}; a model that "
+            "computes in another dtype needs that trainer.dtype, or casts of its own)"
+        ) from e.__cause__
+
+
 def check_shapes(
     forward: Forward,
     loss_fn: Any,
@@ -127,10 +141,10 @@ def check_shapes(
     """A forward pass on two points (and three), so a shape mismatch is a config error, not a
     broadcast; `dataset.task`, never the loss, says what the output must be."""
     x, y = data.x[:2], data.y[:2]
-    pred = first_call("model: the first forward pass", forward, x, grad=True)
+    pred = forward_once(forward, x)
     if data.task == "regression" and data.n > 2 and pred.shape == y.shape:
         x, y = data.x[:3], data.y[:3]  # a parameter of two numbers broadcasts over 2 points
-        pred = first_call("model: the first forward pass", forward, x, grad=True)
+        pred = forward_once(forward, x)
     if isinstance(pred, torch.Tensor) and not pred.requires_grad:
         raise ConfigError(
             f"model: its output ({pred.dtype}) does not depend on its parameters through "
