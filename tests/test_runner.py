@@ -212,6 +212,50 @@ def test_a_users_optimizer_may_return_nothing_but_must_call_the_closure(tmp_path
         run(compose_config(*base, "optimizer._target_=test_runner.NoClosure"), tmp_path / "b")
 
 
+class Eta(torch.optim.Optimizer):
+    """A torch optimizer whose step size is not called `lr`."""
+
+    def __init__(self, params, eta: float = 0.1) -> None:
+        super().__init__(params, {"eta": eta})
+
+    def step(self, closure=None):
+        loss = closure()
+        with torch.no_grad():
+            for group in self.param_groups:
+                for p in group["params"]:
+                    p -= group["eta"] * p.grad
+        return loss
+
+
+class NoZeroGrad:
+    """Its step calls the closure, whose first call is `optimizer.zero_grad()`."""
+
+    def __init__(self, params, lr: float = 0.1) -> None:
+        self.param_groups = [{"params": list(params), "lr": lr}]
+
+    def step(self, closure=None):
+        return closure()
+
+
+def test_a_users_optimizer_needs_what_the_runner_calls_and_no_lr(tmp_path: Path):
+    """What the loop, logging and checkpoints call is checked when the optimizer is built, so
+    a missing method is one line, not a traceback at step 0 or at the first checkpoint; a
+    group without `lr` trains and logs no `lr`."""
+    base = ["experiment=linear_fit", "trainer.epochs=3", "trainer.log_every_n_steps=1"]
+    eta = ["optimizer._target_=test_runner.Eta", "~optimizer.lr", "+optimizer.eta=0.1"]
+    metrics = run(compose_config(*base, *eta), tmp_path / "eta")
+    w, b, _, _ = post_loop(epochs=3)
+    assert metrics["params"] == {"w": pytest.approx(w, abs=1e-6), "b": pytest.approx(b, abs=1e-6)}
+    tags = event_accumulator(tmp_path / "eta").Tags()["scalars"]
+    assert "loss/train" in tags and "lr" not in tags
+    nothing = "optimizer._target_=test_runner.ReturnsNothing"
+    with pytest.raises(ConfigError, match=r"NoZeroGrad' has no zero_grad; the runner uses step"):
+        build(compose_config(*base, "optimizer._target_=test_runner.NoZeroGrad"), None)
+    with pytest.raises(ConfigError, match=r"has no state_dict, load_state_dict; .* \(checkpoints"):
+        build(compose_config(*base, nothing, "trainer.checkpoint_every=1"), None)
+    build(compose_config(*base, nothing), None)  # no checkpoints: no state_dict needed
+
+
 def test_the_post_data_is_generated_in_the_post_order():
     from runner.build.data import synthetic
 

@@ -290,6 +290,8 @@ def build(cfg: DictConfig, run_dir: Path | None) -> Built:
     # torch checks some settings only here (SGD's momentum, Adam's betas)
     building = f"optimizer: building {opts['optimizer']['_target_']}"
     optimizer = first_call(building, make_optimizer, list(params.values()))
+    saves = trainer.checkpoint_every is not None or trainer.resume is not None
+    check_optimizer(optimizer, opts["optimizer"]["_target_"], saves)
     if isinstance(optimizer, torch.optim.LBFGS):  # torch checks its line search at the first step
         defaults = optimizer.defaults
         check_choice("optimizer.line_search_fn", defaults["line_search_fn"], (None, "strong_wolfe"))
@@ -330,6 +332,22 @@ def build(cfg: DictConfig, run_dir: Path | None) -> Built:
         amp=amp,
         scaler=scaler,
     )
+
+
+def check_optimizer(optimizer: Any, target: str, saves: bool) -> None:
+    """What the loop and the logs (and checkpoints, when `saves`) call on an optimizer, there
+    before any step rather than missed at one."""
+    needs = ("step", "zero_grad", "param_groups", *(("state_dict", "load_state_dict") * saves))
+    missing = [name for name in needs if not hasattr(optimizer, name)]
+    groups = getattr(optimizer, "param_groups", None)
+    if not missing and not (isinstance(groups, list) and groups and isinstance(groups[0], dict)):
+        missing = ["param_groups (a list of dicts)"]
+    if missing:
+        checkpoints = " (checkpoints)" if saves else ""
+        raise ConfigError(
+            f"optimizer._target_={target!r} has no {', '.join(missing)}; the runner uses "
+            f"{', '.join(needs)}{checkpoints} as torch.optim.Optimizer has them: subclass it"
+        )
 
 
 def compiled(

@@ -61,8 +61,8 @@ class Scalars(Observer):
         if self.accuracy is not None:
             parts.append(self.accuracies())
         values = torch.cat(parts).tolist()  # note: the host sync
-        lr = float(self.b.optimizer.param_groups[0]["lr"])
-        self.latest = dict(zip(keys, values)) | {"lr": lr}
+        lr = self.b.optimizer.param_groups[0].get("lr")  # a user's optimizer may call it else
+        self.latest = dict(zip(keys, values)) | ({} if lr is None else {"lr": float(lr)})
         self.logger.scalars(look.step, self.latest)
 
     @torch.no_grad()

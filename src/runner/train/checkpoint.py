@@ -158,7 +158,7 @@ def load(path: Path, b: Built) -> State:
     # what the run trains with, for its HParams row and its own checkpoints: every setting of
     # the optimizer's group and the scheduler is the checkpoint's (`+optimizer.amsgrad` too)
     group = b.optimizer.param_groups[0]  # `lr` as set, not as a schedule has moved it since
-    held = {"optimizer": group | {"lr": group.get("initial_lr", group["lr"])}}
+    held = {"optimizer": group | {"lr": group.get("initial_lr", group.get("lr"))}}
     held["scheduler"] = b.scheduler.state_dict()
     kept = []  # changed settings the checkpoint's values override
     for key in b.hparams:
