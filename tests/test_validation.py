@@ -344,6 +344,16 @@ CASES = [
         ],
     ),
     (
+        "integer inputs to a float model",
+        ["experiment=logistic_blobs", "~dataset", "+dataset._target_=test_validation.token_data"],
+        ["(the dataset's x is torch.int64, which is kept for a model that takes integers)"],
+    ),
+    (
+        "a loss autograd cannot train through",
+        ["loss._target_=test_validation.detached_mse"],
+        ["loss: computing it on the first batch gives a value that does not depend on the"],
+    ),
+    (
         "class indices as a column",
         ["~dataset", "+dataset._target_=test_validation.class_column_data"],
         ["but they have shape (20, 1); make y of shape (n,) (y.squeeze(-1))"],
@@ -527,6 +537,10 @@ class Float64Layer(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layer(x.double().unsqueeze(-1)).squeeze(-1).float()
+
+
+def detached_mse(input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return ((input - target) ** 2).mean().detach()
 
 
 def token_data(dtype: torch.dtype) -> Data:

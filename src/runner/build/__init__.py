@@ -281,7 +281,7 @@ def build(cfg: DictConfig, run_dir: Path | None) -> Built:
         check_loss(loss_fn, label=loss_label)
     else:
         with models.evaluating(model, grad=True):  # no batch norm statistics moved
-            check_shapes(forward, loss_fn, data, model_cfg, loss_label)
+            check_shapes(forward, loss_fn, data, model_cfg, loss_label, dtype)
         check_batch_norm(model, data.n, trainer.batch_size)
     if trainer.compile is not False:
         forward = compiled(forward, data, trainer, model)

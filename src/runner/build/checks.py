@@ -33,7 +33,7 @@ def check_loss(
     """The objective, or the loss on the first batch, once: `.backward()` needs a scalar.
     `label` names the loss's settings (`loss (loss.delta=0)`), one of which may be at fault."""
     what = "computing it on the first batch" if args else "evaluating the objective"
-    value = first_call(f"{label}: {what}", loss_fn, *args, hint=hint)
+    value = first_call(f"{label}: {what}", loss_fn, *args, hint=hint, grad=True)
     if not isinstance(value, torch.Tensor) or value.dim() != 0:
         shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
         raise ConfigError(
@@ -43,13 +43,19 @@ def check_loss(
     if not torch.isfinite(value):
         fix = "look at the formulas and the parameters' starting values"
         floats = [a for a in args if a.is_floating_point() and a.numel()]
-        big = max((float(a.abs().max()) for a in floats), default=0.0)
+        big = max((float(a.detach().abs().max()) for a in floats), default=0.0)
         if floats and big >= torch.finfo(floats[0].dtype).max ** 0.5:  # 3e20 in a float32 run
             dtype = floats[0].dtype
             fix = f"the values reach {big:.3g}, whose squares overflow {dtype}; rescale the data"
         raise ConfigError(
             f"{label}: {what} gives {value.item()} at the starting parameters, before any "
             f"update; {fix}"
+        )
+    if not value.requires_grad:  # backward() would fail at the first step
+        raise ConfigError(
+            f"{label}: {what} gives a value that does not depend on the parameters through "
+            "autograd (a detached or integer result), so backward() cannot train them; "
+            "compute it with torch operations on its inputs"
         )
 
 
@@ -117,18 +123,21 @@ def check_batch_norm(model: nn.Module | None, n: int, batch_size: int | None) ->
         )
 
 
-def forward_once(forward: Forward, x: torch.Tensor) -> Any:
+def forward_once(forward: Forward, x: torch.Tensor, dtype: torch.dtype) -> Any:
     """The first forward pass; a dtype clash says that the run cast the whole model."""
     try:
         return first_call("model: the first forward pass", forward, x, grad=True)
     except ConfigError as e:
         if "dtype" not in str(e):
             raise
-        dtype = str(x.dtype).removeprefix("torch.")
-        raise ConfigError(
-            f"{e} (the run casts the model's parameters to trainer.dtype={dtype}; a model that "
-            "computes in another dtype needs that trainer.dtype, or casts of its own)"
-        ) from e.__cause__
+        name = str(dtype).removeprefix("torch.")
+        why = (
+            f"the run casts the model's parameters to trainer.dtype={name}; a model that "
+            "computes in another dtype needs that trainer.dtype, or casts of its own"
+        )
+        if not x.is_floating_point():  # left as they are, for a model that embeds them
+            why = f"the dataset's x is {x.dtype}, which is kept for a model that takes integers"
+        raise ConfigError(f"{e} ({why})") from e.__cause__
 
 
 def check_shapes(
@@ -137,14 +146,15 @@ def check_shapes(
     data: Data,
     model_cfg: Mapping[str, Any],
     loss_label: str = "loss",
+    dtype: torch.dtype = torch.float32,
 ) -> None:
     """A forward pass on two points (and three), so a shape mismatch is a config error, not a
     broadcast; `dataset.task`, never the loss, says what the output must be."""
     x, y = data.x[:2], data.y[:2]
-    pred = forward_once(forward, x)
+    pred = forward_once(forward, x, dtype)
     if data.task == "regression" and data.n > 2 and pred.shape == y.shape:
         x, y = data.x[:3], data.y[:3]  # a parameter of two numbers broadcasts over 2 points
-        pred = forward_once(forward, x)
+        pred = forward_once(forward, x, dtype)
     if isinstance(pred, torch.Tensor) and not pred.requires_grad:
         raise ConfigError(
             f"model: its output ({pred.dtype}) does not depend on its parameters through "
