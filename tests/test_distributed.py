@@ -324,7 +324,7 @@ def test_what_ddp_cannot_split_is_refused_before_any_collective(tmp_path):
         distributed.check(b, World(rank=0, size=2))
     formula = 'loss.formula="mean((pred - y)**2) + 0.01 * s**2"'
     b = build(compose_config("experiment=linear_fit", "loss=expression", formula), tmp_path)
-    with pytest.raises(ConfigError, match=r"the loss formula's parameters \(s\) are outside"):
+    with pytest.raises(ConfigError, match=r"the loss's own parameters \(s\) are outside"):
         distributed.check(b, World(rank=0, size=2))
 
 

@@ -31,9 +31,11 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from runner.__main__ import CONFIGS, main
+from runner.build import build
 from runner.build.data import Data
 from runner.cli import ASKED, chosen_options, refused_override, run_job
 from runner.config.check import ConfigError, check
+from runner.run import run
 
 BASE = ("experiment=linear_fit", "logger=none", "trainer.epochs=2")
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
@@ -762,6 +764,37 @@ def test_a_model_output_autograd_cannot_train_through_is_a_config_error():
         with pytest.raises(ConfigError, match="does not depend on its parameters through autograd"):
             check_shapes(forward, mse, data, {})
     check_shapes(lambda x: w * x, mse, data, {})  # the same, differentiable: passes
+
+
+class Frozen(Normed):
+    def __init__(self, hidden=(), activation="", in_features=1, out_features=1) -> None:
+        super().__init__()
+        self.net = torch.nn.Linear(1, 1).requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class Doubles(Frozen):
+    """No parameters of its own: a loss formula's are the ones that train."""
+
+    def __init__(self, hidden=(), activation="", in_features=1, out_features=1) -> None:
+        torch.nn.Module.__init__(self)
+        self.net = torch.nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 2 * x
+
+
+def test_a_frozen_model_is_refused_and_a_model_without_parameters_lets_the_loss_train(tmp_path):
+    base = ["experiment=sine_mlp", "trainer.epochs=100", "logger=none"]
+    with pytest.raises(ConfigError, match=r"requires_grad=False \(frozen\), so there is nothing"):
+        build(compose_config(*base, "model._target_=test_validation.Frozen"), None)
+    # pred = 2x and y = 2x + 1 (linear_fit's data, noise 0): the loss's own `a` learns 1
+    line = ["dataset=linear", "dataset.noise=0", "optimizer=gd", "optimizer.lr=0.1"]
+    loss = ["loss=expression", "loss.formula='mean((pred + a - y)**2)'"]
+    cfg = compose_config(*base, *line, *loss, "model._target_=test_validation.Doubles")
+    assert run(cfg, tmp_path)["params"]["a"] == pytest.approx(1.0, abs=1e-4)
 
 
 def test_a_csv_saved_with_a_byte_order_mark_reads_its_first_column(tmp_path):

@@ -275,13 +275,19 @@ def build(cfg: DictConfig, run_dir: Path | None) -> Built:
             "the experiment has no parameters to learn: the model (or a loss formula) must "
             "hold at least one torch.nn.Parameter"
         )
+    if not any(p.requires_grad for p in params.values()):
+        raise ConfigError(
+            "every parameter of the experiment has requires_grad=False (frozen), so there is "
+            "nothing to train; leave at least one trainable"
+        )
     forward = None if model is None else models.forward_fn(model)
     loss_label = labelled("loss", loss_cfg)
     if data is None or forward is None:
         check_loss(loss_fn, label=loss_label)
     else:
         with models.evaluating(model, grad=True):  # no batch norm statistics moved
-            check_shapes(forward, loss_fn, data, model_cfg, loss_label, dtype)
+            trains = any(p.requires_grad for p in model.parameters())  # else the loss's
+            check_shapes(forward, loss_fn, data, model_cfg, loss_label, dtype, trains)
         check_batch_norm(model, data.n, trainer.batch_size)
     if trainer.compile is not False:
         forward = compiled(forward, data, trainer, model)

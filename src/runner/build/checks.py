@@ -147,15 +147,17 @@ def check_shapes(
     model_cfg: Mapping[str, Any],
     loss_label: str = "loss",
     dtype: torch.dtype = torch.float32,
+    trains: bool = True,
 ) -> None:
     """A forward pass on two points (and three), so a shape mismatch is a config error, not a
-    broadcast; `dataset.task`, never the loss, says what the output must be."""
+    broadcast; `dataset.task`, never the loss, says what the output must be. `trains`: the
+    model has a parameter to train (else only the loss's own are learned)."""
     x, y = data.x[:2], data.y[:2]
     pred = forward_once(forward, x, dtype)
     if data.task == "regression" and data.n > 2 and pred.shape == y.shape:
         x, y = data.x[:3], data.y[:3]  # a parameter of two numbers broadcasts over 2 points
         pred = forward_once(forward, x, dtype)
-    if isinstance(pred, torch.Tensor) and not pred.requires_grad:
+    if isinstance(pred, torch.Tensor) and trains and not pred.requires_grad:
         raise ConfigError(
             f"model: its output ({pred.dtype}) does not depend on its parameters through "
             "autograd (a detached or integer tensor), so backward() cannot train them; return "

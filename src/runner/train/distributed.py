@@ -160,7 +160,7 @@ def check(b: Built, w: World | None = None) -> None:
     outside = [n for n, p in b.params.items() if id(p) not in mine]
     if outside:
         raise ConfigError(
-            f"the loss formula's parameters ({', '.join(outside)}) are outside the model, "
+            f"the loss's own parameters ({', '.join(outside)}) are outside the model, "
             "whose gradients DDP averages; move them into the model or set trainer.devices=1"
         )
 
