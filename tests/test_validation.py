@@ -582,6 +582,9 @@ def test_valid_inputs_the_new_checks_let_through(tmp_path, monkeypatch, capsys):
         "logger=none",
     )
     assert build(cfg, tmp_path).data.x.dtype == torch.long
+    # a target annotated `in_features: int` takes null as the data's width, as advised
+    linear = ["experiment=logistic_blobs", "model=linear", "model._target_=torch.nn.Linear"]
+    assert build(compose_config(*linear, "logger=none"), None).model.in_features == 2
     assert [n for n, _ in Expression("sum(w) * x + b", {"w": [0.5, 0.5]}).named_parameters()]
     mine = tmp_path / "mine" / "optimizer"
     mine.mkdir(parents=True)

@@ -283,7 +283,8 @@ def check_target(
     except Exception:  # unresolvable annotations in third-party code: skip the type check
         hints = {}
     for key, value in keys.items():
-        if key in hints:
+        filled = group == "model" and key == "in_features" and value is None  # the data's
+        if key in hints and not filled:
             check_value(f"{group}.{key}", value, hints[key])
     if "lr" in keys:
         check_value(f"{group}.lr", keys["lr"], float)
