@@ -60,6 +60,31 @@ def test_bce_takes_the_integer_labels_of_a_binary_logit(tmp_path: Path):
     assert b.loss_on(None).item() == pytest.approx(expected.item(), rel=1e-5)
 
 
+class Probabilities(torch.nn.Module):
+    """One sigmoid output a point: a probability, where accuracy reads a logit."""
+
+    def __init__(self, in_features: int = 2, out_features: int = 1) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(in_features, out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.linear(x))
+
+
+def test_a_one_output_classifier_of_probabilities_is_warned_of(tmp_path: Path, caplog):
+    """Its accuracy would be the share of class 1 (every probability is above 0)."""
+    told = "acc/train and acc/val read it as a logit (class 1 when above 0)"
+    with caplog.at_level("WARNING"):
+        build(compose_config("experiment=logistic_blobs", "logger=none"), tmp_path)
+        assert told not in caplog.text  # a logit model, at any start
+        mine = ["model._target_=test_task.Probabilities", "logger=none"]
+        build(compose_config("experiment=logistic_blobs", *mine), tmp_path)
+    assert (
+        "lies between 0 and 1 for all of the first 160 points" in caplog.text
+        and told in caplog.text
+    )
+
+
 def test_mse_keeps_the_posts_graph_for_regression(tmp_path: Path):
     b = build(compose_config("experiment=linear_fit", "logger=none"), tmp_path)
     assert b.data.task == "regression" and b.data.y.dtype == torch.float32

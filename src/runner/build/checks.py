@@ -3,6 +3,7 @@ fail (or silently train on nothing) is a config error before any work."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -12,6 +13,8 @@ from torch import nn
 from runner.build.data import Data
 from runner.build.models import Forward
 from runner.config.check import HYDRA_KEYS, ConfigError, shown
+
+log = logging.getLogger(__name__)
 
 
 def first_call(
@@ -140,6 +143,22 @@ def forward_once(forward: Forward, x: torch.Tensor, dtype: torch.dtype) -> Any:
         raise ConfigError(f"{e} ({why})") from e.__cause__
 
 
+PROBE = 256  # points a one-output classifier is first run on, to tell a probability
+
+
+def warn_if_probabilities(forward: Forward, x: torch.Tensor) -> None:
+    """Accuracy reads one output as a logit (class 1 above 0), so a model returning sigmoid
+    probabilities, all above 0, would score the share of class 1: said before it misleads."""
+    with torch.no_grad():
+        pred = forward(x)
+    if bool(((pred > 0) & (pred < 1)).all()):
+        log.warning(
+            f"model: its one output a point lies between 0 and 1 for all of the first {len(x)} "
+            "points, as a probability's would; acc/train and acc/val read it as a logit "
+            "(class 1 when above 0), so return the logit (loss=bce applies the sigmoid itself)"
+        )
+
+
 def check_shapes(
     forward: Forward,
     loss_fn: Any,
@@ -197,6 +216,8 @@ def check_shapes(
                 f"dataset.task=classification has {classes} classes; {fix}"
                 + (f" or {binary} (one binary logit, for loss=bce)" if classes == 2 else "")
             )
+        if width == 1:
+            warn_if_probabilities(forward, data.x[:PROBE])
         hint = (
             " (dataset.task=classification: the targets are class indices, and the model "
             f"gives {'one binary logit' if width == 1 else f'{width} logits'} a point: "
