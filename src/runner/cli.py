@@ -298,8 +298,17 @@ def sweep_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> float
     try:
         not_shadowed()
         metrics = run(cfg, run_dir, overrides, sweep_dir)
-    except Occupied:  # two jobs named alike (hydra.sweep.subdir), or a stray run there
-        raise
+    except Occupied as e:  # two jobs named alike (hydra.sweep.subdir), or a stray run there
+        told = (
+            f"the sweep's job {run_dir.name!r} found a run it did not start in its directory "
+            f"(metrics.json or a checkpoint), and leaves it as it is; move it out of "
+            f"{str(sweep_dir)!r} and run the sweep again, or pick a new hydra.sweep.dir (a "
+            "hydra.sweep.subdir that names two jobs alike sends both to one directory)"
+        )
+        if basic_launcher():  # whose sweeper would run the rest of the grid before it stops
+            print(f"Config error: {told}", file=sys.stderr)
+            sys.exit(CONFIG_ERROR)
+        raise Occupied(told) from e  # parallel jobs: after those running beside it
     except Exception as e:
         error = f"{type(e).__name__}: {e}"
         log.error(f"Failed: {error}", exc_info=full_error())
@@ -310,7 +319,7 @@ def sweep_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> float
     if metrics["status"] == "interrupted":
         # in the process that started the sweep (Hydra's basic launcher), Ctrl-C or SIGTERM
         # stops the sweep, not only this job; a joblib worker's or submitit job's exit would fail it
-        if str(HydraConfig.get().launcher._target_).endswith(".BasicLauncher"):
+        if basic_launcher():
             log.error("Interrupted: the sweep stops here")  # the job said how to finish it
             # hydra-core 1.3 never reaches the callback's end, 1.4 does: then it only exits
             summarise(sweep_dir, HydraConfig.get().sweeper.get("direction") == "maximize")
@@ -319,6 +328,11 @@ def sweep_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> float
         leave_ctrl_c_to_the_sweep()
         return math.inf  # a worker or a cluster job was stopped (a time limit): the others go on
     return metrics["objective"]
+
+
+def basic_launcher() -> bool:
+    """Hydra's default launcher, which runs the jobs one by one in this process."""
+    return str(HydraConfig.get().launcher._target_).endswith(".BasicLauncher")
 
 
 def leave_ctrl_c_to_the_sweep() -> None:
