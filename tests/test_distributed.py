@@ -473,3 +473,35 @@ def test_under_torchrun_a_rank_that_lost_another_says_so_in_one_line(monkeypatch
         launch.follow()
     assert stopped.value.code == launch.LOST
     assert capsys.readouterr().err == f"{lost}\n"
+
+
+class SkipsALayer(torch.nn.Module):
+    """A layer its forward never uses: DDP has to be told, or its second step stops."""
+
+    def __init__(self, hidden=(), activation="", in_features=1, out_features=1) -> None:
+        super().__init__()
+        self.used, self.skipped = torch.nn.Linear(1, 1), torch.nn.Linear(1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.used(x)
+
+
+def test_a_model_with_a_layer_it_never_uses_trains_under_ddp(tmp_path: Path):
+    """In a gloo group of one process, in this one: DDP's reducer is the same for any size."""
+    import torch.distributed as dist
+
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'group'}", rank=0, world_size=1
+    )
+    try:
+        for model, skips in (("test_distributed.SkipsALayer", True), (None, False)):
+            chosen = [f"model._target_={model}"] if model else []
+            b = build(compose_config("experiment=sine_mlp", "logger=none", *chosen), tmp_path)
+            loss_on = distributed.sharded(b, World(rank=0, size=1))
+            for _ in range(3):
+                b.optimizer.zero_grad()
+                loss_on(None).backward()
+                b.optimizer.step()
+            assert distributed.skips_parameters(b) is skips  # only then asks DDP to look
+    finally:
+        dist.destroy_process_group()

@@ -173,7 +173,7 @@ def sharded(b: Built, w: World) -> LossOn:
     if (backend := b.checked.trainer.compile) is not False:  # the model, inside DDP: compiled
         # around DDP, its forward breaks the graph and the model's layers run eagerly
         model = torch.compile(model, backend="inductor" if backend is True else backend)
-    ddp = DistributedDataParallel(model)
+    ddp = DistributedDataParallel(model, find_unused_parameters=skips_parameters(b))
     forward = ddp if isinstance(b.model, models.Expression) else models.forward_fn(ddp)
     x, y = b.data.x, b.data.y
     every = torch.arange(w.rank, b.data.n, w.size, device=x.device)  # the full batch's shard
@@ -191,6 +191,16 @@ def sharded(b: Built, w: World) -> LossOn:
         return loss if weight == 1 else loss * weight
 
     return loss_on
+
+
+def skips_parameters(b: Built) -> bool:
+    """Whether the loss leaves a parameter of the model without a gradient (a layer that its
+    forward skips), which DDP must be told, or it stops at the second step."""
+    assert b.data is not None and b.model is not None
+    with models.evaluating(b.model, grad=True):  # batch norm's statistics left as they are
+        loss = b.loss_fn(models.forward_fn(b.model)(b.data.x[:2]), b.data.y[:2])
+    trainable = [p for p in b.model.parameters() if p.requires_grad]
+    return any(g is None for g in torch.autograd.grad(loss, trainable, allow_unused=True))
 
 
 def mean(loss: torch.Tensor) -> torch.Tensor:
