@@ -200,7 +200,7 @@ CASES = [
     (
         "unknown target",
         ["model._target_=nowhere.Model"],
-        ["model._target_='nowhere.Model'", "cannot be imported"],
+        ["model._target_='nowhere.Model'", "cannot be imported", "its folder on PYTHONPATH"],
     ),
     (
         "early stop patience",
@@ -767,6 +767,8 @@ def test_a_model_output_autograd_cannot_train_through_is_a_config_error():
         with pytest.raises(ConfigError, match="does not depend on its parameters through autograd"):
             check_shapes(forward, mse, data, {})
     check_shapes(lambda x: w * x, mse, data, {})  # the same, differentiable: passes
+    with pytest.raises(ConfigError, match="one value per point$"):  # not "classes", as (n, k)
+        check_shapes(lambda x: (w * x).unsqueeze(0), mse, data, {})  # one row for all points
 
 
 class Frozen(Normed):

@@ -224,7 +224,8 @@ def check_shapes(
             f"{'bce' if width == 1 else 'cross_entropy'} reads that)"
         )
     elif pred.shape != y.shape:
-        maybe_classes = pred.dim() == 2 and y.dim() == 1  # logits for class indices?
+        # logits for class indices?
+        maybe_classes = pred.dim() == 2 and y.dim() == 1 and pred.shape[0] == y.shape[0]
         if pred.dim() == 1 and tuple(y.shape[1:]) == (1,):  # a column of targets
             raise ConfigError(
                 f"dataset: the targets have shape {tuple(data.y.shape)}, and the model gives one "

@@ -254,7 +254,7 @@ def locate(group: str, target: Any) -> Callable[..., Any]:
     raise ConfigError(
         f"{group}._target_={target!r} cannot be imported; check the module path "
         f"'{module_name or target}' and the name '{attr or target}' (run from the project root "
-        "so that experiments/ is importable)"
+        "so that experiments/ is importable; code elsewhere needs its folder on PYTHONPATH)"
     )
 
 
