@@ -37,6 +37,16 @@ def test_torchs_own_cross_entropy_builds_and_its_loss_computes(tmp_path: Path):
     assert accuracy_fn(b) is not None
 
 
+def test_a_loss_module_class_is_made_then_called_with_its_options(tmp_path: Path):
+    """`loss._target_=torch.nn.CrossEntropyLoss` under the option's `_partial_: true`: made
+    with the option's keys, then called as loss(pred, y) (it was made from pred and y)."""
+    module = ["loss._target_=torch.nn.CrossEntropyLoss", "+loss.label_smoothing=0.1"]
+    b = build(compose_config("experiment=mlp_classify", *module, "logger=none"), tmp_path)
+    logits = b.forward(b.data.x)
+    expected = torch.nn.functional.cross_entropy(logits, b.data.y, label_smoothing=0.1)
+    assert b.loss_on(None).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
 def test_torchs_own_cross_entropy_trains_and_logs_accuracy(tmp_path: Path, no_figures):
     from runner.run import run
 

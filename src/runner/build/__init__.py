@@ -265,6 +265,8 @@ def build(cfg: DictConfig, run_dir: Path | None) -> Built:
         if isinstance(loss_fn, functools.partial):
             # Hydra's partial re-checks its target on every call, and the loss runs every step
             loss_fn = functools.partial(loss_fn.func, *loss_fn.args, **loss_fn.keywords)
+            if isinstance(loss_fn.func, type) and issubclass(loss_fn.func, nn.Module):
+                loss_fn = loss_fn()  # a loss module (torch.nn.MSELoss), made, then called
 
     for module in (model, loss_fn):
         if isinstance(module, nn.Module):
