@@ -177,12 +177,13 @@ def test_a_look_at_one_pass_over_two_processes_prints_the_posts_lines(tmp_path):
 def test_a_nan_on_one_rank_stops_every_rank_at_the_same_step(tmp_path):
     (tmp_path / "faulty.py").write_text(FAULTY)
     run_dir = tmp_path / "run"
-    args = ["loss._target_=faulty.mse", "+loss.at=12", "trainer.devices=2", "logger=none"]
+    args = ["loss._target_=faulty.mse", "+loss.at=13", "trainer.devices=2", "logger=none"]
     code, out, err = runner(
         "experiment=sine_mlp", "trainer.epochs=3", *args, f"hydra.run.dir={run_dir}", cwd=tmp_path
     )
     assert code == 1, out + err
-    # the 12th call: the shape check at build, then steps 0..10; seen at log step 25
+    # the 13th call: the shape check and the look for unused layers at build, then steps
+    # 0..10; seen at log step 25
     assert (
         read_metrics(run_dir)["status"] == "diverged"
         and read_metrics(run_dir)["diverged_step"] == 10
@@ -194,7 +195,7 @@ def test_a_nan_on_one_rank_stops_every_rank_at_the_same_step(tmp_path):
 def test_a_rank_that_dies_ends_the_run_with_an_error(tmp_path):
     (tmp_path / "faulty.py").write_text(FAULTY)
     run_dir = tmp_path / "run"
-    args = ["loss._target_=faulty.mse", "+loss.at=12", "+loss.fault=exit", "trainer.devices=2"]
+    args = ["loss._target_=faulty.mse", "+loss.at=13", "+loss.fault=exit", "trainer.devices=2"]
     started = time.monotonic()
     code, out, err = runner(
         "experiment=sine_mlp", *args, f"hydra.run.dir={run_dir}", cwd=tmp_path, timeout=90
@@ -212,10 +213,10 @@ def test_a_rank_that_dies_ends_the_run_with_an_error(tmp_path):
 def test_a_rank_that_raises_shows_its_traceback_and_is_the_one_blamed(tmp_path):
     """As one process shows it: the launcher's own log of it is quieted."""
     (tmp_path / "faulty.py").write_text(FAULTY)
-    args = ["loss._target_=faulty.mse", "+loss.at=12", "+loss.fault=raise", "trainer.devices=2"]
+    args = ["loss._target_=faulty.mse", "+loss.at=13", "+loss.fault=raise", "trainer.devices=2"]
     code, out, err = runner("experiment=sine_mlp", *args, cwd=tmp_path, timeout=90)
     assert code == 1, out + err
-    assert "\nRuntimeError: a fault at call 12\n" in err and "in mse" in err
+    assert "\nRuntimeError: a fault at call 13\n" in err and "in mse" in err
     # the launcher may stop at rank 0's exit, before rank 1's: then no rank is named as failed
     blamed = "rank 1 failed (exit status 1); every rank stopped"
     unnamed = "a rank failed (its error is above), and rank 0 lost the connection to it"
@@ -244,7 +245,7 @@ WHICH = "which failed (its own error says why) at step 10"
 def test_under_torchrun_the_rank_left_behind_says_it_lost_a_peer_not_a_traceback(tmp_path):
     (tmp_path / "faulty.py").write_text(FAULTY)
     run_dir = tmp_path / "run"
-    args = ["loss._target_=faulty.mse", "+loss.at=12", "+loss.fault=exit"]
+    args = ["loss._target_=faulty.mse", "+loss.at=13", "+loss.fault=exit"]
     code, out, err = runner(
         "experiment=sine_mlp", *args, f"hydra.run.dir={run_dir}", cwd=tmp_path, torchrun=True
     )
