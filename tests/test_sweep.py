@@ -461,3 +461,22 @@ def test_ctrl_c_in_a_basic_launcher_sweep_still_writes_the_summary(tmp_path: Pat
     assert f"the sweep's command with hydra.sweep.dir={sweep_dir} finishes the sweep" in out
     assert "trainer.resume=" not in out and "Interrupted: the sweep stops here\n" in out
     assert "the same command" not in out  # a sweep dir by default is new: it names this one
+
+
+def test_an_error_every_job_shares_is_printed_once_below_the_table(tmp_path: Path):
+    from runner.sweep.summary import table
+
+    def row(job: int, error: str | None) -> dict:
+        status = "completed" if error is None else "failed"
+        return dict.fromkeys(COLUMNS) | {"job": job, "status": status, "error": error}
+
+    shared = "ConfigError: optimizer.lr=-1 must be a positive number"
+    rows = [row(0, shared), row(1, "ValueError: other"), row(2, shared), row(3, None)]
+    for r, seed in zip(rows, range(4)):
+        r["overrides"], r["run_dir"] = f"seed={seed}", str(tmp_path / str(seed))
+    lines = table(rows, tmp_path).splitlines()
+    assert lines[-3:] == [
+        f"jobs 0, 2 failed: {shared}",
+        "job 1 failed: ValueError: other",
+        "3 failed, 1 completed",
+    ]

@@ -214,7 +214,12 @@ def table(rows: list[dict[str, Any]], sweep_dir: Path) -> str:
     if common:
         text.append(f"all jobs: {' '.join(common)}")
     text += ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines]
-    text += [f"job {r['job']} {r['status']}: {r['error']}" for r in rows if r["error"]]
+    failures: dict[tuple[str, str], list[str]] = {}  # one line for the jobs an error shares
+    for r in rows:
+        if r["error"]:
+            failures.setdefault((r["status"], r["error"]), []).append(str(r["job"]))
+    for (status, error), nums in failures.items():
+        text.append(f"job{'s' * (len(nums) > 1)} {', '.join(nums)} {status}: {error}")
     counts = Counter(r["status"] for r in rows)
     text.append(", ".join(f"{n} {status}" for status, n in counts.items()))
     return "\n".join(text)
