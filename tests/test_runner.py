@@ -251,7 +251,10 @@ def test_a_users_optimizer_needs_what_the_runner_calls_and_no_lr(tmp_path: Path)
     nothing = "optimizer._target_=test_runner.ReturnsNothing"
     with pytest.raises(ConfigError, match=r"NoZeroGrad' has no zero_grad; the runner uses step"):
         build(compose_config(*base, "optimizer._target_=test_runner.NoZeroGrad"), None)
-    with pytest.raises(ConfigError, match=r"has no state_dict, load_state_dict; .* \(checkpoints"):
+    with pytest.raises(
+        ConfigError,
+        match=r"has no state_dict, load_state_dict; .* \(the last two for checkpoints\)",
+    ):
         build(compose_config(*base, nothing, "trainer.checkpoint_every=1"), None)
     build(compose_config(*base, nothing), None)  # no checkpoints: no state_dict needed
 

@@ -345,16 +345,17 @@ def build(cfg: DictConfig, run_dir: Path | None) -> Built:
 def check_optimizer(optimizer: Any, target: str, saves: bool) -> None:
     """What the loop and the logs (and checkpoints, when `saves`) call on an optimizer, there
     before any step rather than missed at one."""
-    needs = ("step", "zero_grad", "param_groups", *(("state_dict", "load_state_dict") * saves))
+    needs = ("step", "zero_grad", "param_groups")
+    needs += ("state_dict", "load_state_dict") if saves else ()
     missing = [name for name in needs if not hasattr(optimizer, name)]
     groups = getattr(optimizer, "param_groups", None)
     if not missing and not (isinstance(groups, list) and groups and isinstance(groups[0], dict)):
         missing = ["param_groups (a list of dicts)"]
     if missing:
-        checkpoints = " (checkpoints)" if saves else ""
         raise ConfigError(
             f"optimizer._target_={target!r} has no {', '.join(missing)}; the runner uses "
-            f"{', '.join(needs)}{checkpoints} as torch.optim.Optimizer has them: subclass it"
+            f"{', '.join(needs)}{' (the last two for checkpoints)' if saves else ''}, as "
+            "torch.optim.Optimizer has them: subclass it"
         )
 
 
