@@ -127,14 +127,17 @@ def test_a_job_never_writes_over_results_it_finds_in_its_directory(tmp_path: Pat
     jobs named alike (hydra.sweep.subdir) would, and leaves them be."""
     found = tmp_path / "grid" / "0_optimizer.lr=0.1" / "metrics.json"
     found.parent.mkdir(parents=True)
-    found.write_text('{"status": "completed", "objective": 0.5}')
-    status, _, _, _ = sweep(tmp_path, "grid", *QUICK, "optimizer.lr=0.1,0.2")
-    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert status == 2 and line.startswith(
-        "Config error: the sweep's job '0_optimizer.lr=0.1' found a run it did not start"
-    )
-    assert found.read_text() == '{"status": "completed", "objective": 0.5}'
-    assert not (tmp_path / "grid" / "1_optimizer.lr=0.2").exists()  # the sweep stopped there
+    theirs = '{"status": "completed", "objective": 0.5, "overrides": ["optimizer.lr=0.3"]}'
+    found.write_text(theirs)
+    # again: the job's start wrote its own .hydra/ there, and the run is still not the job's
+    for _ in range(2):
+        status, _, _, _ = sweep(tmp_path, "grid", *QUICK, "optimizer.lr=0.1,0.2")
+        (line,) = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        assert status == 2 and line.startswith(
+            "Config error: the sweep's job '0_optimizer.lr=0.1' found a run it did not start"
+        )
+        assert found.read_text() == theirs
+        assert not (tmp_path / "grid" / "1_optimizer.lr=0.2").exists()  # the sweep stopped
 
 
 def grid_config(sweep_dir: Path, *overrides: str, params: dict | None = None) -> DictConfig:

@@ -288,8 +288,8 @@ def sweep_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> float
     from runner.train.checkpoint import Occupied
 
     sweep_dir = Path(HydraConfig.get().sweep.dir).absolute()
-    if (earlier := resume.pick_up(cfg, run_dir, sweep_dir)) is not None:  # completed earlier
-        return earlier  # its objective, not run again
+    if (earlier := resume.pick_up(cfg, run_dir, sweep_dir, overrides)) is not None:
+        return earlier  # the objective of a job completed earlier, not run again
     if (sweep_dir / STOP).exists():  # Ctrl-C reached a joblib sweep (`Summary`): start no job
         error = "not started: the sweep was interrupted"
         write_json(run_dir / "metrics.json", {"status": "interrupted", "error": error})

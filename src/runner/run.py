@@ -108,8 +108,8 @@ def run(
                 ) from None
             raise
         finally:
-            if leader:
-                write_json(run_dir / "metrics.json", metrics)
+            if leader:  # with what made the run, which a sweep matches its jobs by
+                write_json(run_dir / "metrics.json", metrics | {"overrides": list(overrides)})
             validates = b.data is not None and b.data.x_val is not None
             row = hparam_metrics(metrics, validates)
             columns = hparams(cfg, overrides, b.hparams if resumed else None)

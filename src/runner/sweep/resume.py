@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import shutil
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -121,7 +122,9 @@ def difference(earlier: list[Job], planned: list[list[str]]) -> str | None:
     return None
 
 
-def pick_up(cfg: DictConfig, run_dir: Path, sweep_dir: Path) -> float | None:
+def pick_up(
+    cfg: DictConfig, run_dir: Path, sweep_dir: Path, overrides: Sequence[str]
+) -> float | None:
     """The objective of a job that completed earlier, which is not run again; otherwise None,
     and it runs on from its checkpoint or afresh, so that no tag's steps go backwards."""
     from runner.train.checkpoint import LAST  # torch: imported by the job, not by the CLI
@@ -129,6 +132,10 @@ def pick_up(cfg: DictConfig, run_dir: Path, sweep_dir: Path) -> float | None:
     if run_dir.absolute() not in {sweep_dir / job["dir"] for job in record(sweep_dir)}:
         return None  # a job the sweep's start did not record: a new one
     metrics = read_metrics(run_dir)
+    if metrics.get("overrides", list(overrides)) != list(overrides):
+        # another run's results, under the `.hydra/` this job's start wrote over them: the
+        # run refuses the directory (none recorded: written before the runner kept them)
+        return None
     status = metrics.get("status")
     if status == "completed":
         objective = metrics.get("objective")
