@@ -269,6 +269,24 @@ def test_a_fault_at_the_sweeps_start_stops_it(tmp_path: Path, capsys, monkeypatc
     ]
 
 
+def test_a_worker_whose_sweep_process_was_killed_stops_its_job(tmp_path: Path, monkeypatch):
+    """A joblib worker outlives a SIGKILL of the sweep's process (it is made the child of
+    another): its job stops at the next log step, not train on beside the next run's."""
+    import multiprocessing
+    import os
+    from types import SimpleNamespace
+
+    from runner.sweep.trial import Stopped
+    from runner.train.state import State
+
+    for sweep_pid, stops in ((None, False), (os.getppid(), False), (os.getppid() + 1, True)):
+        sweep = None if sweep_pid is None else SimpleNamespace(pid=sweep_pid)
+        monkeypatch.setattr(multiprocessing, "parent_process", lambda sweep=sweep: sweep)
+        state = State()
+        Stopped(tmp_path).log(SimpleNamespace(state=state))
+        assert (state.status == "interrupted") is stops
+
+
 def test_a_job_never_reads_the_stop_file_before_the_signal_is_in_it(tmp_path: Path, monkeypatch):
     """A job that looks while the sweep writes the stop file sees either no file or the whole
     signal name, so a SIGTERM is never recorded as the "SIGINT" an empty file defaults to."""

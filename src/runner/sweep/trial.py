@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
+import multiprocessing
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -69,12 +70,20 @@ class TrialReport(Observer):
 
 
 class Stopped(Observer):
-    """The stop file `runner.sweep.summary.Summary` writes in the sweep directory."""
+    """The stop file `runner.sweep.summary.Summary` writes in the sweep directory; in a worker
+    process (joblib's), the end of the sweep's process, killed (SIGKILL) before it could write
+    one: its job stops and keeps its checkpoint, rather than train on beside the next run's."""
 
     def __init__(self, sweep_dir: Path) -> None:
         self.stop = sweep_dir / STOP
+        sweep = multiprocessing.parent_process()  # None: this is the sweep's own process
+        self.sweep = None if sweep is None else sweep.pid
 
     def log(self, look: Look) -> None:
-        if look.state.status == "running" and self.stop.exists():
+        if look.state.status != "running":
+            return
+        if self.stop.exists():
             look.state.status = "interrupted"  # the loop ends after this step
             look.state.signal = self.stop.read_text().strip() or "SIGINT"
+        elif self.sweep is not None and os.getppid() != self.sweep:  # orphaned
+            look.state.status = "interrupted"
