@@ -186,6 +186,24 @@ def test_a_trial_reports_each_log_step_and_stops_when_its_pruner_says_so(tmp_pat
     assert study.trials[number].intermediate_values == {0: 0.5, 1: 0.25, 2: 2.0}
 
 
+def test_a_trial_pruned_at_an_epochs_last_step_ends_that_epoch_with_the_loss_it_reported(
+    tmp_path: Path,
+):
+    """linear_fit's one step an epoch: the run's final loss is the value the study has, and
+    the epoch counts (it ended a log step behind, with the loss before it)."""
+    from conftest import compose_config
+
+    from runner.build import build
+    from runner.train.loop import train
+
+    study, number, report = trial_report(tmp_path, "final_loss")  # stops it above 1.0
+    b = build(compose_config("experiment=linear_fit", "logger=none"), None)
+    state = train(b, State(), [report], None)
+    (reported,) = study.trials[number].intermediate_values.items()  # step 0: 4.39, pruned
+    assert (state.status, state.step, state.epoch) == ("pruned", 1, 1)
+    assert reported == (0, pytest.approx(state.epoch_loss.item(), rel=1e-7))
+
+
 def test_a_validation_objective_is_reported_at_the_epoch_end_that_computed_it(tmp_path: Path):
     study, number, report = trial_report(tmp_path, "val_loss")
     state = State()

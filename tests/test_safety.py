@@ -183,3 +183,27 @@ def test_run_directories_started_in_the_same_second_differ():
         stamp = re.fullmatch(r".*\$\{now:(.*)\}.*", pattern).group(1)
         assert "%f" in stamp  # microseconds
         assert datetime.now().strftime(stamp) != datetime.now().strftime(stamp)
+
+
+def test_an_epoch_ended_after_a_stop_keeps_that_stop_and_a_diverged_run_counts_it(
+    run_experiment,
+):
+    """A run stopped at an epoch's last step ends that epoch: an early stop due there leaves
+    the run as the stop made it, and a one-step-an-epoch run counts its epochs as its steps."""
+    import torch
+
+    from runner.build import build
+    from runner.config.check import EarlyStop
+    from runner.log.tensorboard import Null
+    from runner.observe.validation import Validation
+    from runner.train.state import State
+
+    b = build(compose_config("experiment=linear_fit", "logger=none"), None)
+    validation = Validation(b, Null(), EarlyStop(patience=1, min_delta=10))
+    for status in ("running", "interrupted", "pruned"):
+        state = State(epoch=1, epoch_loss=torch.tensor(1.0), status=status)
+        state.early_stop = (1.0, 0)  # patience runs out at this epoch's end
+        validation.epoch(state)
+        assert state.status == ("completed" if status == "running" else status)
+    metrics, _ = run_experiment("experiment=linear_fit", "optimizer.lr=2", "logger=none")
+    assert metrics["status"] == "diverged" and metrics["epochs"] == metrics["steps"] == 31

@@ -40,7 +40,7 @@ class Validation(Observer):
             with evaluating(self.b.model):
                 state.val_loss = self.b.loss_fn(self.b.forward(data.x_val), data.y_val)
             self.pending.append((state.step - 1, state.val_loss.float()))
-        if (stop := self.early_stop) is None:
+        if (stop := self.early_stop) is None or state.status != "running":
             return
         watched = state.epoch_loss if state.val_loss is None else state.val_loss
         value = math.inf if watched is None else float(watched)

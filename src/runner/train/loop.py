@@ -82,8 +82,8 @@ def train(
                 if save is not None and state.step % t.checkpoint_every == 0 and recent.finite():
                     save(state)
                 part.agree(stop, state, log_now)  # a signal or a pruned trial stops every rank
-                if state.status != "running":
-                    break
+                if state.status != "running" and state.position < len(batches):
+                    break  # mid-epoch; after its last batch, the epoch ends first
             else:  # the epoch ran to its end
                 state.end_epoch()
                 b.scheduler.step()
