@@ -265,6 +265,11 @@ CASES = [
         for kind, value in (("a value", "0.5"), ("a search", "interval(0.01,0.5)"))
     ),
     (
+        "a grid's values as the sweeper's params",  # OmegaConf cannot merge into its null
+        ["-m", 'hydra.sweeper.params={seed: "1,2"}'],
+        ['hydra.sweeper.params={seed: "1,2"}: the sweep\'s values are overrides of their own'],
+    ),
+    (
         "a setting torch refuses",
         ["optimizer=sgd", "optimizer.momentum=-1"],
         ["optimizer: building torch.optim.SGD failed: Invalid momentum value: -1"],
@@ -683,7 +688,7 @@ def test_bad_input_stops_with_one_clear_message(overrides, fragments, workdir, m
         "loss.delta",
     )
     refused += ("hydra.callbacks.summary.fail_on",)  # Hydra builds the callback
-    refused += ("hydra.sweeper.params.optimizer.lr", "+trainer.epochs")
+    refused += ("hydra.sweeper.params.optimizer.lr", "hydra.sweeper.params", "+trainer.epochs")
     refused += ("hparams_search", "hydra/sweeper")  # told from a sweep by Hydra's record
     refused += ("model._target_",)  # the chosen option, named from Hydra's record
     unreadable = ("model.formula=sin(x)*w", "epochs", "optimizer.lr=intervl(0.1,1)")  # grammar

@@ -130,6 +130,10 @@ def explain(error: Exception, args: Sequence[str]) -> str | None:
         )
     if isinstance(error, OverrideParseException):
         return hydra_hints.unreadable(error)
+    # OmegaConf's errors, and Python's that it raises again with the key it was merging
+    merging = isinstance(error, OmegaConfBaseException | AttributeError)
+    if merging and (hint := hydra_hints.sweeper_params(error, args)):
+        return hint
     if isinstance(error, ValueError) and (hint := hydra_hints.group_value(error, args)):
         return hint
     if isinstance(error, OSError) and (hint := hydra_hints.run_dir_hint(error, args)):

@@ -44,9 +44,16 @@ def flag_hint(args: Sequence[str], intermixed: bool) -> str | None:
 
 def sweeper_params(error: Exception, args: Sequence[str]) -> str | None:
     """`hydra.sweeper.params.optimizer.lr=...`, which Hydra refuses in two ways: the keys of
-    `params` have dots in them (`optimizer.lr`), and a search is its own override."""
+    `params` have dots in them (`optimizer.lr`), and a search is its own override; and
+    `hydra.sweeper.params={...}`, which OmegaConf cannot merge into the grid's null."""
     for arg in args:
         key, _, value = arg.lstrip("+~").partition("=")
+        if key == "hydra.sweeper.params" and key in str(error):
+            return (
+                f"{arg}: the sweep's values are overrides of their own (seed=1,2 "
+                "optimizer.lr=0.1,0.2), or a config's hydra.sweeper.params (an hparams_search "
+                "option)"
+            )
         if key.startswith("hydra.sweeper.params.") and key in str(error):
             search = f"{key.removeprefix('hydra.sweeper.params.')}={value}"
             return (
