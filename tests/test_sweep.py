@@ -498,3 +498,24 @@ def test_an_error_every_job_shares_is_printed_once_below_the_table(tmp_path: Pat
         "job 1 failed: ValueError: other",
         "3 failed, 1 completed",
     ]
+
+
+def test_ctrl_c_between_two_jobs_still_summarises_the_finished_ones(tmp_path: Path, monkeypatch):
+    """Before the next job's run sets its own handler, Ctrl-C reaches the sweep's process."""
+    import runner.cli
+
+    starts = []
+
+    def second_start_interrupted() -> None:
+        starts.append(1)
+        if len(starts) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner.cli, "not_shadowed", second_start_interrupted)
+    status, out, _, rows = sweep(tmp_path, "grid", "experiment=linear_fit", TINY, "seed=1,2,3")
+    assert status == 130
+    assert [(r["job"], r["status"], r["error"]) for r in rows] == [
+        ("0", "completed", ""),
+        ("1", "interrupted", "not started: the sweep was interrupted"),
+    ]
+    assert "Sweep summary (2 jobs, best first)" in out

@@ -4,6 +4,7 @@ whether the run worked, and an objective for sweepers."""
 from __future__ import annotations
 
 import filecmp
+import json
 import logging
 import math
 import os
@@ -42,7 +43,7 @@ from runner.config.check import (
 )
 from runner.launch import RankFailed, exit_status, interrupted
 from runner.sweep import resume
-from runner.sweep.summary import STOP, stop_jobs, summarise
+from runner.sweep.summary import NOT_STARTED, STOP, Summary, stop_jobs, summarise
 from runner.train.world import world
 
 log = logging.getLogger("runner")
@@ -79,6 +80,12 @@ def main(app: Callable[[], Any]) -> Any:
             sys.exit(report(error))
         sweep = {"-m", "--multirun"} & set(sys.argv)
         finish = "; the same command finishes the sweep" if sweep else ""
+        if sweep and Summary.under_way is not None:  # between two jobs: the finished ones
+            sweep_dir, maximize = Summary.under_way
+            for run_dir, _, _ in resume.job_dirs(sweep_dir):  # and the one Hydra was starting
+                if not (run_dir / "metrics.json").exists():
+                    (run_dir / "metrics.json").write_text(json.dumps(NOT_STARTED) + "\n")
+            summarise(sweep_dir, maximize)
         print(f"Interrupted{finish}", file=sys.stderr)
         sys.exit(128 + signal.SIGINT)
     finally:  # the environment as it was
@@ -295,8 +302,7 @@ def sweep_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> float
     if (earlier := resume.pick_up(cfg, run_dir, sweep_dir, overrides)) is not None:
         return earlier  # the objective of a job completed earlier, not run again
     if (sweep_dir / STOP).exists():  # Ctrl-C reached a joblib sweep (`Summary`): start no job
-        error = "not started: the sweep was interrupted"
-        write_json(run_dir / "metrics.json", {"status": "interrupted", "error": error})
+        write_json(run_dir / "metrics.json", NOT_STARTED)
         leave_ctrl_c_to_the_sweep()
         return math.inf
     try:

@@ -27,6 +27,7 @@ COLUMNS = ("job", "overrides", "status", "objective", "final_loss", "best_loss",
 COLUMNS += ("steps", "duration_s", "run_dir", "error")
 JOBLIB = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"  # its _target_
 STOP = ".interrupted"  # the signal's name, once Ctrl-C or SIGTERM reached a joblib sweep
+NOT_STARTED = {"status": "interrupted", "error": "not started: the sweep was interrupted"}
 # ties: lower objective; a pruned trial (an Optuna search) after the completed ones
 ORDER = {"completed": 0, "pruned": 1, "interrupted": 2, "diverged": 3, "failed": 4}
 SCORED = ("completed", "pruned")  # whose objective the sweeper saw
@@ -37,6 +38,10 @@ class Summary(Callback):
     """`hydra.callbacks.summary`: summary.csv, and the sweep's exit status: 1 when any job did
     not complete (`fail_on: any`, a grid) or none did (`fail_on: all`, a search, where a
     diverged trial is just a bad +inf one); 130 when Ctrl-C stopped a joblib sweep."""
+
+    # the sweep this process runs (its dir, whether it maximises), which a Ctrl-C between two
+    # jobs ends in runner.cli, past this callback's end on hydra-core 1.3
+    under_way: tuple[Path, bool] | None = None
 
     def __init__(self, fail_on: str = "any") -> None:
         check_choice("hydra.callbacks.summary.fail_on", fail_on, ("any", "all"))
@@ -67,6 +72,8 @@ class Summary(Callback):
             raise SystemExit(1) from None
         self.started = True
         name_jobs_by_what_varies(config)
+        maximize = config.hydra.sweeper.get("direction") == "maximize"
+        Summary.under_way = (Path(config.hydra.sweep.dir).absolute(), maximize)
         stop = Path(config.hydra.sweep.dir).absolute() / STOP
         stop.unlink(missing_ok=True)  # an old one
         # Left to joblib, Ctrl-C ended the workers before their jobs wrote anything, and a
@@ -91,6 +98,9 @@ class Summary(Callback):
         )
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if isinstance(sys.exc_info()[1], KeyboardInterrupt):  # hydra-core 1.4 calls it on the
+            return  # way out of a Ctrl-C between two jobs, which runner.cli ends as on 1.3
+        Summary.under_way = None
         if not self.started:  # refused at the start: nothing of this sweep to summarise
             return
         for sig, previous in self.previous.items():
