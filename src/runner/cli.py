@@ -71,6 +71,7 @@ def main(app: Callable[[], Any]) -> Any:
     asked = full_error()
     saved = {key: os.environ.get(key) for key in (FULL_ERROR, ASKED)}
     os.environ.update({ASKED: "1" if asked else "0", FULL_ERROR: "1"})
+    Summary.under_way = None  # until this command's sweep starts
     try:
         return app()
     except (Exception, KeyboardInterrupt) as error:  # Ctrl-C: before the run sets its handler
@@ -80,8 +81,8 @@ def main(app: Callable[[], Any]) -> Any:
             sys.exit(report(error))
         sweep = {"-m", "--multirun"} & set(sys.argv)
         finish = "; the same command finishes the sweep" if sweep else ""
-        if sweep and Summary.under_way is not None:  # between two jobs: the finished ones
-            sweep_dir, maximize = Summary.under_way
+        if sweep and Summary.under_way is not None and Summary.under_way[0].is_dir():
+            sweep_dir, maximize = Summary.under_way  # between two jobs: the finished ones
             for run_dir, _, _ in resume.job_dirs(sweep_dir):  # and the one Hydra was starting
                 if not (run_dir / "metrics.json").exists():
                     (run_dir / "metrics.json").write_text(json.dumps(NOT_STARTED) + "\n")
