@@ -361,6 +361,11 @@ CASES = [
         ["loss: computing it on the first batch gives a value that does not depend on the"],
     ),
     (
+        "a model of complex outputs",
+        ["experiment=sine_mlp", "model._target_=test_validation.ComplexOut"],
+        ["gives a complex value (torch.complex64), and .backward() needs a real one"],
+    ),
+    (
         "class indices as a column",
         ["~dataset", "+dataset._target_=test_validation.class_column_data"],
         ["but they have shape (20, 1); make y of shape (n,) (y.squeeze(-1))"],
@@ -533,6 +538,12 @@ class Normed(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x).sum(-1)
+
+
+class ComplexOut(Normed):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.net(x).sum(-1)
+        return torch.complex(out, out)
 
 
 class Float64Layer(torch.nn.Module):

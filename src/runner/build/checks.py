@@ -43,6 +43,11 @@ def check_loss(
             f"loss: it gives {shape}, and .backward() needs a scalar tensor; "
             "make it return one (loss=expression takes loss.reduction=sum or mean)"
         )
+    if value.is_complex():  # backward() starts only from a real number
+        raise ConfigError(
+            f"{label}: {what} gives a complex value ({value.dtype}), and .backward() needs a "
+            "real one; compute the loss from real numbers (.real, .abs())"
+        )
     if not torch.isfinite(value):
         fix = "look at the formulas and the parameters' starting values"
         floats = [a for a in args if a.is_floating_point() and a.numel()]
