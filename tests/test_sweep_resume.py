@@ -235,3 +235,18 @@ def test_joblib_finishes_a_sweep_it_left_interrupted_and_failed(tmp_path: Path):
     assert continued["resumed_from"]["step"] == 20 and "resumed_from" not in again
     for run_dir, metrics in ((stopped, continued), (failed, again)):
         assert metrics["final_loss"] == first[run_dir]["final_loss"]
+
+
+def test_a_job_whose_resume_fails_keeps_nothing_of_the_run_it_resumed(tmp_path: Path):
+    """Its metrics.json says it failed, with no `signal` or steps of the interrupted run."""
+    status, _, _, rows = sweep(tmp_path, "grid", *QUICK, "seed=1")
+    run_dir = Path(rows[0]["run_dir"])
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    interrupted = metrics | {"status": "interrupted", "signal": "SIGINT", "steps": 3}
+    (run_dir / "metrics.json").write_text(json.dumps(interrupted))
+    (run_dir / "checkpoints").mkdir(exist_ok=True)
+    (run_dir / "checkpoints" / "last.pt").write_bytes(b"cut short")  # the resume fails on it
+    status, _, _, rows = sweep(tmp_path, "grid", *QUICK, "seed=1")
+    after = json.loads((run_dir / "metrics.json").read_text())
+    assert status == 1 and after["status"] == "failed" and "checkpoint" in after["error"]
+    assert "signal" not in after and "steps" not in after

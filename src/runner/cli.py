@@ -325,7 +325,9 @@ def sweep_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> float
         log.error(f"Failed: {error}", exc_info=full_error())
         if world().rank == 0:  # not another DDP rank (a SLURM task): rank 0 writes the job's
             failed = {"status": "failed", "error": error, "objective": None}
-            write_json(run_dir / "metrics.json", resume.read_metrics(run_dir) | failed)
+            earlier = resume.read_metrics(run_dir)  # this run's, if it wrote any ("failed")
+            kept = earlier if earlier.get("status") == "failed" else {}  # not a resumed one's
+            write_json(run_dir / "metrics.json", kept | failed)
         return math.inf
     if metrics["status"] == "interrupted":
         # in the process that started the sweep (Hydra's basic launcher), Ctrl-C or SIGTERM
