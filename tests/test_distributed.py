@@ -476,6 +476,25 @@ def test_under_torchrun_a_rank_that_lost_another_says_so_in_one_line(monkeypatch
     assert capsys.readouterr().err == f"{lost}\n"
 
 
+class Writes(list):
+    """A stream that keeps each write apart, as an unbuffered stderr sends them."""
+
+    def write(self, text: str) -> int:
+        self.append(text)
+        return len(text)
+
+
+def test_a_ranks_last_line_is_one_write_so_torchruns_log_cannot_split_it(monkeypatch):
+    """Under PYTHONUNBUFFERED a print is two writes, and torchrun's log line fell in between."""
+    from runner import cli, launch
+
+    lost = launch.RankFailed("rank 0 lost the connection to another rank")
+    writes = Writes()
+    monkeypatch.setattr(sys, "stderr", writes)
+    assert cli.report(lost) == 1
+    assert writes == [f"Failed: {lost}\n"]
+
+
 class SkipsALayer(torch.nn.Module):
     """A layer its forward never uses: DDP has to be told, or its second step stops."""
 

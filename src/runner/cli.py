@@ -102,11 +102,12 @@ def full_error() -> bool:
 
 def report(error: Exception) -> int:
     """Print an error that stopped Hydra or a run; returns the exit status."""
+    # one write a line: under torchrun, its own log lines share this stream
     if (message := explain(error, sys.argv[1:])) is not None:
-        print(f"Config error: {message}", file=sys.stderr)
+        sys.stderr.write(f"Config error: {message}\n")
         return CONFIG_ERROR
     if isinstance(error, RankFailed):  # the failed rank printed its own traceback
-        print(f"Failed: {error}", file=sys.stderr)
+        sys.stderr.write(f"Failed: {error}\n")
         return 1
     if isinstance(error, CompactHydraException):  # as Hydra prints it: no traceback
         print(error, file=sys.stderr)

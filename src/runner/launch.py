@@ -67,7 +67,7 @@ def follow() -> None:
     except ConfigError:
         sys.exit(2)  # rank 0 says why
     except RankFailed as e:  # this rank lost the one that failed, as under trainer.devices=N
-        print(e, file=sys.stderr)
+        sys.stderr.write(f"{e}\n")  # in one write: torchrun's log shares the stream
         sys.exit(LOST)
 
 
@@ -216,7 +216,7 @@ def rank_main(plain: dict[str, Any], run_dir: str, overrides: list[str]) -> dict
     except KeyboardInterrupt:  # before the run's handler, or a second Ctrl-C: at once
         sys.exit(128 + signal.SIGINT)
     except RankFailed as e:  # this rank lost the one that failed
-        print(e, file=sys.stderr)
+        sys.stderr.write(f"{e}\n")  # in one write: torchrun's log shares the stream
         sys.exit(LOST)
     except Exception:  # as one process shows it: the launcher's own log of it is quieted
         traceback.print_exc()
