@@ -58,6 +58,19 @@ def test_a_rerun_skips_completed_jobs_and_runs_a_diverged_one_again_afresh(tmp_p
     assert not (sweep_dir / RECORD).exists()
 
 
+def test_a_rerun_typed_with_other_quotes_is_the_same_sweep(tmp_path: Path):
+    """Overrides are compared as the config takes them: `"w*x+b"` and `w*x+b` are one value."""
+    args = (*QUICK, "optimizer.lr=0.1,0.2")
+    status, out, sweep_dir, _ = sweep(tmp_path, "grid", *args, 'model.formula="w*x+b"')
+    assert status == 0, out[-2000:]
+    before = [stamp(job_dir(sweep_dir, num)) for num in (0, 1)]
+    status, out, _, rows = sweep(tmp_path, "grid", *args, "model.formula=w*x+b")
+    assert status == 0, out[-2000:]
+    assert "2 completed earlier, not run again" in out
+    assert [stamp(job_dir(sweep_dir, num)) for num in (0, 1)] == before
+    assert [r["status"] for r in rows] == ["completed", "completed"]
+
+
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory) -> Path:
     """A sweep that completed, shared: a different sweep leaves it as it was."""

@@ -110,16 +110,32 @@ def difference(earlier: list[Job], planned: list[list[str]]) -> str | None:
     for job in earlier:
         if job.num >= len(planned):
             return f"it has a job {job.num} ({' '.join(job.overrides)}), this sweep has none"
-        now = planned[job.num]
-        if sorted(job.overrides) != sorted(now):
-            had = " ".join(o for o in job.overrides if o not in now)
-            has = " ".join(o for o in now if o not in job.overrides)
+        then, now = meanings(job.overrides), meanings(planned[job.num])
+        if sorted(then) != sorted(now):
+            had = " ".join(o for o, meaning in zip(job.overrides, then) if meaning not in now)
+            has = " ".join(o for o, meaning in zip(planned[job.num], now) if meaning not in then)
             if not has:
                 return f"its job {job.num} had {had}, which this sweep's job {job.num} lacks"
             if not had:
                 return f"its job {job.num} lacked {has}, which this sweep's job {job.num} has"
             return f"its job {job.num} had {had} where this sweep's job {job.num} has {has}"
     return None
+
+
+def meanings(overrides: Sequence[str]) -> list[str]:
+    """Each override as the config takes it, so that `f="2*x+1"` and `f=2*x+1` are one job."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except HydraException:  # not Hydra's syntax: as written
+        return list(overrides)
+    return [f"{o.get_key_element()}={o.value()!r}" for o in parsed]
+
+
+def same_job(overrides: Sequence[str], others: Sequence[str]) -> bool:
+    return sorted(meanings(overrides)) == sorted(meanings(others))
 
 
 def pick_up(
@@ -132,7 +148,7 @@ def pick_up(
     if run_dir.absolute() not in {sweep_dir / job["dir"] for job in record(sweep_dir)}:
         return None  # a job the sweep's start did not record: a new one
     metrics = read_metrics(run_dir)
-    if metrics.get("overrides", list(overrides)) != list(overrides):
+    if not same_job(metrics.get("overrides", overrides), overrides):
         # another run's results, under the `.hydra/` this job's start wrote over them: the
         # run refuses the directory (none recorded: written before the runner kept them)
         return None
