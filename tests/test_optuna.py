@@ -363,6 +363,15 @@ def test_a_search_continues_in_its_sweep_dir_moved_elsewhere(tmp_path: Path):
     assert after[2].params["optimizer.lr"] == left.params["optimizer.lr"] and len(rows) == 2
 
 
+def test_a_search_sharing_a_study_that_others_filled_runs_nothing_and_succeeds(tmp_path: Path):
+    """Two sweep dirs, one database: the second finds all n_trials done, which is no failure."""
+    shared = ("hydra.sweeper.n_trials=1", f"hydra.sweeper.storage=sqlite:///{tmp_path}/s.db")
+    search(tmp_path, "first", *LINEAR, *shared)
+    out, second, rows = search(tmp_path, "second", *LINEAR, *shared)
+    assert "1 trials done, 0 to run" in out and "no job ran under" in out
+    assert rows == [] and not [p for p in second.iterdir() if p.is_dir()]
+
+
 @pytest.mark.slow
 def test_the_same_seed_runs_the_same_trials_and_beats_the_default_lr(tmp_path, run_experiment):
     _, a, rows_a = search(tmp_path, "a", *LINEAR, "hydra.sweeper.n_trials=4")

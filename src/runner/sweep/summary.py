@@ -118,6 +118,8 @@ class Summary(Callback):
         if by is not None:  # the shell's convention: 130 SIGINT, 143 SIGTERM
             raise SystemExit(128 + signal.Signals[by])
         completed = sum(r["status"] == "completed" for r in rows)
+        if not rows:  # a shared study that other searches have filled: nothing failed
+            return
         if completed == 0 or (self.fail_on == "any" and completed < len(rows)):
             # SystemExit passes through Hydra (it catches Exception): the sweep's exit status.
             raise SystemExit(1)
@@ -209,7 +211,7 @@ def job_row(run_dir: Path, num: int, overrides: list[str], worst: float) -> dict
 def table(rows: list[dict[str, Any]], sweep_dir: Path) -> str:
     """The rows as a terminal table, with only the overrides that differ between jobs."""
     if not rows:
-        return f"Sweep summary: no job directories under {sweep_dir}"
+        return f"Sweep summary: no job ran under {sweep_dir}"
     split = [r["overrides"].split() for r in rows]
     common = [o for o in split[0] if all(o in s for s in split)] if len(rows) > 1 else []
     hidden = ("overrides", "error")  # the overrides go last, errors below the table
