@@ -168,6 +168,36 @@ def test_an_early_stop_between_log_steps_reports_the_accuracy_it_ends_with(tmp_p
     assert events.Histograms("param_hist/0.weight")[-1].step == last
 
 
+def test_an_early_stop_right_after_a_log_step_still_has_the_last_steps_histograms(tmp_path):
+    """Logged at every step, the stop at an epoch's end comes after that step's log, which
+    was no histogram step: the end writes them, of the final parameters."""
+    overrides = ["experiment=mlp_classify", "trainer.log_every_n_steps=1"]
+    overrides += ["trainer.early_stop={patience: 1, min_delta: 10}"]
+    overrides += ["trainer.checkpoint_every=1000"]
+    metrics = run(compose_config(*overrides), tmp_path / "run")
+    last = metrics["steps"] - 1
+    assert metrics["early_stopped_epoch"] == 2 and last % 100 != 0  # no histogram step
+    saved = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    events = event_accumulator(tmp_path / "run")
+    (*_, end) = events.Histograms("param_hist/0.weight")
+    assert end.step == last
+    weight = saved["modules"]["model"]["0.weight"]
+    assert end.histogram_value.sum == pytest.approx(weight.sum().item(), rel=1e-5)
+    assert events.Histograms("grad_hist/0.weight")[-1].step == last
+
+
+def test_norms_of_huge_but_finite_gradients_are_finite(tmp_path):
+    """A float32 sum of squares overflows long before the values do (lr=100 diverges)."""
+    overrides = ["experiment=linear_fit", "optimizer.lr=100", "trainer.epochs=12"]
+    run(compose_config(*overrides), tmp_path / "run")
+    w, b = (dict(scalars(tmp_path / "run", f"grad/{name}")) for name in "wb")
+    total = dict(scalars(tmp_path / "run", "grad/total_norm"))
+    huge = [s for s in w if math.isfinite(w[s]) and math.isfinite(b[s]) and abs(b[s]) > 1e19]
+    assert huge  # the case: |b| squared is past float32's largest
+    for step in huge:
+        assert total[step] == pytest.approx(math.hypot(w[step], b[step]), rel=1e-6)
+
+
 def train_mode(b):
     b.model.train()
     with torch.no_grad():

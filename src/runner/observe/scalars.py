@@ -43,12 +43,14 @@ class Scalars(Observer):
             if b.data is not None and b.data.x_val is not None:
                 self.keys.append("acc/val")
         self.latest: dict[str, float] = {}
+        self.wide = None if b.device.type == "mps" else torch.float64  # MPS has no float64
 
     @torch.no_grad()
     def log(self, look: Look) -> None:
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
-        param_norms = [vector_norm(p) for p in self.params]
-        grad_norms = [vector_norm(g) for g in grads]
+        # in float64: a float32 sum of squares overflows while the values are still finite
+        param_norms = [vector_norm(p, dtype=self.wide) for p in self.params]
+        grad_norms = [vector_norm(g, dtype=self.wide) for g in grads]
         row = [look.loss.reshape(()), *map(one_number, self.params, param_norms)]
         total = vector_norm(torch.stack(grad_norms)) if look.clipped is None else look.clipped
         row += [*map(one_number, grads, grad_norms), total.reshape(())]
