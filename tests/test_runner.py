@@ -793,7 +793,8 @@ def mse(input, target):
 
 
 def test_a_run_that_fails_writes_the_metrics_every_run_has(tmp_path, monkeypatch):
-    """DESIGN's keys, with no loss to report, and the error that stopped it."""
+    """DESIGN's keys, the losses it reached (one epoch, at the starting values: the mean of
+    y squared), and the error that stopped it."""
     (tmp_path / "failing_loss.py").write_text(FAILING)
     monkeypatch.syspath_prepend(str(tmp_path))
     cfg = compose_config("experiment=linear_fit", "loss._target_=failing_loss.mse", "logger=none")
@@ -801,8 +802,9 @@ def test_a_run_that_fails_writes_the_metrics_every_run_has(tmp_path, monkeypatch
         run(cfg, tmp_path / "run")
     metrics = read_metrics(tmp_path / "run")
     assert metrics["status"] == "failed" and metrics["error"].startswith("RuntimeError: a fault")
-    assert metrics["final_loss"] is None and metrics["best_loss"] is None
-    assert metrics["steps"] == metrics["epochs"] >= 1 and metrics["device"] == "cpu"
+    assert metrics["steps"] == metrics["epochs"] == 1 and metrics["device"] == "cpu"
+    start = (build(cfg, None).data.y ** 2).mean().item()  # w = b = 0
+    assert metrics["final_loss"] == metrics["best_loss"] == pytest.approx(start, rel=1e-6)
     assert metrics["duration_s"] > 0
 
 

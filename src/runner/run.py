@@ -96,7 +96,7 @@ def run(
             metrics["error"] = f"{type(e).__name__}: {e}"
             metrics["status"] = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
             duration = round(time.perf_counter() - started, 4)
-            unknown = {"final_loss": None, "best_loss": None, "epochs": state.epoch}
+            unknown = reached(state) | {"epochs": state.epoch}
             metrics = unknown | {"device": str(b.device), "duration_s": duration} | metrics
             metrics["steps"], metrics["world_size"] = state.step, world().size
             if isinstance(e, KeyboardInterrupt) and stop.signal is not None:
@@ -202,6 +202,14 @@ def summarise(state: State, b: Built, duration: float) -> dict[str, Any]:
     metrics["learned"] = b.describe()
     metrics["objective"] = objective(metrics, b.checked.trainer.objective)
     return metrics
+
+
+def reached(state: State) -> dict[str, float | None]:
+    """The losses a run that failed had reached: its last finished epoch's and its best."""
+    try:
+        return {"final_loss": number(state.epoch_loss), "best_loss": number(state.fold())}
+    except Exception:  # a failed device: its tensors cannot be read either
+        return {"final_loss": None, "best_loss": None}
 
 
 def objective(metrics: Mapping[str, Any], key: str) -> float:
