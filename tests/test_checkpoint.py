@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import compose_config, read_metrics, scalars, session_hparams
+from conftest import compose_config, event_accumulator, read_metrics, scalars, session_hparams
 
 from runner.config.check import ConfigError
 from runner.log.tensorboard import TensorBoard
@@ -254,6 +254,24 @@ def press_ctrl_c_at_a_log_step(monkeypatch: pytest.MonkeyPatch, after: int) -> N
             os.kill(os.getpid(), signal.SIGINT)
 
     monkeypatch.setattr(Scalars, "log", log_then_interrupt)
+
+
+def test_an_interrupted_run_resumed_in_place_shows_its_end_once(tmp_path, monkeypatch):
+    """The interrupted session's HParams metrics and last picture are at the step the resume
+    goes on from, which it purges; the tree of the first step stays the first session's."""
+    run_dir = tmp_path / "run"
+    press_ctrl_c_at_a_log_step(monkeypatch, after=233)  # step 240
+    metrics = run_in(run_dir, EVERY)
+    monkeypatch.undo()
+    assert metrics["status"] == "interrupted" and metrics["steps"] == 241
+    events = event_accumulator(run_dir)
+    assert [e.step for e in events.Scalars("hparam/final_loss")] == [241]
+    assert [e.step for e in events.Images("figure/fit")] == [0, 241]
+    run_in(run_dir, "trainer.resume=auto")
+    events = event_accumulator(run_dir)
+    assert [e.step for e in events.Scalars("hparam/final_loss")] == [399]
+    assert [e.step for e in events.Images("figure/fit")] == [0, 249, 399]  # start, epoch 50, end
+    assert [e.step for e in events.Tensors("graph/tree/text_summary")] == [0]
 
 
 def test_ctrl_c_mid_epoch_writes_a_checkpoint_that_resumes_exactly(

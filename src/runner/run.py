@@ -66,7 +66,8 @@ def run(
         b.logger.resumed(state.step)  # TensorBoard shows each step once
         resumed = {"resumed_from": {"checkpoint": str(source), "step": state.step}}
     t = b.checked.trainer
-    watching = observers(b, state.step, sweep_dir, run_dir if leader else None)
+    in_place = source is not None and run_dir.absolute() in source.absolute().parents
+    watching = observers(b, state.step, sweep_dir, run_dir if leader else None, in_place)
     validation = next(o for o in watching if isinstance(o, Validation))
 
     def save(state: State) -> None:
@@ -113,7 +114,9 @@ def run(
             validates = b.data is not None and b.data.x_val is not None
             row = hparam_metrics(metrics, validates)
             columns = hparams(cfg, overrides, b.hparams if resumed else None)
-            b.logger.hparams(columns, row, max(state.step - 1, 0), metrics["status"])
+            # an interrupted run's at the step it goes on from, which its resume there purges
+            at = state.step if metrics["status"] == "interrupted" else max(state.step - 1, 0)
+            b.logger.hparams(columns, row, at, metrics["status"])
             b.logger.close()
             distributed.leave()
     report(metrics, run_dir, sweep_dir)
@@ -134,7 +137,11 @@ def started_from(cfg: DictConfig) -> None:
 
 
 def observers(
-    b: Built, start: int, sweep_dir: Path | None = None, run_dir: Path | None = None
+    b: Built,
+    start: int,
+    sweep_dir: Path | None = None,
+    run_dir: Path | None = None,
+    in_place: bool = False,
 ) -> list[Observer]:
     """The fixed list of observers, in the order they look at a log step: divergence first,
     so a run knows it diverged before anything is written; `run_dir`: where the graph's files
@@ -145,7 +152,12 @@ def observers(
         Divergence(),
         scalars,
         GraphStats(
-            b.params, b.logger, cadence.graph_every_n_steps or t.log_every_n_steps, last, run_dir
+            b.params,
+            b.logger,
+            cadence.graph_every_n_steps or t.log_every_n_steps,
+            last,
+            run_dir,
+            resumed=in_place,
         ),
         Histograms(b, b.logger, cadence.histogram_every_n_steps, last),
         Validation(b, b.logger, None if t.early_stop is None else EarlyStop(**t.early_stop)),

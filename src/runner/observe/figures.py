@@ -64,11 +64,13 @@ class Figures(Observer):
             self._curve(state.step - 1, f"epoch {state.epoch}")
 
     def end(self, state: State) -> None:
-        """After the last step: the end's snapshot, then every picture to the logger."""
-        last = max(state.step - 1, 0)
+        """After the last step: the end's snapshot, then every picture to the logger. An
+        interrupted run's is at the step it goes on from, which its resume there purges."""
+        last = state.step if state.status == "interrupted" else max(state.step - 1, 0)
         if self.curves and self.curves[-1][0] == last and self.curves[-1][1] != "start":
             self.curves.pop()  # a run that stopped early, at an epoch's end: "end" says more
-        self._curve(last, "end (diverged)" if state.status == "diverged" else "end")
+        ending = {"diverged": "end (diverged)", "interrupted": "interrupted"}
+        self._curve(last, ending.get(state.status, "end"))
         if self.path_step != state.step - 1:  # the last step was not a log step
             self._path_point()
         drawings = {"fit": self._draw_fit} if self.grid is not None else {}

@@ -188,9 +188,10 @@ class GraphStats(Observer):
         every: int,
         last: int,
         out: Path | None = None,
+        resumed: bool = False,
     ) -> None:
         self.params, self.logger, self.every, self.last = params, logger, every, last
-        self.out = out
+        self.out, self.resumed = out, resumed  # resumed in its directory: the tree is there
         self.previous = -1  # the step last walked
         self.first: dict[str, str] = {}  # tree, chain, dot of the first graph walked
 
@@ -206,7 +207,8 @@ class GraphStats(Observer):
             root, params = look.root, self.params
             chain, tree = graph_chain(root, params), graph_tree(root, params)
             self.first = {"tree": tree, "chain": chain, "dot": graph_dot(root, params)}
-            self.logger.text(look.step, "graph/tree", f"{chain}\n\n{tree}")
+            if not self.resumed:
+                self.logger.text(look.step, "graph/tree", f"{chain}\n\n{tree}")
             if self.out is not None:
                 (self.out / "graph.txt").write_text(f"{chain}\n\n{tree}\n")
                 (self.out / "graph.dot").write_text(self.first["dot"])
