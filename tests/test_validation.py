@@ -654,9 +654,11 @@ def main_in_process(
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     GlobalHydra.instance().clear()
+    status = 0  # a run that completes returns
     try:
-        with pytest.raises(SystemExit) as stopped:
-            main()
+        main()
+    except SystemExit as stopped:
+        status = stopped.code
     finally:
         GlobalHydra.instance().clear()
         for handler in root.handlers:  # Hydra configured logging into the run directory
@@ -666,7 +668,7 @@ def main_in_process(
         root.setLevel(level)
     assert "HYDRA_FULL_ERROR" not in os.environ and ASKED not in os.environ  # as it found them
     out = capsys.readouterr()
-    return stopped.value.code, out.out, out.err
+    return status, out.out, out.err
 
 
 def job_in_process(
@@ -869,10 +871,31 @@ def test_a_config_dir_that_is_not_there_is_one_line(workdir, monkeypatch, capsys
             "experiment=mine: its file's first line must be '# @package _global_' (an "
             "experiment sets keys of the whole config, as the shipped ones do)",
         ),
+        (  # no `# @package _global_` line, and no defaults list: its keys under `experiment.`
+            "# my experiment\n\n# @package _global_\noptimizer: {lr: 0.05}\n",
+            "experiment=mine: its file's first line must be '# @package _global_' (an "
+            "experiment sets keys of the whole config, as the shipped ones do)",
+        ),
         (  # a group chosen again without `override`
             "# @package _global_\ndefaults:\n  - /logger: none\n",
             "a defaults list chooses logger twice; an experiment picks another option with "
             "'- override /logger: none'",
+        ),
+        (  # a defaults list written as a mapping
+            "# @package _global_\ndefaults:\n  optimizer: adam\n",
+            "Invalid defaults list in 'experiment/mine': its entries are list items, one a line "
+            "('- override /optimizer: adam')",
+        ),
+        (  # a key indented off its siblings: PyYAML's traceback
+            "# @package _global_\ntrainer:\n  epochs: 2\n optimizer: 3\n",
+            "{mine}, line 4, column 2: expected <block end>, but found '<block mapping start>' "
+            "while parsing a block mapping from line 2; YAML nests keys by their indentation, "
+            "so the keys of one mapping start in the same column",
+        ),
+        (
+            "# @package _global_\ntrainer:\n  epochs: 2\n  epochs: 3\n",
+            "{mine}, line 4, column 3: found duplicate key epochs while constructing a mapping "
+            "from line 3; a mapping holds each key once",
         ),
     ],
 )
@@ -880,10 +903,53 @@ def test_an_experiment_file_hydra_cannot_compose_is_one_line(
     workdir, monkeypatch, capsys, text, told
 ):
     (workdir / "conf" / "experiment").mkdir(parents=True)
-    (workdir / "conf" / "experiment" / "mine.yaml").write_text(text)
+    mine = workdir / "conf" / "experiment" / "mine.yaml"
+    mine.write_text(text)
     args = ["--config-dir", "conf", "experiment=mine"]
     status, out, err = main_in_process(args, workdir, monkeypatch, capsys)
+    assert status == 2 and err.strip() == f"Config error: {told.format(mine=mine)}", err
+
+
+@pytest.mark.parametrize(
+    "args, told, fixed",
+    [
+        (
+            ["+experiment=linear_fit"],
+            "+experiment=linear_fit: experiment is a config group the config lists already; "
+            "choose its option without +: experiment=linear_fit",
+            ["experiment=linear_fit"],
+        ),
+        (
+            ["experiment=linear_fit", "++optimizer=adam"],
+            "++optimizer=adam: optimizer is a config group the config lists already; choose its "
+            "option without +: optimizer=adam",
+            ["experiment=linear_fit", "optimizer=adam"],
+        ),
+        (  # an option of the user's own named like a number
+            ["--config-dir", "conf", "experiment=2024"],
+            "experiment=2024: 2024 reads as a number or true/false; quote it: "
+            "'experiment=\"2024\"'",
+            ["--config-dir", "conf", 'experiment="2024"'],
+        ),
+        (
+            ["experiment=linear_fit", "optimizer=1"],
+            "optimizer=1: 1 is no option of optimizer; optimizer has: adam, adamw, gd, lbfgs, "
+            "rmsprop, sgd",
+            ["experiment=linear_fit", "optimizer=gd"],
+        ),
+    ],
+)
+def test_a_group_chosen_the_wrong_way_is_one_line_whose_fix_works(
+    workdir, monkeypatch, capsys, args, told, fixed
+):
+    (workdir / "conf" / "experiment").mkdir(parents=True)
+    (workdir / "conf" / "experiment" / "2024.yaml").write_text(
+        (CONFIGS / "experiment" / "linear_fit.yaml").read_text()
+    )
+    status, out, err = main_in_process(args, workdir, monkeypatch, capsys)
     assert status == 2 and err.strip() == f"Config error: {told}", err
+    status, out, err = main_in_process([*fixed, "trainer.epochs=2"], workdir, monkeypatch, capsys)
+    assert status == 0, err
 
 
 @pytest.mark.parametrize(

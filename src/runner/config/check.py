@@ -347,6 +347,12 @@ class Checked:
 def check(cfg: Mapping[str, Any], chosen: Mapping[str, Any] | None = None) -> Checked:
     """Check the whole composed config (plain containers); raise ConfigError on the first fault.
     `chosen`: each group's option as Hydra picked it (`optimizer: sgd`), where known."""
+    for key in cfg:  # `experiment=mine` whose keys landed under `experiment.`
+        if key not in (*GROUPS, "hydra") and isinstance((chosen or {}).get(key), str):
+            raise ConfigError(
+                f"{key}={chosen[key]}: its file's first line must be '# @package _global_' "
+                f"(an {key} sets keys of the whole config, as the shipped ones do)"
+            )
     check_keys("config", {k: v for k, v in cfg.items() if k != "hydra"}, ("seed", *GROUPS))
     if (key := missing(cfg)) is not None:
         raise ConfigError(f"{key} has no value (??? in the config); set it: {key}=...")

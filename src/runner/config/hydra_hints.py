@@ -42,6 +42,24 @@ def flag_hint(args: Sequence[str], intermixed: bool) -> str | None:
     return None
 
 
+def yaml_error(error: Exception) -> str | None:
+    """A config file that is no YAML (a key indented off its siblings, a key given twice),
+    which OmegaConf raises with PyYAML's traceback: the file, the line and the fault."""
+    import yaml
+
+    if not isinstance(error, yaml.MarkedYAMLError) or error.problem_mark is None:
+        return None
+    mark, context = error.problem_mark, error.context_mark
+    where = f"{mark.name}, line {mark.line + 1}, column {mark.column + 1}"
+    since = f" {error.context} from line {context.line + 1}" if context and error.context else ""
+    if isinstance(error, yaml.constructor.ConstructorError):
+        return f"{where}: {error.problem}{since}; a mapping holds each key once"
+    return (
+        f"{where}: {error.problem}{since}; YAML nests keys by their indentation, so the keys "
+        "of one mapping start in the same column"
+    )
+
+
 def sweeper_params(error: Exception, args: Sequence[str]) -> str | None:
     """`hydra.sweeper.params.optimizer.lr=...`, which Hydra refuses in two ways: the keys of
     `params` have dots in them (`optimizer.lr`), and a search is its own override; and
@@ -59,6 +77,23 @@ def sweeper_params(error: Exception, args: Sequence[str]) -> str | None:
             return (
                 f"{arg}: the keys of hydra.sweeper.params have dots in them, so it cannot "
                 f"reach them; give the search as an override of its own: '{search}'"
+            )
+    return None
+
+
+def plus_group(error: Exception, args: Sequence[str]) -> str | None:
+    """`+optimizer=adam` or `++optimizer=adam` for a group the config has an option of: Hydra
+    speaks of a defaults list the user never wrote, or of force-adding."""
+    first = (str(error).splitlines() or [""])[0]
+    for arg in args:
+        plus, key = len(arg) - len(arg.lstrip("+")), arg.lstrip("+").partition("=")[0]
+        named = first.startswith(f"Multiple values for {key}.") or first.startswith(
+            "force-add of config groups is not supported"
+        )
+        if plus and key and named and key in first:
+            return (
+                f"{arg}: {key} is a config group the config lists already; choose its option "
+                f"without +: {arg[plus:]}"
             )
     return None
 
@@ -106,28 +141,63 @@ def hydra_hint(error: Exception) -> str | None:
 def group_value(error: Exception, args: Sequence[str]) -> str | None:
     """`experiment=null` or `logger=` (Hydra's ValueError, with a traceback): a config group
     takes one of its options by name."""
+    if str(error).startswith("Invalid defaults list in '"):  # `defaults:` then `  optimizer: adam`
+        return (
+            f"{str(error).partition(',')[0]}: its entries are list items, one a line "
+            "('- override /optimizer: adam')"
+        )
     if not str(error).startswith("Config group override must be a string or a list"):
         return None
     for arg in args:
         key, _, value = arg.lstrip("+").partition("=")
-        options = group_options(key) if key else []
+        options = group_options(key, config_dirs(args)) if key else []
         if not key or (options and value in ("", "null")):
             off = f"; {key}=none leaves it out" if "none" in options else ""
             pick = f"{key} takes one of its options by name ({', '.join(options)}){off}"
             return f"{arg}: " + (pick if key else "an override is key=value")
+        if not options or isinstance(parsed_value(arg), str):
+            continue  # not the one Hydra refused: a group's option is a string
+        if value in options:  # `experiment=2024`: read as a number
+            return f"{arg}: {value} reads as a number or true/false; quote it: '{key}=\"{value}\"'"
+        return f"{arg}: {value} is no option of {key}; {key} has: {', '.join(options)}"
     return None
 
 
-def group_options(group: str) -> list[str]:
+def parsed_value(override: str) -> object:
+    """An override's value as Hydra reads it (`2024` an int); None where it cannot."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        return OverridesParser.create().parse_override(override).value()
+    except Exception:  # not Hydra's syntax: some other line says so
+        return None
+
+
+def group_options(group: str, own: Sequence[Path] = ()) -> list[str]:
     """A config group's options as Hydra finds them: the runner's configs and its plugins'
-    (`hydra/launcher` has joblib once hydra-joblib-launcher is installed)."""
+    (`hydra/launcher` has joblib once hydra-joblib-launcher is installed), and the files of
+    the user's own config directories `own`."""
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    theirs = {p.stem for d in own for p in (d / group).glob("*.yaml")}
     if GlobalHydra.instance().is_initialized():  # within a run, as `compose` leaves it
-        return GlobalHydra.instance().config_loader().get_group_options(group)
-    with initialize_config_dir(str(CONFIGS), version_base=None):
-        return GlobalHydra.instance().config_loader().get_group_options(group)
+        found = GlobalHydra.instance().config_loader().get_group_options(group)
+    else:
+        with initialize_config_dir(str(CONFIGS), version_base=None):
+            found = GlobalHydra.instance().config_loader().get_group_options(group)
+    return sorted(set(found) | theirs) if theirs else found
+
+
+def config_dirs(args: Sequence[str]) -> list[Path]:
+    """The directories of `--config-dir dir` (`-cd dir`, `--config-dir=dir`) on the command line."""
+    dirs = []
+    for i, arg in enumerate(args):
+        flag, equals, value = arg.partition("=")
+        if flag in ("--config-dir", "-cd"):
+            value = value if equals else (args[i + 1] if i + 1 < len(args) else "")
+            dirs.append(Path(value))
+    return dirs
 
 
 def run_dir_hint(error: OSError, args: Sequence[str]) -> str | None:
