@@ -305,6 +305,11 @@ CASES = [
         ["model.formula='w * mean(x) + b': mean(...) reduces over the points"],
     ),
     (
+        "a parameter named as an input column",
+        ['model.formula="w*x + x2"', "+model.params.x2=1.0"],
+        ["has no parameter 'x2' (x, x1, x2, ... name the data's input columns); its parameters: w"],
+    ),
+    (
         "a parameter named as a constant",
         ["+model.params.e=1.0"],
         ["model.params.e: e is the constant 2.71828 in formulas (pi, e), not a parameter"],

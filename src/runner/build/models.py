@@ -85,9 +85,10 @@ def add_parameters(
                 f"({', '.join(CONSTANTS)}), not a parameter; give the parameter another name"
             )
         if name not in names:
+            data = " (x, x1, x2, ... name the data's input columns)" if inputs(name) else ""
             raise ConfigError(
                 f"{key}.params.{name}: the formula {formula.source!r} has no parameter "
-                f"{name!r}; its parameters: {', '.join(names) or 'none'}"
+                f"{name!r}{data}; its parameters: {', '.join(names) or 'none'}"
             )
     for name in names:
         if hasattr(module, name):
