@@ -256,6 +256,40 @@ def press_ctrl_c_at_a_log_step(monkeypatch: pytest.MonkeyPatch, after: int) -> N
     monkeypatch.setattr(Scalars, "log", log_then_interrupt)
 
 
+NAN_ONCE = """
+calls = 0
+
+
+def mse(input, target, at=0):
+    global calls
+    calls += 1
+    loss = ((input - target) ** 2).mean()
+    return loss * float("nan") if calls == at else loss
+"""
+
+
+def test_a_diverged_run_keeps_its_last_sound_checkpoint_which_goes_on_exactly(
+    tmp_path, monkeypatch
+):
+    """A NaN loss (a bad batch, say) found at a log step that is also a checkpoint step: the
+    checkpoint stays the one before the NaN step, and the run goes on from it bit for bit."""
+    (tmp_path / "nan_once.py").write_text(NAN_ONCE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    args = ("experiment=linear_fit", "loss._target_=nan_once.mse", "trainer.checkpoint_every=1")
+    metrics = run(compose_config(*args, "+loss.at=12"), tmp_path / "diverged")
+    assert metrics["status"] == "diverged"
+    saved = torch.load(tmp_path / "diverged" / LAST, weights_only=True)
+    assert (saved["state"]["step"], saved["state"]["status"]) == (
+        metrics["diverged_step"],
+        "running",
+    )
+    resumed = run(
+        compose_config(*args, f"trainer.resume={tmp_path / 'diverged'}"), tmp_path / "resumed"
+    )
+    reference = run(compose_config(*args), tmp_path / "reference")
+    assert resumed["status"] == "completed" and resumed["params"] == reference["params"]
+
+
 def test_an_interrupted_run_resumed_in_place_shows_its_end_once(tmp_path, monkeypatch):
     """The interrupted session's HParams metrics and last picture are at the step the resume
     goes on from, which it purges; the tree of the first step stays the first session's."""

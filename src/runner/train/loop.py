@@ -79,7 +79,8 @@ def train(
                     look = Look(state, loss, recent.take(), before, root, saved.total, norm)
                     for o in observers:
                         o.log(look)
-                if save is not None and state.step % t.checkpoint_every == 0 and recent.finite():
+                checkpoint = save is not None and state.step % t.checkpoint_every == 0
+                if checkpoint and sound(state, recent, params):
                     save(state)
                 part.agree(stop, state, log_now)  # a signal or a pruned trial stops every rank
                 if state.status != "running" and state.position < len(batches):
@@ -96,11 +97,20 @@ def train(
         look = Look(state, loss, recent.take(), None, calls[-1][1], None, calls[-1][3], True)
         for o in observers:
             o.log(look)
-    if save is not None and state.status != "diverged" and recent.finite():
+    if save is not None and sound(state, recent, params):
         save(state)  # the end, or the interruption: a resume goes on from here
     for o in observers:
         o.end(state)
     return state
+
+
+def sound(state: State, recent: Recent, params: list[torch.Tensor]) -> bool:
+    """Whether a checkpoint may be taken: no loss since the last log step, and no parameter,
+    NaN or infinite, so the last checkpoint of a diverged run is one to go on from (a host
+    sync, at checkpoints only)."""
+    if state.status == "diverged" or not recent.finite():
+        return False
+    return bool(torch.stack([torch.isfinite(p).all() for p in params]).all())
 
 
 def weights(group: list[torch.Tensor | None]) -> list[float]:
