@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,7 +18,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import compose_config, event_accumulator, read_metrics, scalars, session_hparams
+from conftest import cli, compose_config, event_accumulator, read_metrics, scalars, session_hparams
 
 from runner.config.check import ConfigError
 from runner.log.tensorboard import TensorBoard
@@ -254,6 +255,24 @@ def press_ctrl_c_at_a_log_step(monkeypatch: pytest.MonkeyPatch, after: int) -> N
             os.kill(os.getpid(), signal.SIGINT)
 
     monkeypatch.setattr(Scalars, "log", log_then_interrupt)
+
+
+def test_a_run_directory_in_use_by_a_run_still_going_is_refused_until_it_ends(tmp_path):
+    """A resume started twice (or a requeued job beside the old one) would write into one
+    directory; the second is one line and exit 2, and the same command runs once it ends."""
+    run_dir = tmp_path / "run"
+    command = ("experiment=linear_fit", "trainer.epochs=3", f"hydra.run.dir={run_dir}")
+    with checkpoint.held(run_dir, leader=True):  # as a run going on in another process holds it
+        refused = cli(*command, cwd=tmp_path)
+        assert refused.returncode == 2, refused.stderr
+        assert refused.stderr.strip() == (
+            f"Config error: hydra.run.dir='{run_dir}' is in use by a run still going there "
+            f"(pid {os.getpid()} on {socket.gethostname()}); wait for it to end, or pick a new "
+            "directory"
+        )
+        assert not (run_dir / "metrics.json").exists()
+    done = cli(*command, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
 
 
 NAN_ONCE = """

@@ -301,7 +301,7 @@ def sweep_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> float
     `Summary` makes it the exit status; only a directory holding another run's results stops
     the sweep (Hydra's sweepers stop at a job that raises), with one line, and keeps them."""
     from runner.run import run, write_json
-    from runner.train.checkpoint import Occupied
+    from runner.train.checkpoint import InUse, Occupied
 
     sweep_dir = Path(HydraConfig.get().sweep.dir).absolute()
     if (earlier := resume.pick_up(cfg, run_dir, sweep_dir, overrides)) is not None:
@@ -314,9 +314,11 @@ def sweep_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> float
         not_shadowed()
         metrics = run(cfg, run_dir, overrides, sweep_dir)
     except Occupied as e:  # two jobs named alike (hydra.sweep.subdir), or a stray run there
+        found = "a run still going" if isinstance(e, InUse) else "a run it did not start"
+        what = "" if isinstance(e, InUse) else " (metrics.json or a checkpoint)"
         told = (
-            f"the sweep's job {run_dir.name!r} found a run it did not start in its directory "
-            f"(metrics.json or a checkpoint), and leaves it as it is; move it out of "
+            f"the sweep's job {run_dir.name!r} found {found} in its directory{what}, and "
+            f"leaves it as it is; move it out of "
             f"{str(sweep_dir)!r} and run the sweep again, or pick a new hydra.sweep.dir (a "
             "hydra.sweep.subdir that names two jobs alike sends both to one directory)"
         )

@@ -40,8 +40,8 @@ ACCURACIES = {"acc/train": "acc", "acc/val": "val_acc"}  # a classifier's tags: 
 def run(
     cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), sweep_dir: Path | None = None
 ) -> dict[str, Any]:
-    """0. start or join the run's processes  1. check and build  2. resume  3. train
-    4. write metrics.json  5. close the logs. Only rank 0 writes; `sweep_dir`: a sweep's job."""
+    """Start or join the run's processes, then `run_here`, holding the run directory; only
+    rank 0 writes. `sweep_dir`: a sweep's job."""
     started_from(cfg)
     if launch.spawns(cfg):  # trainer.devices=N: N processes run it; rank 0's results come back
         metrics = launch.spawn(cfg, run_dir, overrides)
@@ -52,6 +52,16 @@ def run(
         report(metrics, run_dir)
         return metrics
     cfg, run_dir, overrides = launch.join(cfg, run_dir, overrides)  # rank 0's, on every rank
+    with checkpoint.held(run_dir, world().leader):  # no second run in it at the same time
+        metrics = run_here(cfg, run_dir, overrides, sweep_dir)
+    report(metrics, run_dir, sweep_dir)
+    return metrics
+
+
+def run_here(
+    cfg: DictConfig, run_dir: Path, overrides: Sequence[str], sweep_dir: Path | None
+) -> dict[str, Any]:
+    """1. check and build  2. resume  3. train  4. write metrics.json  5. close the logs."""
     leader = world().leader
     started = time.perf_counter()
     resume = OmegaConf.select(cfg, "trainer.resume")
@@ -119,7 +129,6 @@ def run(
             b.logger.hparams(columns, row, at, metrics["status"])
             b.logger.close()
             distributed.leave()
-    report(metrics, run_dir, sweep_dir)
     return metrics
 
 

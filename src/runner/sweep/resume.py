@@ -168,9 +168,12 @@ def pick_up(
 
 
 def start_over(run_dir: Path) -> None:
-    """Clear what an earlier run wrote, but `.hydra/` (this job's own by now) and the open log."""
+    """Clear what an earlier run wrote, but `.hydra/` (this job's own by now), the open log and
+    the lock (a run still going there holds it)."""
+    from runner.train.checkpoint import LOCK
+
     for path in run_dir.iterdir():
-        if path.name == ".hydra" or path.suffix == ".log":
+        if path.name in (".hydra", LOCK) or path.suffix == ".log":
             continue
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)

@@ -7,9 +7,16 @@ import logging
 import math
 import os
 import random
-from collections.abc import Mapping
+import socket
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
 
 import numpy as np
 import torch
@@ -22,6 +29,7 @@ from runner.train.world import world
 log = logging.getLogger(__name__)
 
 LAST = Path("checkpoints") / "last.pt"
+LOCK = ".lock"  # in the run directory: held by the run going on there
 # changed without a warning: how a run goes on, not what it learns (`device` covers `devices`)
 TRAINER_GOES_ON = ("epochs", "resume", "checkpoint_every", "log_every_n_steps", "device")
 TRAINER_GOES_ON += ("num_nodes", "objective", "early_stop", "check_grads", "compile")
@@ -48,6 +56,36 @@ def locate(resume: Any, run_dir: Path) -> Path | None:
 
 class Occupied(ConfigError):
     """The run directory holds another run's results, which stay as they are."""
+
+
+class InUse(Occupied):
+    """Another run is going on in the run directory right now."""
+
+
+@contextmanager
+def held(run_dir: Path, leader: bool) -> Iterator[None]:
+    """The run directory, held while the run goes on, so that a second run there (a resume
+    started twice, two sweep jobs named alike) is refused rather than mixed with this one. The
+    system lets go when the process ends, however it ends (no lock on Windows)."""
+    if not leader or fcntl is None:
+        yield
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            who = os.pread(fd, 100, 0).decode(errors="replace").strip() or "a process"
+            raise InUse(
+                f"hydra.run.dir={str(run_dir)!r} is in use by a run still going there ({who}); "
+                "wait for it to end, or pick a new directory"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 def claim(run_dir: Path, source: Path | None, resume: Any = None) -> None:
