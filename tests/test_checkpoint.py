@@ -275,6 +275,15 @@ def test_a_run_directory_in_use_by_a_run_still_going_is_refused_until_it_ends(tm
     assert done.returncode == 0, done.stderr
 
 
+def test_a_save_that_a_kill_cut_short_leaves_no_file_behind_once_the_run_goes_on(tmp_path):
+    run_dir = tmp_path / "run"
+    run_in(run_dir, EVERY, "logger=none")
+    torn = run_dir / LAST.parent / f".{LAST.name}.4242.tmp"  # killed mid-write, big as a model
+    torn.write_bytes(b"\0" * 1000)
+    run_in(run_dir, "trainer.resume=auto", "trainer.epochs=81", "logger=none")
+    assert sorted(p.name for p in (run_dir / LAST.parent).iterdir()) == [LAST.name]
+
+
 NAN_ONCE = """
 calls = 0
 

@@ -103,6 +103,8 @@ def claim(run_dir: Path, source: Path | None, resume: Any = None) -> None:
                 f"directory (the default one is new for every run); {go_on}"
             )
     run_dir.mkdir(parents=True, exist_ok=True)
+    for torn in (run_dir / LAST).parent.glob(f".{LAST.name}.*.tmp"):  # a killed save's: the
+        torn.unlink(missing_ok=True)  # directory is held, so no save of another run's is on
     if source is None and resume == "auto":
         log.info(f"trainer.resume=auto: no checkpoint in {run_dir}, so the run starts afresh")
 
