@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import math
+import os
 import re
 import subprocess
 import sys
@@ -806,6 +807,28 @@ def test_a_run_that_fails_writes_the_metrics_every_run_has(tmp_path, monkeypatch
     start = (build(cfg, None).data.y ** 2).mean().item()  # w = b = 0
     assert metrics["final_loss"] == metrics["best_loss"] == pytest.approx(start, rel=1e-6)
     assert metrics["duration_s"] > 0
+
+
+@pytest.mark.parametrize("unbuffered", ["1", ""])
+def test_a_reader_gone_before_the_summary_is_no_traceback(tmp_path, unbuffered):
+    """`python -m runner ... | head -1`: the lines after the reader left go nowhere, quietly."""
+    env = {**os.environ, "PYTHONUNBUFFERED": unbuffered}
+    env.pop("HYDRA_FULL_ERROR", None)
+    args = ["experiment=linear_fit", "trainer.epochs=5", f"hydra.run.dir={tmp_path / 'run'}"]
+    read, write = os.pipe()
+    os.close(read)  # gone before the first line
+    done = subprocess.run(
+        [sys.executable, "-m", "runner", *args],
+        stdout=write,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    os.close(write)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert read_metrics(tmp_path / "run")["status"] == "completed"
 
 
 def test_paths_are_read_from_where_the_command_started_when_hydra_changes_directory(tmp_path):

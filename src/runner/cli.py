@@ -68,6 +68,8 @@ def main(app: Callable[[], Any]) -> Any:
     if told := hydra_hints.flag_hint(sys.argv[1:], intermixed):
         print(f"Config error: {told}", file=sys.stderr)
         sys.exit(CONFIG_ERROR)
+    # a closed terminal or pipe (`... | head -3`) is no reason to print a traceback a line
+    logging.raiseExceptions = False
     asked = full_error()
     saved = {key: os.environ.get(key) for key in (FULL_ERROR, ASKED)}
     os.environ.update({ASKED: "1" if asked else "0", FULL_ERROR: "1"})
@@ -90,6 +92,10 @@ def main(app: Callable[[], Any]) -> Any:
         print(f"Interrupted{finish}", file=sys.stderr)
         sys.exit(128 + signal.SIGINT)
     finally:  # the environment as it was
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:  # the reader went away (`| head`): Python's advice, no traceback
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         for key in saved:
             os.environ.pop(key, None)
         os.environ.update({key: value for key, value in saved.items() if value is not None})
