@@ -305,6 +305,16 @@ CASES = [
         ["model.formula='w * mean(x) + b': mean(...) reduces over the points"],
     ),
     (
+        "a tensor parameter that does not broadcast over the points",
+        ["+model.params.w=[1.0,2.0,3.0]"],
+        ["must match the size of tensor b (2)", "(the data has inputs x; this pass ran on 2"],
+    ),
+    (
+        "a loss formula left unreduced",
+        ["loss=expression", 'loss.formula="(pred - y)**2"'],
+        ["gives a tensor of shape (3,) on 3 points, and .backward() needs a scalar"],
+    ),
+    (
         "a parameter named as an input column",
         ['model.formula="w*x + x2"', "+model.params.x2=1.0"],
         ["has no parameter 'x2' (x, x1, x2, ... name the data's input columns); its parameters: w"],

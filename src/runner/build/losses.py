@@ -74,9 +74,10 @@ class Expression(nn.Module):
             raise ConfigError(f"loss.formula: {e}") from e
         out = torch.as_tensor(out)
         if self.reduction is None and out.dim() > 0:
+            on = "" if target is None else f" on {len(target)} points"
             raise ConfigError(
                 f"loss.formula={self.formula.source!r} gives a tensor of shape "
-                f"{tuple(out.shape)}, and .backward() needs a scalar; set "
+                f"{tuple(out.shape)}{on}, and .backward() needs a scalar; set "
                 "loss.reduction=sum or loss.reduction=mean, or wrap it in sum(...) or mean(...)"
             )
         if self.reduction is not None:  # also of a scalar, as its printout and graph say

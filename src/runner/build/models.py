@@ -141,8 +141,9 @@ class Expression(nn.Module):
         try:
             out = self.formula(env)
         except FormulaError as e:
-            raise ConfigError(
-                f"model.formula: {e} (the data has inputs {', '.join(inputs)})"
+            raise ConfigError(  # the checks' first passes run on 2 or 3 points
+                f"model.formula: {e} (the data has inputs {', '.join(inputs)}; this pass ran "
+                f"on {x.shape[0]} points)"
             ) from e
         if not isinstance(out, torch.Tensor) or out.dim() == 0:
             out = torch.as_tensor(out, dtype=x.dtype, device=x.device).expand(x.shape[0])
