@@ -1016,8 +1016,20 @@ def test_flags_argparse_takes_are_left_to_it():
         ["--cf", "job", "experiment=linear_fit"],  # a prefix argparse completes
         ["experiment=linear_fit", "logger=none", "-m"],
         ["experiment=linear_fit", "--info", "plugins"],
+        ["experiment=linear_fit", "--info"],  # last: the default, all
     ):
         assert flag_hint(args, intermixed=False) is None, args
+    # between overrides, --info takes no override as its value: the hint names what works
+    for args, flag in (
+        (["experiment=linear_fit", "--info", "logger=none"], "--info all"),
+        (["experiment=linear_fit", "--info", "config", "logger=none"], "--info config"),
+        (["experiment=linear_fit", "--cfg", "job", "logger=none"], "--cfg job"),
+    ):
+        told = flag_hint(args, intermixed=False)
+        assert told == (
+            f"{args[1]}: hydra-core 1.3 takes its flags before the overrides: "
+            f"python -m runner {flag} ... <overrides>"
+        ), args
 
 
 def test_a_sweep_dir_that_cannot_be_made_is_one_line(workdir, monkeypatch, capsys):

@@ -23,7 +23,8 @@ def flag_hint(args: Sequence[str], intermixed: bool) -> str | None:
     between overrides: argparse prints its usage and, for the second, blames the overrides
     after it. Short flags may carry their value (`-cjob`): argparse is left to judge those.
     Also an empty run or sweep dir, which Hydra takes as the working directory."""
-    values = {i + 1 for i, a in enumerate(args) if a in VALUED}  # `-cd dir`: dir is no override
+    # `-cd dir`: dir is no override; `--info` takes a value only if one of its own follows
+    values = {i + 1 for i, a in enumerate(args) if a in VALUED and not bare_info(args, i)}
     overrides = [i for i, a in enumerate(args) if i not in values and a[:1] not in "-" and "=" in a]
     for i, arg in enumerate(args):
         name = arg.partition("=")[0]
@@ -31,9 +32,11 @@ def flag_hint(args: Sequence[str], intermixed: bool) -> str | None:
             return f"{arg} is no flag of the runner's; python -m runner --help lists them"
         known = name in FLAGS  # exactly: `-mc` may be `-m -c`, argparse's to judge
         if known and not intermixed and overrides and overrides[0] < i < overrides[-1]:
+            flag = f"{arg} {args[i + 1]}" if i + 1 in values else arg  # `--cfg job`
+            flag += " all" if bare_info(args, i) else ""  # else it would take an override
             return (
                 f"{arg}: hydra-core 1.3 takes its flags before the overrides: "
-                f"python -m runner {arg} ... <overrides>"
+                f"python -m runner {flag} ... <overrides>"
             )
     for i in overrides:  # `hydra.run.dir=$OUT` with OUT unset: Hydra writes into the cwd
         key, _, value = args[i].partition("=")
@@ -58,6 +61,12 @@ def yaml_error(error: Exception) -> str | None:
         f"{where}: {error.problem}{since}; YAML nests keys by their indentation, so the keys "
         "of one mapping start in the same column"
     )
+
+
+def bare_info(args: Sequence[str], i: int) -> bool:
+    """Whether `args[i]` is `--info` (`-i`) with no value of its own after it (all, config, ...)."""
+    choices = ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")
+    return args[i] in ("--info", "-i") and (i + 1 == len(args) or args[i + 1] not in choices)
 
 
 def sweeper_params(error: Exception, args: Sequence[str]) -> str | None:
