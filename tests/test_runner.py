@@ -70,6 +70,19 @@ def test_linear_fit_reproduces_the_post_bit_for_bit(run_experiment):
     assert [v for _, v in scalars(run_dir, "loss/train")] == pytest.approx(losses, rel=1e-6)
 
 
+def test_the_learned_line_names_the_loss_formulas_own_parameters_too(run_experiment):
+    """A robust loss with a learned scale s: the fit and s, as metrics.json holds them."""
+    metrics, _ = run_experiment(
+        "experiment=linear_fit",
+        "loss=expression",
+        'loss.formula="mean(log(1 + ((pred - y) / s)**2))"',
+        "+loss.params.s=1.0",
+        "logger=none",
+    )
+    w, b, s = (metrics["params"][name] for name in "wbs")
+    assert s != 1.0 and metrics["learned"] == f"y = {w:.3f}x + {b:.3f}, s = {s:.3f}"
+
+
 def test_tensorboard_holds_every_tag_with_one_point_per_step(run_experiment):
     _, run_dir = run_experiment("experiment=linear_fit")
     acc = event_accumulator(run_dir)

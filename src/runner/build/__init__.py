@@ -73,8 +73,10 @@ class Built:
         by name (`w = 0.000, b = 1.050`, tensors as lists) for an objective or a few numbers."""
         if isinstance(self.model, models.Expression) and self.data is not None:
             text = self.model.describe(self.data.inputs)
-            if text is not None:
-                return f"y = {text}"
+            if text is not None:  # then the loss's own parameters, if it has any
+                own = {id(p) for p in self.model.parameters()}
+                rest = [f"{n} = {_rounded(p)}" for n, p in self.params.items() if id(p) not in own]
+                return ", ".join([f"y = {text}", *rest])
         count = sum(p.numel() for p in self.params.values())
         objective = isinstance(self.loss_fn, losses.Expression) and self.loss_fn.objective_only
         if count <= 8 or objective:  # 8 numbers: one line's worth
