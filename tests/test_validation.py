@@ -896,6 +896,22 @@ def test_a_config_dir_that_is_not_there_is_one_line(workdir, monkeypatch, capsys
             "a defaults list chooses logger twice; an experiment picks another option with "
             "'- override /logger: none'",
         ),
+        (  # a group misspelt in a defaults list
+            "# @package _global_\ndefaults:\n  - override /optimzer: adam\n",
+            "In 'experiment/mine': '- override /optimzer: ...' names no config group (did you "
+            "mean 'optimizer'?); the groups are dataset, model, loss, optimizer, scheduler, "
+            "trainer, logger",
+        ),
+        (  # without the leading /: a group under experiment/
+            "# @package _global_\ndefaults:\n  - override optimizer: adam\n",
+            "In 'experiment/mine': an experiment picks another option of a group of the whole "
+            "config with a leading / and override: '- override /optimizer: <option>'",
+        ),
+        (  # without override and /
+            "# @package _global_\ndefaults:\n  - optimizer: adam\n",
+            "In 'experiment/mine': an experiment picks another option of a group of the whole "
+            "config with a leading / and override: '- override /optimizer: adam'",
+        ),
         (  # a defaults list written as a mapping
             "# @package _global_\ndefaults:\n  optimizer: adam\n",
             "Invalid defaults list in 'experiment/mine': its entries are list items, one a line "

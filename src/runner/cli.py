@@ -135,6 +135,10 @@ def explain(error: Exception, args: Sequence[str]) -> str | None:
             f"{group}={name} is no option of {group}{did_you_mean(name, error.options)}; "
             f"{group} has: {', '.join(error.options)}"
         )
+    if isinstance(error, MissingConfigException | ConfigCompositionException) and (
+        hint := hydra_hints.defaults_hint(error)
+    ):
+        return hint
     if isinstance(error, ModuleNotFoundError) and error.name in MODULES:
         return not_installed(MODULES[error.name], error.name, args)
     if isinstance(error, ConfigCompositionException):

@@ -3,6 +3,7 @@ where Hydra explains over several lines or names neither."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -104,6 +105,31 @@ def plus_group(error: Exception, args: Sequence[str]) -> str | None:
                 f"{arg}: {key} is a config group the config lists already; choose its option "
                 f"without +: {arg[plus:]}"
             )
+    return None
+
+
+def defaults_hint(error: Exception) -> str | None:
+    """A defaults list entry of an experiment that names its group the wrong way (misspelt,
+    without the leading `/`, without `override`): Hydra's line says what it could not find."""
+    from runner.config.check import GROUPS, did_you_mean
+
+    text = (str(error).splitlines() or [""])[0]
+    found = re.fullmatch(r"In '([^']+)': Could not (override|find) '([^']+)'.*", text)
+    if found is None:
+        return None
+    where, verb, name = found.groups()
+    parent = where.partition("/")[0] + "/"  # `experiment/`: a group read inside its own
+    group, _, option = name.removeprefix(parent).partition("@")[0].partition("/")
+    if group in GROUPS and name.startswith(parent):
+        return (
+            f"In '{where}': an experiment picks another option of a group of the whole config "
+            f"with a leading / and override: '- override /{group}: {option or '<option>'}'"
+        )
+    if verb == "override" and group not in GROUPS:
+        return (
+            f"In '{where}': '- override /{group}: ...' names no config group"
+            f"{did_you_mean(group, GROUPS)}; the groups are {', '.join(GROUPS)}"
+        )
     return None
 
 
