@@ -112,6 +112,7 @@ def test_two_processes_end_where_one_does_and_only_rank_0_writes(two, run_experi
     names = sorted(p.name for p in two.iterdir())
     assert names == [
         ".hydra",
+        ".lock",  # rank 0's, held while the run went on
         "checkpoints",
         "graph.dot",
         "graph.txt",
