@@ -243,6 +243,20 @@ def test_a_resumed_run_shows_each_step_once_in_tensorboard(tmp_path):
     assert [s for s, _ in scalars(run_dir, "loss/train")] == every_log_step
 
 
+def test_a_checkpoint_at_an_epochs_last_batch_resumes_at_the_end_of_that_epoch(tmp_path, caplog):
+    """A periodic save at the epoch's last batch comes before the epoch ends: its batches are
+    all done, which the resume says, and the epoch's loss is still counted once."""
+    run_dir = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="went down"):  # a crash after the step-300 save
+        run_in(run_dir, "trainer.checkpoint_every=10", f"logger._target_={__name__}.Crashing")
+    loop = torch.load(run_dir / LAST, weights_only=True)["state"]
+    assert (loop["step"], loop["epoch"], loop["position"]) == (300, 59, 5)
+    with caplog.at_level("INFO", logger="runner"):
+        metrics = run_in(run_dir, "trainer.resume=auto", "logger=none")
+    assert any(r.message.endswith("at step 300 (at the end of epoch 60)") for r in caplog.records)
+    assert metrics["epochs"] == 80 and metrics["steps"] == 400
+
+
 def press_ctrl_c_at_a_log_step(monkeypatch: pytest.MonkeyPatch, after: int) -> None:
     """Ctrl-C from inside the loop, once, at the first log step after `after`."""
     log = Scalars.log

@@ -179,7 +179,14 @@ def load(path: Path, b: Built) -> State:
     stopped = run.early_stopped_epoch is not None and t.early_stop is not None
     run.status, run.signal = "completed" if stopped else "running", None
     run.early_stopped_epoch = run.early_stopped_epoch if stopped else None
-    where = f"after epoch {run.epoch}" if run.position == 0 else f"in epoch {run.epoch + 1}"
+    data, size = b.data, t.batch_size  # a checkpoint at an epoch's last batch, before its end
+    batches = 1 if data is None or size is None else math.ceil(data.n / size)
+    where = (
+        f"in epoch {run.epoch + 1}"
+        if run.position < batches
+        else f"at the end of epoch {run.epoch + 1}"
+    )
+    where = f"after epoch {run.epoch}" if run.position == 0 else where
     log.info(f"Resuming from {path} at step {run.step} ({where})")  # epochs count from 1
     if stopped:
         log.warning(
