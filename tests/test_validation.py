@@ -1092,6 +1092,31 @@ def test_a_sigterm_while_the_processes_start_exits_143(workdir, monkeypatch, cap
     assert status == 128 + signal.SIGTERM and err.strip() == "Interrupted by SIGTERM", err
 
 
+def test_a_second_ctrl_c_names_the_checkpoint_to_go_on_from(workdir, monkeypatch, capsys):
+    """Stopped at once (no checkpoint at that step), the run's last periodic one is there."""
+    from runner.observe.scalars import Scalars
+
+    log = Scalars.log
+
+    def second_ctrl_c(self: Scalars, look: Any) -> None:
+        log(self, look)
+        if look.step >= 20:
+            raise KeyboardInterrupt  # as the handler raises it on a second signal
+
+    monkeypatch.setattr(Scalars, "log", second_ctrl_c)
+    args = [
+        *BASE,
+        "trainer.epochs=30",
+        "trainer.checkpoint_every=5",
+        "trainer.log_every_n_steps=10",
+    ]
+    status, out, err = main_in_process(args, workdir, monkeypatch, capsys)
+    assert status == 128 + signal.SIGINT and err.strip() == (
+        f"Interrupted; continue from its last checkpoint with trainer.resume={workdir / 'run'}"
+    ), err
+    assert json.loads((workdir / "run" / "metrics.json").read_text())["status"] == "interrupted"
+
+
 def test_a_rank_0_killed_leaves_a_whole_metrics_json(tmp_path, monkeypatch):
     """Rank 0 writes metrics.json; killed, it wrote none, and the launching process writes
     every key DESIGN.md lists, unknown ones null."""

@@ -280,6 +280,7 @@ def run_job(
     cfg: DictConfig, run_dir: Path, mode: RunMode | None, overrides: Sequence[str]
 ) -> float:
     from runner.run import run  # torch is imported here, not for `--help` or `--cfg job`
+    from runner.train.checkpoint import LAST
 
     if mode == RunMode.MULTIRUN:
         return sweep_job(cfg, run_dir, overrides)
@@ -299,6 +300,8 @@ def run_job(
     except KeyboardInterrupt as e:  # a second Ctrl-C: stopped at once, metrics.json says so
         status = interrupted(e)  # or SIGTERM while trainer.devices=N started its processes
         by = "" if status == 128 + signal.SIGINT else f" by {signal.Signals(status - 128).name}"
+        if (run_dir / LAST).is_file():  # its last periodic one: the run goes on from there
+            by += f"; continue from its last checkpoint with trainer.resume={run_dir}"
         print(f"Interrupted{by}", file=sys.stderr)
         sys.exit(status)
     if metrics["status"] != "completed":  # 1, or as a shell says a signal: 130 SIGINT, 143 SIGTERM
