@@ -243,6 +243,17 @@ def test_a_resumed_run_shows_each_step_once_in_tensorboard(tmp_path):
     assert [s for s, _ in scalars(run_dir, "loss/train")] == every_log_step
 
 
+def test_a_completed_run_resumed_in_place_adds_nothing_to_its_logs(tmp_path):
+    run_dir = tmp_path / "run"
+    run_in(run_dir, "trainer.checkpoint_every=100")
+    before = event_accumulator(run_dir)
+    metrics = run_in(run_dir, "trainer.resume=auto")
+    assert metrics["status"] == "completed" and metrics["steps"] == 400
+    after = event_accumulator(run_dir)
+    assert [e.step for e in after.Scalars("hparam/final_loss")] == [399]  # one row, not two
+    assert after.Tags() == before.Tags()
+
+
 def test_a_checkpoint_at_an_epochs_last_batch_resumes_at_the_end_of_that_epoch(tmp_path, caplog):
     """A periodic save at the epoch's last batch comes before the epoch ends: its batches are
     all done, which the resume says, and the epoch's loss is still counted once."""

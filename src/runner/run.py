@@ -77,6 +77,7 @@ def run_here(
         resumed = {"resumed_from": {"checkpoint": str(source), "step": state.step}}
     t = b.checked.trainer
     in_place = source is not None and run_dir.absolute() in source.absolute().parents
+    start = state.step  # a run resumed in place that trains no step adds nothing to its logs
     watching = observers(b, state.step, sweep_dir, run_dir if leader else None, in_place)
     validation = next(o for o in watching if isinstance(o, Validation))
 
@@ -99,7 +100,8 @@ def run_here(
             else:
                 saving = t.checkpoint_every is not None and leader
                 state, post = train(b, state, watching, save if saving else None, stop), {}
-            dashboard.add_model_graph(b, b.logger)  # the Graphs dashboard
+            if not in_place or state.step > start:
+                dashboard.add_model_graph(b, b.logger)  # the Graphs dashboard
             metrics = summarise(state, b, time.perf_counter() - started) | post | resumed | checked
             latest = scalars.latest  # at the last step
             metrics |= {key: latest[tag] for tag, key in ACCURACIES.items() if tag in latest}
@@ -126,7 +128,8 @@ def run_here(
             columns = hparams(cfg, overrides, b.hparams if resumed else None)
             # an interrupted run's at the step it goes on from, which its resume there purges
             at = state.step if metrics["status"] == "interrupted" else max(state.step - 1, 0)
-            b.logger.hparams(columns, row, at, metrics["status"])
+            if not in_place or state.step > start:
+                b.logger.hparams(columns, row, at, metrics["status"])
             b.logger.close()
             distributed.leave()
     return metrics
