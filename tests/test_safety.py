@@ -12,6 +12,8 @@ import math
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
 from datetime import datetime
 from typing import Any
@@ -173,6 +175,31 @@ def test_a_directory_that_holds_a_run_is_never_written_over(tmp_path):
     with pytest.raises(ConfigError, match=r"hydra.run.dir=.* already holds a run \(metrics.json\)"):
         run(compose_config(*args), run_dir)
     assert (run_dir / "metrics.json").read_text() == before
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_after_the_run_completed_is_no_interruption(tmp_path, sig):
+    """The results are written when the summary ends; a signal while Python then shuts down
+    (most of a second, with torch) left exit 130 or 143 beside a completed metrics.json."""
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    args = ["experiment=linear_fit", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "runner", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert process.stdout is not None
+    for line in process.stdout:
+        if line.startswith("Run directory:"):  # the summary's last line
+            time.sleep(0.1)
+            process.send_signal(sig)
+            break
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "completed"
 
 
 def test_run_directories_started_in_the_same_second_differ():

@@ -1,6 +1,7 @@
 """`python -m runner experiment=linear_fit` (also the `runner` script)."""
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -28,6 +29,9 @@ def app(cfg: DictConfig) -> float:
 def main() -> None:
     launch.follow()  # a torchrun rank other than 0 runs rank 0's config, not Hydra
     cli.main(app)  # Hydra's errors, told the runner's way
+    # done, results written: a signal while Python shuts down is no interruption (exit 0)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 if __name__ == "__main__":
