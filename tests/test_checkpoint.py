@@ -7,6 +7,7 @@ generator's state to get the same numbers.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import socket
@@ -298,6 +299,15 @@ def test_a_run_directory_in_use_by_a_run_still_going_is_refused_until_it_ends(tm
         assert not (run_dir / "metrics.json").exists()
     done = cli(*command, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
+
+
+def test_a_file_system_without_locks_runs_unguarded(tmp_path, monkeypatch):
+    def no_locks(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")  # as some network file systems
+
+    monkeypatch.setattr(checkpoint.fcntl, "flock", no_locks)
+    metrics = run_in(tmp_path / "run", "logger=none", "trainer.epochs=2")
+    assert metrics["status"] == "completed"
 
 
 def test_a_save_that_a_kill_cut_short_leaves_no_file_behind_once_the_run_goes_on(tmp_path):

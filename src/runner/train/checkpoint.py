@@ -81,8 +81,11 @@ def held(run_dir: Path, leader: bool) -> Iterator[None]:
                 f"hydra.run.dir={str(run_dir)!r} is in use by a run still going there ({who}); "
                 "wait for it to end, or pick a new directory"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        except OSError:  # a file system without locks (some network ones): unguarded
+            pass
+        else:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
         yield
     finally:
         os.close(fd)
