@@ -215,6 +215,43 @@ def test_ctrl_c_stops_a_joblib_sweep_and_keeps_what_its_jobs_did(
         assert metrics["signal"] == sig.name
 
 
+@pytest.mark.slow
+@JOBLIB
+def test_ctrl_c_with_a_joblib_worker_idle_still_ends_the_sweep_summarised(tmp_path: Path):
+    """A terminal's Ctrl-C reaches an idle worker too, whose KeyboardInterrupt broke joblib's
+    pool: the sweep ended with BrokenProcessPool's traceback, exit 1 and no summary."""
+    sweep_dir = tmp_path / "sweep"
+    command = [sys.executable, "-m", "runner", "-m", "experiment=linear_fit", "logger=none"]
+    command += ["trainer.epochs=5,1000000", "trainer.checkpoint_every=100"]
+    command += ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+    process = subprocess.Popen(
+        [*command, f"hydra.sweep.dir={sweep_dir}"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    short, long = sweep_dir / "0_trainer.epochs=5", sweep_dir / "1_trainer.epochs=1000000"
+    try:
+        deadline = time.monotonic() + 90
+        while not ((short / "metrics.json").exists() and (long / "checkpoints").exists()):
+            assert process.poll() is None and time.monotonic() < deadline, "jobs never ran"
+            time.sleep(0.1)
+        time.sleep(0.5)  # the short job's worker waits for work
+        os.killpg(process.pid, signal.SIGINT)
+        out, _ = process.communicate(timeout=90)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 130, out[-3000:]
+    assert "Traceback" not in out, out[-4000:]
+    rows = {r["job"]: r["status"] for r in csv.DictReader((sweep_dir / "summary.csv").open())}
+    assert rows == {"0": "completed", "1": "interrupted"}
+    assert not (sweep_dir / STOP).exists()
+
+
 @JOBLIB
 def test_joblib_with_no_jobs_is_a_config_error(tmp_path: Path, capsys):
     args = ("experiment=linear_fit", "optimizer.lr=0.1,0.2", "hydra/launcher=joblib")

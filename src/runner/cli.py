@@ -317,11 +317,12 @@ def sweep_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> float
     from runner.train.checkpoint import InUse, Occupied
 
     sweep_dir = Path(HydraConfig.get().sweep.dir).absolute()
+    if not basic_launcher():  # a worker: the sweep's process takes Ctrl-C (the run, its own)
+        leave_ctrl_c_to_the_sweep()
     if (earlier := resume.pick_up(cfg, run_dir, sweep_dir, overrides)) is not None:
         return earlier  # the objective of a job completed earlier, not run again
     if (sweep_dir / STOP).exists():  # Ctrl-C reached a joblib sweep (`Summary`): start no job
         write_json(run_dir / "metrics.json", NOT_STARTED)
-        leave_ctrl_c_to_the_sweep()
         return math.inf
     try:
         not_shadowed()
@@ -357,7 +358,6 @@ def sweep_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> float
             summarise(sweep_dir, HydraConfig.get().sweeper.get("direction") == "maximize")
             stop_jobs(sweep_dir, metrics.get("signal") or "SIGINT")
             sys.exit(exit_status(metrics))
-        leave_ctrl_c_to_the_sweep()
         return math.inf  # a worker or a cluster job was stopped (a time limit): the others go on
     return metrics["objective"]
 
@@ -368,7 +368,7 @@ def basic_launcher() -> bool:
 
 
 def leave_ctrl_c_to_the_sweep() -> None:
-    """A worker whose job Ctrl-C stopped ignores the next one: the sweep process ends the
-    workers, and in a worker it would only print a traceback from the launcher's code."""
+    """A worker ignores Ctrl-C but while its run trains: the sweep's process stops the jobs
+    (its stop file), and an idle worker's KeyboardInterrupt broke joblib's pool."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
