@@ -217,13 +217,15 @@ def test_ctrl_c_stops_a_joblib_sweep_and_keeps_what_its_jobs_did(
 
 @pytest.mark.slow
 @JOBLIB
-def test_ctrl_c_with_a_joblib_worker_idle_still_ends_the_sweep_summarised(tmp_path: Path):
+@pytest.mark.parametrize("workers", [2, 3], ids=["one done", "one never used"])
+def test_ctrl_c_with_a_joblib_worker_idle_still_ends_the_sweep_summarised(tmp_path, workers):
     """A terminal's Ctrl-C reaches an idle worker too, whose KeyboardInterrupt broke joblib's
-    pool: the sweep ended with BrokenProcessPool's traceback, exit 1 and no summary."""
+    pool: the sweep ended with BrokenProcessPool's traceback, exit 1 and no summary. That
+    worker had finished its job, or (more workers than jobs) never had one."""
     sweep_dir = tmp_path / "sweep"
     command = [sys.executable, "-m", "runner", "-m", "experiment=linear_fit", "logger=none"]
     command += ["trainer.epochs=5,1000000", "trainer.checkpoint_every=100"]
-    command += ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+    command += ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={workers}"]
     process = subprocess.Popen(
         [*command, f"hydra.sweep.dir={sweep_dir}"],
         cwd=tmp_path,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import signal
 import sys
 import threading
@@ -80,6 +81,8 @@ class Summary(Callback):
         # SIGTERM to this process alone left them running. A stop file makes running jobs stop
         # at their next log step and queued ones not start. Only the main thread gets signals.
         main_thread = threading.current_thread() is threading.main_thread()
+        if config.hydra.launcher.get("_target_") == JOBLIB:
+            fit_workers(config)
         if config.hydra.launcher.get("_target_") == JOBLIB and main_thread:
             self.stop = stop
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -123,6 +126,22 @@ class Summary(Callback):
         if completed == 0 or (self.fail_on == "any" and completed < len(rows)):
             # SystemExit passes through Hydra (it catches Exception): the sweep's exit status.
             raise SystemExit(1)
+
+
+def fit_workers(config: DictConfig) -> None:
+    """No more joblib workers than jobs at a time: a worker that never ran a job would take
+    a terminal's Ctrl-C as a KeyboardInterrupt, which breaks joblib's pool."""
+    asked = config.hydra.launcher.get("n_jobs") or 1  # joblib's -1: every core, -2: but one
+    workers = asked if asked > 0 else max((os.cpu_count() or 1) + 1 + asked, 1)
+    if str(config.hydra.sweeper.get("_target_")).endswith(".BasicSweeper"):
+        try:
+            at_once = len(resume.planned_jobs(config, Path(config.hydra.sweep.dir)))
+        except ConfigError:  # jobs it cannot list before they run
+            return
+    else:  # a search asks for its trials n_jobs at a time
+        at_once = config.hydra.sweeper.get("n_jobs") or workers
+    with read_write(config.hydra.launcher):
+        config.hydra.launcher.n_jobs = min(workers, at_once)
 
 
 def stop_jobs(sweep_dir: Path, signal_name: str) -> None:
