@@ -58,17 +58,24 @@ def test_a_rerun_skips_completed_jobs_and_runs_a_diverged_one_again_afresh(tmp_p
     assert not (sweep_dir / RECORD).exists()
 
 
-def test_a_rerun_typed_with_other_quotes_is_the_same_sweep(tmp_path: Path):
-    """Overrides are compared as the config takes them: `"w*x+b"` and `w*x+b` are one value."""
+def test_a_rerun_with_a_value_quoted_otherwise_is_told_to_type_it_as_before(tmp_path, capsys):
+    """`"w*x+b"` and `w*x+b` are one value, but Hydra names the job directories as typed: the
+    command that finishes the sweep types it as the one that started it."""
     args = (*QUICK, "optimizer.lr=0.1,0.2")
     status, out, sweep_dir, _ = sweep(tmp_path, "grid", *args, 'model.formula="w*x+b"')
     assert status == 0, out[-2000:]
-    before = [stamp(job_dir(sweep_dir, num)) for num in (0, 1)]
-    status, out, _, rows = sweep(tmp_path, "grid", *args, "model.formula=w*x+b")
-    assert status == 0, out[-2000:]
-    assert "2 completed earlier, not run again" in out
-    assert [stamp(job_dir(sweep_dir, num)) for num in (0, 1)] == before
-    assert [r["status"] for r in rows] == ["completed", "completed"]
+    before = sorted(p.name for p in sweep_dir.iterdir())
+    capsys.readouterr()
+    status, out, _, _ = sweep(tmp_path, "grid", *args, "model.formula=w*x+b")
+    err = capsys.readouterr().err.strip()
+    assert status == 2 and (
+        'its job 0 had model.formula="w*x+b" where this sweep\'s job 0 has '
+        "model.formula=w*x+b, the same value quoted otherwise, which names other job "
+        "directories; run the command that started it to finish it" in err
+    ), err
+    assert sorted(p.name for p in sweep_dir.iterdir()) == before  # no job ran
+    status, out, _, rows = sweep(tmp_path, "grid", *args, 'model.formula="w*x+b"')
+    assert status == 0 and "2 completed earlier, not run again" in out
 
 
 @pytest.fixture(scope="module")

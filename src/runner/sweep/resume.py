@@ -119,11 +119,18 @@ def difference(earlier: list[Job], planned: list[list[str]]) -> str | None:
             if not had:
                 return f"its job {job.num} lacked {has}, which this sweep's job {job.num} has"
             return f"its job {job.num} had {had} where this sweep's job {job.num} has {has}"
+        if sorted(job.overrides) != sorted(planned[job.num]):  # the same values, typed otherwise
+            had = " ".join(o for o in job.overrides if o not in planned[job.num])
+            has = " ".join(o for o in planned[job.num] if o not in job.overrides)
+            return (
+                f"its job {job.num} had {had} where this sweep's job {job.num} has {has}, the "
+                "same value quoted otherwise, which names other job directories"
+            )
     return None
 
 
 def meanings(overrides: Sequence[str]) -> list[str]:
-    """Each override as the config takes it, so that `f="2*x+1"` and `f=2*x+1` are one job."""
+    """Each override as the config takes it: `f="2*x+1"` and `f=2*x+1` are one value."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
