@@ -520,6 +520,36 @@ def test_ctrl_c_in_a_basic_launcher_sweep_still_writes_the_summary(tmp_path: Pat
     assert "the same command" not in out  # a sweep dir by default is new: it names this one
 
 
+def test_a_sigterm_while_a_job_starts_ends_the_sweep_summarised_with_143(
+    tmp_path: Path, monkeypatch, capsys
+):
+    """Outside a run's training there was no handler: SIGTERM (a time limit's) ended the sweep
+    at once, with no line, no summary and no sign of the job it stopped."""
+    import runner.run
+
+    real, calls = runner.run.build, []
+
+    def build_then_terminated(*args):  # the second job, while it starts
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args)
+
+    monkeypatch.setattr(runner.run, "build", build_then_terminated)
+    before = signal.getsignal(signal.SIGTERM)
+    args = ("experiment=linear_fit", TINY, "logger=none", "seed=1,2,3")
+    status, out, sweep_dir, rows = sweep(tmp_path, "s", *args)
+    assert status == 128 + signal.SIGTERM, out[-2000:]
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith("Interrupted by SIGTERM; the same command finishes the sweep")
+    )
+    assert [(r["job"], r["status"]) for r in rows] == [("0", "completed"), ("1", "interrupted")]
+    assert rows[1]["error"] == "not started: the sweep was interrupted"
+    assert signal.getsignal(signal.SIGTERM) == before  # as the command found it
+
+
 def test_an_error_every_job_shares_is_printed_once_below_the_table(tmp_path: Path):
     from runner.sweep.summary import table
 

@@ -74,6 +74,7 @@ def main(app: Callable[[], Any]) -> Any:
     saved = {key: os.environ.get(key) for key in (FULL_ERROR, ASKED)}
     os.environ.update({ASKED: "1" if asked else "0", FULL_ERROR: "1"})
     Summary.under_way = None  # until this command's sweep starts
+    previous = terminate_as_ctrl_c()
     try:
         return app()
     except (Exception, KeyboardInterrupt) as error:  # Ctrl-C: before the run sets its handler
@@ -89,9 +90,13 @@ def main(app: Callable[[], Any]) -> Any:
                 if not (run_dir / "metrics.json").exists():
                     (run_dir / "metrics.json").write_text(json.dumps(NOT_STARTED) + "\n")
             summarise(sweep_dir, maximize)
-        print(f"Interrupted{finish}", file=sys.stderr)
-        sys.exit(128 + signal.SIGINT)
+        status = interrupted(error)  # SIGTERM as `terminate_as_ctrl_c` raises it, or Ctrl-C
+        by = "" if status == 128 + signal.SIGINT else f" by {signal.Signals(status - 128).name}"
+        print(f"Interrupted{by}{finish}", file=sys.stderr)
+        sys.exit(status)
     finally:  # the environment as it was
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         try:
             sys.stdout.flush()
         except BrokenPipeError:  # the reader went away (`| head`): Python's advice, no traceback
@@ -99,6 +104,19 @@ def main(app: Callable[[], Any]) -> Any:
         for key in saved:
             os.environ.pop(key, None)
         os.environ.update({key: value for key, value in saved.items() if value is not None})
+
+
+def terminate_as_ctrl_c() -> Any:
+    """SIGTERM (a scheduler's) ends the command as Ctrl-C does, with its status 143, where it
+    ended it silently: outside a run's training, which has its own handler. Returns the handler
+    it replaced (None off the main thread, where there is none to set)."""
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt("SIGTERM")  # the name `launch.interrupted` reads
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, stop)
 
 
 def full_error() -> bool:
