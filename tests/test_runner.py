@@ -642,6 +642,18 @@ def test_compile_runs_the_model_through_torch_compile(run_experiment):
     assert fast["steps"] == eager["steps"]
 
 
+@pytest.mark.slow
+def test_a_compiled_formula_model_is_one_compiled_region(run_experiment):
+    """The formula's names were read with operator.itemgetter, where dynamo breaks the graph:
+    the model ran as two compiled regions, the second nested in the first."""
+    args = ("experiment=linear_fit", "trainer.epochs=3", "logger=none", "trainer.device=cpu")
+    eager, _ = run_experiment(*args)
+    fast, run_dir = run_experiment(*args, "trainer.compile=aot_eager")
+    tree = (run_dir / "graph.txt").read_text().split("\n\n", 1)[1]
+    assert tree.count("CompiledFunctionBackward") == 1, tree
+    assert fast["params"] == pytest.approx(eager["params"], rel=1e-6)
+
+
 @pytest.mark.parametrize(
     ("raised", "shown"),
     [

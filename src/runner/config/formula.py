@@ -142,7 +142,9 @@ def _compile(node: ast.expr, source: str, names: set[str], depth: int = 0) -> Co
             raise _refused(source, f"name '{name}' is not allowed (no names starting with '_')")
         case ast.Name(id=name):
             names.add(name)
-            return operator.itemgetter(name)  # a missing value is reported by Formula.__call__
+            # a missing value is reported by Formula.__call__; a lambda, not itemgetter,
+            # which torch.compile cannot trace (the model's graph broke in two)
+            return lambda env: env[name]
         case ast.BinOp(left=left, op=op, right=right) if type(op) in _BINARY:
             apply, lhs, rhs = _BINARY[type(op)], sub(left), sub(right)
             return lambda env: apply(lhs(env), rhs(env))
