@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import torch
 from conftest import compose_config, event_accumulator, read_metrics
+from test_sweep import JOBLIB, sweep
 
 from runner.build import build
 from runner.config.check import ConfigError
@@ -272,6 +273,19 @@ def test_objective_only_over_two_processes_is_one_config_error(tmp_path):
     short = ("trainer.epochs=5", "logger=none")  # the advice is taken: a short run shows it
     code, out, err = runner(*args[:-2], "trainer.devices=1", *short, args[-1], cwd=tmp_path)
     assert code == 0, out + err  # so the advice works in the same directory
+
+
+@pytest.mark.slow
+@JOBLIB
+def test_joblib_runs_jobs_of_two_processes_each(tmp_path):
+    """A joblib worker's start method is loky's, which the ranks it started were told to
+    take: every rank failed with `cannot find context for 'loky'`."""
+    args = ("experiment=linear_fit", "trainer.epochs=5", "logger=none", "trainer.devices=2")
+    joblib = ("hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
+    status, out, sweep_dir, rows = sweep(tmp_path, "s", *args, "optimizer.lr=0.1,0.2", *joblib)
+    assert status == 0, out[-3000:]
+    assert [r["status"] for r in rows] == ["completed", "completed"]
+    assert {read_metrics(Path(r["run_dir"]))["world_size"] for r in rows} == {2}
 
 
 @pytest.mark.slow

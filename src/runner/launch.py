@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import multiprocessing
 import os
 import signal
 import sys
@@ -158,6 +159,10 @@ def spawn(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> dict[str,
     levels = {name: logging.getLogger(name).level for name in ELASTIC_LOGS}
     for name in ELASTIC_LOGS:
         logging.getLogger(name).setLevel(logging.CRITICAL)
+    # a joblib worker's start method is loky's, which a rank would be told to take and cannot
+    method = multiprocessing.get_start_method(allow_none=True)
+    if method not in (None, *multiprocessing.get_all_start_methods()):
+        multiprocessing.set_start_method("spawn", force=True)
     try:
         ranks = elastic_launch(config, rank_main)(plain, str(run_dir), list(overrides))
     except (ChildFailedError, SignalException) as e:
@@ -188,6 +193,7 @@ def spawn(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> dict[str,
         write_json(metrics_json, unknown | written | failed)
         raise RankFailed(error) from None
     finally:
+        multiprocessing.set_start_method(method, force=True)
         if ctrl_c is not None:
             signal.signal(signal.SIGINT, ctrl_c)
         for name, level in levels.items():
