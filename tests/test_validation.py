@@ -1138,6 +1138,7 @@ def test_a_rank_0_killed_leaves_a_whole_metrics_json(tmp_path, monkeypatch):
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     keys = {"status", "final_loss", "best_loss", "steps", "epochs", "device", "duration_s"}
     assert keys <= set(metrics) and metrics["status"] == "failed"
+    assert metrics["device"] == ("cuda" if torch.cuda.is_available() else "cpu")  # not "auto"
 
 
 def test_torchruns_one_process_refuses_trainer_devices_above_1(monkeypatch):

@@ -122,6 +122,7 @@ def spawn(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> dict[str,
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
+    from runner.build import resolve_device
     from runner.run import write_json
     from runner.train import checkpoint
 
@@ -189,7 +190,8 @@ def spawn(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> dict[str,
         # rank 0's own metrics, if it wrote any, blame the connection the failed rank dropped
         failed = {"status": "failed", "error": error, "world_size": t.devices}
         unknown = dict.fromkeys(("final_loss", "best_loss", "steps", "epochs"))  # rank 0 died
-        unknown |= {"device": t.device, "duration_s": round(time.time() - started, 4)}
+        device = str(resolve_device(t.device))  # `auto` as the ranks took it
+        unknown |= {"device": device, "duration_s": round(time.time() - started, 4)}
         write_json(metrics_json, unknown | written | failed)
         raise RankFailed(error) from None
     finally:
