@@ -31,7 +31,7 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from runner.__main__ import CONFIGS, main
-from runner.build import build
+from runner.build import build, resolve_device
 from runner.build.data import Data
 from runner.cli import ASKED, chosen_options, refused_override, run_job
 from runner.config.check import ConfigError, check
@@ -1138,7 +1138,7 @@ def test_a_rank_0_killed_leaves_a_whole_metrics_json(tmp_path, monkeypatch):
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     keys = {"status", "final_loss", "best_loss", "steps", "epochs", "device", "duration_s"}
     assert keys <= set(metrics) and metrics["status"] == "failed"
-    assert metrics["device"] == ("cuda" if torch.cuda.is_available() else "cpu")  # not "auto"
+    assert metrics["device"] == str(resolve_device("auto")) != "auto"
 
 
 def test_torchruns_one_process_refuses_trainer_devices_above_1(monkeypatch):
