@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import torch
 from conftest import read_metrics
-from test_sweep import JOBLIB, SUBMITIT, sweep
+from test_sweep import JOBLIB, SUBMITIT, in_own_group, sweep
 
 from runner.observe import Look
 from runner.sweep.study import (
@@ -463,15 +463,7 @@ def test_ctrl_c_stops_a_parallel_search_which_the_same_command_continues(tmp_pat
     parallel = ("hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweeper.n_jobs=2")
     command = [sys.executable, "-m", "runner", "-m", *LINEAR[:2], *long]
     command += [*parallel, "hydra.sweeper.n_trials=4", f"hydra.sweep.dir={sweep_dir}"]
-    process = subprocess.Popen(
-        command,
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,  # its own process group, as a terminal's foreground job
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
+    process = in_own_group(command, tmp_path)
     try:
         deadline = time.monotonic() + 90
         while len(list(sweep_dir.glob("*/checkpoints/last.pt"))) < 2:

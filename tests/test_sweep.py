@@ -153,6 +153,20 @@ def test_parallel_launchers_give_the_basic_launchers_results(tmp_path: Path, gri
         assert basic[overrides] == outcome  # the same numbers, to the last bit
 
 
+def in_own_group(command: list[str], cwd: Path) -> subprocess.Popen:
+    """The command in a process group of its own, as a terminal's foreground job: a Ctrl-C
+    there reaches the sweep and its workers (`os.killpg`)."""
+    return subprocess.Popen(
+        command,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # even from `cmd &`
+    )
+
+
 @pytest.mark.slow
 @JOBLIB
 @pytest.mark.parametrize(
@@ -172,15 +186,7 @@ def test_ctrl_c_stops_a_joblib_sweep_and_keeps_what_its_jobs_did(
     command = [sys.executable, "-m", "runner", "-m", "experiment=linear_fit", "logger=none"]
     command += ["optimizer.lr=0.01,0.02,0.03,0.04", "trainer.epochs=1000000"]
     command += ["trainer.checkpoint_every=100", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
-    process = subprocess.Popen(
-        [*command, f"hydra.sweep.dir={sweep_dir}"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,  # its own process group, as a terminal's foreground job
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # even from `cmd &`
-    )
+    process = in_own_group([*command, f"hydra.sweep.dir={sweep_dir}"], tmp_path)
     try:
         deadline = time.monotonic() + 90
         jobs = ["0_optimizer.lr=0.01", "1_optimizer.lr=0.02"]  # named by what varies
@@ -226,15 +232,7 @@ def test_ctrl_c_with_a_joblib_worker_idle_still_ends_the_sweep_summarised(tmp_pa
     command = [sys.executable, "-m", "runner", "-m", "experiment=linear_fit", "logger=none"]
     command += ["trainer.epochs=5,1000000", "trainer.checkpoint_every=100"]
     command += ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={workers}"]
-    process = subprocess.Popen(
-        [*command, f"hydra.sweep.dir={sweep_dir}"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
+    process = in_own_group([*command, f"hydra.sweep.dir={sweep_dir}"], tmp_path)
     short, long = sweep_dir / "0_trainer.epochs=5", sweep_dir / "1_trainer.epochs=1000000"
     try:
         deadline = time.monotonic() + 90
