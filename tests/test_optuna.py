@@ -7,18 +7,16 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from conftest import read_metrics
-from test_sweep import JOBLIB, SUBMITIT, in_own_group, sweep
+from test_sweep import JOBLIB, SUBMITIT, ctrl_c_once, in_own_group, sweep
 
 from runner.observe import Look
 from runner.sweep.study import (
@@ -464,16 +462,7 @@ def test_ctrl_c_stops_a_parallel_search_which_the_same_command_continues(tmp_pat
     command = [sys.executable, "-m", "runner", "-m", *LINEAR[:2], *long]
     command += [*parallel, "hydra.sweeper.n_trials=4", f"hydra.sweep.dir={sweep_dir}"]
     process = in_own_group(command, tmp_path)
-    try:
-        deadline = time.monotonic() + 90
-        while len(list(sweep_dir.glob("*/checkpoints/last.pt"))) < 2:
-            assert process.poll() is None and time.monotonic() < deadline, "trials never ran"
-            time.sleep(0.1)
-        os.killpg(process.pid, signal.SIGINT)
-        out, _ = process.communicate(timeout=90)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
+    out = ctrl_c_once(process, lambda: len(list(sweep_dir.glob("*/checkpoints/last.pt"))) >= 2)
     assert process.returncode == 130, out[-3000:]
     assert "Interrupted: no more trials" in out and "Traceback" not in out
     stopped = trials(sweep_dir, "linear_fit")
