@@ -153,9 +153,7 @@ def explain(error: Exception, args: Sequence[str]) -> str | None:
             f"{group}={name} is no option of {group}{did_you_mean(name, error.options)}; "
             f"{group} has: {', '.join(error.options)}"
         )
-    if isinstance(error, MissingConfigException | ConfigCompositionException) and (
-        hint := hydra_hints.defaults_hint(error)
-    ):
+    if hint := hydra_hints.defaults_hint(error):  # a ValueError, or Hydra's (1.4)
         return hint
     if isinstance(error, ModuleNotFoundError) and error.name in MODULES:
         return not_installed(MODULES[error.name], error.name, args)

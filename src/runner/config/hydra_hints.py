@@ -113,8 +113,16 @@ def defaults_hint(error: Exception) -> str | None:
     without the leading `/`, without `override`): Hydra's line says what it could not find."""
     from runner.config.check import GROUPS, did_you_mean
 
-    text = (str(error).splitlines() or [""])[0]
-    found = re.fullmatch(r"In '([^']+)': Could not (override|find) '([^']+)'.*", text)
+    text = str(error)
+    if text.startswith("Invalid defaults list in '"):  # `defaults:` then `  optimizer: adam`
+        return (
+            f"{text.partition(',')[0]}: its entries are list items, one a line "
+            "('- override /optimizer: adam')"
+        )
+    found = re.match(r"In '([^']+)': Could not (override|find) '([^']+)'", text)
+    if found is None:  # hydra-core 1.4's words
+        override = r"In '([^']+)': Invalid Defaults List (override) '.*'\.\s+"
+        found = re.match(override + r"No earlier Group Default for '([^']+)'", text)
     if found is None:
         return None
     where, verb, name = found.groups()
@@ -176,11 +184,6 @@ def hydra_hint(error: Exception) -> str | None:
 def group_value(error: Exception, args: Sequence[str]) -> str | None:
     """`experiment=null` or `logger=` (Hydra's ValueError, with a traceback): a config group
     takes one of its options by name."""
-    if str(error).startswith("Invalid defaults list in '"):  # `defaults:` then `  optimizer: adam`
-        return (
-            f"{str(error).partition(',')[0]}: its entries are list items, one a line "
-            "('- override /optimizer: adam')"
-        )
     if not str(error).startswith("Config group override must be a string or a list"):
         return None
     for arg in args:

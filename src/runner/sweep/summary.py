@@ -140,8 +140,10 @@ def fit_workers(config: DictConfig) -> None:
             return
     else:  # a search asks for its trials n_jobs at a time
         at_once = config.hydra.sweeper.get("n_jobs") or workers
-    with read_write(config.hydra.launcher):
-        config.hydra.launcher.n_jobs = min(workers, at_once)
+    n_jobs = min(workers, at_once)
+    with read_write(config.hydra):  # and the jobs' configs alike, which hydra-core 1.4 checks
+        config.hydra.launcher.n_jobs = n_jobs
+        config.hydra.overrides.hydra.append(f"hydra.launcher.n_jobs={n_jobs}")
 
 
 def stop_jobs(sweep_dir: Path, signal_name: str) -> None:
