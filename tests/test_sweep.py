@@ -154,14 +154,14 @@ def test_parallel_launchers_give_the_basic_launchers_results(tmp_path: Path, gri
         assert basic[overrides] == outcome  # the same numbers, to the last bit
 
 
-def ctrl_c_once(process: subprocess.Popen, ready: Callable[[], bool]) -> str:
-    """A terminal's Ctrl-C (to the whole group) once `ready()`, half a second on; the output."""
+def ctrl_c_once(process: subprocess.Popen, ready: Callable[[], bool], settle: float = 0) -> str:
+    """A terminal's Ctrl-C (to the whole group) `settle` seconds after `ready()`; the output."""
     try:
         deadline = time.monotonic() + 90
         while not ready():
             assert process.poll() is None and time.monotonic() < deadline, "never ready"
             time.sleep(0.1)
-        time.sleep(0.5)
+        time.sleep(settle)
         os.killpg(process.pid, signal.SIGINT)
         return process.communicate(timeout=90)[0]
     finally:
@@ -250,10 +250,11 @@ def test_ctrl_c_with_a_joblib_worker_idle_still_ends_the_sweep_summarised(tmp_pa
     command += ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={workers}"]
     process = in_own_group([*command, f"hydra.sweep.dir={sweep_dir}"], tmp_path)
     short, long = sweep_dir / "0_trainer.epochs=5", sweep_dir / "1_trainer.epochs=1000000"
-    # once the short job's worker waits for work
-    out = ctrl_c_once(
-        process, lambda: (short / "metrics.json").exists() and (long / "checkpoints").exists()
-    )
+
+    def ready() -> bool:  # the short job done, so its worker waits for work
+        return (short / "metrics.json").exists() and (long / "checkpoints").exists()
+
+    out = ctrl_c_once(process, ready, settle=0.5)
     assert process.returncode == 130, out[-3000:]
     assert "Traceback" not in out, out[-4000:]
     rows = {r["job"]: r["status"] for r in csv.DictReader((sweep_dir / "summary.csv").open())}
