@@ -76,7 +76,7 @@ def run_here(
         b.logger.resumed(state.step)  # TensorBoard shows each step once
         resumed = {"resumed_from": {"checkpoint": str(source), "step": state.step}}
     t = b.checked.trainer
-    in_place = source is not None and run_dir.resolve() in source.resolve().parents
+    in_place = checkpoint.in_place(run_dir, source)
     start = state.step  # a run resumed in place that trains no step adds nothing to its logs
     watching = observers(b, state.step, sweep_dir, run_dir if leader else None, in_place)
     validation = next(o for o in watching if isinstance(o, Validation))

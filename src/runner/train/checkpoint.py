@@ -86,16 +86,22 @@ def held(run_dir: Path, leader: bool) -> Iterator[None]:
         else:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        for torn in (run_dir / LAST).parent.glob(f".{LAST.name}.*.tmp"):  # a killed save's:
+            torn.unlink(missing_ok=True)  # held, no other run's save is under way
         yield
     finally:
         os.close(fd)
 
 
+def in_place(run_dir: Path, source: Path | None) -> bool:
+    """Whether the run continues a checkpoint of its own directory."""
+    return source is not None and run_dir.resolve() in source.resolve().parents
+
+
 def claim(run_dir: Path, source: Path | None, resume: Any = None) -> None:
     """Make the run directory, refusing one holding results of a run this one does not continue."""
-    continuing = source is not None and run_dir.resolve() in source.resolve().parents
     for name in ("metrics.json", str(LAST)):
-        if (run_dir / name).exists() and not continuing:
+        if (run_dir / name).exists() and not in_place(run_dir, source):
             go_on = (
                 "or continue that run with trainer.resume=auto"
                 if (run_dir / LAST).is_file()
@@ -106,8 +112,6 @@ def claim(run_dir: Path, source: Path | None, resume: Any = None) -> None:
                 f"directory (the default one is new for every run); {go_on}"
             )
     run_dir.mkdir(parents=True, exist_ok=True)
-    for torn in (run_dir / LAST).parent.glob(f".{LAST.name}.*.tmp"):  # a killed save's: the
-        torn.unlink(missing_ok=True)  # directory is held, so no save of another run's is on
     if source is None and resume == "auto":
         log.info(f"trainer.resume=auto: no checkpoint in {run_dir}, so the run starts afresh")
 
@@ -182,8 +186,9 @@ def load(path: Path, b: Built) -> State:
     stopped = run.early_stopped_epoch is not None and t.early_stop is not None
     run.status, run.signal = "completed" if stopped else "running", None
     run.early_stopped_epoch = run.early_stopped_epoch if stopped else None
-    data, size = b.data, t.batch_size  # a checkpoint at an epoch's last batch, before its end
-    batches = 1 if data is None or size is None else math.ceil(data.n / size)
+    from runner.train.loop import epoch_batches
+
+    batches = epoch_batches(b)  # a checkpoint at an epoch's last batch comes before its end
     where = (
         f"in epoch {run.epoch + 1}"
         if run.position < batches

@@ -125,8 +125,13 @@ def weights(group: list[torch.Tensor | None]) -> list[float]:
 def total_steps(b: Built) -> int:
     """Updates in the whole run: the progress bar's length; the last one is always logged."""
     t = b.checked.trainer
-    batches = 1 if b.data is None or t.batch_size is None else math.ceil(b.data.n / t.batch_size)
-    return max(t.epochs * math.ceil(batches / t.accumulate), 1)
+    return max(t.epochs * math.ceil(epoch_batches(b) / t.accumulate), 1)
+
+
+def epoch_batches(b: Built) -> int:
+    """Batches an epoch: one for the whole batch (or no data)."""
+    t = b.checked.trainer
+    return 1 if b.data is None or t.batch_size is None else math.ceil(b.data.n / t.batch_size)
 
 
 def shuffle(b: Built, batch_size: int | None) -> torch.Tensor | None:
