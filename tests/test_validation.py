@@ -1001,6 +1001,18 @@ def test_a_group_chosen_the_wrong_way_is_one_line_whose_fix_works(
     assert status == 0, err
 
 
+def test_help_is_the_runners_page_with_every_option_and_flag(tmp_path, monkeypatch, capsys):
+    """`--help` shows how to run, every option of every group (the experiments first among
+    them) and the flags that the hint for an unknown flag sends the user to."""
+    status, out, err = main_in_process(["--help"], tmp_path, monkeypatch, capsys)
+    assert status == 0 and "powered by Hydra" not in out, err
+    assert "python -m runner experiment=linear_fit " in out
+    for experiment in sorted((CONFIGS / "experiment").glob("*.yaml")):
+        assert experiment.stem in out.split("experiment: ")[1].splitlines()[0]
+    for flag in ("--multirun", "--cfg", "--config-dir", "--info", "--hydra-help"):
+        assert flag in out.split("== Flags ==")[1], flag
+
+
 @pytest.mark.parametrize(
     "args, told",
     [
