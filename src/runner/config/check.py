@@ -223,13 +223,6 @@ def check_backend(name: str) -> None:
         )
 
 
-def check_cadence(given: Mapping[str, Any]) -> tuple[LoggerCadence, dict[str, Any]]:
-    """The logger's cadence keys, checked, and the rest of it, for its `_target_`."""
-    ours = {k: v for k, v in given.items() if k in CADENCE}
-    cadence = _check_dataclass("logger", ours, LoggerCadence, dict.fromkeys(CADENCE, 1))
-    return cadence, {k: v for k, v in given.items() if k not in CADENCE}
-
-
 def locate(group: str, target: Any) -> Callable[..., Any]:
     """Import a `_target_` dotted path, with a message that names the group."""
     if not isinstance(target, str) or not target:
@@ -258,26 +251,20 @@ def locate(group: str, target: Any) -> Callable[..., Any]:
     )
 
 
-def check_target(
-    group: str,
-    given: Mapping[str, Any],
-    runtime: typing.Iterable[str] = (),
-    also: typing.Iterable[str] = (),
-    option: str | None = None,
-) -> None:
+def check_target(group: str, given: Mapping[str, Any], option: str | None = None) -> None:
     """An option's keys and simple types against its `_target_`'s signature, less the
-    `runtime` arguments the builder passes itself (the optimizer's params); `also`: the
-    group's keys the runner reads itself (the logger's cadence), taken too."""
+    arguments its builder passes itself (RUNTIME_ARGS)."""
     target = locate(group, given.get("_target_"))
-    if (taken := arguments(target, runtime)) is None:
+    if (taken := arguments(target, RUNTIME_ARGS[group])) is None:
         return  # a builtin without a signature: instantiate will tell
     named, accepts_any = taken
+    named = [*CADENCE, *named] if group == "logger" else named  # the loop reads the cadence
     keys = {k: v for k, v in given.items() if k not in HYDRA_KEYS}
     if not accepts_any:
         try:
-            check_keys(group, keys, [*also, *named])
+            check_keys(group, keys, named)
         except ConfigError as e:
-            raise ConfigError(f"{e}{left_over(group, option, keys, [*also, *named])}") from None
+            raise ConfigError(f"{e}{left_over(group, option, keys, named)}") from None
     try:
         hints = typing.get_type_hints(target.__init__ if inspect.isclass(target) else target)
     except Exception:  # unresolvable annotations in third-party code: skip the type check
@@ -347,8 +334,9 @@ class Checked:
 def check(cfg: Mapping[str, Any], chosen: Mapping[str, Any] | None = None) -> Checked:
     """Check the whole composed config (plain containers); raise ConfigError on the first fault.
     `chosen`: each group's option as Hydra picked it (`optimizer: sgd`), where known."""
+    chosen = chosen or {}
     for key in cfg:  # `experiment=mine` whose keys landed under `experiment.`
-        if key not in (*GROUPS, "hydra") and isinstance((chosen or {}).get(key), str):
+        if key not in (*GROUPS, "hydra") and isinstance(chosen.get(key), str):
             raise ConfigError(
                 f"{key}={chosen[key]}: its file's first line must be '# @package _global_' "
                 f"(an {key} sets keys of the whole config, as the shipped ones do)"
@@ -360,7 +348,7 @@ def check(cfg: Mapping[str, Any], chosen: Mapping[str, Any] | None = None) -> Ch
     if not _type_ok(seed, int) or not 0 <= seed < 2**32:  # NumPy's seeds, which it also seeds
         raise ConfigError(f"seed={seed!r} must be an integer from 0 to 2**32 - 1")
     options: dict[str, dict[str, Any]] = {}
-    for group, runtime in RUNTIME_ARGS.items():
+    for group in RUNTIME_ARGS:
         given = cfg.get(group)
         if not isinstance(given, Mapping) or "_target_" not in given:
             shipped = sorted(f.stem for f in (CONFIGS / group).glob("*.yaml"))
@@ -369,12 +357,12 @@ def check(cfg: Mapping[str, Any], chosen: Mapping[str, Any] | None = None) -> Ch
                 f"{group}={shown(given)} is not an option with a _target_; pick one of the files "
                 f"in configs/{group}/: {group}={', '.join(shipped)}{off}"
             )
-        given, also = dict(given), []
-        if group == "logger":
-            cadence, given = check_cadence(given)
-            also = CADENCE
-        check_target(group, given, runtime, also, (chosen or {}).get(group))
-        options[group] = given
+        if group == "logger":  # the cadence keys are the loop's, the rest its `_target_`'s
+            ours = {k: v for k, v in given.items() if k in CADENCE}
+            cadence = _check_dataclass("logger", ours, LoggerCadence, dict.fromkeys(CADENCE, 1))
+            given = {k: v for k, v in given.items() if k not in CADENCE}
+        options[group] = dict(given)
+        check_target(group, options[group], chosen.get(group))
     trainer = check_trainer(dict(cfg.get("trainer") or {}))
     for key, (whole, zero) in SCHEDULE.items() if trainer.epochs > 0 else ():
         value = options["scheduler"].get(key, 1)
