@@ -286,7 +286,7 @@ def left_over(group: str, option: str | None, keys: typing.Iterable[str], taken:
 
     unknown = [k for k in keys if k not in taken]
     path = CONFIGS / group / f"{option}.yaml"
-    if not unknown or option is None or not path.is_file():
+    if option is None or not path.is_file():  # check_keys found an unknown key
         return ""
     if not all(k in (yaml.safe_load(path.read_text()) or {}) for k in unknown):
         return ""  # the user's own keys

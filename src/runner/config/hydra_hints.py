@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 
+import yaml
+from hydra import initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import OverrideParseException
 
-from runner.config.check import CONFIGS
+from runner.config.check import CONFIGS, GROUPS, did_you_mean
 
 DIRS = {"hydra.run.dir": "run", "hydra.sweep.dir": "sweep"}
 SWEEP_FUNCTIONS = {"choice", "range", "interval", "tag", "glob", "sort", "shuffle"}  # Hydra's
@@ -49,8 +53,6 @@ def flag_hint(args: Sequence[str], intermixed: bool) -> str | None:
 def yaml_error(error: Exception) -> str | None:
     """A config file that is no YAML (a key indented off its siblings, a key given twice),
     which OmegaConf raises with PyYAML's traceback: the file, the line and the fault."""
-    import yaml
-
     if not isinstance(error, yaml.MarkedYAMLError) or error.problem_mark is None:
         return None
     mark, context = error.problem_mark, error.context_mark
@@ -111,8 +113,6 @@ def plus_group(error: Exception, args: Sequence[str]) -> str | None:
 def defaults_hint(error: Exception) -> str | None:
     """A defaults list entry of an experiment that names its group the wrong way (misspelt,
     without the leading `/`, without `override`): Hydra's line says what it could not find."""
-    from runner.config.check import GROUPS, did_you_mean
-
     text = str(error)
     if text.startswith("Invalid defaults list in '"):  # `defaults:` then `  optimizer: adam`
         return (
@@ -215,15 +215,10 @@ def group_options(group: str, own: Sequence[Path] = ()) -> list[str]:
     """A config group's options as Hydra finds them: the runner's configs and its plugins'
     (`hydra/launcher` has joblib once hydra-joblib-launcher is installed), and the files of
     the user's own config directories `own`."""
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
     theirs = {p.stem for d in own for p in (d / group).glob("*.yaml")}
-    if GlobalHydra.instance().is_initialized():  # within a run, as `compose` leaves it
+    ready = GlobalHydra.instance().is_initialized()  # within a run, as `compose` leaves it
+    with nullcontext() if ready else initialize_config_dir(str(CONFIGS), version_base=None):
         found = GlobalHydra.instance().config_loader().get_group_options(group)
-    else:
-        with initialize_config_dir(str(CONFIGS), version_base=None):
-            found = GlobalHydra.instance().config_loader().get_group_options(group)
     return sorted(set(found) | theirs) if theirs else found
 
 
