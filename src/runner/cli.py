@@ -15,7 +15,7 @@ import traceback
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, NoReturn
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -90,10 +90,7 @@ def main(app: Callable[[], Any]) -> Any:
                 if not (run_dir / "metrics.json").exists():
                     (run_dir / "metrics.json").write_text(json.dumps(NOT_STARTED) + "\n")
             summarise(sweep_dir, maximize)
-        status = interrupted(error)  # SIGTERM as `terminate_as_ctrl_c` raises it, or Ctrl-C
-        by = "" if status == 128 + signal.SIGINT else f" by {signal.Signals(status - 128).name}"
-        print(f"Interrupted{by}{finish}", file=sys.stderr)
-        sys.exit(status)
+        exit_interrupted(error, finish)  # SIGTERM as `terminate_as_ctrl_c` raises it, or Ctrl-C
     finally:  # the environment as it was
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
@@ -104,6 +101,14 @@ def main(app: Callable[[], Any]) -> Any:
         for key in saved:
             os.environ.pop(key, None)
         os.environ.update({key: value for key, value in saved.items() if value is not None})
+
+
+def exit_interrupted(error: KeyboardInterrupt, then: str = "") -> NoReturn:
+    """Exit with the status a shell gives the signal that stopped the command (130, 143)."""
+    status = interrupted(error)
+    by = "" if status == 128 + signal.SIGINT else f" by {signal.Signals(status - 128).name}"
+    print(f"Interrupted{by}{then}", file=sys.stderr)
+    sys.exit(status)
 
 
 def terminate_as_ctrl_c() -> Any:
@@ -313,13 +318,9 @@ def run_job(
         if full_error():
             raise
         sys.exit(report(e))
-    except KeyboardInterrupt as e:  # a second Ctrl-C: stopped at once, metrics.json says so
-        status = interrupted(e)  # or SIGTERM while trainer.devices=N started its processes
-        by = "" if status == 128 + signal.SIGINT else f" by {signal.Signals(status - 128).name}"
-        if (run_dir / LAST).is_file():  # its last periodic one: the run goes on from there
-            by += f"; continue from its last checkpoint with trainer.resume={run_dir}"
-        print(f"Interrupted{by}", file=sys.stderr)
-        sys.exit(status)
+    except KeyboardInterrupt as e:  # a second Ctrl-C, or SIGTERM as trainer.devices=N starts
+        resume_from = f"; continue from its last checkpoint with trainer.resume={run_dir}"
+        exit_interrupted(e, resume_from if (run_dir / LAST).is_file() else "")
     if metrics["status"] != "completed":  # 1, or as a shell says a signal: 130 SIGINT, 143 SIGTERM
         sys.exit(exit_status(metrics))
     return metrics["objective"]  # finite, or +inf
