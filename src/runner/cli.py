@@ -62,8 +62,7 @@ MODULES = {"optuna": "hydra/sweeper/optuna"}  # a module the runner's sweeper im
 
 def main(app: Callable[[], Any]) -> Any:
     """Run the `@hydra.main` app with HYDRA_FULL_ERROR=1, Hydra's only public way to hand over
-    its errors: a refused config is one `Config error:` line (exit 2), anything else as Hydra
-    prints it (exit 1). The user's own setting stays in RUNNER_FULL_ERROR for child processes."""
+    its errors; the user's own setting stays in RUNNER_FULL_ERROR for child processes."""
     intermixed = not hydra.__version__.startswith("1.3.")  # 1.4 takes flags among overrides
     if told := hydra_hints.flag_hint(sys.argv[1:], intermixed):
         print(f"Config error: {told}", file=sys.stderr)
@@ -112,9 +111,8 @@ def exit_interrupted(error: KeyboardInterrupt, then: str = "") -> NoReturn:
 
 
 def terminate_as_ctrl_c() -> Any:
-    """SIGTERM (a scheduler's) ends the command as Ctrl-C does, with its status 143, where it
-    ended it silently: outside a run's training, which has its own handler. Returns the handler
-    it replaced (None off the main thread, where there is none to set)."""
+    """SIGTERM (a scheduler's) ends the command as Ctrl-C does, not silently, outside training
+    (which has its own handler); returns the handler it replaced, None off the main thread."""
 
     def stop(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt("SIGTERM")  # the name `launch.interrupted` reads
@@ -210,9 +208,8 @@ def explain(error: Exception, args: Sequence[str]) -> str | None:
 
 
 def refused_override(error: BaseException, chosen: Mapping[str, str] | None = None) -> str | None:
-    """Hydra's refusal of an override whose key the config lacks (`trainer.epoch=5`), said the
-    runner's way from the OmegaConf error it chains; None for any other error. `chosen` maps a
-    group to its option (`optimizer: adam`); `+key` is suggested only where it would work."""
+    """Hydra's refusal of an override whose key the config lacks (`trainer.epoch=5`), or None;
+    `chosen` maps a group to its option (`optimizer: adam`)."""
     cause = error.__cause__
     parent, key = getattr(cause, "parent_node", None), getattr(cause, "key", None)
     full_key = str(getattr(cause, "full_key", None) or key)
@@ -327,9 +324,8 @@ def run_job(
 
 
 def sweep_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> float:
-    """One job of a sweep. A failure goes into its metrics.json with objective +inf, and
-    `Summary` makes it the exit status; only a directory holding another run's results stops
-    the sweep (Hydra's sweepers stop at a job that raises), with one line, and keeps them."""
+    """One job of a sweep: a failure is its metrics.json with objective +inf; only a directory
+    holding another run's results stops the sweep (Hydra's sweepers stop at a job that raises)."""
     from runner.run import run, write_json
     from runner.train.checkpoint import InUse, Occupied
 

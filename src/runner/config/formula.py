@@ -1,8 +1,5 @@
-"""The formula language: a whitelisted subset of Python expressions, evaluated with torch.
-
-A formula (``"w * x + b"``) is parsed with `ast` and compiled into nested closures, never
-handed to eval/exec; anything outside the whitelist is refused with a message naming the piece.
-"""
+"""The formula language: a whitelisted subset of Python expressions, evaluated with torch, parsed
+with `ast` into closures (never eval/exec); a refusal names the piece not allowed."""
 
 from __future__ import annotations
 

@@ -24,10 +24,8 @@ FLAGS += ("--shell-completion", "--experimental-rerun", "-h", "-r", "-m", "-sc")
 
 
 def flag_hint(args: Sequence[str], intermixed: bool) -> str | None:
-    """A long flag Hydra's argparse does not know, or (hydra-core 1.3, not `intermixed`) a flag
-    between overrides: argparse prints its usage and, for the second, blames the overrides
-    after it. Short flags may carry their value (`-cjob`): argparse is left to judge those.
-    Also an empty run or sweep dir, which Hydra takes as the working directory."""
+    """A flag argparse would answer with its usage (a long one it does not know, or in 1.3 one
+    between overrides), or an empty run or sweep dir, which Hydra takes as the cwd."""
     # `-cd dir`: dir is no override; `--info` takes a value only if one of its own follows
     values = {i + 1 for i, a in enumerate(args) if a in VALUED and not bare_info(args, i)}
     overrides = [i for i, a in enumerate(args) if i not in values and a[:1] not in "-" and "=" in a]
@@ -73,8 +71,7 @@ def bare_info(args: Sequence[str], i: int) -> bool:
 
 
 def sweeper_params(error: Exception, args: Sequence[str]) -> str | None:
-    """`hydra.sweeper.params.optimizer.lr=...`, which Hydra refuses in two ways: the keys of
-    `params` have dots in them (`optimizer.lr`), and a search is its own override; and
+    """`hydra.sweeper.params.optimizer.lr=...`, a key with dots Hydra cannot reach, and
     `hydra.sweeper.params={...}`, which OmegaConf cannot merge into the grid's null."""
     for arg in args:
         key, _, value = arg.lstrip("+~").partition("=")
@@ -142,9 +139,8 @@ def defaults_hint(error: Exception) -> str | None:
 
 
 def hydra_hint(error: Exception) -> str | None:
-    """Refusals Hydra explains over several lines, each as one: `+key=value` for a key the
-    config has, `~key` for a key that is absent or null (Hydra says "does not exist" for
-    both), and a sweep's values or search without -m."""
+    """Refusals Hydra explains over several lines, each as one: `+key` for a key the config
+    has, `~key` for one absent or null, a sweep's values or search without -m, ..."""
     first, *_ = str(error).splitlines() or [""]
     quoted = first.partition("'")[2].partition("'")[0]  # a key, a file, an override
     if first.startswith("Could not delete from config. '") and "does not exist" in first:
@@ -212,9 +208,7 @@ def parsed_value(override: str) -> object:
 
 
 def group_options(group: str, own: Sequence[Path] = ()) -> list[str]:
-    """A config group's options as Hydra finds them: the runner's configs and its plugins'
-    (`hydra/launcher` has joblib once hydra-joblib-launcher is installed), and the files of
-    the user's own config directories `own`."""
+    """A group's options as Hydra finds them (the runner's, its plugins') and in `own` dirs."""
     theirs = {p.stem for d in own for p in (d / group).glob("*.yaml")}
     ready = GlobalHydra.instance().is_initialized()  # within a run, as `compose` leaves it
     with nullcontext() if ready else initialize_config_dir(str(CONFIGS), version_base=None):
