@@ -32,6 +32,10 @@ RUNTIME_ARGS = {  # what each builder passes its `_target_` itself, not from the
     "scheduler": ("optimizer",),
     "logger": ("log_dir",),
 }
+NOT_GLOBAL = (  # an experiment's keys that landed under `experiment.`: `{group}={option}`
+    "{0}={1}: its file's first line must be '# @package _global_' "
+    "(an {0} sets keys of the whole config, as the shipped ones do)"
+)
 
 
 class ConfigError(ValueError):
@@ -337,10 +341,7 @@ def check(cfg: Mapping[str, Any], chosen: Mapping[str, Any] | None = None) -> Ch
     chosen = chosen or {}
     for key in cfg:  # `experiment=mine` whose keys landed under `experiment.`
         if key not in (*GROUPS, "hydra") and isinstance(chosen.get(key), str):
-            raise ConfigError(
-                f"{key}={chosen[key]}: its file's first line must be '# @package _global_' "
-                f"(an {key} sets keys of the whole config, as the shipped ones do)"
-            )
+            raise ConfigError(NOT_GLOBAL.format(key, chosen[key]))
     check_keys("config", {k: v for k, v in cfg.items() if k != "hydra"}, ("seed", *GROUPS))
     if (key := missing(cfg)) is not None:
         raise ConfigError(f"{key} has no value (??? in the config); set it: {key}=...")

@@ -13,7 +13,7 @@ from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import OverrideParseException
 
-from runner.config.check import CONFIGS, GROUPS, did_you_mean
+from runner.config.check import CONFIGS, GROUPS, NOT_GLOBAL, did_you_mean
 
 DIRS = {"hydra.run.dir": "run", "hydra.sweep.dir": "sweep"}
 SWEEP_FUNCTIONS = {"choice", "range", "interval", "tag", "glob", "sort", "shuffle"}  # Hydra's
@@ -154,11 +154,7 @@ def hydra_hint(error: Exception) -> str | None:
             f"set it with {quoted}=... (or ++{quoted}=..., which sets or adds)"
         )
     if first.startswith("In 'experiment/") and "@experiment." in str(error):  # no @package
-        name = quoted.removeprefix("experiment/")
-        return (
-            f"experiment={name}: its file's first line must be '# @package _global_' (an "
-            "experiment sets keys of the whole config, as the shipped ones do)"
-        )
+        return NOT_GLOBAL.format("experiment", quoted.removeprefix("experiment/"))
     if first.startswith("Multiple values for ") and first.count("'") == 2:  # a defaults list
         group = first.removeprefix("Multiple values for ").partition(".")[0]
         return (
