@@ -330,8 +330,10 @@ def sweep_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> float
     from runner.train.checkpoint import InUse, Occupied
 
     sweep_dir = Path(HydraConfig.get().sweep.dir).absolute()
-    if not basic_launcher():  # a worker: the sweep's process takes Ctrl-C (the run, its own)
-        leave_ctrl_c_to_the_sweep()
+    if not basic_launcher() and threading.current_thread() is threading.main_thread():
+        # a worker: the sweep's process takes Ctrl-C (the run, its own while it trains); an
+        # idle worker's KeyboardInterrupt broke joblib's pool
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     if (earlier := resume.pick_up(cfg, run_dir, sweep_dir, overrides)) is not None:
         return earlier  # the objective of a job completed earlier, not run again
     if (sweep_dir / STOP).exists():  # Ctrl-C reached a joblib sweep (`Summary`): start no job
@@ -378,10 +380,3 @@ def sweep_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> float
 def basic_launcher() -> bool:
     """Hydra's default launcher, which runs the jobs one by one in this process."""
     return str(HydraConfig.get().launcher._target_).endswith(".BasicLauncher")
-
-
-def leave_ctrl_c_to_the_sweep() -> None:
-    """A worker ignores Ctrl-C but while its run trains: the sweep's process stops the jobs
-    (its stop file), and an idle worker's KeyboardInterrupt broke joblib's pool."""
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
