@@ -160,20 +160,19 @@ def explain(error: Exception, args: Sequence[str]) -> str | None:
         return hint
     if isinstance(error, ModuleNotFoundError) and error.name in MODULES:
         return not_installed(MODULES[error.name], error.name, args)
+    # Hydra's, OmegaConf's, and Python's errors that OmegaConf raises with the key it merged
+    merging = (ConfigCompositionException, OmegaConfBaseException, AttributeError)
+    if isinstance(error, merging) and (hint := hydra_hints.sweeper_params(error, args)):
+        return hint
     if isinstance(error, ConfigCompositionException):
         return (
-            hydra_hints.sweeper_params(error, args)
-            or hydra_hints.plus_group(error, args)
+            hydra_hints.plus_group(error, args)
             or hydra_hints.hydra_hint(error)
             or refused_override(error, chosen_options(args))
         )
     if isinstance(error, OverrideParseException):
         return hydra_hints.unreadable(error)
     if hint := hydra_hints.yaml_error(error):
-        return hint
-    # OmegaConf's errors, and Python's that it raises again with the key it was merging
-    merging = isinstance(error, OmegaConfBaseException | AttributeError)
-    if merging and (hint := hydra_hints.sweeper_params(error, args)):
         return hint
     if isinstance(error, ValueError) and (hint := hydra_hints.group_value(error, args)):
         return hint
