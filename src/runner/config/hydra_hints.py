@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import OverrideParseException
 
 from runner.config.check import CONFIGS, GROUPS, NOT_GLOBAL, did_you_mean
@@ -195,8 +196,6 @@ def group_value(error: Exception, args: Sequence[str]) -> str | None:
 
 def parsed_value(override: str) -> object:
     """An override's value as Hydra reads it (`2024` an int); None where it cannot."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     try:
         return OverridesParser.create().parse_override(override).value()
     except Exception:  # not Hydra's syntax: some other line says so
@@ -209,7 +208,7 @@ def group_options(group: str, own: Sequence[Path] = ()) -> list[str]:
     ready = GlobalHydra.instance().is_initialized()  # within a run, as `compose` leaves it
     with nullcontext() if ready else initialize_config_dir(str(CONFIGS), version_base=None):
         found = GlobalHydra.instance().config_loader().get_group_options(group)
-    return sorted(set(found) | theirs) if theirs else found
+    return sorted({*found, *theirs})
 
 
 def config_dirs(args: Sequence[str]) -> list[Path]:
