@@ -256,8 +256,7 @@ def locate(group: str, target: Any) -> Callable[..., Any]:
 
 
 def check_target(group: str, given: Mapping[str, Any], option: str | None = None) -> None:
-    """An option's keys and simple types against its `_target_`'s signature, less the
-    arguments its builder passes itself (RUNTIME_ARGS)."""
+    """An option's keys and simple types against its `_target_`'s signature, less RUNTIME_ARGS."""
     target = locate(group, given.get("_target_"))
     if (taken := arguments(target, RUNTIME_ARGS[group])) is None:
         return  # a builtin without a signature: instantiate will tell
