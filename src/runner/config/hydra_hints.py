@@ -97,10 +97,8 @@ def plus_group(error: Exception, args: Sequence[str]) -> str | None:
     first = (str(error).splitlines() or [""])[0]
     for arg in args:
         plus, key = len(arg) - len(arg.lstrip("+")), arg.lstrip("+").partition("=")[0]
-        named = first.startswith(f"Multiple values for {key}.") or first.startswith(
-            "force-add of config groups is not supported"
-        )
-        if plus and key and named and key in first:
+        refusal = (f"Multiple values for {key}.", "force-add of config groups is not supported")
+        if plus and key and first.startswith(refusal) and key in first:
             return (
                 f"{arg}: {key} is a config group the config lists already; choose its option "
                 f"without +: {arg[plus:]}"
