@@ -83,9 +83,8 @@ class TensorBoard(Null):
         if self._closed:
             return
         with self._lock:
-            if self._step_scalars is not None and self._step_scalars[0] != step:
+            if self._step_scalars is None or self._step_scalars[0] != step:
                 self._take_scalars()
-            if self._step_scalars is None:
                 self._step_scalars = (step, time.time(), {})
             self._step_scalars[2].update((tag, float(v)) for tag, v in values.items())
 
