@@ -198,8 +198,7 @@ def look_once(
     for o in observers:
         o.end(state)
     pieces = grad_fns(b.loss_fn, b.params, loss)
-    tree = graph.first.get("tree")
-    lines = first_step_lines(number(state.epoch_loss), b.loss_fn, b.params, pieces, tree)
+    lines = first_step_lines(number(state.epoch_loss), b.loss_fn, b.params, pieces, graph.tree)
     b.logger.text(0, "autograd/first_step", "\n".join(lines))
     return state, {"grad_fn": pieces, "first_step": lines}
 

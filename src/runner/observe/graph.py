@@ -193,7 +193,7 @@ class GraphStats(Observer):
         self.params, self.logger, self.every, self.last = params, logger, every, last
         self.out, self.resumed = out, resumed  # resumed in its directory: the tree is there
         self.previous = -1  # the step last walked
-        self.first: dict[str, str] = {}  # tree, chain, dot of the first graph walked
+        self.tree: str | None = None  # the first graph walked, for the first step's printout
 
     def log(self, look: Look) -> None:
         if look.root is None or not due(look, self.every, self.previous, self.last):
@@ -203,12 +203,11 @@ class GraphStats(Observer):
         if look.saved_bytes is not None:
             stats["graph/saved_bytes"] = float(look.saved_bytes)
         self.logger.scalars(look.step, stats)
-        if not self.first:
+        if self.tree is None:
             root, params = look.root, self.params
-            chain, tree = graph_chain(root, params), graph_tree(root, params)
-            self.first = {"tree": tree, "chain": chain, "dot": graph_dot(root, params)}
+            chain, self.tree = graph_chain(root, params), graph_tree(root, params)
             if not self.resumed:
-                self.logger.text(look.step, "graph/tree", f"{chain}\n\n{tree}")
+                self.logger.text(look.step, "graph/tree", f"{chain}\n\n{self.tree}")
             if self.out is not None:
-                (self.out / "graph.txt").write_text(f"{chain}\n\n{tree}\n")
-                (self.out / "graph.dot").write_text(self.first["dot"])
+                (self.out / "graph.txt").write_text(f"{chain}\n\n{self.tree}\n")
+                (self.out / "graph.dot").write_text(graph_dot(root, params))
