@@ -16,9 +16,8 @@ class Histograms(Observer):
         self.previous = -1  # the step last logged
 
     def log(self, look: Look) -> None:
-        if self.every is None or not due(look, self.every, self.previous, self.last):
-            return
-        self.write(look.step)
+        if self.every is not None and due(look, self.every, self.previous, self.last):
+            self.write(look.step)
 
     def end(self, state: State) -> None:
         """A run stopped early right after a log step (an early stop at an epoch's end, a
