@@ -1,6 +1,5 @@
-"""Where logged values go: TensorBoard event files in the run directory, or nowhere. Loggers
-write only what they are given; a `SummaryWriter` on one writer thread does the writing, so a
-log step costs the training thread a copy and a list append."""
+"""TensorBoard event files in the run directory, or nowhere; a `SummaryWriter` on a writer thread
+writes them, so a log step costs the training thread a copy and a list append."""
 
 from __future__ import annotations
 
@@ -62,8 +61,7 @@ class TensorBoard(Null):
                 raise ConfigError(f"logger.{key}={secs!r} must be a positive number of seconds")
         self.log_dir = Path(log_dir)
         self._flush_secs = flush_secs
-        # the writer's work holds the GIL that training needs between ops: it wakes once a
-        # second (and at flush and close) for everything logged since, not at every log step
+        # the writer holds the GIL training needs: it wakes each handoff, not at every log step
         self._handoff_secs = handoff_secs
         self._lock = threading.Lock()  # the writer takes `_batch` and `_step_scalars` too
         self._batch: list[Callable[[], object]] = []  # logged, not taken by the writer yet
@@ -152,10 +150,9 @@ class TensorBoard(Null):
     def hparams(
         self, hparams: Mapping[str, HParam], metrics: Mapping[str, float], step: int, status: str
     ) -> None:
-        """One HParams row in this event file (`add_hparams` would open a sub-directory), SUCCESS
-        only for "completed"; the metrics are also scalars at `step`, the run's last. An
-        interrupted run has no end yet: TensorBoard keeps a run's first session end, so one
-        written here would outlast the SUCCESS of the run resumed in this directory."""
+        """One HParams row in this event file (not add_hparams' sub-directory), SUCCESS only for
+        "completed", metrics also as scalars at `step`; an interrupted run gets no session end:
+        TensorBoard keeps a run's first, which would outlast its resumed run's SUCCESS."""
         # torch would make a bool a 0/1 number; as a string it reads true/false
         params = {k: str(v).lower() if isinstance(v, bool) else v for k, v in hparams.items()}
         values, wall = {tag: float(v) for tag, v in metrics.items()}, time.time()

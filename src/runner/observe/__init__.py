@@ -1,5 +1,4 @@
-"""Read-only views of training at each log step, epoch end and the end. The two that end a run
-early (divergence, early stop) only set `state.status`, which the loop reads."""
+"""Read-only views of training; the two that end a run early only set `state.status`."""
 
 from __future__ import annotations
 
@@ -21,8 +20,7 @@ class Look:
     root: torch.Tensor | None  # the step's loss with its autograd graph (the last micro-batch)
     saved_bytes: int | None  # what autograd saved for backward in that graph's forward
     clipped: torch.Tensor | None = None  # trainer.grad_clip: the total norm before clipping
-    final: bool = False  # the last step of a run that stopped early: no log step, so no
-    # `before` and `saved_bytes`, but the costlier kinds of logging are due
+    final: bool = False  # the last step of a run stopped early: costlier logging is due
 
     @property
     def step(self) -> int:
@@ -30,8 +28,7 @@ class Look:
 
 
 class Observer:
-    """The moments the loop shows an observer: `log` right after a log step's update, `epoch`
-    at an epoch's end, `end` after the last step (or the one that stopped the run)."""
+    """`log` right after a log step's update, `epoch` at an epoch's end, `end` after the last."""
 
     def log(self, look: Look) -> None: ...
     def epoch(self, state: State) -> None: ...

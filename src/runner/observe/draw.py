@@ -1,6 +1,5 @@
-"""The figures' drawing: numpy arrays in, RGB pixels (height, width, 3) uint8 out. matplotlib
-(the `plots` extra) is imported only to draw, and without pyplot: a `Figure` on its own Agg
-canvas needs no GUI and keeps no global state."""
+"""The figures' drawing: numpy arrays in, RGB pixels (height, width, 3) uint8 out; matplotlib is
+imported only to draw, without pyplot: an Agg `Figure` needs no GUI and keeps no global state."""
 
 from __future__ import annotations
 
@@ -54,8 +53,7 @@ def fit_images(
 
 
 def _limits(data_y: np.ndarray, curves: np.ndarray) -> tuple[float, float]:
-    """y limits that show the data and the curves, but never let a wild curve (an untrained
-    model far off) squash the data into a line."""
+    """y limits for the data and the curves, where a wild curve never squashes the data flat."""
     low, high = float(data_y.min()), float(data_y.max())
     span = max(high - low, 1e-6)
     finite = curves[np.isfinite(curves)]

@@ -1,6 +1,5 @@
-"""Pictures: for 1-D regression the data and the fitted curve (`figure/fit`), for two one-element
-parameters the loss landscape with the optimizer's path (`figure/landscape`). Training keeps
-device tensors only (curves on a fixed grid, the path), so it never waits; drawing is at the end."""
+"""`figure/fit` (1-D regression) and `figure/landscape` (two one-element parameters): training
+keeps device tensors only (curves on a grid, the path), so it never waits; drawing is at the end."""
 
 from __future__ import annotations
 
@@ -23,8 +22,7 @@ CURVE_POINTS = 200  # x positions of the drawn curve
 MAX_SCATTER = 2000  # data points drawn; more only slow the drawing and hide the curve
 GRID = 60  # landscape resolution per axis
 GRID_ELEMENTS = 2**22  # grid points x data points per vmap chunk: bounds the memory
-MAX_FITS = 50  # fit pictures in a run: each is drawn and encoded at the end, and TensorBoard
-# shows 10 a tag unless told otherwise; a long run spaces them further apart
+MAX_FITS = 50  # each is drawn and encoded at the end: a long run spaces them further apart
 
 
 class Figures(Observer):
@@ -48,8 +46,7 @@ class Figures(Observer):
         self.path_step = -1  # the step after which the last path point was taken
 
     def start(self) -> None:
-        """Before the first update: the first curve (a resumed run's first run drew it) and the
-        path's first point."""
+        """Before the first update: the first curve (unless resumed) and the path's first point."""
         if not self.resumed_at:
             self._curve(0, "start")
         self._path_point()

@@ -1,6 +1,5 @@
-"""`trainer.check_grads=true`: before training, autograd's gradients on the first batch against
-central differences of float64 copies, as `torch.autograd.gradcheck` does: autograd trusts a
-hand-written backward, this catches a wrong one."""
+"""`trainer.check_grads=true`: autograd's gradients on the first batch against central differences
+of float64 copies, as `torch.autograd.gradcheck` does, to catch a wrong hand-written backward."""
 
 from __future__ import annotations
 

@@ -1,6 +1,5 @@
-"""The autograd graph behind a loss, walked the micrograd way over `grad_fn.next_functions`:
-iteratively (a 10,000-op graph must not hit the recursion limit), each node once by identity
-(torch hands back the same object for a node while the walk holds a reference to it)."""
+"""The autograd graph behind a loss, walked over `grad_fn.next_functions` iteratively (no recursion
+limit), each node once by identity (torch keeps a node's object while the walk holds it)."""
 
 from __future__ import annotations
 

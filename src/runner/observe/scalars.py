@@ -1,6 +1,5 @@
-"""The numbers of a log step: loss, parameters and gradients (a larger tensor's L2 norm), the
-total gradient norm, the learning rate, each update's size next to its parameter's, and the
-accuracy for classification, moved to the host as one tensor: the log step's one sync."""
+"""A log step's numbers (loss, parameters, gradients, update ratios, lr, accuracy), moved to the
+host as one tensor: the log step's one sync."""
 
 from __future__ import annotations
 

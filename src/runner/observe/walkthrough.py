@@ -27,9 +27,8 @@ def _objective(loss_fn: Any) -> str | None:
 def grad_fns(
     loss_fn: Any, params: Mapping[str, torch.Tensor], loss: torch.Tensor
 ) -> dict[str, str | None]:
-    """Each intermediate result's grad_fn, leaf to root, as the post prints `b.grad_fn`: each
-    piece of an objective formula (`a * 3` -> MulBackward0); for a model and a loss over data,
-    which have no names for their pieces, the leaves and the loss."""
+    """Each result's grad_fn, leaf to root, as the post prints `b.grad_fn`: each piece of an
+    objective formula (`a * 3` -> MulBackward0), else (pieces have no names) leaves and loss."""
     formula = _objective(loss_fn)
     if formula is not None:
         pieces = formula_grad_fns(loss_fn.formula.source, dict(loss_fn.named_parameters()))
