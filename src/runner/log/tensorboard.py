@@ -11,6 +11,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +72,7 @@ class TensorBoard(Null):
         self._writer: Any = None  # the SummaryWriter, touched on the writer thread only
         self._error: Exception | None = None
         self._closed = False
-        self._step_scalars: tuple[int, float, dict[str, float]] | None = None  # not written yet
+        self._step_scalars: tuple[int, dict[str, float]] | None = None  # the last job's, open
         self._requests: queue.Queue[threading.Event | str] = queue.Queue()  # flush, close
         self._thread = threading.Thread(target=self._work, name="runner-tensorboard", daemon=True)
         self._thread.start()
@@ -81,24 +82,17 @@ class TensorBoard(Null):
         if self._closed:
             return
         with self._lock:
-            if self._step_scalars is None or self._step_scalars[0] != step:
-                self._take_scalars()
-                self._step_scalars = (step, time.time(), {})
-            self._step_scalars[2].update((tag, float(v)) for tag, v in values.items())
+            pending = self._step_scalars
+            if pending is None or pending[0] != step:
+                pending = self._step_scalars = (step, {})
+                self._batch.append(partial(self._add_scalars, step, time.time(), pending[1]))
+            pending[1].update((tag, float(v)) for tag, v in values.items())
 
-    def _take_scalars(self) -> None:
-        """The pending step's scalars as one job at the end of the batch (the lock held)."""
-        if self._step_scalars is None:
-            return
-        (step, wall, items), self._step_scalars = self._step_scalars, None
+    def _add_scalars(self, step: int, wall: float, items: dict[str, float]) -> None:
+        from tensorboard.compat.proto.summary_pb2 import Summary
 
-        def add() -> None:
-            from tensorboard.compat.proto.summary_pb2 import Summary
-
-            values = [Summary.Value(tag=tag, simple_value=v) for tag, v in items.items()]
-            self._open().file_writer.add_summary(Summary(value=values), step, wall)
-
-        self._batch.append(add)
+        values = [Summary.Value(tag=tag, simple_value=v) for tag, v in items.items()]
+        self._open().file_writer.add_summary(Summary(value=values), step, wall)
 
     def histograms(self, step: int, tensors: Mapping[str, torch.Tensor]) -> None:
         """A step's histograms as one event, binned here: on the writer thread, binning would
@@ -214,7 +208,7 @@ class TensorBoard(Null):
         if self._closed:
             return False
         with self._lock:
-            self._take_scalars()  # what comes next follows them
+            self._step_scalars = None  # what comes next follows them
             self._batch.append(job)
         return True
 
@@ -237,7 +231,7 @@ class TensorBoard(Null):
             except queue.Empty:
                 request = None
             with self._lock:
-                self._take_scalars()
+                self._step_scalars = None  # taken: later scalars are another event
                 jobs, self._batch = self._batch, []
             for job in jobs:
                 try:
