@@ -137,7 +137,6 @@ def _host(values: torch.Tensor) -> np.ndarray:
     return values.detach().float().cpu().numpy()
 
 
-@torch.no_grad()
 def landscape_arrays(b: Built, path: torch.Tensor) -> dict[str, np.ndarray]:
     """`draw.landscape_image`'s arrays: the loss on all the training data around the path."""
     lows, highs = path.min(0).values, path.max(0).values

@@ -66,7 +66,6 @@ class Scalars(Observer):
         self.latest = dict(zip(keys, values)) | ({} if lr is None else {"lr": float(lr)})
         self.logger.scalars(look.step, self.latest)
 
-    @torch.no_grad()
     def accuracies(self) -> torch.Tensor:
         """On the training points, and on the held-out ones with a split."""
         assert self.accuracy is not None and self.b.data is not None and self.b.forward
