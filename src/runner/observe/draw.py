@@ -23,8 +23,7 @@ def fit_images(
     x_val: np.ndarray | None = None,
     y_val: np.ndarray | None = None,
 ) -> list[np.ndarray]:
-    """One picture per row of `curves` (the model on `grid`) over the data, titled by `whens`,
-    on shared axes so that only the curve moves; the data are drawn once (blitting)."""
+    """One picture per row of `curves` (the model on `grid`), on axes and data drawn once."""
     figure = _figure(6.0, 4.0)
     ax = figure.add_subplot()
     # plot's markers draw faster than scatter's

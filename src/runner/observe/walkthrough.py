@@ -89,8 +89,7 @@ def lines(
     pieces: Mapping[str, str | None],
     tree: str | None,
 ) -> list[str]:
-    """The terminal's account of the pass: parameters, value, grad_fns, graph, gradients. An
-    objective formula is `y` with gradients `dy/dx`, as in the post; a loss over data `loss`."""
+    """The terminal's account of the pass: parameters, value, grad_fns, graph, gradients."""
     formula = _objective(loss_fn)
     y = result_name(loss_fn, params)
     out = [f"{name} = {shown(p)}" for name, p in params.items()]
