@@ -19,9 +19,8 @@ class Progress(Observer):
 
     def log(self, look: Look) -> None:
         self.bar.update(look.state.step - self.bar.n)
-        loss = self.scalars.latest.get("loss/train")
-        if loss is not None and not self.bar.disable:
-            self.bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
+        if not self.bar.disable:  # the scalars looked first: loss/train is there
+            self.bar.set_postfix(loss=f"{self.scalars.latest['loss/train']:.4g}", refresh=False)
 
     def end(self, state: State) -> None:
         self.bar.update(state.step - self.bar.n)
