@@ -163,14 +163,7 @@ def observers(
     return [
         Divergence(),
         scalars,
-        GraphStats(
-            b.params,
-            b.logger,
-            cadence.graph_every_n_steps or t.log_every_n_steps,
-            last,
-            run_dir,
-            resumed=in_place,
-        ),
+        GraphStats(b, cadence.graph_every_n_steps or t.log_every_n_steps, last, run_dir, in_place),
         Histograms(b, b.logger, cadence.histogram_every_n_steps, last),
         Validation(b, b.logger, None if t.early_stop is None else EarlyStop(**t.early_stop)),
         Figures(b, b.logger, cadence.figure_every_n_epochs, start),

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch.autograd.graph import Node
 
-from runner.log.tensorboard import Logger
+from runner.build import Built
 from runner.observe import Look, Observer, due
 
 Root = torch.Tensor | Node | None
@@ -180,16 +180,8 @@ class GraphStats(Observer):
     """Graph statistics when `due`; the first graph also as text, and in `out` (the run
     directory) as graph.txt and graph.dot at once, so that a killed run has them too."""
 
-    def __init__(
-        self,
-        params: Mapping[str, torch.Tensor],
-        logger: Logger,
-        every: int,
-        last: int,
-        out: Path | None = None,
-        resumed: bool = False,
-    ) -> None:
-        self.params, self.logger, self.every, self.last = params, logger, every, last
+    def __init__(self, b: Built, every: int, last: int, out: Path | None, resumed: bool) -> None:
+        self.params, self.logger, self.every, self.last = b.params, b.logger, every, last
         self.out, self.resumed = out, resumed  # resumed in its directory: the tree is there
         self.previous = -1  # the step last walked
         self.tree: str | None = None  # the first graph walked, for the first step's printout
