@@ -28,7 +28,7 @@ class Look:
 
 
 class Observer:
-    """`log` right after a log step's update, `epoch` at an epoch's end, `end` after the last."""
+    """The loop calls `log` after a log step's update, `epoch` at an epoch's end, `end` last."""
 
     def log(self, look: Look) -> None: ...
     def epoch(self, state: State) -> None: ...
