@@ -73,20 +73,18 @@ class Summary(Callback):
             raise SystemExit(1) from None
         self.started = True
         name_jobs_by_what_varies(config)
-        maximize = config.hydra.sweeper.get("direction") == "maximize"
-        Summary.under_way = (Path(config.hydra.sweep.dir).absolute(), maximize)
-        stop = Path(config.hydra.sweep.dir).absolute() / STOP
-        stop.unlink(missing_ok=True)  # an old one
+        sweep_dir = Path(config.hydra.sweep.dir).absolute()
+        Summary.under_way = (sweep_dir, config.hydra.sweeper.get("direction") == "maximize")
+        (sweep_dir / STOP).unlink(missing_ok=True)  # an old one
         # Left to joblib, Ctrl-C ended the workers before their jobs wrote anything, and a
         # SIGTERM to this process alone left them running. A stop file makes running jobs stop
         # at their next log step and queued ones not start. Only the main thread gets signals.
-        main_thread = threading.current_thread() is threading.main_thread()
         if config.hydra.launcher.get("_target_") == JOBLIB:
             fit_workers(config)
-        if config.hydra.launcher.get("_target_") == JOBLIB and main_thread:
-            self.stop = stop
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self.previous[sig] = signal.signal(sig, self._interrupted)
+            if threading.current_thread() is threading.main_thread():
+                self.stop = sweep_dir / STOP
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    self.previous[sig] = signal.signal(sig, self._interrupted)
 
     def _interrupted(self, signum: int, frame: Any) -> None:
         assert self.stop is not None
@@ -121,11 +119,9 @@ class Summary(Callback):
         if by is not None:  # the shell's convention: 130 SIGINT, 143 SIGTERM
             raise SystemExit(128 + signal.Signals[by])
         completed = sum(r["status"] == "completed" for r in rows)
-        if not rows:  # a shared study that other searches have filled: nothing failed
-            return
-        if completed == 0 or (self.fail_on == "any" and completed < len(rows)):
-            # SystemExit passes through Hydra (it catches Exception): the sweep's exit status.
-            raise SystemExit(1)
+        # no rows: a shared study that other searches have filled, where nothing failed
+        if rows and (completed == 0 or (self.fail_on == "any" and completed < len(rows))):
+            raise SystemExit(1)  # it passes through Hydra (which catches Exception): exit status
 
 
 def fit_workers(config: DictConfig) -> None:
@@ -181,8 +177,6 @@ def empty_ranges(overrides: list[str]) -> None:
 def name_jobs_by_what_varies(config: DictConfig) -> None:
     """Job directories named by the overrides that differ (`3_optimizer.lr=0.2,seed=2`), through
     `hydra.overrides.hydra`, which every job's config is composed from, for any launcher."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     overrides = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
     varied = {o.key_or_group for o in overrides if o.is_sweep_override()}
     varied |= set(config.hydra.sweeper.get("params") or {})
@@ -242,7 +236,7 @@ def table(rows: list[dict[str, Any]], sweep_dir: Path) -> str:
         cells = [_cell(row[c], c, sweep_dir) for c in columns]
         lines.append([*cells, " ".join(o for o in overrides if o not in common)])
     widths = [max(map(len, column)) for column in zip(*lines)]
-    jobs = f"{len(rows)} job" + ("" if len(rows) == 1 else "s")
+    jobs = f"{len(rows)} job{'s' * (len(rows) > 1)}"
     text = [f"Sweep summary ({jobs}, best first): {sweep_dir / 'summary.csv'}"]
     if common:
         text.append(f"all jobs: {' '.join(common)}")
