@@ -72,8 +72,7 @@ def job_dirs(sweep_dir: Path) -> list[tuple[Path, int, list[str]]]:
             overrides = read_yaml(path.with_name("overrides.yaml"))
         except (OSError, ValueError, TypeError, KeyError, AttributeError, yaml.YAMLError):
             continue
-        whole = isinstance(overrides, list)
-        if run_dir != sweep_dir and whole and isinstance(num, int) and not isinstance(num, bool):
+        if run_dir != sweep_dir and isinstance(overrides, list) and type(num) is int:  # not bool
             jobs.append((run_dir, num, [str(o) for o in overrides]))
     return jobs
 
@@ -141,10 +140,6 @@ def meanings(overrides: Sequence[str]) -> list[str]:
     return [f"{o.get_key_element()}={o.value()!r}" for o in parsed]
 
 
-def same_job(overrides: Sequence[str], others: Sequence[str]) -> bool:
-    return sorted(meanings(overrides)) == sorted(meanings(others))
-
-
 def pick_up(
     cfg: DictConfig, run_dir: Path, sweep_dir: Path, overrides: Sequence[str]
 ) -> float | None:
@@ -155,7 +150,7 @@ def pick_up(
     if run_dir.absolute() not in {sweep_dir / job["dir"] for job in record(sweep_dir)}:
         return None  # a job the sweep's start did not record: a new one
     metrics = read_metrics(run_dir)
-    if not same_job(metrics.get("overrides", overrides), overrides):
+    if sorted(meanings(metrics.get("overrides", overrides))) != sorted(meanings(overrides)):
         # another run's results, under the `.hydra/` this job's start wrote over them: the
         # run refuses the directory (none recorded: written before the runner kept them)
         return None
