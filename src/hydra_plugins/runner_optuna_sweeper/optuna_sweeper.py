@@ -1,11 +1,7 @@
-"""`hydra/sweeper=optuna`: the runner's Optuna sweeper and its config. Hydra imports this
-module at each start, so Optuna is imported only when a search is set up.
-
-The config is registered here, not shipped as YAML: hydra-optuna-sweeper, where installed,
-registers a structured config of the same name, against which Hydra would validate a YAML
-file. Of two registrations the last imported wins, and Hydra imports plugins alphabetically
-(an editable install's `src/` after site-packages), so this one follows hydra_optuna_sweeper.
-"""
+"""`hydra/sweeper=optuna`: the runner's Optuna sweeper and its config; Hydra imports this
+module at each start, so Optuna is imported only when a search is set up. The config is
+registered, not shipped as YAML, which hydra-optuna-sweeper's structured config of the same
+name would validate: the last registration wins, and Hydra imports plugins alphabetically."""
 
 from __future__ import annotations
 

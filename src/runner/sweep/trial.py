@@ -1,7 +1,5 @@
-"""A sweep job's side of the sweep: in an Optuna search it reports to its own trial (named in
-its environment) at log steps, or a validation loss at epoch ends, and stops as `pruned` when
-the pruner says so; in a joblib sweep it stops, at a log step, as the Ctrl-C or SIGTERM that
-reached only the sweep's process would stop it."""
+"""A sweep job's side of the sweep: it reports to its Optuna trial and stops when pruned, or
+stops at a log step when Ctrl-C or SIGTERM reached only a joblib sweep's process."""
 
 from __future__ import annotations
 
@@ -70,9 +68,8 @@ class TrialReport(Observer):
 
 
 class Stopped(Observer):
-    """The stop file `runner.sweep.summary.Summary` writes in the sweep directory; in a worker
-    process (joblib's), the end of the sweep's process, killed (SIGKILL) before it could write
-    one: its job stops and keeps its checkpoint, rather than train on beside the next run's."""
+    """Stops the job, keeping its checkpoint, at the stop file `Summary` writes, or once a joblib
+    worker's sweep process died (SIGKILL) unwritten, rather than train on beside the next run."""
 
     def __init__(self, sweep_dir: Path) -> None:
         self.stop = sweep_dir / STOP
