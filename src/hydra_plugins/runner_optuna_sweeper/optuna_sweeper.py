@@ -46,9 +46,7 @@ class OptunaSweeper(Sweeper):
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
     ) -> None:
         from runner.config.check import check_keys
-
-        # without optuna, ModuleNotFoundError: runner.cli names the pip install
-        from runner.sweep.search import Search
+        from runner.sweep.search import Search  # no optuna: runner.cli names the pip install
 
         known = [k for k in CONFIG if not k.startswith("_")]
         check_keys("hydra.sweeper", self.keys, known)  # `+hydra.sweeper.n_trial=3`
