@@ -1,7 +1,6 @@
-"""Finishing a grid sweep: the same multirun again, with the same `hydra.sweep.dir`, runs only
-what the earlier one left undone. `check` records the earlier jobs at the sweep's start (Hydra
-rewrites a job's `.hydra/` when the job starts); `pick_up` takes up what a job's directory holds.
-"""
+"""Finishing a grid sweep: the same multirun in the same `hydra.sweep.dir` runs what is left.
+`check` records the earlier jobs at the sweep's start (Hydra rewrites a job's `.hydra/` when the
+job starts); `pick_up` takes up what a job's directory holds."""
 
 from __future__ import annotations
 

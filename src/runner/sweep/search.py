@@ -201,9 +201,8 @@ def same_search(study: optuna.Study, space: Space, where: str) -> None:
 
 
 def own_trials(sweep_dir: Path, study: optuna.Study | None, storage: str, name: str) -> set[int]:
-    """The numbers of the study's trials run in this sweep dir (a journal in the sweep dir is
-    the sweep's own, wherever the dir has moved since). The sweep dir must hold no other jobs:
-    another sweep's are numbered as its trials would be, and their directories would meet."""
+    """The study's trials run in this sweep dir (all, where its journal is there); another
+    sweep's jobs there are refused: they are numbered as its trials, in the same directories."""
     here = sweep_dir.resolve()
     own = "://" not in storage and Path(storage).resolve().parent == here
     ours = {

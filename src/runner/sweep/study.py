@@ -1,6 +1,5 @@
-"""Where an Optuna search's study lives, and how a job finds its own trial in it: through
-environment variables (a `hydra.job.env_set` override), which stay out of its directory name,
-overrides.yaml and HParams columns."""
+"""Where an Optuna search's study lives, and how a job finds its trial: environment variables
+(`hydra.job.env_set`), which stay out of its directory name, overrides.yaml and HParams."""
 
 from __future__ import annotations
 

@@ -76,12 +76,11 @@ class Summary(Callback):
         sweep_dir = Path(config.hydra.sweep.dir).absolute()
         Summary.under_way = (sweep_dir, config.hydra.sweeper.get("direction") == "maximize")
         (sweep_dir / STOP).unlink(missing_ok=True)  # an old one
-        # Left to joblib, Ctrl-C ended the workers before their jobs wrote anything, and a
-        # SIGTERM to this process alone left them running. A stop file makes running jobs stop
-        # at their next log step and queued ones not start. Only the main thread gets signals.
+        # Left to joblib, Ctrl-C ended the workers before their jobs wrote anything (SIGTERM left
+        # them running): a stop file stops running jobs at a log step; queued ones do not start.
         if config.hydra.launcher.get("_target_") == JOBLIB:
             fit_workers(config)
-            if threading.current_thread() is threading.main_thread():
+            if threading.current_thread() is threading.main_thread():  # the one that gets signals
                 self.stop = sweep_dir / STOP
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     self.previous[sig] = signal.signal(sig, self._interrupted)
