@@ -329,9 +329,9 @@ def test_more_devices_than_gpus_is_a_config_error(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(ConfigError, match="trainer.devices=2 but this machine has 1 GPU"):
-        distributed.check_gpus(2, "cuda")
+        distributed.pin(World(local_size=2), "cuda")
     with pytest.raises(ConfigError, match="names one GPU for every process"):
-        distributed.check_gpus(1, "cuda:0")
+        distributed.pin(World(), "cuda:0")
 
 
 def test_what_ddp_cannot_split_is_refused_before_any_collective(tmp_path):

@@ -55,25 +55,21 @@ def timeout() -> timedelta:
 
 def pin(w: World, device: str) -> None:
     """Each process on its own GPU, the one of its local rank: `cuda` then means that one."""
-    if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
-        check_gpus(w.local_size, device)
-        if torch.cuda.is_available():  # otherwise building says there is no CUDA
-            torch.cuda.set_device(w.local_rank)
-
-
-def check_gpus(processes: int, device: str) -> None:
+    if not (device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())):
+        return
     if device.startswith("cuda:"):
         raise ConfigError(
             f"trainer.device={device} names one GPU for every process; set trainer.device=cuda "
             "(each process takes the GPU of its local rank)"
         )
-    gpus = torch.cuda.device_count()
-    if torch.cuda.is_available() and processes > gpus:
-        raise ConfigError(
-            f"trainer.devices={processes} but this machine has {gpus} GPU(s); set "
-            f"trainer.devices (or torchrun's --nproc-per-node) to at most {gpus}, or "
-            "trainer.device=cpu for gloo processes"
-        )
+    if torch.cuda.is_available():  # otherwise building says there is no CUDA
+        if w.local_size > (gpus := torch.cuda.device_count()):
+            raise ConfigError(
+                f"trainer.devices={w.local_size} but this machine has {gpus} GPU(s); set "
+                f"trainer.devices (or torchrun's --nproc-per-node) to at most {gpus}, or "
+                "trainer.device=cpu for gloo processes"
+            )
+        torch.cuda.set_device(w.local_rank)
 
 
 def lost_a_rank(e: BaseException) -> bool:
