@@ -23,6 +23,7 @@ import torch
 
 from runner.build import Built
 from runner.config.check import CONFIGS, ConfigError, one_line
+from runner.train.loop import epoch_batches
 from runner.train.state import State
 from runner.train.world import world
 
@@ -186,15 +187,11 @@ def load(path: Path, b: Built) -> State:
     stopped = run.early_stopped_epoch is not None and t.early_stop is not None
     run.status, run.signal = "completed" if stopped else "running", None
     run.early_stopped_epoch = run.early_stopped_epoch if stopped else None
-    from runner.train.loop import epoch_batches
-
-    batches = epoch_batches(b)  # a checkpoint at an epoch's last batch comes before its end
-    where = (
-        f"in epoch {run.epoch + 1}"
-        if run.position < batches
-        else f"at the end of epoch {run.epoch + 1}"
-    )
-    where = f"after epoch {run.epoch}" if run.position == 0 else where
+    where = f"in epoch {run.epoch + 1}"
+    if run.position == 0:
+        where = f"after epoch {run.epoch}"
+    elif run.position >= epoch_batches(b):  # a checkpoint at an epoch's last batch: before its end
+        where = f"at the end of epoch {run.epoch + 1}"
     log.info(f"Resuming from {path} at step {run.step} ({where})")  # epochs count from 1
     if stopped:
         log.warning(
