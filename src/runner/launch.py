@@ -136,7 +136,6 @@ def spawn(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> dict[str,
             f"only; start them on every node with torchrun (--nnodes={t.num_nodes} "
             f"--nproc-per-node={t.devices}) or with hydra/launcher=submitit_slurm"
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
     checkpoint.claim(run_dir, checkpoint.locate(t.resume, run_dir))
     # an elastic launcher option that older torch releases lack
     handles = "signals_to_handle" in {f.name for f in dataclasses.fields(LaunchConfig)}

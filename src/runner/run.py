@@ -79,15 +79,12 @@ def run_here(
     in_place = checkpoint.in_place(run_dir, source)
     start = state.step  # a run resumed in place that trains no step adds nothing to its logs
     watching = observers(b, state.step, sweep_dir, run_dir if leader else None, in_place)
-    validation = next(o for o in watching if isinstance(o, Validation))
+    _, scalars, graph, _, validation, figures, *_ = watching  # the list's fixed order
 
     def save(state: State) -> None:
         validation.flush()  # the validation losses since the last log step: after a SIGKILL too
         checkpoint.save(run_dir / checkpoint.LAST, b, state)
 
-    graph = next(o for o in watching if isinstance(o, GraphStats))
-    figures = next(o for o in watching if isinstance(o, Figures))
-    scalars = next(o for o in watching if isinstance(o, Scalars))
     metrics: dict[str, Any] = {"status": "failed"}
     # a signal after the last step lets the results be written; the loop stops on the first
     with stop_on_signals() as stop:
