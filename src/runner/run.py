@@ -152,9 +152,8 @@ def observers(
     run_dir: Path | None = None,
     in_place: bool = False,
 ) -> list[Observer]:
-    """The fixed list of observers, in the order they look at a log step: divergence first,
-    so a run knows it diverged before anything is written; `run_dir`: where the graph's files
-    go (None: nowhere, as on a DDP rank other than 0)."""
+    """The fixed list of observers, divergence first: a run knows it diverged before anything
+    is written. `run_dir`: where the graph's files go (None: nowhere, as on DDP ranks but 0)."""
     cadence, t, last = b.checked.cadence, b.checked.trainer, total_steps(b) - 1
     scalars = Scalars(b, b.logger)
     return [

@@ -65,9 +65,8 @@ class InUse(Occupied):
 
 @contextmanager
 def held(run_dir: Path, leader: bool) -> Iterator[None]:
-    """The run directory, held while the run goes on, so that a second run there (a resume
-    started twice, two sweep jobs named alike) is refused rather than mixed with this one. The
-    system lets go when the process ends, however it ends (no lock on Windows)."""
+    """The run directory, locked while the run goes on: a second run there (a resume started
+    twice, two sweep jobs named alike) is refused; the lock goes with the process, killed or not."""
     if not leader or fcntl is None:
         yield
         return

@@ -80,9 +80,8 @@ def lost_a_rank(e: BaseException) -> bool:
 
 
 def everywhere(make: Callable[[], Built]) -> Built:
-    """`make()` on every rank, then the ranks agree that it worked: one rank's failure (a path or
-    a module of its own) stops every rank here, where DDP's first collective would wait for
-    the failed rank until the timeout. A config error is said alike by every rank."""
+    """`make()` on every rank, then the ranks agree it worked: one rank's failure stops every
+    rank here, not at DDP's first collective, which would wait for it until the timeout."""
     if not dist.is_initialized():
         return make()
     try:

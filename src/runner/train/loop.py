@@ -105,9 +105,8 @@ def train(
 
 
 def sound(state: State, recent: Recent, params: list[torch.Tensor]) -> bool:
-    """Whether a checkpoint may be taken: no loss since the last log step, and no parameter,
-    NaN or infinite, so the last checkpoint of a diverged run is one to go on from (a host
-    sync, at checkpoints only)."""
+    """No NaN or infinite loss since the last log step, nor parameter: a diverged run's last
+    checkpoint is one to go on from (a host sync, at checkpoints only)."""
     if state.status == "diverged" or not recent.finite():
         return False
     return bool(torch.stack([torch.isfinite(p).all() for p in params]).all())
