@@ -102,11 +102,9 @@ def claim(run_dir: Path, source: Path | None, resume: Any = None) -> None:
     """Make the run directory, refusing one holding results of a run this one does not continue."""
     for name in ("metrics.json", str(LAST)):
         if (run_dir / name).exists() and not in_place(run_dir, source):
-            go_on = (
-                "or continue that run with trainer.resume=auto"
-                if (run_dir / LAST).is_file()
-                else "that run has no checkpoint to continue from (trainer.checkpoint_every)"
-            )
+            go_on = "or continue that run with trainer.resume=auto"
+            if not (run_dir / LAST).is_file():
+                go_on = "that run has no checkpoint to continue from (trainer.checkpoint_every)"
             raise Occupied(
                 f"hydra.run.dir={str(run_dir)!r} already holds a run ({name}); pick a new "
                 f"directory (the default one is new for every run); {go_on}"
