@@ -54,11 +54,10 @@ class State:
     def so_far(self) -> torch.Tensor | None:
         """The epoch's loss so far: one sum and product per run of equal shares, not two ops a
         step. A checkpoint keeps `unsummed`, so a resumed run sums alike, bit for bit."""
-        if self.unsummed:
-            for share, run in itertools.groupby(self.unsummed, key=lambda step: step[1]):
-                part = torch.stack([loss for loss, _ in run]).sum() * share
-                self.epoch_sum = part if self.epoch_sum is None else self.epoch_sum + part
-            self.unsummed = []
+        for share, run in itertools.groupby(self.unsummed, key=lambda step: step[1]):
+            part = torch.stack([loss for loss, _ in run]).sum() * share
+            self.epoch_sum = part if self.epoch_sum is None else self.epoch_sum + part
+        self.unsummed = []
         return self.epoch_sum
 
     def fold(self) -> torch.Tensor | None:
