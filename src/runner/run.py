@@ -235,9 +235,8 @@ def objective(metrics: Mapping[str, Any], key: str) -> float:
 def hparams(
     cfg: DictConfig, overrides: Sequence[str], used: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
-    """The HParams columns: the keys the command line set or the sweep varied, with the value
-    this run used (a group's chosen option, the config value, or for a resumed run `used`,
-    the checkpoint's optimizer settings); Hydra's own are left out."""
+    """The HParams columns: the keys the command line or the sweep set, but Hydra's, with the
+    values this run used (for a resumed run, `used`: the checkpoint's optimizer settings)."""
     columns: dict[str, Any] = {}
     for override in overrides:
         key, _, text = override.lstrip("+").partition("=")
