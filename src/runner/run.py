@@ -120,12 +120,11 @@ def run_here(
         finally:
             if leader:  # with what made the run, which a sweep matches its jobs by
                 write_json(run_dir / "metrics.json", metrics | {"overrides": list(overrides)})
-            validates = b.data is not None and b.data.x_val is not None
-            row = hparam_metrics(metrics, validates)
-            columns = hparams(cfg, overrides, b.hparams if resumed else None)
-            # an interrupted run's at the step it goes on from, which its resume there purges
-            at = state.step if metrics["status"] == "interrupted" else max(state.step - 1, 0)
             if not in_place or state.step > start:
+                row = hparam_metrics(metrics, b.data is not None and b.data.x_val is not None)
+                columns = hparams(cfg, overrides, b.hparams if resumed else None)
+                # an interrupted run's at the step it goes on from, which its resume there purges
+                at = state.step if metrics["status"] == "interrupted" else max(state.step - 1, 0)
                 b.logger.hparams(columns, row, at, metrics["status"])
             b.logger.close()
             distributed.leave()
