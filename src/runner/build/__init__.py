@@ -64,9 +64,8 @@ class Built:
         """Forward and loss on the points `idx` (None: all of them), or the objective."""
         if self.data is None or self.forward is None:
             return self.loss_fn()
-        if idx is None:
-            return self.loss_fn(self.forward(self.data.x), self.data.y)
-        return self.loss_fn(self.forward(self.data.x[idx]), self.data.y[idx])
+        x, y = (self.data.x, self.data.y) if idx is None else (self.data.x[idx], self.data.y[idx])
+        return self.loss_fn(self.forward(x), y)
 
     def describe(self) -> str:
         """What was learned, as the post prints it: `y = 1.924x + 1.050`; else the parameters
@@ -213,12 +212,12 @@ def build(cfg: DictConfig, run_dir: Path | None) -> Built:
     np.random.seed(plain["seed"])
     torch.manual_seed(plain["seed"])  # also seeds every CUDA device
     data = _instantiate("dataset", opts["dataset"], dtype=dtype)
-    if data is not None and not isinstance(data, Data):
-        raise ConfigError(
-            f"dataset._target_={opts['dataset']['_target_']!r} returned "
-            f"{type(data).__name__}; it must return runner.build.data.Data (x, y tensors) or None"
-        )
     if data is not None:
+        if not isinstance(data, Data):
+            raise ConfigError(
+                f"dataset._target_={opts['dataset']['_target_']!r} returned {type(data).__name__}; "
+                "it must return runner.build.data.Data (x, y tensors) or None"
+            )
         check_data(data, opts["dataset"].get("formula"), dtype)
         data = data.to(device)
 
