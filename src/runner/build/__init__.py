@@ -313,7 +313,8 @@ def build(cfg: DictConfig, run_dir: Path | None) -> Built:
     make_scheduler = _instantiate("scheduler", opts["scheduler"])
     schedule = getattr(make_scheduler, "func", make_scheduler)  # the class a partial builds
     if isinstance(optimizer, GD) and schedule is not Constant:
-        optimizer = optimizer.as_torch()  # torch's schedulers take only torch's optimizers
+        # torch's schedulers take only torch's optimizers: GD's group runs as momentum-free SGD
+        optimizer = torch.optim.SGD(optimizer.param_groups)
     building = f"scheduler: building {opts['scheduler']['_target_']}"
     scheduler = first_call(building, make_scheduler, optimizer)
     takes = arguments(type(scheduler).step, ())  # the loop steps it once an epoch, no argument

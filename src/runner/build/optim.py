@@ -9,10 +9,8 @@ import torch
 
 
 class GD:
-    """`p -= lr * p.grad` under `no_grad`, and `p.grad.zero_()`: the post's update, verbatim
-    (the loop zeroes before each backward, so the last step's gradients stay to be seen).
-    Not a `torch.optim.Optimizer`, whose constructor imports `torch._dynamo`; with a schedule
-    it runs as momentum-free SGD (`as_torch`), as torch's schedulers need an Optimizer."""
+    """The post's update: `p -= lr * p.grad` under `no_grad`; `zero_grad` zeroes in place.
+    Not a `torch.optim.Optimizer`, whose constructor imports `torch._dynamo`."""
 
     def __init__(self, params: Iterable[torch.Tensor], lr: float = 0.1) -> None:
         # always this one group; the list is the torch shape that schedulers and logging read
@@ -42,10 +40,6 @@ class GD:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         (saved,) = state["param_groups"]
         self.param_groups[0]["lr"] = saved["lr"]
-
-    def as_torch(self) -> torch.optim.SGD:
-        group = self.param_groups[0]
-        return torch.optim.SGD(group["params"], lr=group["lr"])
 
 
 class Constant:
