@@ -68,8 +68,7 @@ class Built:
         return self.loss_fn(self.forward(x), y)
 
     def describe(self) -> str:
-        """What was learned, as the post prints it: `y = 1.924x + 1.050`; else the parameters
-        by name (`w = 0.000, b = 1.050`, tensors as lists) for an objective or a few numbers."""
+        """What was learned, as the post prints it (`y = 1.924x + 1.050`), else the parameters."""
         if isinstance(self.model, models.Expression) and self.data is not None:
             text = self.model.describe(self.data.inputs)
             if text is not None:  # then the loss's own parameters, if it has any
@@ -118,8 +117,7 @@ def resolve_device(name: str) -> torch.device:
 def precision(
     amp: str | None, device: torch.device, optimizer: Any
 ) -> tuple[torch.dtype | None, torch.amp.GradScaler | None]:
-    """`trainer.amp`: the autocast dtype and, for float16, a GradScaler, as float16's small
-    gradients underflow to zero unscaled (bfloat16 has float32's range and needs none)."""
+    """`trainer.amp`'s autocast dtype, and for float16 a GradScaler (small gradients underflow)."""
     if amp is None:
         return None, None
     if amp == "float16" and device.type != "cuda":
@@ -138,8 +136,7 @@ def precision(
 def _instantiate(group: str, node: Any, **runtime: Any) -> Any:
     """instantiate, with failures reported against the config group that caused them."""
     try:
-        # _convert_="all": targets get plain lists and dicts, so `params: {x: [1, 2, 3]}`
-        # arrives as a list (a ListConfig is no `list`)
+        # _convert_="all": `params: {x: [1, 2, 3]}` arrives as a list, not a ListConfig
         return instantiate(node, _convert_="all", **runtime)
     except ConfigError:
         raise
@@ -345,8 +342,7 @@ def build(cfg: DictConfig, run_dir: Path | None) -> Built:
 
 
 def check_optimizer(optimizer: Any, target: str, saves: bool) -> None:
-    """What the loop and the logs (and checkpoints, when `saves`) call on an optimizer, there
-    before any step rather than missed at one."""
+    """What the loop, logs and (if `saves`) checkpoints call on an optimizer, before any step."""
     needs = ("step", "zero_grad", "param_groups")
     needs += ("state_dict", "load_state_dict") if saves else ()
     missing = [name for name in needs if not hasattr(optimizer, name)]
@@ -364,8 +360,7 @@ def check_optimizer(optimizer: Any, target: str, saves: bool) -> None:
 def compiled(
     forward: Forward | None, data: Data | None, trainer: TrainerConfig, model: nn.Module | None
 ) -> Forward:
-    """`trainer.compile`, compiled here on a batch of the loop's shape with gradients on, so
-    a backend that fails is a config error and the first step does not pay for the compile."""
+    """`trainer.compile`, tried here on one batch: a backend that fails is a config error."""
     if forward is None or model is None or data is None:
         raise ConfigError(
             "trainer.compile compiles the model, and an objective-only experiment "

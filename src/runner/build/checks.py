@@ -33,8 +33,7 @@ def first_call(
 def check_loss(
     loss_fn: Callable[..., Any], *args: torch.Tensor, hint: str = "", label: str = "loss"
 ) -> None:
-    """The objective, or the loss on the first batch, once: `.backward()` needs a scalar.
-    `label` names the loss's settings (`loss (loss.delta=0)`), one of which may be at fault."""
+    """The loss on the first batch (or the objective), once: `.backward()` needs a real scalar."""
     what = "computing it on the first batch" if args else "evaluating the objective"
     value = first_call(f"{label}: {what}", loss_fn, *args, hint=hint, grad=True)
     if not isinstance(value, torch.Tensor) or value.dim() != 0:
@@ -81,8 +80,7 @@ def labelled(group: str, option: Mapping[str, Any]) -> str:
 
 
 def check_data(data: Data, formula: str | None, dtype: torch.dtype) -> None:
-    """Points and targets that pair up, are finite and of the run's dtype: a NaN target would
-    read as a run that diverged at its first step."""
+    """Points and targets that pair up, finite (a NaN reads as a divergence), in the run's dtype."""
     if (data.x_val is None) != (data.y_val is None):
         given, absent = ("x_val", "y_val") if data.y_val is None else ("y_val", "x_val")
         raise ConfigError(
@@ -116,8 +114,7 @@ def check_data(data: Data, formula: str | None, dtype: torch.dtype) -> None:
 
 
 def check_batch_norm(model: nn.Module | None, n: int, batch_size: int | None) -> None:
-    """Batch norm computes each step's statistics over the batch, and torch refuses a batch of
-    one point in training: a traceback at the first epoch's last batch, unless told here."""
+    """Batch norm refuses a training batch of one point: said here, not at an epoch's last batch."""
     norms = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
     if model is None or not any(isinstance(m, norms) for m in model.modules()):
         return
@@ -152,8 +149,7 @@ PROBE = 256  # points a one-output classifier is first run on, to tell a probabi
 
 
 def warn_if_probabilities(forward: Forward, x: torch.Tensor) -> None:
-    """Accuracy reads one output as a logit (class 1 above 0), so a model returning sigmoid
-    probabilities, all above 0, would score the share of class 1: said before it misleads."""
+    """Accuracy reads one output as a logit (class 1 above 0), so probabilities all read as 1."""
     with torch.no_grad():
         pred = forward(x)
     if bool(((pred > 0) & (pred < 1)).all()):
@@ -174,8 +170,7 @@ def check_shapes(
     trains: bool = True,
 ) -> None:
     """A forward pass on two points (and three), so a shape mismatch is a config error, not a
-    broadcast; `dataset.task`, never the loss, says what the output must be. `trains`: the
-    model has a parameter to train (else only the loss's own are learned)."""
+    broadcast; `dataset.task`, never the loss, says what the output must be."""
     x, y = data.x[:2], data.y[:2]
     pred = forward_once(forward, x, dtype)
     if data.task == "regression" and data.n > 2 and pred.shape == y.shape:
@@ -229,7 +224,6 @@ def check_shapes(
             f"{'bce' if width == 1 else 'cross_entropy'} reads that)"
         )
     elif pred.shape != y.shape:
-        # logits for class indices?
         maybe_classes = pred.dim() == 2 and y.dim() == 1 and pred.shape[0] == y.shape[0]
         if pred.dim() == 1 and tuple(y.shape[1:]) == (1,):  # a column of targets
             raise ConfigError(

@@ -34,8 +34,7 @@ def bce(input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 class Expression(nn.Module):
-    """A loss formula over `pred`, `y` and parameters of its own; with no dataset every free
-    name is a parameter and the formula is the objective (`(1 - a)**2 + 100*(b - a**2)**2`)."""
+    """A loss formula over `pred`, `y` and its own parameters; with no dataset, the objective."""
 
     def __init__(
         self,

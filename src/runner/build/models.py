@@ -22,9 +22,8 @@ Forward = Callable[[torch.Tensor], torch.Tensor]  # data in, predictions out
 
 
 def initial_value(key: str, spec: Any) -> torch.Tensor:
-    """A parameter's starting tensor from a number, a nested list, or {shape, init, std}. Numbers
-    given are kept in float64 until the run's dtype takes them (a float64 run starts at 0.1, not
-    at float32's 0.1); random ones are drawn in float32, so both dtypes start alike."""
+    """A parameter's start from a number, a nested list or {shape, init, std}; numbers in float64
+    (a float64 run starts at 0.1 exactly), random ones in float32 (both dtypes start alike)."""
     if isinstance(spec, int | float) and not isinstance(spec, bool):
         return torch.tensor(float(spec), dtype=torch.float64)
     if isinstance(spec, list | tuple):
@@ -73,8 +72,7 @@ def add_parameters(
     inputs: Callable[[str], bool],
     params: Mapping[str, Any],
 ) -> tuple[str, ...]:
-    """A parameter on `module` for each free name of the formula that is not an input; each
-    starts at 0.0 unless `params` gives its value. Returns their names."""
+    """Register a parameter per free non-input name (0.0 unless `params` gives it); their names."""
     names = sorted(n for n in formula.names if not inputs(n))
     # Python reads `µ` (micro sign) in a formula as `μ` (mu): the keys of params alike
     params = {unicodedata.normalize("NFKC", str(k)): v for k, v in params.items()}
@@ -135,8 +133,7 @@ class Expression(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         inputs = {"x": x} if x.dim() == 1 else {f"x{i + 1}": x[:, i] for i in range(x.shape[1])}
-        # attribute lookups, not named_parameters(): that generator walks submodules (none
-        # here); functional_call swaps the attributes, so the landscape sees its values
+        # attributes, which functional_call swaps for the landscape; not named_parameters()
         env = {name: getattr(self, name) for name in self.names} | inputs
         try:
             out = self.formula(env)
@@ -219,8 +216,7 @@ def forward_fn(model: nn.Module) -> Forward:
 
 @contextmanager
 def evaluating(model: nn.Module | None, grad: bool = False) -> Iterator[None]:
-    """For what only looks (checks, validation, accuracy, figures): the model in eval mode, so
-    dropout is off and batch norm reads its running statistics without moving them."""
+    """Eval mode for what only looks (checks, validation, figures): no dropout, batch norm kept."""
     training = model is not None and model.training
     if training:
         model.eval()

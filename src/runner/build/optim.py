@@ -43,8 +43,7 @@ class GD:
 
 
 class Constant:
-    """`scheduler=none`: optimizer.lr for the whole run, with the scheduler methods the loop
-    and checkpoints call (a LambdaLR would need a `torch.optim.Optimizer`)."""
+    """`scheduler=none`: a constant lr (a LambdaLR would need a `torch.optim.Optimizer`)."""
 
     def __init__(self, optimizer: Any) -> None:
         self.optimizer = optimizer
