@@ -118,7 +118,7 @@ def check_batch_norm(model: nn.Module | None, n: int, batch_size: int | None) ->
     norms = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
     if model is None or not any(isinstance(m, norms) for m in model.modules()):
         return
-    size = n if batch_size is None or batch_size >= n else batch_size
+    size = min(batch_size or n, n)
     last = n % size or size
     if last == 1:
         which = "each batch holds" if size == 1 else "the last batch of each epoch holds"
@@ -176,13 +176,13 @@ def check_shapes(
     if data.task == "regression" and data.n > 2 and pred.shape == y.shape:
         x, y = data.x[:3], data.y[:3]  # a parameter of two numbers broadcasts over 2 points
         pred = forward_once(forward, x, dtype)
-    if isinstance(pred, torch.Tensor) and trains and not pred.requires_grad:
+    if trains and not pred.requires_grad:  # forward_fn made it a tensor
         raise ConfigError(
             f"model: its output ({pred.dtype}) does not depend on its parameters through "
             "autograd (a detached or integer tensor), so backward() cannot train them; return "
             "a float tensor computed from them"
         )
-    if isinstance(pred, torch.Tensor) and not bool(torch.isfinite(pred).all()):
+    if not bool(torch.isfinite(pred).all()):
         raise ConfigError(
             "model: the first forward pass gives NaN or infinite values at the starting "
             "parameters; look at the model's formula and the parameters' starting values"

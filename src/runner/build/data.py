@@ -31,9 +31,9 @@ class Data:
         for name in ("x", "y", "x_val", "y_val"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, torch.Tensor):
-                kind = type(value).__module__.replace("builtins", "") + "." + type(value).__name__
+                kind = f"{type(value).__module__}.{type(value).__name__}".removeprefix("builtins.")
                 raise ConfigError(
-                    f"dataset: Data.{name} is a {kind.lstrip('.')}, and Data holds torch "
+                    f"dataset: Data.{name} is a {kind}, and Data holds torch "
                     f"tensors: torch.as_tensor({name}, dtype=dtype), with the dtype the runner "
                     "passes the dataset"
                 )
