@@ -106,18 +106,12 @@ def class_count(y: torch.Tensor, y_val: torch.Tensor | None, classes: int | None
     return classes
 
 
-def split(
-    x: torch.Tensor,
-    y: torch.Tensor,
-    val_fraction: float,
-    task: str = "regression",
-    classes: int | None = None,
-) -> Data:
+def split(x: torch.Tensor, y: torch.Tensor, val_fraction: float, task: str = "regression") -> Data:
     """Hold out a seeded random share of the points for validation."""
     if not 0.0 <= val_fraction < 1.0:
         raise ConfigError(f"dataset.val_fraction={val_fraction} must be in [0, 1)")
     if val_fraction == 0.0:
-        return Data(x, y, task=task, classes=classes)
+        return Data(x, y, task=task)
     n = x.shape[0]
     n_val = round(n * val_fraction)
     if n_val in (0, n):
@@ -128,7 +122,7 @@ def split(
         )
     perm = torch.randperm(n)
     val, train = perm[:n_val], perm[n_val:]
-    return Data(x[train], y[train], x[val], y[val], task=task, classes=classes)
+    return Data(x[train], y[train], x[val], y[val], task=task)
 
 
 def synthetic(
@@ -310,6 +304,5 @@ def blobs(
         centres[:, 1] = distance / 2 * torch.sin(angle)
     labels = torch.arange(n) % classes  # balanced classes, interleaved
     x = (centres[labels] + spread * torch.randn(n, features)).to(dtype)  # Data squeezes (n, 1)
-    if task == "classification":  # the blobs know their number of classes
-        return split(x, labels, val_fraction, task, classes)
+    # every class has a point (n >= classes), so Data counts them as `classes`
     return split(x, labels.to(dtype), val_fraction, task)
