@@ -145,21 +145,6 @@ def forward_once(forward: Forward, x: torch.Tensor, dtype: torch.dtype) -> Any:
         raise ConfigError(f"{e} ({why})") from e.__cause__
 
 
-PROBE = 256  # points a one-output classifier is first run on, to tell a probability
-
-
-def warn_if_probabilities(forward: Forward, x: torch.Tensor) -> None:
-    """Accuracy reads one output as a logit (class 1 above 0), so probabilities all read as 1."""
-    with torch.no_grad():
-        pred = forward(x)
-    if bool(((pred > 0) & (pred < 1)).all()):
-        log.warning(
-            f"model: its one output a point lies between 0 and 1 for all of the first {len(x)} "
-            "points, as a probability's would; acc/train and acc/val read it as a logit "
-            "(class 1 when above 0), so return the logit (loss=bce applies the sigmoid itself)"
-        )
-
-
 def check_shapes(
     forward: Forward,
     loss_fn: Any,
@@ -216,8 +201,16 @@ def check_shapes(
                 f"dataset.task=classification has {classes} classes; {fix}"
                 + (f" or {binary} (one binary logit, for loss=bce)" if classes == 2 else "")
             )
-        if width == 1:
-            warn_if_probabilities(forward, data.x[:PROBE])
+        if width == 1:  # accuracy reads it as a logit (class 1 above 0): probabilities all 1
+            with torch.no_grad():
+                probe = forward(data.x[:256])  # points enough to tell a probability
+            if bool(((probe > 0) & (probe < 1)).all()):
+                log.warning(
+                    f"model: its one output a point lies between 0 and 1 for all of the first "
+                    f"{len(probe)} points, as a probability's would; acc/train and acc/val read "
+                    "it as a logit (class 1 when above 0), so return the logit (loss=bce applies "
+                    "the sigmoid itself)"
+                )
         hint = (
             " (dataset.task=classification: the targets are class indices, and the model "
             f"gives {'one binary logit' if width == 1 else f'{width} logits'} a point: "
