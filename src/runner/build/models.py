@@ -24,9 +24,7 @@ Forward = Callable[[torch.Tensor], torch.Tensor]  # data in, predictions out
 def initial_value(key: str, spec: Any) -> torch.Tensor:
     """A parameter's start from a number, a nested list or {shape, init, std}; numbers in float64
     (a float64 run starts at 0.1 exactly), random ones in float32 (both dtypes start alike)."""
-    if isinstance(spec, int | float) and not isinstance(spec, bool):
-        return torch.tensor(float(spec), dtype=torch.float64)
-    if isinstance(spec, list | tuple):
+    if isinstance(spec, int | float | list | tuple) and not isinstance(spec, bool):
         try:
             if any_bool(spec):
                 raise TypeError("true/false is not a number")
