@@ -45,8 +45,7 @@ class GD:
 class Constant:
     """`scheduler=none`: a constant lr (a LambdaLR would need a `torch.optim.Optimizer`)."""
 
-    def __init__(self, optimizer: Any) -> None:
-        self.optimizer = optimizer
+    def __init__(self, optimizer: Any) -> None:  # taken as torch's are, and left alone
         self.last_epoch = 0
 
     def step(self) -> None:
