@@ -120,8 +120,7 @@ def split(x: torch.Tensor, y: torch.Tensor, val_fraction: float, task: str = "re
             f"validation and leaves {n - n_val} to train on; each needs at least one: use more "
             "points or another fraction"
         )
-    perm = torch.randperm(n)
-    val, train = perm[:n_val], perm[n_val:]
+    val, train = torch.randperm(n).split([n_val, n - n_val])
     return Data(x[train], y[train], x[val], y[val], task=task)
 
 
