@@ -299,8 +299,7 @@ def blobs(
         centres[:, 0] = torch.linspace(-distance / 2, distance / 2, classes)
     else:
         angle = 2 * math.pi * torch.arange(classes) / classes
-        centres[:, 0] = distance / 2 * torch.cos(angle)
-        centres[:, 1] = distance / 2 * torch.sin(angle)
+        centres[:, :2] = distance / 2 * torch.stack([torch.cos(angle), torch.sin(angle)], dim=1)
     labels = torch.arange(n) % classes  # balanced classes, interleaved
     x = (centres[labels] + spread * torch.randn(n, features)).to(dtype)  # Data squeezes (n, 1)
     # every class has a point (n >= classes), so Data counts them as `classes`
