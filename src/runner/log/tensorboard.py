@@ -164,9 +164,10 @@ class TensorBoard(Null):
             ended = () if status == "interrupted" else (end,)
             for summary in (experiment, start, *ended):
                 w.file_writer.add_summary(summary, step, wall)
+            for tag, v in values.items():
+                w.add_scalar(tag, v, step, wall)
 
         self._put(add)
-        self.scalars(step, values)
 
     def resumed(self, step: int) -> None:
         """A run going on from `step`: what was logged here from `step` on is purged."""
