@@ -17,6 +17,7 @@ import torch
 from conftest import compose_config, event_accumulator
 
 from runner.build import Built, build
+from runner.build.optim import GD
 from runner.log.tensorboard import Null
 from runner.observe import Look, dashboard, draw, figures
 from runner.observe.figures import Figures
@@ -367,3 +368,37 @@ def test_a_resumed_runs_path_starts_at_its_checkpoint(tmp_path, monkeypatch):
     assert fig.path[0].tolist() == [0.5, 1.5]  # (b, w), the order of b.params
     assert [when for _, when, _ in fig.curves] == ["end"]
     assert labels == ["resumed (step 120)"]
+
+
+class FailsAfter120(GD):
+    """The post's update, until an error at the 121st step (a device gone, say) while `fails`."""
+
+    fails = True
+
+    def step(self, closure: Any = None) -> Any:
+        self.steps = getattr(self, "steps", 0) + 1
+        if self.steps > 120 and self.fails:
+            raise RuntimeError("the device is gone")
+        return super().step(closure)
+
+
+def test_a_failed_run_keeps_its_pictures_which_its_resume_replaces(tmp_path, monkeypatch):
+    """An error at step 120 draws what was taken (the fit so far and the landscape), the last
+    titled `failed`, at the step the resume goes on from; resumed from the checkpoint at step
+    100, the run purges them and ends with its own."""
+    whens: list[str] = []
+    real = draw.fit_images
+    monkeypatch.setattr(draw, "fit_images", lambda **a: whens.extend(a["whens"]) or real(**a))
+    run_dir, every = tmp_path / "run", ("experiment=linear_fit", "trainer.checkpoint_every=50")
+    every += (f"optimizer._target_={__name__}.FailsAfter120",)
+    with pytest.raises(RuntimeError, match="device is gone"):
+        run(compose_config(*every), run_dir)
+    assert whens == ["start", "epoch 50", "epoch 100", "failed"]
+    events = event_accumulator(run_dir)
+    assert [i.step for i in events.Images("figure/fit")] == [0, 49, 99, 120]
+    assert [i.step for i in events.Images("figure/landscape")] == [120]
+    monkeypatch.setattr(FailsAfter120, "fails", False)
+    run(compose_config(*every, "trainer.resume=auto"), run_dir)
+    events = event_accumulator(run_dir)
+    assert [i.step for i in events.Images("figure/fit")] == [0, 49, 99, 149, 199]
+    assert [i.step for i in events.Images("figure/landscape")] == [199]

@@ -7,6 +7,7 @@ import logging
 import math
 import time
 from collections.abc import Mapping, Sequence
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,10 @@ def run_here(
             latest = scalars.latest  # at the last step
             metrics |= {key: latest[tag] for tag, key in ACCURACIES.items() if tag in latest}
         except BaseException as e:
+            if isinstance(e, Exception) and state.step > 0:  # the pictures of the steps it took
+                state.status = "failed"
+                with suppress(Exception):  # the model or the logger may fail again
+                    figures.end(state)
             metrics["error"] = f"{type(e).__name__}: {e}"
             metrics["status"] = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
             duration = round(time.perf_counter() - started, 4)

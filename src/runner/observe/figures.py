@@ -57,16 +57,18 @@ class Figures(Observer):
 
     def epoch(self, state: State) -> None:
         last = state.epoch == self.b.checked.trainer.epochs  # `end` takes that one
-        if self.every and state.epoch % self.every == 0 and not last:
+        drawn = state.step <= self.resumed_at  # resumed at an epoch's last step: drawn before
+        if self.every and state.epoch % self.every == 0 and not last and not drawn:
             self._curve(state.step - 1, f"epoch {state.epoch}")
 
     def end(self, state: State) -> None:
         """After the last step: the end's snapshot, then every picture to the logger. An
-        interrupted run's is at the step it goes on from, which its resume there purges."""
-        last = state.step if state.status == "interrupted" else max(state.step - 1, 0)
+        interrupted or failed run's is at the step it goes on from, which its resume purges."""
+        stopped = state.status in ("interrupted", "failed")
+        last = state.step if stopped else max(state.step - 1, 0)
         if self.curves and self.curves[-1][0] == last and self.curves[-1][1] != "start":
             self.curves.pop()  # a run that stopped early, at an epoch's end: "end" says more
-        ending = {"diverged": "end (diverged)", "interrupted": "interrupted"}
+        ending = {"diverged": "end (diverged)", "interrupted": "interrupted", "failed": "failed"}
         self._curve(last, ending.get(state.status, "end"))
         if self.path_step != state.step - 1:  # the last step was not a log step
             self._path_point()

@@ -24,7 +24,7 @@ class State:
     epoch_loss: torch.Tensor | None = None  # the last finished epoch's loss
     best: torch.Tensor | None = None  # the lowest epoch loss so far (NaN never wins)
     val_loss: torch.Tensor | None = None  # the last validation loss
-    status: str = "running"  # then completed, diverged, interrupted or pruned
+    status: str = "running"  # then completed, diverged, interrupted, pruned or failed
     diverged_step: int | None = None  # the first step whose loss was NaN or infinite
     early_stop: tuple[float, int] | None = None  # (best watched loss, epochs without gain)
     early_stopped_epoch: int | None = None
