@@ -301,12 +301,15 @@ def test_a_search_it_cannot_run_is_one_config_error(tmp_path: Path, capsys, args
 
 def test_a_continued_study_refuses_other_settings(tmp_path: Path, capsys):
     """As a grid sweep dir does: trials of other settings would not be comparable."""
-    search(tmp_path, "s", *LINEAR, "hydra.sweeper.n_trials=1")
+    _, sweep_dir, _ = search(tmp_path, "s", *LINEAR, "hydra.sweeper.n_trials=1")
     capsys.readouterr()
+    summary = (sweep_dir / "summary.csv").stat().st_mtime_ns
     other = ("trainer.epochs=6", "optimizer.lr=tag(log, interval(0.5, 2.0))")
-    status, _, sweep_dir, _ = sweep(tmp_path, "s", *LINEAR, "hydra.sweeper.n_trials=2", *other)
+    status, out, _, _ = sweep(tmp_path, "s", *LINEAR, "hydra.sweeper.n_trials=2", *other)
     (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith("Config error")]
-    assert status == 2
+    # the refusal alone: not the study's table (hydra-core 1.4 ends a sweep in a `finally`)
+    assert status == 2 and "completed" not in out, out
+    assert (sweep_dir / "summary.csv").stat().st_mtime_ns == summary
     assert (
         "searched with other settings (the study: trainer.epochs=5; this command: "
         "trainer.epochs=6; searched otherwise: optimizer.lr)"

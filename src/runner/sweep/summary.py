@@ -98,8 +98,8 @@ class Summary(Callback):
         )
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        if isinstance(sys.exc_info()[1], KeyboardInterrupt):  # hydra-core 1.4 calls it on the
-            return  # way out of a Ctrl-C between two jobs, which runner.cli ends as on 1.3
+        if isinstance(sys.exc_info()[1], Exception | KeyboardInterrupt):  # hydra-core 1.4 calls
+            return  # it on the way out of an error or a Ctrl-C, which runner.cli ends as on 1.3
         Summary.under_way = None
         if not self.started:  # refused at the start: nothing of this sweep to summarise
             return
