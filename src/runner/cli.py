@@ -373,6 +373,8 @@ def sweep_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> float
             stop_jobs(sweep_dir, metrics.get("signal") or "SIGINT")
             sys.exit(exit_status(metrics))
         return math.inf  # a worker or a cluster job was stopped (a time limit): the others go on
+    if metrics.get("late_signal") and basic_launcher():  # Ctrl-C as the run ended (its figures)
+        raise KeyboardInterrupt(metrics["late_signal"])  # the sweep ends as between two jobs
     return metrics["objective"]
 
 

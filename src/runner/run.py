@@ -133,6 +133,8 @@ def run_here(
                 b.logger.hparams(columns, row, at, metrics["status"])
             b.logger.close()
             distributed.leave()
+    if stop.signal is not None and metrics["status"] != "interrupted":  # as the run ended:
+        metrics["late_signal"] = stop.signal  # it stands as it is, and a sweep stops after it
     return metrics
 
 
