@@ -58,6 +58,7 @@ PLUGINS = {  # a hydra/ option whose config a plugin brings: the package that ho
 }
 SEARCH = "hparams_search"  # the group of Optuna searches
 MODULES = {"optuna": "hydra/sweeper/optuna"}  # a module the runner's sweeper imports: its option
+LATE: list[str] = []  # a signal that came as a sweep's job ended, for the next job to act on
 
 
 def main(app: Callable[[], Any]) -> Any:
@@ -73,6 +74,7 @@ def main(app: Callable[[], Any]) -> Any:
     saved = {key: os.environ.get(key) for key in (FULL_ERROR, ASKED)}
     os.environ.update({ASKED: "1" if asked else "0", FULL_ERROR: "1"})
     Summary.under_way = None  # until this command's sweep starts
+    LATE.clear()
     previous = terminate_as_ctrl_c()
     try:
         return app()
@@ -328,6 +330,8 @@ def sweep_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> float
     from runner.run import run, write_json
     from runner.train.checkpoint import InUse, Occupied
 
+    if LATE:  # a signal as the previous job ended: the sweep ends here, as between two jobs
+        raise KeyboardInterrupt(LATE.pop())
     sweep_dir = Path(HydraConfig.get().sweep.dir).absolute()
     if not basic_launcher() and threading.current_thread() is threading.main_thread():
         # a worker: the sweep's process takes Ctrl-C (the run, its own while it trains); an
@@ -373,8 +377,8 @@ def sweep_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> float
             stop_jobs(sweep_dir, metrics.get("signal") or "SIGINT")
             sys.exit(exit_status(metrics))
         return math.inf  # a worker or a cluster job was stopped (a time limit): the others go on
-    if metrics.get("late_signal") and basic_launcher():  # Ctrl-C as the run ended (its figures)
-        raise KeyboardInterrupt(metrics["late_signal"])  # the sweep ends as between two jobs
+    if metrics.get("late_signal") and basic_launcher():  # Ctrl-C as the run ended (its figures):
+        LATE[:] = [metrics["late_signal"]]  # the job counts (a trial is told), the next stops
     return metrics["objective"]
 
 
