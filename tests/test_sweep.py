@@ -187,8 +187,13 @@ def in_own_group(command: list[str], cwd: Path) -> subprocess.Popen:
 @JOBLIB
 @pytest.mark.parametrize(
     ("presses", "sig", "group"),
-    [(1, signal.SIGINT, True), (2, signal.SIGINT, True), (1, signal.SIGTERM, False)],
-    ids=["ctrl-c", "ctrl-c twice", "sigterm to the sweep alone"],
+    [
+        (1, signal.SIGINT, True),
+        (2, signal.SIGINT, True),
+        (1, signal.SIGTERM, False),
+        (0, signal.SIGINT, True),
+    ],
+    ids=["ctrl-c", "ctrl-c twice", "sigterm to the sweep alone", "timeout -s INT's pair"],
 )
 def test_ctrl_c_stops_a_joblib_sweep_and_keeps_what_its_jobs_did(
     tmp_path: Path, presses, sig, group
@@ -197,7 +202,8 @@ def test_ctrl_c_stops_a_joblib_sweep_and_keeps_what_its_jobs_did(
     jobs stop after their step and write their metrics, queued ones do not start, the
     summary is written, and the exit status is 130, without a traceback. A second Ctrl-C
     stops it at once, with the same status. A SIGTERM that reaches the sweep's process alone
-    (a scheduler's) stops the running jobs too, through the stop file, and exits 143."""
+    (a scheduler's) stops the running jobs too, through the stop file, and exits 143. What
+    `timeout -s INT` sends, to the sweep's process and then its group, is one Ctrl-C."""
     sweep_dir = tmp_path / "sweep"
     command = [sys.executable, "-m", "runner", "-m", "experiment=linear_fit", "logger=none"]
     command += ["optimizer.lr=0.01,0.02,0.03,0.04", "trainer.epochs=1000000"]
@@ -209,6 +215,10 @@ def test_ctrl_c_stops_a_joblib_sweep_and_keeps_what_its_jobs_did(
         while not all((sweep_dir / j / "checkpoints" / "last.pt").exists() for j in jobs):
             assert process.poll() is None and time.monotonic() < deadline, "jobs never trained"
             time.sleep(0.1)
+        if presses == 0:  # as GNU timeout sends it, the sweep's handler run in between
+            process.send_signal(sig)
+            time.sleep(0.005)
+            os.killpg(process.pid, sig)
         for _ in range(presses):
             if group:
                 os.killpg(process.pid, sig)

@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
@@ -30,6 +31,7 @@ JOBLIB = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"  #
 STOP = ".interrupted"  # the signal's name, once Ctrl-C or SIGTERM reached a joblib sweep
 NOT_STARTED = {"status": "interrupted", "error": "not started: the sweep was interrupted"}
 # ties: lower objective; a pruned trial (an Optuna search) after the completed ones
+REPEAT_S = 0.02  # a second signal sooner than this is the first one delivered again
 ORDER = {"completed": 0, "pruned": 1, "interrupted": 2, "diverged": 3, "failed": 4}
 SCORED = ("completed", "pruned")  # whose objective the sweeper saw
 EXCLUDE = "hydra.job.config.override_dirname.exclude_keys"  # what the job names leave out
@@ -49,6 +51,7 @@ class Summary(Callback):
         self.fail_on = fail_on
         self.started = False  # the sweep passed the start's checks (hydra-core 1.4 ends it anyway)
         self.stop: Path | None = None  # the stop file, while a joblib sweep runs
+        self.stopped_at = 0.0  # when the first signal wrote it (time.monotonic)
         self.previous: dict[int, Any] = {}  # the SIGINT and SIGTERM handlers before it
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -87,9 +90,12 @@ class Summary(Callback):
 
     def _interrupted(self, signum: int, frame: Any) -> None:
         assert self.stop is not None
+        if self.stop.exists() and time.monotonic() - self.stopped_at < REPEAT_S:
+            return  # one signal sent twice: `timeout` sends it to the process, then its group
         if self.stop.exists():  # the second: joblib ends its workers, and the sweep ends here
             print("Interrupted again: stopped at once", file=sys.stderr)
             raise SystemExit(128 + signum)  # no traceback, as with the basic launcher
+        self.stopped_at = time.monotonic()
         stop_jobs(self.stop.parent, signal.Signals(signum).name)
         print(
             "Interrupted: running jobs stop at their next log step, the others do not start "
