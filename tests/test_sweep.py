@@ -154,7 +154,12 @@ def test_parallel_launchers_give_the_basic_launchers_results(tmp_path: Path, gri
         assert basic[overrides] == outcome  # the same numbers, to the last bit
 
 
-def ctrl_c_once(process: subprocess.Popen, ready: Callable[[], bool], settle: float = 0) -> str:
+def ctrl_c_once(
+    process: subprocess.Popen,
+    ready: Callable[[], bool],
+    settle: float = 0,
+    sig: int = signal.SIGINT,
+) -> str:
     """A terminal's Ctrl-C (to the whole group) `settle` seconds after `ready()`; the output."""
     try:
         deadline = time.monotonic() + 90
@@ -162,7 +167,7 @@ def ctrl_c_once(process: subprocess.Popen, ready: Callable[[], bool], settle: fl
             assert process.poll() is None and time.monotonic() < deadline, "never ready"
             time.sleep(0.1)
         time.sleep(settle)
-        os.killpg(process.pid, signal.SIGINT)
+        os.killpg(process.pid, sig)
         return process.communicate(timeout=90)[0]
     finally:
         if process.poll() is None:
@@ -249,11 +254,16 @@ def test_ctrl_c_stops_a_joblib_sweep_and_keeps_what_its_jobs_did(
 
 @pytest.mark.slow
 @JOBLIB
-@pytest.mark.parametrize("workers", [2, 3], ids=["one done", "one never used"])
-def test_ctrl_c_with_a_joblib_worker_idle_still_ends_the_sweep_summarised(tmp_path, workers):
+@pytest.mark.parametrize(
+    ("workers", "sig"),
+    [(2, signal.SIGINT), (3, signal.SIGINT), (2, signal.SIGTERM)],
+    ids=["one done", "one never used", "sigterm to the group, one done"],
+)
+def test_ctrl_c_with_a_joblib_worker_idle_still_ends_the_sweep_summarised(tmp_path, workers, sig):
     """A terminal's Ctrl-C reaches an idle worker too, whose KeyboardInterrupt broke joblib's
     pool: the sweep ended with BrokenProcessPool's traceback, exit 1 and no summary. That
-    worker had finished its job, or (more workers than jobs) never had one."""
+    worker had finished its job, or (more workers than jobs) never had one. SIGTERM to the
+    whole group (`kill -TERM -PGID`, `timeout`) killed it: TerminatedWorkerError."""
     sweep_dir = tmp_path / "sweep"
     command = [sys.executable, "-m", "runner", "-m", "experiment=linear_fit", "logger=none"]
     command += ["trainer.epochs=5,1000000", "trainer.checkpoint_every=100"]
@@ -264,8 +274,8 @@ def test_ctrl_c_with_a_joblib_worker_idle_still_ends_the_sweep_summarised(tmp_pa
     def ready() -> bool:  # the short job done, so its worker waits for work
         return (short / "metrics.json").exists() and (long / "checkpoints").exists()
 
-    out = ctrl_c_once(process, ready, settle=0.5)
-    assert process.returncode == 130, out[-3000:]
+    out = ctrl_c_once(process, ready, settle=0.5, sig=sig)
+    assert process.returncode == 128 + sig, out[-3000:]
     assert "Traceback" not in out, out[-4000:]
     rows = {r["job"]: r["status"] for r in csv.DictReader((sweep_dir / "summary.csv").open())}
     assert rows == {"0": "completed", "1": "interrupted"}
