@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -59,3 +61,19 @@ def test_a_wrong_type_is_named():
         check_target(
             "dataset", {"_target_": "runner.build.data.synthetic", "formula": "x", "n": "abc"}
         )
+
+
+def test_torchs_exit_lines_stay_off_the_terminal_before_its_logging_is_set_up(tmp_path):
+    """A Ctrl-C while torch loads ended the command with torch's `FakeTensor cache stats:`
+    lines: logged at exit, before torch's logging was set up, through the runner's handlers."""
+    script = f"""
+import logging.config, yaml
+config = yaml.safe_load(open({str(CONFIGS / "hydra/job_logging/runner.yaml")!r}))
+config["handlers"]["file"]["filename"] = {str(tmp_path / "runner.log")!r}
+logging.config.dictConfig(config)
+logging.getLogger("torch._subclasses.fake_tensor").info("FakeTensor cache stats:")
+logging.getLogger("runner.run").info("Learned: ...")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "Learned: ...\n", done.stdout
