@@ -301,6 +301,25 @@ def test_a_run_directory_in_use_by_a_run_still_going_is_refused_until_it_ends(tm
     assert done.returncode == 0, done.stderr
 
 
+def test_a_refused_run_leaves_the_record_of_the_run_it_found_as_it_was(tmp_path):
+    """`.hydra/` says what made the run in the directory: a command refused there (it holds
+    a run's results, or a run is still going there) writes none of its own over it."""
+    run_dir = tmp_path / "run"
+    command = ("experiment=linear_fit", "trainer.checkpoint_every=1", f"hydra.run.dir={run_dir}")
+    assert cli(*command, "trainer.epochs=3", cwd=tmp_path).returncode == 0
+    record = {p.name: p.read_bytes() for p in (run_dir / ".hydra").iterdir()}
+    assert b"trainer.epochs=3" in record["overrides.yaml"]
+    refused = cli(*command, "trainer.epochs=4", "optimizer.lr=0.2", cwd=tmp_path)
+    assert refused.returncode == 2 and "already holds a run" in refused.stderr
+    with checkpoint.held(run_dir, leader=True):  # as a run going on in another process holds it
+        refused = cli(*command, "trainer.epochs=5", "trainer.resume=auto", cwd=tmp_path)
+        assert refused.returncode == 2 and "is in use by a run" in refused.stderr
+    assert {p.name: p.read_bytes() for p in (run_dir / ".hydra").iterdir()} == record
+    resumed = cli(*command, "trainer.epochs=5", "trainer.resume=auto", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert b"trainer.epochs=5" in (run_dir / ".hydra" / "overrides.yaml").read_bytes()
+
+
 def test_a_file_system_without_locks_runs_unguarded(tmp_path, monkeypatch):
     def no_locks(fd: int, operation: int) -> None:
         raise OSError(errno.ENOLCK, "No locks available")  # as some network file systems

@@ -327,16 +327,18 @@ def run_job(
 def sweep_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> float:
     """One job of a sweep: a failure is its metrics.json with objective +inf; only a directory
     holding another run's results stops the sweep (Hydra's sweepers stop at a job that raises)."""
-    from runner.run import run, write_json
+    from runner.run import record, run, write_json
     from runner.train.checkpoint import InUse, Occupied
 
+    record(cfg, run_dir)  # as a job starts, so the sweep can tell it started (sweep/resume.py)
     if LATE:  # a signal as the previous job ended: the sweep ends here, as between two jobs
         raise KeyboardInterrupt(LATE.pop())
     sweep_dir = Path(HydraConfig.get().sweep.dir).absolute()
     if not basic_launcher() and threading.current_thread() is threading.main_thread():
-        # a worker: the sweep's process takes Ctrl-C (the run, its own while it trains); an
-        # idle worker's KeyboardInterrupt broke joblib's pool
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # a worker: the sweep's process takes Ctrl-C and SIGTERM (the run, its own while it
+        # trains); an idle worker's KeyboardInterrupt, or its death, broke joblib's pool
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
     if (earlier := resume.pick_up(cfg, run_dir, sweep_dir, overrides)) is not None:
         return earlier  # the objective of a job completed earlier, not run again
     if (sweep_dir / STOP).exists():  # Ctrl-C reached a joblib sweep (`Summary`): start no job

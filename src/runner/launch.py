@@ -123,7 +123,7 @@ def spawn(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> dict[str,
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     from runner.build import resolve_device
-    from runner.run import write_json
+    from runner.run import record, write_json
     from runner.train import checkpoint
 
     plain = OmegaConf.to_container(cfg, resolve=True)
@@ -137,6 +137,7 @@ def spawn(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> dict[str,
             f"--nproc-per-node={t.devices}) or with hydra/launcher=submitit_slurm"
         )
     checkpoint.claim(run_dir, checkpoint.locate(t.resume, run_dir))
+    record(cfg, run_dir)
     # an elastic launcher option that older torch releases lack
     handles = "signals_to_handle" in {f.name for f in dataclasses.fields(LaunchConfig)}
     config = LaunchConfig(

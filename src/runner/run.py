@@ -53,8 +53,11 @@ def run(
         report(metrics, run_dir)
         return metrics
     cfg, run_dir, overrides = launch.join(cfg, run_dir, overrides)  # rank 0's, on every rank
-    with checkpoint.held(run_dir, world().leader):  # no second run in it at the same time
-        metrics = run_here(cfg, run_dir, overrides, sweep_dir)
+    try:
+        with checkpoint.held(run_dir, world().leader):  # no second run in it at the same time
+            metrics = run_here(cfg, run_dir, overrides, sweep_dir)
+    finally:  # gloo's threads end before the interpreter, whatever stopped the run
+        distributed.leave()
     report(metrics, run_dir, sweep_dir)
     return metrics
 
@@ -69,6 +72,7 @@ def run_here(
     source = checkpoint.locate(resume, run_dir)
     if leader:
         checkpoint.claim(run_dir, source, resume)  # never write over another run's results
+        record(cfg, run_dir)
     b = distributed.everywhere(lambda: build(cfg, run_dir if leader else None))
     distributed.check(b)  # what DDP cannot split: before anything is written
     state, resumed = State(), {}
@@ -132,7 +136,6 @@ def run_here(
                 at = state.step if metrics["status"] == "interrupted" else max(state.step - 1, 0)
                 b.logger.hparams(columns, row, at, metrics["status"])
             b.logger.close()
-            distributed.leave()
     if stop.signal is not None and metrics["status"] != "interrupted":  # as the run ended:
         metrics["late_signal"] = stop.signal  # it stands as it is, and a sweep stops after it
     return metrics
@@ -149,6 +152,20 @@ def started_from(cfg: DictConfig) -> None:
             value = OmegaConf.select(cfg, key)
             if isinstance(value, str) and value not in ("", "auto"):
                 OmegaConf.update(cfg, key, to_absolute_path(value))
+
+
+def record(cfg: DictConfig, run_dir: Path) -> None:
+    """Hydra's `.hydra/` files (the config, Hydra's, the overrides as typed), once the run may
+    write in `run_dir`: Hydra's own come before any check, over a refused run's directory."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():  # a process the run started: the one under Hydra writes
+        return
+    hc = HydraConfig.get()
+    files = {"config.yaml": cfg, "hydra.yaml": {"hydra": hc}, "overrides.yaml": hc.overrides.task}
+    (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
+    for name, content in files.items():
+        (run_dir / ".hydra" / name).write_text(OmegaConf.to_yaml(content))
 
 
 def observers(

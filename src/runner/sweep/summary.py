@@ -21,7 +21,7 @@ from hydra.core.override_parser.types import RangeSweep
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, read_write
 
-from runner.config.check import ConfigError, check_choice, shown
+from runner.config.check import ConfigError, check_choice
 from runner.config.hydra_hints import run_dir_hint
 from runner.sweep import resume
 
@@ -58,11 +58,6 @@ class Summary(Callback):
         try:  # a different sweep in this sweep dir stops before any job
             if config.hydra.launcher.get("n_jobs", 1) == 0:  # joblib's: cores, -1 all of them
                 raise ConfigError("hydra.launcher.n_jobs=0 runs no job; use 1 or more, or -1")
-            if config.hydra.output_subdir != ".hydra":
-                raise ConfigError(
-                    f"hydra.output_subdir={shown(config.hydra.output_subdir)}: a sweep reads each "
-                    "job's .hydra/overrides.yaml to finish and summarise it; leave it .hydra"
-                )
             empty_ranges(config.hydra.overrides.task)
             resume.check(config)
         except ConfigError as e:  # ends as runner.cli ends a bad config: Hydra would only warn
