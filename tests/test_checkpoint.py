@@ -320,6 +320,18 @@ def test_a_refused_run_leaves_the_record_of_the_run_it_found_as_it_was(tmp_path)
     assert b"trainer.epochs=5" in (run_dir / ".hydra" / "overrides.yaml").read_bytes()
 
 
+def test_a_command_refused_by_a_check_leaves_no_run_directory(tmp_path):
+    """Hydra makes the run's directory before any check: a refused command's is removed, so
+    `outputs/runs/` holds runs, not a directory of an empty log and a lock per typo."""
+    refused = cli("experiment=linear_fit", "trainer.epochs=abc", cwd=tmp_path)
+    assert refused.returncode == 2 and "trainer.epochs='abc' is not an integer" in refused.stderr
+    assert list((tmp_path / "outputs" / "runs").iterdir()) == []
+    done = cli("experiment=linear_fit", "trainer.epochs=2", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    (run_dir,) = (tmp_path / "outputs" / "runs").iterdir()
+    assert {".hydra", ".lock", "runner.log", "metrics.json"} <= {p.name for p in run_dir.iterdir()}
+
+
 def test_a_file_system_without_locks_runs_unguarded(tmp_path, monkeypatch):
     def no_locks(fd: int, operation: int) -> None:
         raise OSError(errno.ENOLCK, "No locks available")  # as some network file systems

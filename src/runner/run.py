@@ -72,9 +72,10 @@ def run_here(
     source = checkpoint.locate(resume, run_dir)
     if leader:
         checkpoint.claim(run_dir, source, resume)  # never write over another run's results
-        record(cfg, run_dir)
     b = distributed.everywhere(lambda: build(cfg, run_dir if leader else None))
     distributed.check(b)  # what DDP cannot split: before anything is written
+    if leader:
+        record(cfg, run_dir)  # what made the run, which the checks passed
     state, resumed = State(), {}
     if source is not None:
         state = checkpoint.load(source, b)

@@ -88,7 +88,12 @@ def held(run_dir: Path, leader: bool) -> Iterator[None]:
             os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
         for torn in (run_dir / LAST).parent.glob(f".{LAST.name}.*.tmp"):  # a killed save's:
             torn.unlink(missing_ok=True)  # held, no other run's save is under way
-        yield
+        try:
+            yield
+        finally:  # still held: a run that wrote nothing (refused by a check) leaves no directory
+            if [p.name for p in run_dir.iterdir()] == [LOCK]:
+                (run_dir / LOCK).unlink()
+                run_dir.rmdir()
     finally:
         os.close(fd)
 
