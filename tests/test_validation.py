@@ -101,6 +101,11 @@ CASES = [
     ),
     ("override without =", ["epochs"], ["epochs: Hydra cannot read", "key=value"]),
     (
+        "= in a value (a sweep job's directory)",
+        ["trainer.resume=runs/0_optimizer.lr=0.01"],
+        ["shell quotes around Hydra quotes: 'trainer.resume=\"runs/0_optimizer.lr=0.01\"'"],
+    ),
+    (
         "Hydra quotes around the whole override",
         ['"loss.formula=(pred - y)**2"'],
         ["Hydra's quotes go around the value only: 'loss.formula=\"(pred - y)**2\"'"],
@@ -720,7 +725,7 @@ def test_bad_input_stops_with_one_clear_message(overrides, fragments, workdir, m
     refused += ("hparams_search", "hydra/sweeper")  # told from a sweep by Hydra's record
     refused += ("model._target_",)  # the chosen option, named from Hydra's record
     unreadable = ("model.formula=sin(x)*w", "epochs", "optimizer.lr=intervl(0.1,1)")  # grammar
-    unreadable += ("model.formula=α*x+β",)
+    unreadable += ("model.formula=α*x+β", "trainer.resume=runs/0_optimizer.lr=0.01")
     unreadable += ("trainer.early_stop={patience:", "optimizer.lr=${oops}")
     unreadable += ("optimizer.lr=tag(log, interval(0.01, 1.0)",)
     unreadable += ("~trainer.grad_clip", "optimizer.lr=0.1,0.2")  # Hydra refuses these

@@ -243,6 +243,8 @@ def unreadable(error: OverrideParseException) -> str:
     skip = ("Error parsing override", "Error when parsing index", "See https")  # 1.3, 1.4
     reason = "; ".join(x for x in lines if x.strip() not in ("", "^") and not x.startswith(skip))
     key, equals, value = error.override.partition("=")
+    # Hydra's quotes in the shell's: a value holding ' takes them the other way round
+    quoted = f"'{key}=\"{value}\"'" if "'" not in value else f"\"{key}='{value}'\""
     if not equals and not key.startswith("~"):
         fix = "an override is key=value (+key=value adds a key, ~key deletes one)"
     elif key.startswith(("'", '"')):  # `'"loss.formula=(pred - y)**2"'`
@@ -261,10 +263,12 @@ def unreadable(error: OverrideParseException) -> str:
     elif any(c in value for c in "()[]{}',") and value[:1] not in "'\"":
         fix = (
             "Hydra's grammar reads ( ) [ ] { } ' , itself: quote the value twice, shell "
-            f"quotes around Hydra quotes: '{key}=\"{value}\"'"
+            f"quotes around Hydra quotes: {quoted}"
         )
     elif not value.isascii() and value[:1] not in "'\"":  # `dataset.y=température`
-        fix = f"Hydra reads letters beyond ASCII only in quotes: '{key}=\"{value}\"'"
+        fix = f"Hydra reads letters beyond ASCII only in quotes: {quoted}"
+    elif value[:1] not in "'\"":  # `=`, `;` and others the grammar reads itself, unquoted
+        fix = f"quote the value twice, shell quotes around Hydra quotes: {quoted}"
     else:
         fix = "the override grammar: https://hydra.cc/docs/advanced/override_grammar/basic"
     return f"{error.override}: Hydra cannot read this override ({reason}); {fix}"
