@@ -228,6 +228,14 @@ CASES = [
         ["optimizer=adma"],
         ["optimizer=adma", "did you mean 'adam'", "optimizer has: adam, adamw, gd"],
     ),
+    (
+        "an option's path",
+        ["optimizer=configs/optimizer/adam.yaml"],
+        [
+            "optimizer=configs/optimizer/adam.yaml: an option is a file's name, not its path "
+            "(did you mean 'adam'?); optimizer has: adam, adamw, gd"
+        ],
+    ),
     ("misspelled added group", ["+optimzer.lr=0.1"], ["key 'optimzer'", "did you mean 'optim"]),
     (
         "key a keyless option lacks",

@@ -154,10 +154,12 @@ def explain(error: Exception, args: Sequence[str]) -> str | None:
         return not_installed(error.missing_cfg_file, PLUGINS[error.missing_cfg_file], args)
     if isinstance(error, MissingConfigException) and error.options:  # `optimizer=adma`
         group, _, name = str(error.missing_cfg_file).rpartition("/")
-        return (
-            f"{group}={name} is no option of {group}{did_you_mean(name, error.options)}; "
-            f"{group} has: {', '.join(error.options)}"
-        )
+        said = f"{group}={name} is no option of {group}"
+        for key, _, value in (arg.lstrip("+").partition("=") for arg in args):
+            if "/" in value and f"{key}/{value}".startswith(f"{group}/"):  # a path, whose
+                group, name = key, Path(value).stem  # folders Hydra took for the group's
+                said = f"{group}={value}: an option is a file's name, not its path"
+        return f"{said}{did_you_mean(name, error.options)}; {group} has: {', '.join(error.options)}"
     if hint := hydra_hints.defaults_hint(error):  # a ValueError, or Hydra's (1.4)
         return hint
     if isinstance(error, ModuleNotFoundError) and error.name in MODULES:
