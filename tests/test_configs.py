@@ -11,7 +11,7 @@ from conftest import CONFIGS, compose_config
 from omegaconf import OmegaConf
 
 from runner.build import build
-from runner.config.check import ConfigError, check_target
+from runner.config.check import ConfigError, check_target, locate
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
 TARGET_GROUPS = ("dataset", "model", "loss", "optimizer", "scheduler", "logger")
@@ -77,3 +77,10 @@ logging.getLogger("runner.run").info("Learned: ...")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout == "Learned: ...\n", done.stdout
+
+
+def test_a_misspelt_target_name_is_told_with_the_name_its_module_has():
+    with pytest.raises(ConfigError, match=r"cannot be imported \(did you mean 'mse_loss'\?\)"):
+        locate("loss", "torch.nn.functional.mse_los")
+    with pytest.raises(ConfigError, match=r"cannot be imported; check the module path"):
+        locate("loss", "torch.nn.functional.nothing_like_it")

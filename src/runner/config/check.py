@@ -234,7 +234,7 @@ def locate(group: str, target: Any) -> Callable[..., Any]:
             f"{group}._target_={target!r} must be a dotted path such as 'pkg.mod.Name'"
         )
     module_name, _, attr = target.rpartition(".")
-    parts = target.split(".")
+    parts, hint = target.split("."), ""
     for cut in range(len(parts) - 1, 0, -1):
         name = ".".join(parts[:cut])
         try:
@@ -246,10 +246,12 @@ def locate(group: str, target: Any) -> Callable[..., Any]:
             raise ConfigError(f"{group}._target_={target!r}: importing it failed: {e}") from e
         try:
             return functools.reduce(getattr, parts[cut:], module)
-        except AttributeError:
+        except AttributeError:  # the module is there: a name of it, misspelt?
+            owner = functools.reduce(lambda o, a: getattr(o, a, None), parts[cut:-1], module)
+            hint = did_you_mean(parts[-1], [n for n in dir(owner) if not n.startswith("_")])
             break
     raise ConfigError(
-        f"{group}._target_={target!r} cannot be imported; check the module path "
+        f"{group}._target_={target!r} cannot be imported{hint}; check the module path "
         f"'{module_name or target}' and the name '{attr or target}' (run from the project root "
         "so that experiments/ is importable; code elsewhere needs its folder on PYTHONPATH)"
     )
