@@ -109,7 +109,8 @@ def run_here(
             latest = scalars.latest  # at the last step
             metrics |= {key: latest[tag] for tag, key in ACCURACIES.items() if tag in latest}
         except BaseException as e:
-            if isinstance(e, Exception) and state.step > 0:  # the pictures of the steps it took
+            # the pictures of the steps it took (not while the launcher ends the other ranks)
+            if isinstance(e, Exception) and state.step > 0 and not distributed.lost_a_rank(e):
                 state.status = "failed"
                 with suppress(Exception):  # the model or the logger may fail again
                     figures.end(state)

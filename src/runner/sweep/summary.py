@@ -30,8 +30,8 @@ COLUMNS += ("steps", "duration_s", "run_dir", "error")
 JOBLIB = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"  # its _target_
 STOP = ".interrupted"  # the signal's name, once Ctrl-C or SIGTERM reached a joblib sweep
 NOT_STARTED = {"status": "interrupted", "error": "not started: the sweep was interrupted"}
-# ties: lower objective; a pruned trial (an Optuna search) after the completed ones
 REPEAT_S = 0.02  # a second signal sooner than this is the first one delivered again
+# ties: lower objective; a pruned trial (an Optuna search) after the completed ones
 ORDER = {"completed": 0, "pruned": 1, "interrupted": 2, "diverged": 3, "failed": 4}
 SCORED = ("completed", "pruned")  # whose objective the sweeper saw
 EXCLUDE = "hydra.job.config.override_dirname.exclude_keys"  # what the job names leave out
