@@ -74,7 +74,7 @@ def run_here(
         checkpoint.claim(run_dir, source, resume)  # never write over another run's results
     b = distributed.everywhere(lambda: build(cfg, run_dir if leader else None))
     distributed.check(b)  # what DDP cannot split: before anything is written
-    if leader:
+    if leader and sweep_dir is None:  # a sweep's job wrote it as it started (runner.cli)
         record(cfg, run_dir)  # what made the run, which the checks passed
     state, resumed = State(), {}
     if source is not None:
