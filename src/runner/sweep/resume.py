@@ -1,5 +1,5 @@
 """Finishing a grid sweep: the same multirun in the same `hydra.sweep.dir` runs what is left.
-`check` records the earlier jobs at the sweep's start (Hydra rewrites a job's `.hydra/` when the
+`check` records the earlier jobs at the sweep's start (a job's `.hydra/` is rewritten when the
 job starts); `pick_up` takes up what a job's directory holds."""
 
 from __future__ import annotations
@@ -197,7 +197,7 @@ def record(sweep_dir: Path) -> list[dict[str, Any]]:
 
 
 def read_yaml(path: Path) -> Any:
-    """A file Hydra wrote, with libyaml's parser where PyYAML has it: a sweep reads many."""
+    """A `.hydra/` file, with libyaml's parser where PyYAML has it: a sweep reads many."""
     return yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 
