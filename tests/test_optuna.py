@@ -260,6 +260,10 @@ def test_a_search_keeps_its_study_in_the_sweep_dir_and_continues_it(tmp_path: Pa
         (("optimizer.lr=tag(log, interval(0, 1))",), "`low > 0` must hold for `log=True`"),
         (("hydra.sweeper.storage=nosuchdb://x",), "storage='nosuchdb://x' cannot be opened"),
         (("hydra.sweeper.storage=/dev/null/x.journal",), "x.journal' cannot be opened"),
+        (  # its password is not shown
+            ("hydra.sweeper.storage='nosuchdb://bob:s3cr@t@db/x'",),
+            "storage='nosuchdb://bob:***@db/x' cannot be opened",
+        ),
         (("~hydra.sweeper.params",), "hydra/sweeper=optuna has nothing to search"),
         (("optimizer=choice(gd,adamm)",), "optimizer=adamm is no option of optimizer"),
         (
@@ -282,6 +286,7 @@ def test_a_search_keeps_its_study_in_the_sweep_dir_and_continues_it(tmp_path: Pa
         "log from 0",
         "storage",
         "a journal below a file",
+        "a storage URL's password",
         "no search space",
         "an option that is not there",
         "a key the config lacks",

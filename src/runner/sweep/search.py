@@ -21,7 +21,16 @@ from optuna.trial import Trial, TrialState
 from runner.config.check import ConfigError
 from runner.sweep.resume import job_dirs, read_metrics
 from runner.sweep.space import Space, search_space
-from runner.sweep.study import PRUNER, STORAGE, STUDY, SWEEP_DIR, TRIAL, location, open_storage
+from runner.sweep.study import (
+    PRUNER,
+    STORAGE,
+    STUDY,
+    SWEEP_DIR,
+    TRIAL,
+    location,
+    open_storage,
+    shown,
+)
 from runner.sweep.summary import STOP, quote
 
 log = logging.getLogger(__name__)
@@ -98,10 +107,10 @@ class Search:
             optuna.logging.set_verbosity(verbosity)
         if study.direction.name.lower() != direction:
             raise ConfigError(
-                f"hydra.sweeper.direction={direction} but the study {name!r} in {where} was made "
-                f"to {study.direction.name.lower()}; {ANOTHER}"
+                f"hydra.sweeper.direction={direction} but the study {name!r} in {shown(where)} "
+                f"was made to {study.direction.name.lower()}; {ANOTHER}"
             )
-        same_search(study, self.space, f"the study {name!r} in {where}")
+        same_search(study, self.space, f"the study {name!r} in {shown(where)}")
         ours = own_trials(sweep_dir, study, where, name)
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if trial.number in ours:  # this search's, killed
@@ -215,7 +224,7 @@ def own_trials(sweep_dir: Path, study: optuna.Study | None, storage: str, name: 
         shown = ", ".join(others[:2]) + (", ..." if len(others) > 2 else "")
         raise ConfigError(
             f"hydra.sweep.dir={str(sweep_dir)!r} holds another sweep's jobs ({shown}), which "
-            f"are no trials of the study {name!r} in {storage}; pick a new hydra.sweep.dir"
+            f"are no trials of the study {name!r} in {shown(storage)}; pick a new hydra.sweep.dir"
         )
     return ours
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -43,4 +44,11 @@ def open_storage(where: str) -> BaseStorage:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if isinstance(e, FileExistsError | NotADirectoryError):  # a folder on the way is a file
             reason = f"{e.filename} is a file, not a directory"
-        raise ConfigError(f"hydra.sweeper.storage={where!r} cannot be opened: {reason}") from e
+        raise ConfigError(
+            f"hydra.sweeper.storage={shown(where)!r} cannot be opened: {reason}"
+        ) from e
+
+
+def shown(where: str) -> str:
+    """A storage URL as messages show it: a password masked, as SQLAlchemy shows one."""
+    return re.sub(r"(://[^/@:]*:)[^/]*@", r"\1***@", where)
