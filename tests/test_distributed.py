@@ -428,18 +428,14 @@ def test_two_gpus_with_nccl_end_where_one_does(tmp_path, run_experiment):
 
 
 LEAVE = """
-import os, socket
+import os
 import torch
 from runner.train import distributed
 from runner.train.world import World
 
-with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
 
-
-def run():  # as a run does: its DDP model goes with it
-    distributed.join(World(address=f"tcp://127.0.0.1:{port}"), None)
+def run():  # as a run does: its DDP model goes with it; port 0: the store takes a free one
+    distributed.join(World(address="tcp://127.0.0.1:0"), None)
     model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(2, 1))
     model(torch.ones(3, 2)).sum().backward()
     distributed.leave()
