@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from common import composed
@@ -73,8 +74,8 @@ class Ticks:
 _observers = runner.run.observers
 
 
-def _ticked_observers(b: Built, start: int, sweep_dir: Path | None = None) -> list[Observer]:
-    return [*_observers(b, start, sweep_dir), Ticks(b)]
+def _ticked_observers(b: Built, *args: Any, **kwargs: Any) -> list[Observer]:
+    return [*_observers(b, *args, **kwargs), Ticks(b)]
 
 
 runner.run.observers = _ticked_observers
