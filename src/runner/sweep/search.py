@@ -221,9 +221,9 @@ def own_trials(sweep_dir: Path, study: optuna.Study | None, storage: str, name: 
     }
     others = [run_dir.name for run_dir, num, _ in job_dirs(sweep_dir) if num not in ours]
     if others:
-        shown = ", ".join(others[:2]) + (", ..." if len(others) > 2 else "")
+        listed = ", ".join(others[:2]) + (", ..." if len(others) > 2 else "")
         raise ConfigError(
-            f"hydra.sweep.dir={str(sweep_dir)!r} holds another sweep's jobs ({shown}), which "
+            f"hydra.sweep.dir={str(sweep_dir)!r} holds another sweep's jobs ({listed}), which "
             f"are no trials of the study {name!r} in {shown(storage)}; pick a new hydra.sweep.dir"
         )
     return ours
