@@ -149,14 +149,17 @@ def test_a_job_never_writes_over_results_it_finds_in_its_directory(tmp_path: Pat
     found.parent.mkdir(parents=True)
     theirs = '{"status": "completed", "objective": 0.5, "overrides": ["optimizer.lr=0.3"]}'
     found.write_text(theirs)
-    # again: the job's start wrote its own .hydra/ there, and the run is still not the job's
-    for _ in range(2):
+    record = found.parent / ".hydra" / "overrides.yaml"  # what made their run
+    record.parent.mkdir()
+    record.write_text("- optimizer.lr=0.3\n")
+    for _ in range(2):  # again: the run found there is still not the job's
         status, _, _, _ = sweep(tmp_path, "grid", *QUICK, "optimizer.lr=0.1,0.2")
         (line,) = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
         assert status == 2 and line.startswith(
             "Config error: the sweep's job '0_optimizer.lr=0.1' found a run it did not start"
         )
-        assert found.read_text() == theirs
+        assert found.read_text() == theirs and record.read_text() == "- optimizer.lr=0.3\n"
+        assert not record.with_name("hydra.yaml").exists()
         assert not (tmp_path / "grid" / "1_optimizer.lr=0.2").exists()  # the sweep stopped
 
 

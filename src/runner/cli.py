@@ -13,6 +13,7 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import suppress
 from pathlib import Path
 from types import TracebackType
 from typing import Any, NoReturn
@@ -27,7 +28,7 @@ from hydra.errors import (
     SearchPathException,
 )
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
 
 from runner.config import hydra_hints
@@ -330,9 +331,16 @@ def sweep_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> float
     """One job of a sweep: a failure is its metrics.json with objective +inf; only a directory
     holding another run's results stops the sweep (Hydra's sweepers stop at a job that raises)."""
     from runner.run import record, run, write_json
+    from runner.train import checkpoint
     from runner.train.checkpoint import InUse, Occupied
 
-    record(cfg, run_dir)  # as a job starts, so the sweep can tell it started (sweep/resume.py)
+    source = None
+    with suppress(ConfigError):  # a trainer.resume with no checkpoint: the run says so
+        source = checkpoint.locate(OmegaConf.select(cfg, "trainer.resume"), run_dir)
+    # as a job starts, so the sweep can tell it started (sweep/resume.py); a directory with
+    # results holds an earlier start's, or another run's, which the run refuses
+    if checkpoint.foreign(run_dir, source) is None:
+        record(cfg, run_dir)
     if LATE:  # a signal as the previous job ended: the sweep ends here, as between two jobs
         raise KeyboardInterrupt(LATE.pop())
     sweep_dir = Path(HydraConfig.get().sweep.dir).absolute()

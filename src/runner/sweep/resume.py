@@ -150,8 +150,8 @@ def pick_up(
         return None  # a job the sweep's start did not record: a new one
     metrics = read_metrics(run_dir)
     if sorted(meanings(metrics.get("overrides", overrides))) != sorted(meanings(overrides)):
-        # another run's results, under the `.hydra/` this job's start wrote over them: the
-        # run refuses the directory (none recorded: written before the runner kept them)
+        # another run's results, whose `.hydra/` the job leaves as it is: the run refuses the
+        # directory (none recorded: written before the runner kept them)
         return None
     status = metrics.get("status")
     if status == "completed":
@@ -169,8 +169,8 @@ def pick_up(
 
 
 def start_over(run_dir: Path) -> None:
-    """Clear what an earlier run wrote, but `.hydra/` (this job's own by now), the open log and
-    the lock (a run still going there holds it)."""
+    """Clear what an earlier run wrote, but `.hydra/` (this job's, from its earlier start), the
+    open log and the lock (a run still going there holds it)."""
     from runner.train.checkpoint import LOCK
 
     for path in run_dir.iterdir():

@@ -103,17 +103,25 @@ def in_place(run_dir: Path, source: Path | None) -> bool:
     return source is not None and run_dir.resolve() in source.resolve().parents
 
 
-def claim(run_dir: Path, source: Path | None, resume: Any = None) -> None:
-    """Make the run directory, refusing one holding results of a run this one does not continue."""
+def foreign(run_dir: Path, source: Path | None) -> str | None:
+    """The results of a run this one does not continue that `run_dir` holds (metrics.json or a
+    checkpoint), to be left as they are; None when it holds none."""
     for name in ("metrics.json", str(LAST)):
         if (run_dir / name).exists() and not in_place(run_dir, source):
-            go_on = "or continue that run with trainer.resume=auto"
-            if not (run_dir / LAST).is_file():
-                go_on = "that run has no checkpoint to continue from (trainer.checkpoint_every)"
-            raise Occupied(
-                f"hydra.run.dir={str(run_dir)!r} already holds a run ({name}); pick a new "
-                f"directory (the default one is new for every run); {go_on}"
-            )
+            return name
+    return None
+
+
+def claim(run_dir: Path, source: Path | None, resume: Any = None) -> None:
+    """Make the run directory, refusing one holding results of a run this one does not continue."""
+    if (name := foreign(run_dir, source)) is not None:
+        go_on = "or continue that run with trainer.resume=auto"
+        if not (run_dir / LAST).is_file():
+            go_on = "that run has no checkpoint to continue from (trainer.checkpoint_every)"
+        raise Occupied(
+            f"hydra.run.dir={str(run_dir)!r} already holds a run ({name}); pick a new "
+            f"directory (the default one is new for every run); {go_on}"
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
     if source is None and resume == "auto":
         log.info(f"trainer.resume=auto: no checkpoint in {run_dir}, so the run starts afresh")
