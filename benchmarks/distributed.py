@@ -87,7 +87,7 @@ def cuda(repeats: int) -> None:
     def runner(*overrides: str) -> float:
         b = built("bench-ddp-", *sine(N, BATCH, 2, DEVICE), "logger=none", *overrides)
         ticks = Ticks(clock)
-        train(b, State(), [*observers(b, 0), ticks], None)
+        train(b, State(), [*observers(b, State()), ticks], None)
         return ticks.times[1] - ticks.times[0]
 
     def by_hand(compiled: bool = False, amp: bool = False) -> float:

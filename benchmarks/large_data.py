@@ -103,7 +103,7 @@ def runner(n: int, epochs: int, *overrides: str) -> list[float]:
     """Epoch times read by an extra observer at each epoch's end, so the one-off work before
     the first step and after the last (figures, the model graph) is not in them."""
     b = built("bench-large-", *sine(n, BATCH, epochs, DEVICE), *overrides)
-    watching, ticks = observers(b, 0), Ticks(wall_after_sync)
+    watching, ticks = observers(b, State()), Ticks(wall_after_sync)
     try:  # as runner.run.run does around the loop
         b.logger.layout(dashboard.layout(b))
         next(o for o in watching if isinstance(o, Figures)).start()

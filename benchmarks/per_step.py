@@ -126,7 +126,7 @@ def runner(epochs: int, steps_per_epoch: int, *overrides: str) -> tuple[float, f
     cfg = composed(*overrides, f"trainer.epochs={epochs}", f"trainer.device={DEVICE}")
     start = clock()
     b = build(cfg, Path(tempfile.mkdtemp(prefix="bench-step-")))
-    watching, ticks = observers(b, 0), Ticks(clock, b.logger.flush, epochs)
+    watching, ticks = observers(b, State()), Ticks(clock, b.logger.flush, epochs)
     try:
         b.logger.layout(dashboard.layout(b))
         next(o for o in watching if isinstance(o, Figures)).start()

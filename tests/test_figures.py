@@ -348,9 +348,30 @@ def test_no_model_no_graph(tmp_path):
     assert logger.graphs == []
 
 
-def test_a_resumed_runs_path_starts_at_its_checkpoint(tmp_path, monkeypatch):
-    """A resumed run draws no start curve (the first run did) and its landscape path starts
-    at the parameters it resumed with, marked as such, not at the first run's start."""
+def test_a_resumed_runs_landscape_draws_the_path_from_the_start(tmp_path, monkeypatch):
+    """The checkpoint keeps the path: resumed, the landscape shows the one an uninterrupted
+    run draws, point for point (the resume adds the point it goes on from, once more)."""
+    drawn, blank = {}, np.zeros((2, 2, 3), np.uint8)
+
+    def keep(**arrays: Any) -> np.ndarray:
+        drawn["path"], drawn["start"] = arrays["path"], arrays["start"]
+        return blank
+
+    monkeypatch.setattr(draw, "landscape_image", keep)
+    monkeypatch.setattr(draw, "fit_images", lambda **a: [blank for _ in a["whens"]])
+    args = ("experiment=linear_fit", "trainer.checkpoint_every=40")
+    run(compose_config(*args, "trainer.epochs=200"), tmp_path / "whole")
+    whole = drawn["path"]
+    run(compose_config(*args, "trainer.epochs=120"), tmp_path / "resumed")
+    run(compose_config(*args, "trainer.epochs=200", "trainer.resume=auto"), tmp_path / "resumed")
+    assert drawn["start"] == "start" and whole.shape == (201, 2)
+    assert np.array_equal(drawn["path"][120], drawn["path"][121])  # where it went on from
+    assert np.array_equal(np.delete(drawn["path"], 121, axis=0), whole)
+
+
+def test_a_path_not_in_the_checkpoint_starts_at_the_resume(tmp_path, monkeypatch):
+    """A resumed run draws no start curve (the first run did); from a checkpoint that kept no
+    path (an older runner's), its path starts at the parameters it resumed with, so marked."""
     b = built(tmp_path, "experiment=linear_fit")
     with torch.no_grad():
         b.params["w"].fill_(1.5)  # as a checkpoint would leave them

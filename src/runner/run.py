@@ -84,11 +84,12 @@ def run_here(
     t = b.checked.trainer
     in_place = checkpoint.in_place(run_dir, source)
     start = state.step  # a run resumed in place that trains no step adds nothing to its logs
-    watching = observers(b, state.step, sweep_dir, run_dir if leader else None, in_place)
+    watching = observers(b, state, sweep_dir, run_dir if leader else None, in_place)
     _, scalars, graph, _, validation, figures, *_ = watching  # the list's fixed order
 
     def save(state: State) -> None:
         validation.flush()  # the validation losses since the last log step: after a SIGKILL too
+        state.path = figures.kept()
         checkpoint.save(run_dir / checkpoint.LAST, b, state)
 
     metrics: dict[str, Any] = {"status": "failed"}
@@ -172,7 +173,7 @@ def record(cfg: DictConfig, run_dir: Path) -> None:
 
 def observers(
     b: Built,
-    start: int,
+    state: State,
     sweep_dir: Path | None = None,
     run_dir: Path | None = None,
     in_place: bool = False,
@@ -180,14 +181,14 @@ def observers(
     """The fixed list of observers, divergence first: a run knows it diverged before anything
     is written. `run_dir`: where the graph's files go (None: nowhere, as on DDP ranks but 0)."""
     cadence, t, last = b.checked.cadence, b.checked.trainer, total_steps(b) - 1
-    scalars = Scalars(b, b.logger)
+    scalars, start = Scalars(b, b.logger), state.step
     return [
         Divergence(),
         scalars,
         GraphStats(b, cadence.graph_every_n_steps or t.log_every_n_steps, last, run_dir, in_place),
         Histograms(b, b.logger, cadence.histogram_every_n_steps, last),
         Validation(b, b.logger, None if t.early_stop is None else EarlyStop(**t.early_stop)),
-        Figures(b, b.logger, cadence.figure_every_n_epochs, start),
+        Figures(b, b.logger, cadence.figure_every_n_epochs, start, state.path),
         Progress(last + 1, start, scalars, shown=world().leader),
         # an Optuna trial: report, maybe prune (rank 0 reports; the ranks agree on pruning)
         *(reporting(t.objective) if world().leader else []),

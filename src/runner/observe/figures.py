@@ -29,12 +29,17 @@ class Figures(Observer):
     """What to draw, decided once; curves at the start, every `every_n_epochs` epochs, the end."""
 
     def __init__(
-        self, b: Built, logger: Logger, every_n_epochs: int | None, start: int = 0
+        self,
+        b: Built,
+        logger: Logger,
+        every_n_epochs: int | None,
+        start: int = 0,
+        path: torch.Tensor | None = None,  # the resumed checkpoint's
     ) -> None:
         self.b, self.logger = b, logger
         epochs = b.checked.trainer.epochs
         self.every = every_n_epochs and max(every_n_epochs, math.ceil(epochs / MAX_FITS))
-        self.resumed_at = start  # a resumed run's path starts at its checkpoint, not the start
+        self.resumed_at = start  # the step a resumed run goes on from: its start curve is drawn
         # logger=none: nothing at all; no matplotlib: one line, then nothing
         on = logger.writes and draw.available()
         if logger.writes and not on:
@@ -42,7 +47,9 @@ class Figures(Observer):
         self.grid = curve_grid(b) if on else None
         self.landscape = on and [p.numel() for p in b.params.values()] == [1, 1]
         self.curves: list[tuple[int, str, torch.Tensor]] = []  # (step, title, curve on grid)
-        self.path: list[torch.Tensor] = []  # (first, second) parameter values
+        self.path: list[torch.Tensor] = [] if path is None else list(path)  # (first, second)
+        # where the path starts: an older checkpoint, which kept none, at the resume
+        self.path_from = 0 if path is not None else start
         self.path_step = -1  # the step after which the last path point was taken
 
     def start(self) -> None:
@@ -106,9 +113,13 @@ class Figures(Observer):
             log.info("no loss landscape: the parameters left the finite numbers")
             return
         arrays = landscape_arrays(self.b, path)
-        label = f"resumed (step {self.resumed_at})" if self.resumed_at else "start"
+        label = f"resumed (step {self.path_from})" if self.path_from else "start"
         pixels = draw.landscape_image(**arrays, names=list(self.b.params), start=label)
         self.logger.image(step, "figure/landscape", pixels)
+
+    def kept(self) -> torch.Tensor | None:
+        """The path so far, for a checkpoint: a resumed run draws it from the start."""
+        return torch.stack(self.path) if self.path else None
 
     def _path_point(self) -> None:
         if self.landscape:

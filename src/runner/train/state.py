@@ -30,6 +30,7 @@ class State:
     early_stopped_epoch: int | None = None
     signal: str | None = None  # SIGINT or SIGTERM for an interrupted run
     rng: dict[str, Any] = field(default_factory=dict)  # every generator, at the last save
+    path: torch.Tensor | None = None  # figure/landscape's path, at the last save: drawn whole
     unfolded: list[torch.Tensor] = field(default_factory=list)  # epoch losses not in `best` yet
     unsummed: list[tuple[torch.Tensor, float]] = field(default_factory=list)  # (loss, share)s
 
