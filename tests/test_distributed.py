@@ -487,6 +487,50 @@ def test_under_torchrun_a_rank_that_lost_another_says_so_in_one_line(monkeypatch
     assert capsys.readouterr().err == f"{lost}\n"
 
 
+def test_a_rank_whose_config_disagrees_leaves_the_process_group(monkeypatch):
+    """Under torchrun, a config error once the group started: its threads end before the
+    interpreter (one cut off there aborted a rank after its Config error line)."""
+    from runner import launch
+
+    left = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setattr(distributed, "join", lambda w, sent: ({"trainer": {"devices": 3}}, "/", []))
+    monkeypatch.setattr(distributed, "leave", lambda: left.append("left"))
+    with pytest.raises(ConfigError, match="asks for 3 processes, and 2 were started"):
+        launch.join(None, None, ())
+    assert left == ["left"]
+
+
+def test_a_ctrl_c_before_the_ranks_start_stops_them_as_they_start(tmp_path, monkeypatch):
+    """The terminal's Ctrl-C reaches the launcher alone while its processes are not there
+    yet: they are told, and stop before they run anything (the run went on to its end)."""
+    import torch.distributed.launcher.api as api
+
+    import runner.run
+    from runner import launch
+
+    told = []
+
+    def elastic_launch(config: Any, entry: Any) -> Any:
+        def start(*args: Any) -> Any:
+            os.kill(os.getpid(), signal.SIGINT)  # before any rank is there
+            told.append(Path(args[-1]))
+            with pytest.raises(SystemExit) as stopped:
+                entry(*args)  # a rank starting now
+            assert stopped.value.code == 128 + signal.SIGINT
+            return {0: {"config_error": "no rank ran"}}
+
+        return start
+
+    monkeypatch.setattr(api, "elastic_launch", elastic_launch)
+    monkeypatch.setattr(runner.run, "run", lambda *args: pytest.fail("a rank ran the run"))
+    cfg = compose_config("experiment=linear_fit", "trainer.devices=2", "logger=none")
+    with pytest.raises(ConfigError, match="no rank ran"):
+        launch.spawn(cfg, tmp_path / "run", [])
+    assert told and not told[0].exists()  # and gone with the launcher's call
+
+
 class Writes(list):
     """A stream that keeps each write apart, as an unbuffered stderr sends them."""
 

@@ -10,6 +10,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import tempfile
 import time
 import traceback
 import uuid
@@ -85,8 +86,12 @@ def join(
     plain = None if cfg is None else OmegaConf.to_container(cfg, resolve=True)
     plain, where, overrides = distributed.join(w, (plain, str(run_dir), list(overrides)))
     t = plain.get("trainer") or {}
-    agree(t, w.size)
-    distributed.pin(w, str(t.get("device", "auto")))
+    try:
+        agree(t, w.size)
+        distributed.pin(w, str(t.get("device", "auto")))
+    except BaseException:  # gloo's threads end before the interpreter, or they may abort it
+        distributed.leave()
+        raise
     if not w.leader:
         logging.getLogger().setLevel(logging.WARNING)  # rank 0 speaks for the run
     return OmegaConf.create(plain), Path(where), overrides
@@ -153,9 +158,11 @@ def spawn(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> dict[str,
         **({"signals_to_handle": "SIGTERM,SIGHUP,SIGQUIT"} if handles else {}),
     )
     metrics_json, started = run_dir / "metrics.json", time.time()
-    # a handler that does nothing, not SIG_IGN, which the processes would inherit while they
-    # start (a Ctrl-C then would be lost); a handler of Python's is theirs only once set
-    ctrl_c = signal.signal(signal.SIGINT, lambda signum, frame: None) if handles else None
+    # a Ctrl-C before the processes are there reaches this one alone: they stop as they start
+    stopped = Path(tempfile.gettempdir()) / f"{config.run_id}.ctrl-c"
+    # a handler of Python's, not SIG_IGN, which the processes would inherit while they start
+    # (a Ctrl-C then would be lost); a Python handler is theirs only once set
+    ctrl_c = signal.signal(signal.SIGINT, lambda *_: stopped.touch()) if handles else None
     # the launcher's own log says again what the ranks and the summary below say
     levels = {name: logging.getLogger(name).level for name in ELASTIC_LOGS}
     for name in ELASTIC_LOGS:
@@ -165,7 +172,9 @@ def spawn(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> dict[str,
     if method not in (None, *multiprocessing.get_all_start_methods()):
         multiprocessing.set_start_method("spawn", force=True)
     try:
-        ranks = elastic_launch(config, rank_main)(plain, str(run_dir), list(overrides))
+        ranks = elastic_launch(config, rank_main)(
+            plain, str(run_dir), list(overrides), str(stopped)
+        )
     except (ChildFailedError, SignalException) as e:
         fresh = metrics_json.exists() and metrics_json.stat().st_mtime >= started
         written = read_metrics(run_dir) if fresh else {}
@@ -195,6 +204,7 @@ def spawn(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> dict[str,
         write_json(metrics_json, unknown | written | failed)
         raise RankFailed(error) from None
     finally:
+        stopped.unlink(missing_ok=True)
         multiprocessing.set_start_method(method, force=True)
         if ctrl_c is not None:
             signal.signal(signal.SIGINT, ctrl_c)
@@ -205,11 +215,16 @@ def spawn(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> dict[str,
     return ranks[0]
 
 
-def rank_main(plain: dict[str, Any], run_dir: str, overrides: list[str]) -> dict[str, Any]:
-    """One process of `trainer.devices=N`, as the elastic launcher starts it."""
+def rank_main(
+    plain: dict[str, Any], run_dir: str, overrides: list[str], stopped: str | None = None
+) -> dict[str, Any]:
+    """One process of `trainer.devices=N`, as the elastic launcher starts it; `stopped`: the
+    file the launcher makes at a Ctrl-C, which came before this process could take it."""
     # Ctrl-C as Python has it (the launcher ignores it, and its processes inherit that), so
     # one that comes while this process starts, before the run's own handler, is not lost
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    if stopped is not None and Path(stopped).exists():
+        sys.exit(128 + signal.SIGINT)
     from runner.run import run
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
