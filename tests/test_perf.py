@@ -94,7 +94,7 @@ def test_no_host_sync_between_log_steps(overrides: tuple[str, ...], tmp_path: Pa
     built = build(cfg, tmp_path)
     try:
         with counted_syncs(built) as syncs:
-            result = train(built, State(), observers(built, 0), None)
+            result = train(built, State(), observers(built, State()), None)
     finally:
         built.logger.close()
     last = result.step - 1
@@ -140,7 +140,7 @@ def test_cuda_sync_debug_mode_sees_no_sync_between_log_steps(
     torch.cuda.set_sync_debug_mode(0)
     last = total_steps(built) - 1
     try:
-        result = train(built, State(), observers(built, 0), None)
+        result = train(built, State(), observers(built, State()), None)
     finally:
         torch.cuda.set_sync_debug_mode(0)
         built.logger.close()
