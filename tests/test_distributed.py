@@ -344,6 +344,15 @@ def test_what_ddp_cannot_split_is_refused_before_any_collective(tmp_path):
         distributed.check(b, World(rank=0, size=2))
 
 
+def test_a_run_its_processes_refuse_leaves_no_directory(tmp_path):
+    """As one process leaves none: no `.hydra/` and lock that would pass for a run's."""
+    run_dir = tmp_path / "run"
+    args = ("experiment=rosenbrock", "trainer.devices=2", f"hydra.run.dir={run_dir}")
+    code, _, err = runner(*args, cwd=tmp_path, timeout=90)
+    assert code == 2 and "Config error: dataset=none has no data to split" in err, err
+    assert not run_dir.exists()
+
+
 def test_one_process_pays_nothing_for_the_parts_it_does_not_use(tmp_path):
     b = build(compose_config("experiment=linear_fit"), tmp_path)
     part = distributed.part(b, World())

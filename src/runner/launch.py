@@ -8,6 +8,7 @@ import dataclasses
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -158,6 +159,7 @@ def spawn(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> dict[str,
         **({"signals_to_handle": "SIGTERM,SIGHUP,SIGQUIT"} if handles else {}),
     )
     metrics_json, started = run_dir / "metrics.json", time.time()
+    os.environ[checkpoint.HELD] = str(run_dir)  # the ranks' `checkpoint.held`: this process's
     # a Ctrl-C before the processes are there reaches this one alone: they stop as they start
     stopped = Path(tempfile.gettempdir()) / f"{config.run_id}.ctrl-c"
     # a handler of Python's, not SIG_IGN, which the processes would inherit while they start
@@ -181,12 +183,14 @@ def spawn(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> dict[str,
         if written.get("status") in FINAL:  # a signal: rank 0's metrics say where it stopped
             return written  # (or that the run was done: it came after the last step)
         if isinstance(e, SignalException):
+            forget(run_dir)
             raise KeyboardInterrupt(e.sigval.name) from None
         # the first to fail, but not a rank that only lost the connection to it
         rank, failure = min(
             e.failures.items(), key=lambda f: (f[1].exitcode == LOST, f[1].timestamp)
         )
         if failure.exitcode in (128 + signal.SIGINT, -signal.SIGINT):  # Ctrl-C at their start
+            forget(run_dir)
             raise KeyboardInterrupt from None
         how = failure.signal_name() if failure.exitcode < 0 else f"exit status {failure.exitcode}"
         said = f" with {written['error']}" if rank == 0 and "error" in written else ""
@@ -204,6 +208,7 @@ def spawn(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> dict[str,
         write_json(metrics_json, unknown | written | failed)
         raise RankFailed(error) from None
     finally:
+        os.environ.pop(checkpoint.HELD, None)
         stopped.unlink(missing_ok=True)
         multiprocessing.set_start_method(method, force=True)
         if ctrl_c is not None:
@@ -211,8 +216,18 @@ def spawn(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> dict[str,
         for name, level in levels.items():
             logging.getLogger(name).setLevel(level)
     if "config_error" in ranks[0]:
+        forget(run_dir)
         raise ConfigError(ranks[0]["config_error"])
     return ranks[0]
+
+
+def forget(run_dir: Path) -> None:
+    """A run refused or stopped before it wrote anything leaves no `.hydra/`, and no directory,
+    as one process leaves none (`checkpoint.held` removes one that holds only its lock)."""
+    from runner.train.checkpoint import LOCK
+
+    if {p.name for p in run_dir.iterdir()} <= {".hydra", LOCK}:
+        shutil.rmtree(run_dir / ".hydra", ignore_errors=True)
 
 
 def rank_main(

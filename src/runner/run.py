@@ -45,7 +45,8 @@ def run(
     rank 0 writes. `sweep_dir`: a sweep's job."""
     started_from(cfg)
     if launch.spawns(cfg):  # trainer.devices=N: N processes run it; rank 0's results come back
-        metrics = launch.spawn(cfg, run_dir, overrides)
+        with checkpoint.held(run_dir, leader=True):  # for them all: rank 0 takes it as held
+            metrics = launch.spawn(cfg, run_dir, overrides)
         if "learned" not in metrics:  # a second Ctrl-C stopped rank 0 at once: no results
             raise KeyboardInterrupt
         if resumed := metrics.get("resumed_from"):  # rank 0 logs warnings only: said here

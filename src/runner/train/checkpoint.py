@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 LAST = Path("checkpoints") / "last.pt"
 LOCK = ".lock"  # in the run directory: held by the run going on there
+HELD = "RUNNER_HELD"  # the run directory whose lock the launcher of its processes holds
 # changed without a warning: how a run goes on, not what it learns (`device` covers `devices`)
 TRAINER_GOES_ON = ("epochs", "resume", "checkpoint_every", "log_every_n_steps", "device")
 TRAINER_GOES_ON += ("num_nodes", "objective", "early_stop", "check_grads", "compile")
@@ -67,7 +68,7 @@ class InUse(Occupied):
 def held(run_dir: Path, leader: bool) -> Iterator[None]:
     """The run directory, locked while the run goes on: a second run there (a resume started
     twice, two sweep jobs named alike) is refused; the lock goes with the process, killed or not."""
-    if not leader or fcntl is None:
+    if not leader or fcntl is None or os.environ.get(HELD) == str(run_dir):
         yield
         return
     run_dir.mkdir(parents=True, exist_ok=True)
