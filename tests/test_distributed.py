@@ -353,6 +353,14 @@ def test_a_run_its_processes_refuse_leaves_no_directory(tmp_path):
     assert not run_dir.exists()
 
 
+def test_under_torchrun_a_config_its_processes_disagree_with_leaves_no_directory(tmp_path):
+    run_dir = tmp_path / "run"
+    args = ("experiment=sine_mlp", "trainer.devices=3", "logger=none", f"hydra.run.dir={run_dir}")
+    code, _, err = runner(*args, cwd=tmp_path, torchrun=True, timeout=90)
+    assert code != 0 and "Config error: trainer.devices=3 x trainer.num_nodes=1 asks for" in err
+    assert not run_dir.exists()
+
+
 def test_one_process_pays_nothing_for_the_parts_it_does_not_use(tmp_path):
     b = build(compose_config("experiment=linear_fit"), tmp_path)
     part = distributed.part(b, World())

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from runner import launch
 from runner.build import Built, build
-from runner.config.check import EarlyStop
+from runner.config.check import ConfigError, EarlyStop
 from runner.observe import Look, Observer, dashboard
 from runner.observe.divergence import Divergence
 from runner.observe.figures import Figures
@@ -53,7 +53,13 @@ def run(
             log.info(f"Resumed from {resumed['checkpoint']} at step {resumed['step']}")
         report(metrics, run_dir)
         return metrics
-    cfg, run_dir, overrides = launch.join(cfg, run_dir, overrides)  # rank 0's, on every rank
+    try:
+        cfg, run_dir, overrides = launch.join(cfg, run_dir, overrides)  # rank 0's, on every rank
+    except ConfigError:  # torchrun's processes disagree with the config: no run, no directory
+        if world().leader:
+            with suppress(OSError):  # Hydra made it; one that holds anything stays
+                run_dir.rmdir()
+        raise
     try:
         with checkpoint.held(run_dir, world().leader):  # no second run in it at the same time
             metrics = run_here(cfg, run_dir, overrides, sweep_dir)
