@@ -235,8 +235,8 @@ def rank_main(
 ) -> dict[str, Any]:
     """One process of `trainer.devices=N`, as the elastic launcher starts it; `stopped`: the
     file the launcher makes at a Ctrl-C, which came before this process could take it."""
-    # Ctrl-C as Python has it (the launcher ignores it, and its processes inherit that), so
-    # one that comes while this process starts, before the run's own handler, is not lost
+    # Ctrl-C as Python has it, so one that comes while this process starts, before the run's
+    # own handler, stops it; one before it started, the launcher noted in `stopped`
     signal.signal(signal.SIGINT, signal.default_int_handler)
     if stopped is not None and Path(stopped).exists():
         sys.exit(128 + signal.SIGINT)

@@ -39,7 +39,7 @@ class Figures(Observer):
         self.b, self.logger = b, logger
         epochs = b.checked.trainer.epochs
         self.every = every_n_epochs and max(every_n_epochs, math.ceil(epochs / MAX_FITS))
-        self.resumed_at = start  # the step a resumed run goes on from: its start curve is drawn
+        self.resumed_at = start  # the step a resumed run goes on from (0: draw the start curve)
         # logger=none: nothing at all; no matplotlib: one line, then nothing
         on = logger.writes and draw.available()
         if logger.writes and not on:
