@@ -353,6 +353,18 @@ def test_a_run_its_processes_refuse_leaves_no_directory(tmp_path):
     assert not run_dir.exists()
 
 
+def test_a_sweep_job_its_processes_refuse_is_a_failed_row_in_its_directory(tmp_path):
+    """Unlike a single run's, its directory stays: `.hydra/` says it started, metrics.json why
+    it failed (the sweep crashed writing into the directory the refusal had removed)."""
+    args = ("experiment=rosenbrock", "trainer.devices=2", "logger=none", "optimizer.lr=0.1,0.2")
+    status, out, _, rows = sweep(tmp_path, "s", *args)
+    assert status == 1 and "Traceback" not in out, out[-3000:]  # 1: no job completed
+    assert [r["status"] for r in rows] == ["failed", "failed"]
+    for row in rows:
+        assert "dataset=none has no data to split" in row["error"]
+        assert (Path(row["run_dir"]) / ".hydra" / "overrides.yaml").is_file()
+
+
 def test_under_torchrun_a_config_its_processes_disagree_with_leaves_no_directory(tmp_path):
     run_dir = tmp_path / "run"
     args = ("experiment=sine_mlp", "trainer.devices=3", "logger=none", f"hydra.run.dir={run_dir}")

@@ -183,14 +183,12 @@ def spawn(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> dict[str,
         if written.get("status") in FINAL:  # a signal: rank 0's metrics say where it stopped
             return written  # (or that the run was done: it came after the last step)
         if isinstance(e, SignalException):
-            forget(run_dir)
             raise KeyboardInterrupt(e.sigval.name) from None
         # the first to fail, but not a rank that only lost the connection to it
         rank, failure = min(
             e.failures.items(), key=lambda f: (f[1].exitcode == LOST, f[1].timestamp)
         )
         if failure.exitcode in (128 + signal.SIGINT, -signal.SIGINT):  # Ctrl-C at their start
-            forget(run_dir)
             raise KeyboardInterrupt from None
         how = failure.signal_name() if failure.exitcode < 0 else f"exit status {failure.exitcode}"
         said = f" with {written['error']}" if rank == 0 and "error" in written else ""
@@ -216,7 +214,6 @@ def spawn(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> dict[str,
         for name, level in levels.items():
             logging.getLogger(name).setLevel(level)
     if "config_error" in ranks[0]:
-        forget(run_dir)
         raise ConfigError(ranks[0]["config_error"])
     return ranks[0]
 

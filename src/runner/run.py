@@ -46,7 +46,12 @@ def run(
     started_from(cfg)
     if launch.spawns(cfg):  # trainer.devices=N: N processes run it; rank 0's results come back
         with checkpoint.held(run_dir, leader=True):  # for them all: rank 0 takes it as held
-            metrics = launch.spawn(cfg, run_dir, overrides)
+            try:
+                metrics = launch.spawn(cfg, run_dir, overrides)
+            except (ConfigError, KeyboardInterrupt):  # refused, or a Ctrl-C as they started
+                if sweep_dir is None:  # a sweep's job keeps the `.hydra/` that says it started
+                    launch.forget(run_dir)
+                raise
         if "learned" not in metrics:  # a second Ctrl-C stopped rank 0 at once: no results
             raise KeyboardInterrupt
         if resumed := metrics.get("resumed_from"):  # rank 0 logs warnings only: said here
