@@ -65,11 +65,9 @@ def run(
             with suppress(OSError):  # Hydra made it; one that holds anything stays
                 run_dir.rmdir()
         raise
-    try:
-        with checkpoint.held(run_dir, world().leader):  # no second run in it at the same time
-            metrics = run_here(cfg, run_dir, overrides, sweep_dir)
-    finally:  # gloo's threads end before the interpreter, whatever stopped the run
-        distributed.leave()
+    # gloo's threads end before the interpreter, whatever stops the run; one run in the directory
+    with distributed.leaving(), checkpoint.held(run_dir, world().leader):
+        metrics = run_here(cfg, run_dir, overrides, sweep_dir)
     report(metrics, run_dir, sweep_dir)
     return metrics
 

@@ -4,10 +4,12 @@ construction; a signal, which reaches ranks at different moments, is agreed on a
 
 from __future__ import annotations
 
+import gc
 import math
 import os
-from collections.abc import Callable
-from contextlib import suppress
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -103,8 +105,24 @@ def everywhere(make: Callable[[], Built]) -> Built:
 
 
 def leave() -> None:
+    """A DDP model holds its process group and is a reference cycle, freed only by the garbage
+    collector: freed after the group is destroyed, it can hang its process; so it goes first."""
     if dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
+
+
+@contextmanager
+def leaving() -> Iterator[None]:
+    """`leave` after the block, whatever ends it; an error's traceback would keep the run's
+    frames, and its DDP model, past `leave`: their variables go (the lines stay to print)."""
+    try:
+        yield
+    except BaseException as e:
+        traceback.clear_frames(e.__traceback__)
+        raise
+    finally:
+        leave()
 
 
 def same(value: Any) -> Any:
