@@ -101,6 +101,19 @@ def test_a_signal_asks_to_stop_and_a_second_one_stops_at_once():
     assert signal.getsignal(signal.SIGTERM) is before
 
 
+def test_a_run_a_second_ctrl_c_stopped_at_once_says_so_without_an_empty_message(
+    monkeypatch, tmp_path
+):
+    def second_ctrl_c(*args: Any) -> None:
+        raise KeyboardInterrupt  # as `stop_on_signals` raises it: no message
+
+    monkeypatch.setattr(runner.run, "train", second_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        run(compose_config("experiment=linear_fit", "logger=none"), tmp_path)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert (metrics["status"], metrics["error"]) == ("interrupted", "KeyboardInterrupt")
+
+
 @pytest.mark.parametrize(
     "status, sig, code",
     [("interrupted", "SIGINT", 130), ("interrupted", "SIGTERM", 143), ("diverged", None, 1)],

@@ -91,6 +91,19 @@ CASES = [
     ),
     ("capitalised choice", ["trainer.amp=BFloat16"], ["did you mean 'bfloat16'"]),
     (
+        "full precision as amp",  # not "did you mean float16"
+        ["trainer.amp=float32"],
+        ["trainer.amp='float32' is not allowed: full precision is trainer.amp=null, the default"],
+    ),
+    ("amp off", ["trainer.amp=false"], ["trainer.amp=false is not allowed: full precision is"]),
+    ("amp on", ["trainer.amp=true"], ["trainer.amp=true is not allowed; use null, bfloat16 or"]),
+    (
+        "compile off",
+        ["trainer.compile=null"],
+        ["trainer.compile=null is not allowed: no compiling is trainer.compile=false, the default"],
+    ),
+    ("compile a number", ["trainer.compile=3"], ["trainer.compile=3 is not true or false, or a"]),
+    (
         "formula with parentheses unquoted",
         ["model.formula=sin(x)*w"],
         [

@@ -371,7 +371,7 @@ def sweep_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> float
             sys.exit(CONFIG_ERROR)
         raise Occupied(told) from e  # parallel jobs: after those running beside it
     except Exception as e:
-        error = f"{type(e).__name__}: {e}"
+        error = f"{type(e).__name__}: {e}".removesuffix(": ")
         log.error(f"Failed: {error}", exc_info=full_error())
         if world().rank == 0:  # not another DDP rank (a SLURM task): rank 0 writes the job's
             failed = {"status": "failed", "error": error, "objective": None}

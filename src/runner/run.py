@@ -125,7 +125,7 @@ def run_here(
                 state.status = "failed"
                 with suppress(Exception):  # the model or the logger may fail again
                     figures.end(state)
-            metrics["error"] = f"{type(e).__name__}: {e}"
+            metrics["error"] = f"{type(e).__name__}: {e}".removesuffix(": ")  # a bare Ctrl-C
             metrics["status"] = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
             duration = round(time.perf_counter() - started, 4)
             unknown = reached(state) | {"epochs": state.epoch}
@@ -135,8 +135,8 @@ def run_here(
                 metrics["signal"] = stop.signal  # the first of two: the second stopped it
             if distributed.lost_a_rank(e):  # its traceback would blame this rank
                 raise launch.RankFailed(
-                    f"rank {world().rank} lost the connection to another rank, which failed "
-                    f"(its own error says why) at step {state.step}"
+                    f"rank {world().rank} lost the connection to another rank, which failed or "
+                    f"was killed, at step {state.step} (its own error, if it printed one, says why)"
                 ) from None
             raise
         finally:

@@ -107,7 +107,7 @@ def check_choice(key: str, value: Any, allowed: typing.Sequence[Any]) -> None:
         names = ["null" if a is None else str(a) for a in allowed]
         listed = ", ".join(names[:-1]) + " or " + names[-1]
         raise ConfigError(
-            f"{key}={value!r} is not allowed; use {listed}{did_you_mean(str(value), names)}"
+            f"{key}={shown(value)} is not allowed; use {listed}{did_you_mean(str(value), names)}"
         )
 
 
@@ -152,6 +152,8 @@ def _type_name(annotation: Any) -> str:
     members = [a for a in _members(annotation) if a is not type(None)]
     if len(members) == 1:
         return f"{_type_name(members[0])}{' or null' if type(None) in args else ''}"
+    if members and all(m in names for m in members):  # `bool | str`: true or false, or a string
+        return ", or ".join(names[m] for m in members) + (", or null" if type(None) in args else "")
     return getattr(annotation, "__name__", str(annotation))
 
 
@@ -162,8 +164,10 @@ def _members(annotation: Any) -> list[Any]:
 
 
 def shown(value: Any) -> str:
-    """A value as the config writes it: null, not None."""
-    return "null" if value is None else repr(value)
+    """A value as the config writes it: null and false, not None and False."""
+    return (
+        "null" if value is None else str(value).lower() if isinstance(value, bool) else repr(value)
+    )
 
 
 def check_value(key: str, value: Any, annotation: Any) -> None:
@@ -191,6 +195,13 @@ def _check_dataclass(
 def check_trainer(given: Mapping[str, Any]) -> TrainerConfig:
     at_least = {"epochs": 0, "accumulate": 1, "log_every_n_steps": 1, "devices": 1, "num_nodes": 1}
     at_least |= {"batch_size": 1, "checkpoint_every": 1}
+    for key, off, means in (("amp", None, "full precision"), ("compile", False, "no compiling")):
+        if key in given and given[key] is not off and given[key] in (None, False, "float32"):
+            raise ConfigError(
+                f"trainer.{key}={shown(given[key])} is not allowed: {means} is "
+                f"trainer.{key}={shown(off)}, the default"
+            )
+    check_choice("trainer.amp", given.get("amp"), (None, "bfloat16", "float16"))
     t = _check_dataclass("trainer", given, TrainerConfig, at_least)
     if t.grad_clip is not None and t.grad_clip <= 0:
         raise ConfigError(f"trainer.grad_clip={t.grad_clip} must be positive or null")
@@ -200,7 +211,6 @@ def check_trainer(given: Mapping[str, Any]) -> TrainerConfig:
             "to compute in half precision set trainer.amp=bfloat16 or trainer.amp=float16"
         )
     check_choice("trainer.dtype", t.dtype, ("float32", "float64"))
-    check_choice("trainer.amp", t.amp, (None, "bfloat16", "float16"))
     if t.amp is not None and t.dtype != "float32":
         raise ConfigError(
             f"trainer.amp={t.amp} computes in less than float32, and trainer.dtype={t.dtype} "
