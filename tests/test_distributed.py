@@ -556,6 +556,24 @@ def test_a_rank_whose_config_disagrees_leaves_the_process_group(monkeypatch):
     assert left == ["left"]
 
 
+def test_under_torchrun_devices_is_the_processes_of_each_node_not_of_the_whole_run(monkeypatch):
+    """torchrun --nproc-per-node=4 on one node with devices=2 x num_nodes=2: the count agrees,
+    but the run would record two nodes it did not have."""
+    from runner import launch
+
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "1")
+    sent = {"trainer": {"devices": 2, "num_nodes": 2}}
+    monkeypatch.setattr(distributed, "join", lambda w, _: (sent, "/", []))
+    monkeypatch.setattr(distributed, "leave", lambda: None)
+    with pytest.raises(ConfigError, match="on each node, and 4 were started on this one; set "):
+        launch.join(None, None, ())
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two nodes of two: as asked
+    monkeypatch.setattr(distributed, "pin", lambda *args: None)
+    assert launch.join(None, None, ())[0].trainer.num_nodes == 2
+
+
 def test_a_ctrl_c_before_the_ranks_start_stops_them_as_they_start(tmp_path, monkeypatch):
     """The terminal's Ctrl-C reaches the launcher alone while its processes are not there
     yet: they are told, and stop before they run anything (the run went on to its end)."""

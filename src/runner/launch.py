@@ -88,7 +88,7 @@ def join(
     plain, where, overrides = distributed.join(w, (plain, str(run_dir), list(overrides)))
     t = plain.get("trainer") or {}
     try:
-        agree(t, w.size)
+        agree(t, w.size, w.local_size)
         distributed.pin(w, str(t.get("device", "auto")))
     except BaseException:  # gloo's threads end before the interpreter, or they may abort it
         distributed.leave()
@@ -98,14 +98,24 @@ def join(
     return OmegaConf.create(plain), Path(where), overrides
 
 
-def agree(trainer: Any, started: int) -> None:
-    """Under torchrun: trainer.devices x num_nodes, where set, is the processes it started."""
+def agree(trainer: Any, started: int, here: int | None = None) -> None:
+    """Under torchrun: trainer.devices x num_nodes, where set, is the processes it started,
+    trainer.devices of them on each node (`here`: on this one)."""
     wanted = processes(trainer)
-    if wanted not in (1, started):  # 1: the default, torchrun's --nproc-per-node decides
+    if wanted == 1:  # the default: torchrun's --nproc-per-node and --nnodes decide
+        return
+    asked = (
+        f"trainer.devices={trainer.get('devices')} x trainer.num_nodes={trainer.get('num_nodes')}"
+    )
+    if wanted != started:
         raise ConfigError(
-            f"trainer.devices={trainer.get('devices')} x trainer.num_nodes="
-            f"{trainer.get('num_nodes')} asks for {wanted} processes, and {started} were "
-            "started; make them agree"
+            f"{asked} asks for {wanted} processes, and {started} were started; make them agree"
+        )
+    if here is not None and here != trainer.get("devices", 1):
+        raise ConfigError(
+            f"{asked} asks for {trainer.get('devices', 1)} processes on each node, and {here} "
+            "were started on this one; set trainer.devices to torchrun's --nproc-per-node and "
+            "trainer.num_nodes to its --nnodes"
         )
 
 
