@@ -603,6 +603,27 @@ def test_a_ctrl_c_before_the_ranks_start_stops_them_as_they_start(tmp_path, monk
     assert told and not told[0].exists()  # and gone with the launcher's call
 
 
+def test_a_ctrl_c_while_a_rank_starts_exits_130_not_0_without_a_result(monkeypatch):
+    """torch's process wrapper ends a process whose function raised KeyboardInterrupt with
+    status 0 and no result, which the launcher then waited for forever: the run hung."""
+    from runner import launch
+
+    def ctrl_c(**kwargs: Any) -> None:
+        raise KeyboardInterrupt  # as the rank starts, before its run
+
+    monkeypatch.setattr(launch.logging, "basicConfig", ctrl_c)
+    previous, code = signal.getsignal(signal.SIGINT), None
+    try:
+        launch.rank_main({}, "/nowhere", [])
+    except KeyboardInterrupt:  # not raised on: pytest would stop the whole session
+        code = "KeyboardInterrupt left rank_main"
+    except SystemExit as stopped:
+        code = stopped.code
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert code == 128 + signal.SIGINT
+
+
 class Writes(list):
     """A stream that keeps each write apart, as an unbuffered stderr sends them."""
 

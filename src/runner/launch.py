@@ -245,16 +245,17 @@ def rank_main(
     # Ctrl-C as Python has it, so one that comes while this process starts, before the run's
     # own handler, stops it; one before it started, the launcher noted in `stopped`
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    if stopped is not None and Path(stopped).exists():
-        sys.exit(128 + signal.SIGINT)
-    from runner.run import run
+    try:  # a Ctrl-C anywhere here exits 130: one that left this function would end the process
+        # with status 0 and no result (torch's wrapper takes it so), which the launcher awaits
+        if stopped is not None and Path(stopped).exists():
+            raise KeyboardInterrupt
+        from runner.run import run
 
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    if "OMP_NUM_THREADS" not in os.environ:  # as torchrun does: processes share the cores
-        import torch
+        logging.basicConfig(level=logging.WARNING, format="%(message)s")
+        if "OMP_NUM_THREADS" not in os.environ:  # as torchrun does: processes share the cores
+            import torch
 
-        torch.set_num_threads(1)
-    try:
+            torch.set_num_threads(1)
         metrics = run(OmegaConf.create(plain), Path(run_dir), overrides)
     except ConfigError as e:
         return {"config_error": str(e)}
