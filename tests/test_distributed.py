@@ -603,6 +603,24 @@ def test_a_ctrl_c_before_the_ranks_start_stops_them_as_they_start(tmp_path, monk
     assert told and not told[0].exists()  # and gone with the launcher's call
 
 
+def test_a_rank_that_lost_another_records_that_not_gloos_text(monkeypatch, tmp_path):
+    """Under torchrun, `kill -9` of rank 1: rank 0's metrics.json blamed rank 0 in gloo's words."""
+    import runner.run
+    from runner import launch
+
+    def reset(*args: Any) -> None:
+        raise RuntimeError("[gloo/transport/tcp/pair.cc:537] Read error: Connection reset by peer")
+
+    monkeypatch.setattr(distributed, "lost_a_rank", lambda e: "gloo" in str(e))  # as for 2 ranks
+    monkeypatch.setattr(runner.run, "train", reset)
+    with pytest.raises(launch.RankFailed):
+        runner.run.run(compose_config("experiment=linear_fit", "logger=none"), tmp_path)
+    assert read_metrics(tmp_path)["error"] == (
+        "RankFailed: rank 0 lost the connection to another rank, which failed or was killed, at "
+        "step 0 (its own error, if it printed one, says why)"
+    )
+
+
 def test_a_ctrl_c_while_a_rank_starts_exits_130_not_0_without_a_result(monkeypatch):
     """torch's process wrapper ends a process whose function raised KeyboardInterrupt with
     status 0 and no result, which the launcher then waited for forever: the run hung."""

@@ -120,12 +120,19 @@ def run_here(
             latest = scalars.latest  # at the last step
             metrics |= {key: latest[tag] for tag, key in ACCURACIES.items() if tag in latest}
         except BaseException as e:
+            lost = distributed.lost_a_rank(e)  # gloo's or NCCL's text would blame this rank
             # the pictures of the steps it took (not while the launcher ends the other ranks)
-            if isinstance(e, Exception) and state.step > 0 and not distributed.lost_a_rank(e):
+            if isinstance(e, Exception) and state.step > 0 and not lost:
                 state.status = "failed"
                 with suppress(Exception):  # the model or the logger may fail again
                     figures.end(state)
-            metrics["error"] = f"{type(e).__name__}: {e}".removesuffix(": ")  # a bare Ctrl-C
+            error = e
+            if lost:
+                error = launch.RankFailed(
+                    f"rank {world().rank} lost the connection to another rank, which failed or "
+                    f"was killed, at step {state.step} (its own error, if it printed one, says why)"
+                )
+            metrics["error"] = f"{type(error).__name__}: {error}".removesuffix(": ")  # bare Ctrl-C
             metrics["status"] = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
             duration = round(time.perf_counter() - started, 4)
             unknown = reached(state) | {"epochs": state.epoch}
@@ -133,11 +140,8 @@ def run_here(
             metrics["steps"], metrics["world_size"] = state.step, world().size
             if isinstance(e, KeyboardInterrupt) and stop.signal is not None:
                 metrics["signal"] = stop.signal  # the first of two: the second stopped it
-            if distributed.lost_a_rank(e):  # its traceback would blame this rank
-                raise launch.RankFailed(
-                    f"rank {world().rank} lost the connection to another rank, which failed or "
-                    f"was killed, at step {state.step} (its own error, if it printed one, says why)"
-                ) from None
+            if lost:
+                raise error from None
             raise
         finally:
             if leader:  # with what made the run, which a sweep matches its jobs by
