@@ -603,6 +603,16 @@ def test_a_ctrl_c_before_the_ranks_start_stops_them_as_they_start(tmp_path, monk
     assert told and not told[0].exists()  # and gone with the launcher's call
 
 
+def test_one_process_keeps_an_errors_variables_for_a_debugger():
+    def fail() -> None:
+        kept = 42  # noqa: F841 (what a post-mortem debugger would look at)
+        raise RuntimeError("the run failed")
+
+    with pytest.raises(RuntimeError) as raised, distributed.leaving():
+        fail()
+    assert raised.traceback[-1].frame.f_locals["kept"] == 42
+
+
 def test_a_rank_that_lost_another_records_that_not_gloos_text(monkeypatch, tmp_path):
     """Under torchrun, `kill -9` of rank 1: rank 0's metrics.json blamed rank 0 in gloo's words."""
     import runner.run

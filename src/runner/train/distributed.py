@@ -115,11 +115,13 @@ def leave() -> None:
 @contextmanager
 def leaving() -> Iterator[None]:
     """`leave` after the block, whatever ends it; an error's traceback would keep the run's
-    frames, and its DDP model, past `leave`: their variables go (the lines stay to print)."""
+    frames, and its DDP model, past `leave`: their variables go (the lines stay to print),
+    for several processes only (one keeps them for a debugger)."""
     try:
         yield
     except BaseException as e:
-        traceback.clear_frames(e.__traceback__)
+        if dist.is_initialized():
+            traceback.clear_frames(e.__traceback__)
         raise
     finally:
         leave()
