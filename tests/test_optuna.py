@@ -474,9 +474,13 @@ def test_ctrl_c_stops_a_parallel_search_which_the_same_command_continues(tmp_pat
     assert process.returncode == 130, out[-3000:]
     assert "Interrupted: no more trials" in out and "Traceback" not in out
     stopped = trials(sweep_dir, "linear_fit")
-    assert [t.state.name for t in stopped] == ["FAIL", "FAIL", "WAITING", "WAITING"]
+    # under load a worker may start late enough for the other's trial to end first
+    ran = [t.state.name for t in stopped[:2]]
+    failed = [t for t in stopped[:2] if t.state.name == "FAIL"]
+    assert failed and set(ran) <= {"FAIL", "COMPLETE"}, ran
+    assert [t.state.name for t in stopped[2:]] == ["WAITING"] * len(failed)  # queued again
 
     search(tmp_path, "s", *LINEAR[:2], *long, *parallel, "hydra.sweeper.n_trials=4")
     after = trials(sweep_dir, "linear_fit")
-    assert [t.state.name for t in after[2:]] == ["COMPLETE"] * 4
-    assert [t.params for t in after[2:4]] == [t.params for t in stopped[:2]]  # run again
+    assert [t.state.name for t in after[2:]] == ["COMPLETE"] * (4 - ran.count("COMPLETE"))
+    assert [t.params for t in after[2 : 2 + len(failed)]] == [t.params for t in failed]  # again
